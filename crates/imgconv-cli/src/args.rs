@@ -1,0 +1,218 @@
+//! Command-line arguments, as clap parses them, and their validation into configurations.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Convert, inspect, compare and measure virtual-disk images.
+///
+/// `imgconv IN OUT` converts IN to OUT, choosing the output format from OUT's extension; it is
+/// short for `imgconv convert IN OUT`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgconv",
+    version,
+    about,
+    after_help = "Exit codes: 0 success (compare: identical), 1 compare: images differ, \
+                  2 usage error or invalid argument (compare: any error), 3 input not found, \
+                  4 input is not a file, 5 output exists (use --force), 6 I/O error, \
+                  7 no space left or file too large, 8 invalid or corrupt image, \
+                  9 unsupported format or feature, 10 limit exceeded, 130 interrupted."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Convert an image to another format (or the same one), with inline digests.
+    Convert(ConvertArgs),
+    /// Show an image's format, sizes and format-specific facts.
+    Info(InfoArgs),
+    /// Compare the content of two images (exit 0 identical, 1 different, 2 error).
+    Compare(CompareArgs),
+    /// Print the size an output format would need for an image.
+    Measure(MeasureArgs),
+}
+
+/// Names of the subcommands, for telling the short form `imgconv IN OUT` apart.
+pub(crate) const SUBCOMMANDS: &[&str] = &["convert", "info", "compare", "measure", "help"];
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub(crate) enum OutputMode {
+    /// Lines for people.
+    #[default]
+    Human,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// How progress is reported on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub(crate) enum ProgressMode {
+    /// Nothing.
+    #[default]
+    None,
+    /// A progress bar, when stderr is a terminal.
+    Bar,
+    /// JSON lines: bytes done, total, percent and rate.
+    Json,
+}
+
+/// Options every subcommand that does heavy work takes.
+#[derive(Debug, Args)]
+pub(crate) struct Common {
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+}
+
+/// `imgconv convert`.
+#[derive(Debug, Args)]
+pub(crate) struct ConvertArgs {
+    /// Input format (default: detected from magic bytes).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub(crate) input_format: Option<String>,
+    /// Output format (default: from the output's extension).
+    #[arg(short = 'O', value_name = "FMT")]
+    pub(crate) output_format: Option<String>,
+    /// Output options, key=value[,key=value...] (repeatable). RAW: preallocation=off|falloc|full.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub(crate) options: Vec<String>,
+    /// Show a progress bar (same as --progress=bar).
+    #[arg(short = 'p')]
+    pub(crate) progress_bar: bool,
+    /// Progress on stderr: none, bar (when a terminal) or json (JSON lines for services).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub(crate) progress: Option<ProgressMode>,
+    /// Digests of the output to compute inline: md5, sha256, crc32c (comma-separated).
+    #[arg(long, value_name = "LIST")]
+    pub(crate) digest: Option<String>,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Do not fsync the output before publishing it (faster; not crash-safe).
+    #[arg(long)]
+    pub(crate) no_sync: bool,
+    /// How to print the result (digests, sizes).
+    #[arg(long, value_enum, default_value_t = OutputMode::Human, value_name = "MODE")]
+    pub(crate) output: OutputMode,
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// The image to read.
+    pub(crate) input: PathBuf,
+    /// The file to write, or - for stdout (then -O is needed).
+    pub(crate) output_path: PathBuf,
+}
+
+/// `imgconv info`.
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    /// Image format (default: detected from magic bytes).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub(crate) format: Option<String>,
+    /// How to print.
+    #[arg(long, value_enum, default_value_t = OutputMode::Human, value_name = "MODE")]
+    pub(crate) output: OutputMode,
+    /// The image.
+    pub(crate) image: PathBuf,
+}
+
+/// `imgconv compare`.
+#[derive(Debug, Args)]
+pub(crate) struct CompareArgs {
+    /// Format of the first image (default: detected).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub(crate) format_a: Option<String>,
+    /// Format of the second image (default: detected).
+    #[arg(short = 'F', value_name = "FMT")]
+    pub(crate) format_b: Option<String>,
+    /// Strict: images of different sizes are different.
+    #[arg(short = 's', long)]
+    pub(crate) strict: bool,
+    /// Print nothing; the exit code tells.
+    #[arg(short = 'q', long)]
+    pub(crate) quiet: bool,
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// The first image.
+    pub(crate) a: PathBuf,
+    /// The second image.
+    pub(crate) b: PathBuf,
+}
+
+/// `imgconv measure`.
+#[derive(Debug, Args)]
+pub(crate) struct MeasureArgs {
+    /// Input format (default: detected).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub(crate) input_format: Option<String>,
+    /// The output format to measure for.
+    #[arg(short = 'O', value_name = "FMT")]
+    pub(crate) output_format: String,
+    /// Output options, as for convert (repeatable).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub(crate) options: Vec<String>,
+    /// How to print.
+    #[arg(long, value_enum, default_value_t = OutputMode::Human, value_name = "MODE")]
+    pub(crate) output: OutputMode,
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// The image.
+    pub(crate) input: PathBuf,
+}
+
+/// Insert `convert` when the first argument is not a subcommand or a top-level flag, so that
+/// `imgconv IN OUT` and `imgconv -p IN OUT` mean `imgconv convert ...`.
+pub(crate) fn with_default_subcommand(
+    mut args: Vec<std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let top_level = ["-h", "--help", "-V", "--version"];
+    if args.len() > 1 && !SUBCOMMANDS.contains(&first) && !top_level.contains(&first) {
+        args.insert(1, "convert".into());
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<std::ffi::OsString> {
+        v.iter().map(|s| s.into()).collect()
+    }
+
+    #[test]
+    fn the_short_form_becomes_convert() {
+        assert_eq!(
+            with_default_subcommand(os(&["imgconv", "a.raw", "b.raw"])),
+            os(&["imgconv", "convert", "a.raw", "b.raw"])
+        );
+        assert_eq!(
+            with_default_subcommand(os(&["imgconv", "-p", "a", "b"])),
+            os(&["imgconv", "convert", "-p", "a", "b"])
+        );
+    }
+
+    #[test]
+    fn subcommands_and_top_level_flags_are_kept() {
+        for v in [
+            &["imgconv", "info", "x"][..],
+            &["imgconv", "--help"],
+            &["imgconv", "-V"],
+            &["imgconv"],
+        ] {
+            assert_eq!(with_default_subcommand(os(v)), os(v));
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,356 @@
+//! The subcommands: validated configuration first, then library calls, then output.
+
+use std::path::{Path, PathBuf};
+
+use imgconv::{
+    open_image, CancelToken, Comparison, ConvertOptions, Destination, DigestKind, Error, Format,
+    NoProgress, Progress, Summary, WriteSink, WriterOptions,
+};
+use serde_json::json;
+
+use crate::args::{CompareArgs, ConvertArgs, InfoArgs, MeasureArgs, OutputMode, ProgressMode};
+use crate::exit_code;
+use crate::progress::{Bar, JsonLines};
+
+/// An error with the exit code it ends the process with.
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    pub(crate) code: u8,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        let code = exit_code(error.kind());
+        Failure { error, code }
+    }
+}
+
+type CmdResult = Result<u8, Failure>;
+
+/// A validated `convert` configuration.
+struct ConvertPlan {
+    input: PathBuf,
+    input_format: Option<Format>,
+    output: Option<PathBuf>,
+    options: ConvertOptions,
+    progress: ProgressMode,
+    force: bool,
+    sync: bool,
+    output_mode: OutputMode,
+}
+
+fn parse_format(name: Option<&str>) -> Result<Option<Format>, Error> {
+    name.map(str::parse::<Format>).transpose()
+}
+
+fn writer_options(specs: &[String]) -> Result<WriterOptions, Error> {
+    let mut opts = WriterOptions::new();
+    for s in specs {
+        opts.extend(s)?;
+    }
+    Ok(opts)
+}
+
+fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
+    let input_format = parse_format(a.input_format.as_deref())?;
+    let to_stdout = a.output_path.as_os_str() == "-";
+    let format = match parse_format(a.output_format.as_deref())? {
+        Some(f) => f,
+        None if to_stdout => {
+            return Err(Error::invalid_argument(
+                "writing to stdout needs the output format: add -O FMT",
+            ))
+        }
+        None => format_from_extension(&a.output_path)?,
+    };
+    let mut options = ConvertOptions::new(format);
+    options.writer_options = writer_options(&a.options)?;
+    if let Some(list) = &a.digest {
+        options.digests = DigestKind::parse_list(list)?;
+    }
+    let progress = match (a.progress, a.progress_bar) {
+        (Some(mode), _) => mode,
+        (None, true) => ProgressMode::Bar,
+        (None, false) => ProgressMode::None,
+    };
+    set_threads(a.common.threads)?;
+    Ok(ConvertPlan {
+        input: a.input,
+        input_format,
+        output: (!to_stdout).then_some(a.output_path),
+        options,
+        progress,
+        force: a.force,
+        sync: !a.no_sync,
+        output_mode: a.output,
+    })
+}
+
+fn format_from_extension(path: &Path) -> Result<Format, Error> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    Format::from_extension(ext).ok_or_else(|| {
+        let shown = if ext.is_empty() {
+            "no extension".to_string()
+        } else {
+            format!("the extension '.{ext}'")
+        };
+        Error::invalid_argument(format!(
+            "cannot tell the output format from {shown}: name it with -O FMT \
+             (raw, qcow2, vmdk, vhd, vdi) or use one of .raw .img .qcow2 .vmdk .vhd .vdi"
+        ))
+        .with_path(path)
+    })
+}
+
+fn set_threads(threads: Option<usize>) -> Result<(), Error> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(Error::invalid_argument("--threads must be at least 1"));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::invalid_argument(format!("cannot start {n} threads: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Cancel on SIGINT, SIGTERM or SIGHUP; a second signal exits at once.
+fn install_signal_handler(cancel: &CancelToken) {
+    let token = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if token.is_cancelled() {
+            std::process::exit(130);
+        }
+        token.cancel();
+    });
+}
+
+fn make_progress(mode: ProgressMode) -> Box<dyn Progress> {
+    match mode {
+        ProgressMode::None => Box::new(NoProgress),
+        ProgressMode::Bar => Box::new(Bar::new()),
+        ProgressMode::Json => Box::new(JsonLines::new()),
+    }
+}
+
+pub(crate) fn convert(args: ConvertArgs) -> CmdResult {
+    let plan = validate(args)?;
+    let reader = open_image(&plan.input, plan.input_format)?;
+    let cancel = CancelToken::new();
+    install_signal_handler(&cancel);
+    let progress = make_progress(plan.progress);
+    let dest = match &plan.output {
+        Some(path) => Destination::File {
+            path: path.clone(),
+            overwrite: plan.force,
+            sync: plan.sync,
+        },
+        None => Destination::Sink(Box::new(WriteSink::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout(),
+        )))),
+    };
+    let summary = imgconv::convert(&*reader, dest, &plan.options, &*progress, &cancel)?;
+    print_summary(&plan, &summary);
+    Ok(0)
+}
+
+fn print_summary(plan: &ConvertPlan, s: &Summary) {
+    let name = plan
+        .output
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-".into());
+    match plan.output_mode {
+        OutputMode::Json => {
+            let digests: serde_json::Map<String, serde_json::Value> = s
+                .digests
+                .iter()
+                .map(|d| (d.kind.name().to_string(), json!(d.hex)))
+                .collect();
+            let doc = json!({
+                "input": plan.input.display().to_string(),
+                "output": name,
+                "input-format": s.input_format,
+                "output-format": s.output_format,
+                "virtual-size": s.virtual_size,
+                "output-size": s.output_size,
+                "allocated-units": s.allocated_units,
+                "unit-size": s.unit_size,
+                "digests": digests,
+                "seconds": s.seconds,
+            });
+            emit_result(plan.output.is_none(), &doc.to_string());
+        }
+        OutputMode::Human => {
+            // BSD-style tagged lines, which `md5sum -c` and `sha256sum -c` verify.
+            let lines: Vec<String> = s
+                .digests
+                .iter()
+                .map(|d| format!("{} ({name}) = {}", d.kind.name().to_uppercase(), d.hex))
+                .collect();
+            if !lines.is_empty() {
+                emit_result(plan.output.is_none(), &lines.join("\n"));
+            }
+        }
+    }
+}
+
+/// Results go to stdout, unless stdout carries the image itself.
+fn emit_result(stdout_is_data: bool, text: &str) {
+    if stdout_is_data {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+}
+
+pub(crate) fn info(args: InfoArgs) -> CmdResult {
+    let format = parse_format(args.format.as_deref())?;
+    let reader = open_image(&args.image, format)?;
+    let info = reader.info();
+    match args.output {
+        OutputMode::Json => {
+            let mut doc = json!({
+                "filename": args.image.display().to_string(),
+                "format": info.format,
+                "virtual-size": info.virtual_size,
+                "dirty-flag": false,
+            });
+            if let Some(actual) = info.actual_size {
+                doc["actual-size"] = json!(actual);
+            }
+            if !info.details.is_empty() {
+                let data: serde_json::Map<String, serde_json::Value> = info
+                    .details
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                doc["format-specific"] = json!({ "type": info.format, "data": data });
+            }
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        OutputMode::Human => {
+            println!("image: {}", args.image.display());
+            println!("file format: {}", info.format);
+            println!(
+                "virtual size: {} ({} bytes)",
+                human_size(info.virtual_size),
+                info.virtual_size
+            );
+            if let Some(actual) = info.actual_size {
+                println!("disk size: {}", human_size(actual));
+            }
+            for (k, v) in &info.details {
+                println!("{k}: {v}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Sizes as qemu-img prints them: three significant digits and a binary unit.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{bytes} B");
+    }
+    let digits = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let text = format!("{value:.digits$}");
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    format!("{text} {}", UNITS[unit])
+}
+
+/// `compare` exits 0 identical, 1 different, and 2 on any error (as qemu-img does).
+pub(crate) fn compare(args: CompareArgs) -> CmdResult {
+    let to_two = |e: Error| Failure { error: e, code: 2 };
+    set_threads(args.common.threads).map_err(to_two)?;
+    let fa = parse_format(args.format_a.as_deref()).map_err(to_two)?;
+    let fb = parse_format(args.format_b.as_deref()).map_err(to_two)?;
+    let a = open_image(&args.a, fa).map_err(to_two)?;
+    let b = open_image(&args.b, fb).map_err(to_two)?;
+    let cancel = CancelToken::new();
+    install_signal_handler(&cancel);
+    let outcome = imgconv::compare(&*a, &*b, &cancel).map_err(to_two)?;
+    let say = |s: &str| {
+        if !args.quiet {
+            println!("{s}");
+        }
+    };
+    let size_mismatch = match outcome {
+        Comparison::Identical { size_mismatch } | Comparison::Mismatch { size_mismatch, .. } => {
+            size_mismatch
+        }
+    };
+    if size_mismatch {
+        if args.strict {
+            say("Strict mode: Image size mismatch!");
+            return Ok(1);
+        }
+        say("Warning: Image size mismatch!");
+    }
+    match outcome {
+        Comparison::Identical { .. } => {
+            say("Images are identical.");
+            Ok(0)
+        }
+        Comparison::Mismatch { offset, .. } => {
+            say(&format!("Content mismatch at offset {offset}!"));
+            Ok(1)
+        }
+    }
+}
+
+pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
+    set_threads(args.common.threads)?;
+    let input_format = parse_format(args.input_format.as_deref())?;
+    let mut options = ConvertOptions::new(args.output_format.parse::<Format>()?);
+    options.writer_options = writer_options(&args.options)?;
+    let reader = open_image(&args.input, input_format)?;
+    let cancel = CancelToken::new();
+    install_signal_handler(&cancel);
+    let m = imgconv::measure(&*reader, &options, &cancel)?;
+    match args.output {
+        OutputMode::Json => println!(
+            "{}",
+            json!({ "required": m.required, "fully-allocated": m.fully_allocated })
+        ),
+        OutputMode::Human => {
+            println!("required size: {}", m.required);
+            println!("fully allocated size: {}", m.fully_allocated);
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_print_like_qemu_img() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(4096), "4 KiB");
+        assert_eq!(human_size(2 << 30), "2 GiB");
+        assert_eq!(human_size(1536 << 20), "1.5 GiB");
+        assert_eq!(human_size(123 << 20), "123 MiB");
+    }
+}

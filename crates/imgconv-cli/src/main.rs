@@ -1,0 +1,59 @@
+//! The `imgconv` command.
+
+mod args;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use imgconv::{Error, ErrorKind};
+
+use crate::args::{with_default_subcommand, Cli, Command};
+
+fn main() -> ExitCode {
+    let argv = with_default_subcommand(std::env::args_os().collect());
+    let cli = Cli::parse_from(argv);
+    let outcome = match cli.command {
+        Command::Convert(a) => commands::convert(a),
+        Command::Info(a) => commands::info(a),
+        Command::Compare(a) => commands::compare(a),
+        Command::Measure(a) => commands::measure(a),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            report(&failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Print one clear line: the error, then its causes.
+fn report(err: &Error) {
+    let mut line = format!("imgconv: {err}");
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    eprintln!("{line}");
+}
+
+/// The exit code of an error kind (documented in the README and `--help`).
+pub(crate) fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::InvalidArgument => 2,
+        ErrorKind::NotFound => 3,
+        ErrorKind::NotAFile => 4,
+        ErrorKind::AlreadyExists => 5,
+        ErrorKind::Io => 6,
+        ErrorKind::StorageFull => 7,
+        ErrorKind::InvalidImage => 8,
+        ErrorKind::Unsupported => 9,
+        ErrorKind::LimitExceeded => 10,
+        ErrorKind::Cancelled => 130,
+        _ => 6,
+    }
+}

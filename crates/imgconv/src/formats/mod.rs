@@ -1,0 +1,5 @@
+//! One folder per format, each with the same files: `mod.rs` (spec, subset, limits),
+//! `reader.rs`, `writer.rs`, and header/table files where the format has them.
+
+pub mod options;
+pub mod raw;

@@ -1,0 +1,141 @@
+//! The RAW writer: data as is, zero units as holes.
+
+use crate::buffer::Bytes;
+use crate::error::{Error, ErrorKind, Result};
+use crate::formats::options::WriterOptions;
+use crate::model::Format;
+use crate::planner::Plan;
+use crate::sink::{Output, Preallocation};
+use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
+
+/// Hole granularity: a 4 KiB run of zeros becomes a hole (qemu-img's `-S 4k` default, and the
+/// block size of common file systems, below which a hole saves nothing).
+pub const RAW_UNIT: u64 = 4096;
+
+/// Options of the RAW writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RawOptions {
+    /// How zero runs are stored in the output file.
+    pub preallocation: Preallocation,
+}
+
+impl RawOptions {
+    /// The option names RAW takes.
+    pub const KNOWN: &'static [&'static str] = &["preallocation"];
+
+    /// Take RAW's options out of `opts`, refusing unknown ones.
+    pub fn parse(mut opts: WriterOptions) -> Result<RawOptions> {
+        let preallocation = opts.take_parsed("preallocation")?.unwrap_or_default();
+        opts.finish(Format::Raw, Self::KNOWN)?;
+        Ok(RawOptions { preallocation })
+    }
+}
+
+/// A piece of RAW output.
+#[derive(Debug, Clone)]
+pub enum RawPiece {
+    /// Bytes to write.
+    Data(Bytes),
+    /// A run of zeros.
+    Zeros(u64),
+}
+
+/// The RAW encoder: splits a chunk into data runs and zero runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Encoded = Vec<RawPiece>;
+
+    fn encode(&self, chunk: Chunk) -> Result<Vec<RawPiece>> {
+        let Some(data) = &chunk.data else {
+            return Ok(vec![RawPiece::Zeros(chunk.len as u64)]);
+        };
+        Ok(chunk
+            .runs()
+            .map(|(range, nonzero)| {
+                if nonzero {
+                    RawPiece::Data(data.slice(range))
+                } else {
+                    RawPiece::Zeros(range.len() as u64)
+                }
+            })
+            .collect())
+    }
+}
+
+/// The RAW writer.
+#[derive(Debug)]
+pub struct RawWriter {
+    virtual_size: u64,
+    allocated_units: u64,
+}
+
+impl RawWriter {
+    /// A writer for a disk of `virtual_size` bytes.
+    pub fn new(virtual_size: u64) -> RawWriter {
+        RawWriter {
+            virtual_size,
+            allocated_units: 0,
+        }
+    }
+}
+
+impl Writer for RawWriter {
+    type Encoder = RawEncoder;
+
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+
+    fn unit_size(&self) -> u64 {
+        RAW_UNIT
+    }
+
+    fn needs_plan(&self) -> bool {
+        false
+    }
+
+    fn output_len(&self) -> Option<u64> {
+        Some(self.virtual_size)
+    }
+
+    fn encoder(&self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn begin(&mut self, _plan: Option<&Plan>, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+
+    fn commit(&mut self, pieces: Vec<RawPiece>, out: &mut Output) -> Result<()> {
+        for piece in pieces {
+            match piece {
+                RawPiece::Data(b) => {
+                    self.allocated_units += (b.len() as u64).div_ceil(RAW_UNIT);
+                    out.write(&b)?;
+                }
+                RawPiece::Zeros(n) => out.write_zeros(n)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+        if out.position() != self.virtual_size {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "internal error: wrote {} bytes of a {}-byte disk",
+                    out.position(),
+                    self.virtual_size
+                ),
+            ));
+        }
+        Ok(WriterSummary {
+            format: Format::Raw,
+            allocated_units: self.allocated_units,
+            unit_size: RAW_UNIT,
+        })
+    }
+}

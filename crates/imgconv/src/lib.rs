@@ -1,0 +1,66 @@
+//! imgconv: a disk-image conversion engine.
+//!
+//! Data flows `Reader → planner → pipeline → Writer → Sink`: a [`Reader`] exposes a virtual
+//! disk with positional reads and an extent map; the planner knows which of a writer's units
+//! hold data before a byte is written; the pipeline reads, zero-scans and encodes chunks in
+//! parallel on rayon and commits them in order; a [`Writer`] emits its format in file order;
+//! the [`Sink`] publishes the result atomically (or streams it), while MD5, SHA-256 and CRC32C
+//! of the output are computed inline on threads of their own.
+//!
+//! ```
+//! use imgconv::{convert, open_source, CancelToken, ConvertOptions, Destination, DigestKind,
+//!               Format, MemSource, NoProgress, VecSink};
+//!
+//! # fn main() -> imgconv::Result<()> {
+//! // A 1 MiB RAW disk with a little data at the start.
+//! let mut disk = vec![0u8; 1 << 20];
+//! disk[..5].copy_from_slice(b"hello");
+//! let reader = open_source(Box::new(MemSource::new(disk.clone())), Some(Format::Raw))?;
+//!
+//! let sink = VecSink::new();
+//! let opts = ConvertOptions::new(Format::Raw).with_digests(&[DigestKind::Md5, DigestKind::Sha256]);
+//! let summary = convert(&*reader, Destination::Sink(Box::new(sink.clone())), &opts,
+//!                       &NoProgress, &CancelToken::new())?;
+//!
+//! assert_eq!(sink.contents(), disk);
+//! assert_eq!(summary.output_size, 1 << 20);
+//! println!("md5 {}", summary.digest(DigestKind::Md5).unwrap_or("-"));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every image is untrusted: parsing never panics, never allocates from an unchecked field and
+//! never opens a file that an image names. Errors carry a stable [`ErrorKind`].
+
+pub mod buffer;
+pub mod compare;
+pub mod convert;
+pub mod detect;
+pub mod digest;
+pub mod error;
+pub mod formats;
+pub mod model;
+pub mod open;
+pub mod pipeline;
+pub mod planner;
+pub mod progress;
+pub mod reader;
+pub mod sink;
+pub mod source;
+pub mod writer;
+pub mod zero;
+
+pub use compare::{compare, Comparison};
+pub use convert::{convert, measure, ConvertOptions, Destination, Summary};
+pub use digest::{Digest, DigestKind};
+pub use error::{Error, ErrorKind, Result};
+pub use formats::options::WriterOptions;
+pub use model::{Extent, Format, GuestOffset, HostOffset, ImageInfo, Mapping, UnitIndex};
+pub use open::{open_image, open_source};
+pub use pipeline::PipelineConfig;
+pub use planner::{plan, Plan};
+pub use progress::{CancelToken, NoProgress, Progress};
+pub use reader::Reader;
+pub use sink::{FileSink, FileSinkOptions, Preallocation, Sink, VecSink, WriteSink};
+pub use source::{FileSource, MemSource, Source};
+pub use writer::{Chunk, Encoder, Measure, Writer, WriterSummary};

@@ -1,0 +1,147 @@
+//! The pipeline: chunks read, zero-scanned and encoded in parallel, committed strictly in order.
+//!
+//! The committing thread keeps at most `window` chunks in flight on the rayon pool. Workers
+//! read a chunk (never the ranges the map calls zero), scan it for zero units and run the
+//! writer's encoder; results come back in any order and wait in a small reorder buffer until
+//! every earlier chunk is committed. Memory is therefore bounded by the window (plus the
+//! digest queues), whatever the image size.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use crate::buffer::BufferPool;
+use crate::error::{Error, ErrorKind, Result};
+use crate::planner::{self, chunk_size_for, load_chunk, Plan};
+use crate::progress::{CancelToken, Progress};
+use crate::reader::Reader;
+use crate::sink::Output;
+use crate::writer::{Encoder, Writer, WriterSummary};
+
+/// The default chunk size: large enough for efficient reads and writes, small enough that a
+/// full window stays a few tens of MiB.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+
+/// Tuning of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Bytes of virtual disk per chunk (rounded up to the writer's unit).
+    pub chunk_size: u64,
+    /// Chunks in flight at most; `0` picks twice the worker count plus two.
+    pub window: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            window: 0,
+        }
+    }
+}
+
+impl PipelineConfig {
+    fn window(&self) -> usize {
+        if self.window == 0 {
+            rayon::current_num_threads() * 2 + 2
+        } else {
+            self.window
+        }
+    }
+}
+
+/// Run a whole conversion of `reader` through `writer` into `out`.
+pub fn run<W: Writer>(
+    reader: &dyn Reader,
+    mut writer: W,
+    out: &mut Output,
+    config: &PipelineConfig,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(WriterSummary, Option<Plan>)> {
+    let unit = writer.unit_size();
+    let plan = if writer.needs_plan() {
+        Some(planner::plan(reader, unit, config.chunk_size, cancel)?)
+    } else {
+        None
+    };
+    writer.begin(plan.as_ref(), out)?;
+    let encoder = writer.encoder();
+    progress.start(reader.virtual_size());
+    let result = commit_all(reader, &mut writer, &encoder, out, config, progress, cancel);
+    progress.finish();
+    result?;
+    let summary = writer.finish(out)?;
+    Ok((summary, plan))
+}
+
+type Slot<T> = (u64, Result<T>);
+
+fn commit_all<W: Writer>(
+    reader: &dyn Reader,
+    writer: &mut W,
+    encoder: &W::Encoder,
+    out: &mut Output,
+    config: &PipelineConfig,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<()> {
+    let unit = writer.unit_size();
+    let size = reader.virtual_size();
+    let chunk = chunk_size_for(unit, config.chunk_size);
+    let chunk_len = usize::try_from(chunk)
+        .map_err(|_| Error::invalid_argument("chunk size too large for this platform"))?;
+    let unit_len = usize::try_from(unit)
+        .map_err(|_| Error::invalid_argument("unit size too large for this platform"))?;
+    let count = size.div_ceil(chunk);
+    let window = config.window().max(1) as u64;
+    let pool = BufferPool::new(chunk_len, config.window().max(1) * 2);
+    let abort = AtomicBool::new(false);
+
+    rayon::in_place_scope(|scope| {
+        let (tx, rx) = mpsc::channel::<Slot<<W::Encoder as Encoder>::Encoded>>();
+        let mut pending = BTreeMap::new();
+        let mut next_submit = 0u64;
+        let mut next_commit = 0u64;
+        let outcome = (|| {
+            while next_commit < count {
+                while next_submit < count && next_submit < next_commit + window {
+                    let i = next_submit;
+                    let tx = tx.clone();
+                    let (pool, abort) = (&pool, &abort);
+                    scope.spawn(move |_| {
+                        let result = if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
+                            Err(Error::cancelled())
+                        } else {
+                            let off = i * chunk;
+                            let len = (size - off).min(chunk) as usize;
+                            load_chunk(reader, off, len, unit_len, pool)
+                                .and_then(|c| encoder.encode(c))
+                        };
+                        let _ = tx.send((i, result));
+                    });
+                    next_submit += 1;
+                }
+                let encoded = loop {
+                    if let Some(r) = pending.remove(&next_commit) {
+                        break r;
+                    }
+                    let (i, r) = rx.recv().map_err(|_| {
+                        Error::new(ErrorKind::Io, "a pipeline worker stopped unexpectedly")
+                    })?;
+                    pending.insert(i, r);
+                };
+                cancel.check()?;
+                writer.commit(encoded?, out)?;
+                let off = next_commit * chunk;
+                progress.advance((size - off).min(chunk));
+                next_commit += 1;
+            }
+            Ok(())
+        })();
+        if outcome.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        outcome
+    })
+}

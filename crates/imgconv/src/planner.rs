@@ -1,0 +1,182 @@
+//! The planner: which of a writer's units hold data, known before any byte is written.
+//!
+//! It walks the reader's extent map; zero and unallocated extents are never read, and data
+//! extents are read in parallel and scanned for all-zero units. The resulting [`Plan`] lets a
+//! writer lay out header, tables and data up front, answers `imgconv measure`, and gives
+//! progress a true total.
+
+use std::sync::Arc;
+
+use bitvec::vec::BitVec;
+use rayon::prelude::*;
+
+use crate::buffer::BufferPool;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Extent, UnitIndex};
+use crate::progress::CancelToken;
+use crate::reader::{for_each_mapping, Reader};
+use crate::writer::Chunk;
+use crate::zero;
+
+/// The smallest unit a plan may use.
+pub const MIN_UNIT: u64 = 512;
+/// The largest unit a plan may use (VHD's largest practical block).
+pub const MAX_UNIT: u64 = 256 << 20;
+
+/// Allocation of a virtual disk at one unit size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    virtual_size: u64,
+    unit: u64,
+    allocated: BitVec,
+}
+
+impl Plan {
+    /// A plan from its parts; `allocated` has one bit per unit.
+    pub fn new(virtual_size: u64, unit: u64, allocated: BitVec) -> Result<Plan> {
+        check_unit(unit)?;
+        if allocated.len() as u64 != unit_count(virtual_size, unit) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "plan size mismatch"));
+        }
+        Ok(Plan {
+            virtual_size,
+            unit,
+            allocated,
+        })
+    }
+
+    /// Size of the virtual disk.
+    pub fn virtual_size(&self) -> u64 {
+        self.virtual_size
+    }
+
+    /// The unit size.
+    pub fn unit_size(&self) -> u64 {
+        self.unit
+    }
+
+    /// Number of units (the last may be partial).
+    pub fn units(&self) -> u64 {
+        self.allocated.len() as u64
+    }
+
+    /// Whether unit `i` holds a non-zero byte.
+    pub fn is_allocated(&self, i: UnitIndex) -> bool {
+        usize::try_from(i.0)
+            .ok()
+            .and_then(|i| self.allocated.get(i).map(|b| *b))
+            .unwrap_or(false)
+    }
+
+    /// Number of units holding data.
+    pub fn allocated_units(&self) -> u64 {
+        self.allocated.count_ones() as u64
+    }
+
+    /// The bitmap, one bit per unit.
+    pub fn bitmap(&self) -> &BitVec {
+        &self.allocated
+    }
+}
+
+/// Number of `unit`-sized units covering `size` bytes.
+pub fn unit_count(size: u64, unit: u64) -> u64 {
+    size.div_ceil(unit)
+}
+
+fn check_unit(unit: u64) -> Result<()> {
+    if unit.is_power_of_two() && (MIN_UNIT..=MAX_UNIT).contains(&unit) {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(format!(
+            "unit size {unit} must be a power of two from {MIN_UNIT} to {MAX_UNIT}"
+        )))
+    }
+}
+
+/// The chunk size used for a unit: at least `preferred`, a whole number of units.
+pub fn chunk_size_for(unit: u64, preferred: u64) -> u64 {
+    preferred.max(unit).div_ceil(unit) * unit
+}
+
+/// Read `[offset, offset + len)` of `reader` as a [`Chunk`] scanned at `unit`: data extents
+/// are read (into a buffer from `pool`), everything else is zero-filled or not touched at all.
+pub fn load_chunk(
+    reader: &dyn Reader,
+    offset: u64,
+    len: usize,
+    unit: usize,
+    pool: &Arc<BufferPool>,
+) -> Result<Chunk> {
+    let end = offset + len as u64;
+    let units = len.div_ceil(unit);
+    let mut segments: Vec<(u64, u64)> = Vec::new();
+    for_each_mapping(reader, offset, end, |pos, m| {
+        if m.extent == Extent::Data {
+            match segments.last_mut() {
+                Some((s, l)) if *s + *l == pos => *l += m.len,
+                _ => segments.push((pos, m.len)),
+            }
+        }
+        Ok(())
+    })?;
+    if segments.is_empty() {
+        return Ok(Chunk {
+            offset,
+            len,
+            data: None,
+            unit,
+            nonzero: BitVec::repeat(false, units),
+        });
+    }
+    let mut buf = pool.get();
+    let bytes = &mut buf.as_mut_slice()[..len];
+    let mut cursor = 0usize;
+    for (s, l) in segments {
+        let lo = (s - offset) as usize;
+        let hi = lo + l as usize;
+        bytes[cursor..lo].fill(0);
+        reader.read_at(s, &mut bytes[lo..hi])?;
+        cursor = hi;
+    }
+    bytes[cursor..].fill(0);
+    let nonzero: BitVec = zero::zero_units(bytes, unit).map(|z| !z).collect();
+    let data = if nonzero.any() {
+        Some(buf.freeze(len))
+    } else {
+        None
+    };
+    Ok(Chunk {
+        offset,
+        len,
+        data,
+        unit,
+        nonzero,
+    })
+}
+
+/// Build the plan of `reader` at `unit` bytes, reading data extents in parallel on the rayon
+/// pool with `chunk_size`-byte reads.
+pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToken) -> Result<Plan> {
+    check_unit(unit)?;
+    let size = reader.virtual_size();
+    let chunk = chunk_size_for(unit, chunk_size);
+    let chunks = size.div_ceil(chunk);
+    let chunk_len = usize::try_from(chunk)
+        .map_err(|_| Error::invalid_argument("chunk size too large for this platform"))?;
+    let pool = BufferPool::new(chunk_len, rayon::current_num_threads() * 2);
+    let parts: Vec<BitVec> = (0..chunks)
+        .into_par_iter()
+        .map(|i| {
+            cancel.check()?;
+            let off = i * chunk;
+            let len = (size - off).min(chunk) as usize;
+            load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
+        })
+        .collect::<Result<_>>()?;
+    let mut allocated = BitVec::with_capacity(unit_count(size, unit) as usize);
+    for p in parts {
+        allocated.extend_from_bitslice(&p);
+    }
+    Plan::new(size, unit, allocated)
+}

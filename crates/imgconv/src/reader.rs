@@ -1,0 +1,82 @@
+//! The reader contract: a virtual disk with positional reads and an extent map.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Extent, Format, ImageInfo, Mapping};
+
+/// A virtual disk opened from an image of some format.
+///
+/// Contract:
+/// - [`Reader::read_at`] fills the whole buffer with the virtual disk's bytes at `offset`; the
+///   range must lie inside `0..virtual_size()`. Unallocated and zero ranges read as zeros.
+/// - [`Reader::map`] describes `[offset, offset + max_len)` from its start: what the first
+///   `len` bytes are (`1 <= len <= max_len`). [`Extent::Zero`] and [`Extent::Unallocated`] are
+///   promises that the bytes read as zeros; the pipeline never reads them. [`Extent::Data`]
+///   makes no promise either way.
+/// - Readers are positional and `Send + Sync`: many threads call them at once, with no
+///   cursor and no lock around the whole image.
+pub trait Reader: Send + Sync {
+    /// The image's format.
+    fn format(&self) -> Format;
+
+    /// Size of the virtual disk in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// Fill `buf` with the virtual disk's bytes from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// What the range starting at `offset` holds, for how long (at most `max_len`).
+    fn map(&self, offset: u64, max_len: u64) -> Result<Mapping>;
+
+    /// What `imgconv info` shows.
+    fn info(&self) -> ImageInfo;
+}
+
+/// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.
+pub fn check_range(format: Format, size: u64, offset: u64, len: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("read of {len} bytes at {offset} is outside the {size}-byte virtual disk"),
+        )
+        .with_format(format)),
+    }
+}
+
+/// Iterate the map of `reader` over `[start, end)`, calling `f(offset, mapping)` for each
+/// piece in order. Guards against a reader that answers with a zero length.
+pub fn for_each_mapping(
+    reader: &dyn Reader,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(u64, Mapping) -> Result<()>,
+) -> Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let mut m = reader.map(pos, end - pos)?;
+        if m.len == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidImage,
+                "the image's map is inconsistent (empty extent)",
+            )
+            .with_format(reader.format())
+            .with_offset(pos));
+        }
+        m.len = m.len.min(end - pos);
+        f(pos, m)?;
+        pos += m.len;
+    }
+    Ok(())
+}
+
+/// Whether the whole of `[start, end)` is known to read as zeros without reading it.
+pub fn is_known_zero(reader: &dyn Reader, start: u64, end: u64) -> Result<bool> {
+    let mut all = true;
+    for_each_mapping(reader, start, end, |_, m| {
+        if m.extent == Extent::Data {
+            all = false;
+        }
+        Ok(())
+    })?;
+    Ok(all)
+}

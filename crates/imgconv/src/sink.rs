@@ -1,0 +1,531 @@
+//! Where the output stream goes: an atomically published file, any `Write` (stdout), or memory.
+//!
+//! A [`Sink`] receives the output in file order. Dropping a sink without [`Sink::finish`]
+//! abandons it: a file sink then leaves nothing behind. [`Output`] couples a sink with the
+//! inline [`Digester`] so that every byte written is also hashed.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::buffer::Bytes;
+use crate::digest::{Digest, DigestKind, Digester};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A destination for the output byte stream, written strictly in order.
+pub trait Sink: Send {
+    /// Append bytes.
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Append `len` zero bytes; a sink that can leaves a hole instead of writing them.
+    fn write_zeros(&mut self, len: u64) -> Result<()>;
+
+    /// Bytes appended so far.
+    fn position(&self) -> u64;
+
+    /// Complete the output (flush, sync, publish). Without this call nothing is published.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// How a file output reserves its space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preallocation {
+    /// Zero runs become holes (sparse output).
+    #[default]
+    Off,
+    /// Reserve the whole size with `fallocate` (reads as zeros, no data written).
+    Falloc,
+    /// Write every zero byte.
+    Full,
+}
+
+impl std::str::FromStr for Preallocation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(Preallocation::Off),
+            "falloc" => Ok(Preallocation::Falloc),
+            "full" => Ok(Preallocation::Full),
+            other => Err(Error::invalid_argument(format!(
+                "unknown preallocation '{other}' (known: off, falloc, full)"
+            ))),
+        }
+    }
+}
+
+/// Options of a [`FileSink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSinkOptions {
+    /// Replace an existing file at the destination.
+    pub overwrite: bool,
+    /// How zero runs are stored.
+    pub preallocation: Preallocation,
+    /// The final size, if known in advance (used by `falloc` preallocation).
+    pub expected_len: Option<u64>,
+    /// `fsync` the file and its folder before publishing it (default: on).
+    pub sync: bool,
+}
+
+impl Default for FileSinkOptions {
+    fn default() -> Self {
+        FileSinkOptions {
+            overwrite: false,
+            preallocation: Preallocation::Off,
+            expected_len: None,
+            sync: true,
+        }
+    }
+}
+
+/// How the not-yet-published file exists.
+#[derive(Debug)]
+enum Staging {
+    /// An unnamed `O_TMPFILE` inode: it vanishes by itself if the process dies.
+    Unnamed,
+    /// A hidden temporary name in the destination folder, removed on drop.
+    Named(PathBuf),
+}
+
+/// A file written under no name (or a temporary one) and published at its destination only
+/// by [`Sink::finish`], after it is complete and synced.
+#[derive(Debug)]
+pub struct FileSink {
+    file: Option<File>,
+    dest: PathBuf,
+    staging: Staging,
+    pos: u64,
+    opts: FileSinkOptions,
+}
+
+/// Zeros written for `preallocation=full`.
+static ZERO_BLOCK: [u8; 256 * 1024] = [0u8; 256 * 1024];
+
+impl FileSink {
+    /// Prepare an output at `dest`. Fails early with [`ErrorKind::AlreadyExists`] if `dest`
+    /// exists and `overwrite` is off.
+    pub fn create(dest: impl AsRef<Path>, opts: FileSinkOptions) -> Result<FileSink> {
+        let dest = dest.as_ref().to_path_buf();
+        if !opts.overwrite && std::fs::symlink_metadata(&dest).is_ok() {
+            return Err(already_exists(&dest));
+        }
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let (file, staging) = match open_unnamed(&dir) {
+            Ok(file) => (file, Staging::Unnamed),
+            Err(_) => {
+                let tmp = temp_name(&dest);
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(|e| Error::io("cannot create the output", e).with_path(&dest))?;
+                (file, Staging::Named(tmp))
+            }
+        };
+        if let (Preallocation::Falloc, Some(len)) = (opts.preallocation, opts.expected_len) {
+            if len > 0 {
+                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len).map_err(
+                    |e| Error::io("cannot preallocate the output", e.into()).with_path(&dest),
+                )?;
+            }
+        }
+        Ok(FileSink {
+            file: Some(file),
+            dest,
+            staging,
+            pos: 0,
+            opts,
+        })
+    }
+
+    fn file(&self) -> Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Io, "the output is already closed"))
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        let dest = self.dest.clone();
+        let file = self.file()?;
+        match &self.staging {
+            Staging::Unnamed => {
+                let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+                if self.opts.overwrite {
+                    // Link under a temporary name, then rename over the destination atomically.
+                    let tmp = temp_name(&dest);
+                    link_fd(&fd_path, &tmp).map_err(|e| publish_error(&dest, e))?;
+                    std::fs::rename(&tmp, &dest).map_err(|e| {
+                        let _ = std::fs::remove_file(&tmp);
+                        publish_error(&dest, e)
+                    })?;
+                } else {
+                    link_fd(&fd_path, &dest).map_err(|e| {
+                        if e.kind() == io::ErrorKind::AlreadyExists {
+                            already_exists(&dest)
+                        } else {
+                            publish_error(&dest, e)
+                        }
+                    })?;
+                }
+            }
+            Staging::Named(tmp) => {
+                let tmp = tmp.clone();
+                if self.opts.overwrite {
+                    std::fs::rename(&tmp, &dest).map_err(|e| publish_error(&dest, e))?;
+                } else {
+                    // A hard link fails if the destination appeared meanwhile: never clobber.
+                    std::fs::hard_link(&tmp, &dest).map_err(|e| {
+                        if e.kind() == io::ErrorKind::AlreadyExists {
+                            already_exists(&dest)
+                        } else {
+                            publish_error(&dest, e)
+                        }
+                    })?;
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                self.staging = Staging::Unnamed;
+            }
+        }
+        if self.opts.sync {
+            if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn already_exists(dest: &Path) -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        "the output already exists (use --force to overwrite it)",
+    )
+    .with_path(dest)
+}
+
+fn publish_error(dest: &Path, e: io::Error) -> Error {
+    Error::io("cannot publish the output", e).with_path(dest)
+}
+
+fn open_unnamed(dir: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    Ok(File::from(fd))
+}
+
+fn link_fd(fd_path: &str, dest: &Path) -> io::Result<()> {
+    use rustix::fs::{linkat, AtFlags, CWD};
+    linkat(CWD, fd_path, CWD, dest, AtFlags::SYMLINK_FOLLOW).map_err(io::Error::from)
+}
+
+fn temp_name(dest: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dest.with_file_name(format!(".{name}.imgconv-{}-{n}.tmp", std::process::id()))
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        let pos = self.pos;
+        self.file()?
+            .write_all_at(data, pos)
+            .map_err(|e| Error::io("cannot write the output", e).with_path(&self.dest))?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn write_zeros(&mut self, len: u64) -> Result<()> {
+        if self.opts.preallocation == Preallocation::Full {
+            let mut left = len;
+            while left > 0 {
+                let step = left.min(ZERO_BLOCK.len() as u64) as usize;
+                self.write(&ZERO_BLOCK[..step])?;
+                left -= step as u64;
+            }
+        } else {
+            // A new file reads as zeros wherever nothing was written: leave a hole.
+            self.pos += len;
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let file = self.file()?;
+        file.set_len(self.pos)
+            .map_err(|e| Error::io("cannot set the output's size", e).with_path(&self.dest))?;
+        if self.opts.sync {
+            file.sync_all()
+                .map_err(|e| Error::io("cannot sync the output", e).with_path(&self.dest))?;
+        }
+        self.publish()?;
+        self.file = None;
+        Ok(())
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        if let Staging::Named(tmp) = &self.staging {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// A sink over any writer (stdout, a pipe, a socket): zeros are written out.
+pub struct WriteSink<W: Write + Send> {
+    inner: W,
+    pos: u64,
+}
+
+impl<W: Write + Send> WriteSink<W> {
+    /// Wrap `inner`.
+    pub fn new(inner: W) -> Self {
+        WriteSink { inner, pos: 0 }
+    }
+}
+
+impl<W: Write + Send> Sink for WriteSink<W> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.inner
+            .write_all(data)
+            .map_err(|e| Error::io("cannot write the output", e))?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn write_zeros(&mut self, len: u64) -> Result<()> {
+        let mut left = len;
+        while left > 0 {
+            let step = left.min(ZERO_BLOCK.len() as u64) as usize;
+            self.write(&ZERO_BLOCK[..step])?;
+            left -= step as u64;
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.inner
+            .flush()
+            .map_err(|e| Error::io("cannot flush the output", e))
+    }
+}
+
+/// A sink into memory; the bytes are in the shared vector once finished.
+#[derive(Debug, Clone, Default)]
+pub struct VecSink {
+    buf: Arc<Mutex<Vec<u8>>>,
+    pos: u64,
+}
+
+impl VecSink {
+    /// A new, empty sink.
+    pub fn new() -> Self {
+        VecSink::default()
+    }
+
+    /// The bytes written so far (a copy).
+    pub fn contents(&self) -> Vec<u8> {
+        self.buf.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+impl Sink for VecSink {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        let mut b = self
+            .buf
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Io, "memory sink poisoned"))?;
+        b.extend_from_slice(data);
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn write_zeros(&mut self, len: u64) -> Result<()> {
+        let len = usize::try_from(len)
+            .map_err(|_| Error::new(ErrorKind::LimitExceeded, "too large for memory"))?;
+        let mut b = self
+            .buf
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Io, "memory sink poisoned"))?;
+        let new_len = b.len() + len;
+        b.resize(new_len, 0);
+        self.pos += len as u64;
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The output stream: a sink plus the digests computed inline as it is written.
+pub struct Output {
+    sink: Box<dyn Sink>,
+    digester: Digester,
+}
+
+impl Output {
+    /// An output into `sink`, hashing with each algorithm in `digests`.
+    pub fn new(sink: Box<dyn Sink>, digests: &[DigestKind]) -> Result<Output> {
+        Ok(Output {
+            sink,
+            digester: Digester::start(digests)?,
+        })
+    }
+
+    /// Append shared bytes (handed to the digest threads without copying).
+    pub fn write(&mut self, data: &Bytes) -> Result<()> {
+        self.digester.data(data)?;
+        self.sink.write(data)
+    }
+
+    /// Append a zero run (a hole where the sink can).
+    pub fn write_zeros(&mut self, len: u64) -> Result<()> {
+        self.digester.zeros(len)?;
+        self.sink.write_zeros(len)
+    }
+
+    /// Bytes appended so far.
+    pub fn position(&self) -> u64 {
+        self.sink.position()
+    }
+
+    /// Finish the digests, then complete and publish the sink. Returns the output's length
+    /// and digests. If anything fails, nothing is published.
+    pub fn finish(self) -> Result<(u64, Vec<Digest>)> {
+        let len = self.sink.position();
+        let digests = self.digester.finish()?;
+        self.sink.finish()?;
+        Ok((len, digests))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("imgconv-sink-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).ok();
+        dir
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_abandoned_file_sink_leaves_nothing() -> Result<()> {
+        let dir = scratch("abandon");
+        let mut sink = FileSink::create(dir.join("out.raw"), FileSinkOptions::default())?;
+        sink.write(b"partial")?;
+        drop(sink);
+        assert!(entries(&dir).is_empty(), "left: {:?}", entries(&dir));
+        Ok(())
+    }
+
+    #[test]
+    fn a_finished_file_sink_appears_with_holes_and_exact_size() -> Result<()> {
+        let dir = scratch("finish");
+        let dest = dir.join("out.raw");
+        let mut sink = Box::new(FileSink::create(&dest, FileSinkOptions::default())?);
+        sink.write(b"ab")?;
+        sink.write_zeros(10_000)?;
+        sink.write(b"z")?;
+        sink.finish()?;
+        let data = std::fs::read(&dest).map_err(|e| Error::io("read", e))?;
+        assert_eq!(data.len(), 10_003);
+        assert_eq!(&data[..2], b"ab");
+        assert_eq!(data[10_002], b'z');
+        assert!(data[2..10_002].iter().all(|&b| b == 0));
+        assert_eq!(entries(&dir), vec!["out.raw".to_string()]);
+        Ok(())
+    }
+
+    #[test]
+    fn an_existing_destination_is_refused_unless_overwrite() -> Result<()> {
+        let dir = scratch("exists");
+        let dest = dir.join("out.raw");
+        std::fs::write(&dest, b"old").map_err(|e| Error::io("w", e))?;
+        let err = FileSink::create(&dest, FileSinkOptions::default()).err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::AlreadyExists));
+        let opts = FileSinkOptions {
+            overwrite: true,
+            ..FileSinkOptions::default()
+        };
+        let mut sink = Box::new(FileSink::create(&dest, opts)?);
+        sink.write(b"new!")?;
+        sink.finish()?;
+        assert_eq!(std::fs::read(&dest).ok().as_deref(), Some(&b"new!"[..]));
+        assert_eq!(entries(&dir), vec!["out.raw".to_string()]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_destination_that_appears_meanwhile_is_not_clobbered() -> Result<()> {
+        let dir = scratch("race");
+        let dest = dir.join("out.raw");
+        let mut sink = Box::new(FileSink::create(&dest, FileSinkOptions::default())?);
+        sink.write(b"mine")?;
+        std::fs::write(&dest, b"theirs").map_err(|e| Error::io("w", e))?;
+        let err = sink.finish().err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::AlreadyExists));
+        assert_eq!(std::fs::read(&dest).ok().as_deref(), Some(&b"theirs"[..]));
+        assert_eq!(entries(&dir), vec!["out.raw".to_string()]);
+        Ok(())
+    }
+
+    #[test]
+    fn full_preallocation_writes_the_zeros() -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = scratch("full");
+        let dest = dir.join("out.raw");
+        let opts = FileSinkOptions {
+            preallocation: Preallocation::Full,
+            ..FileSinkOptions::default()
+        };
+        let mut sink = Box::new(FileSink::create(&dest, opts)?);
+        sink.write_zeros(1 << 20)?;
+        sink.finish()?;
+        let meta = std::fs::metadata(&dest).map_err(|e| Error::io("m", e))?;
+        assert_eq!(meta.len(), 1 << 20);
+        assert!(meta.blocks() * 512 >= 1 << 20);
+        Ok(())
+    }
+}

@@ -1,0 +1,250 @@
+//! Positional byte sources that readers parse images from: a file (with `SEEK_DATA`/`SEEK_HOLE`)
+//! or memory. Every read is positional (`pread`), so one source serves many threads at once
+//! with no cursor and no lock.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Extent, Mapping};
+
+/// A positional, thread-safe byte source.
+pub trait Source: Send + Sync {
+    /// Length in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the source is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fill `buf` from `offset`. Reading past the end is an error (the image is truncated).
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// What the file system knows of `[offset, offset + max_len)`: [`Extent::Data`] or
+    /// [`Extent::Unallocated`] (a hole), and for how long. The default says "data" for the
+    /// whole range, which is always correct, only slower to convert.
+    fn extent(&self, offset: u64, max_len: u64) -> Result<Mapping> {
+        let _ = offset;
+        Ok(Mapping {
+            extent: Extent::Data,
+            len: max_len,
+        })
+    }
+
+    /// Bytes the source occupies on its storage, if known.
+    fn allocated_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// The path it was opened from, if any (for error messages).
+    fn path(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// A file or block device read with `pread`.
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    /// Whether `SEEK_DATA`/`SEEK_HOLE` are trusted for this file (regular files only).
+    seek_data: bool,
+}
+
+impl FileSource {
+    /// Open `path` for reading. A missing path is [`ErrorKind::NotFound`]; a directory or
+    /// anything else that is neither a regular file nor a block device is
+    /// [`ErrorKind::NotAFile`].
+    pub fn open(path: impl AsRef<Path>) -> Result<FileSource> {
+        use std::os::unix::fs::FileTypeExt;
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| {
+            let kind = e.kind();
+            let err = Error::io("cannot open the input", e).with_path(path);
+            if kind == io::ErrorKind::NotFound {
+                Error::new(ErrorKind::NotFound, "the input does not exist").with_path(path)
+            } else {
+                err
+            }
+        })?;
+        let ft = meta.file_type();
+        if !(ft.is_file() || ft.is_block_device()) {
+            let what = if ft.is_dir() {
+                "a directory"
+            } else {
+                "neither a regular file nor a block device"
+            };
+            return Err(Error::new(
+                ErrorKind::NotAFile,
+                format!("the input is {what}, not a disk image"),
+            )
+            .with_path(path));
+        }
+        let file =
+            File::open(path).map_err(|e| Error::io("cannot open the input", e).with_path(path))?;
+        let len = if ft.is_block_device() {
+            use std::io::Seek;
+            (&file)
+                .seek(io::SeekFrom::End(0))
+                .map_err(|e| Error::io("cannot size the block device", e).with_path(path))?
+        } else {
+            meta.len()
+        };
+        Ok(FileSource {
+            file,
+            path: path.to_path_buf(),
+            len,
+            seek_data: ft.is_file(),
+        })
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Source for FileSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], pos) {
+                Ok(0) => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        "the input ended early (was it truncated while being read?)",
+                    )
+                    .with_path(&self.path)
+                    .with_offset(pos));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::io("cannot read the input", e)
+                        .with_path(&self.path)
+                        .with_offset(pos))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn extent(&self, offset: u64, max_len: u64) -> Result<Mapping> {
+        use rustix::fs::{seek, SeekFrom};
+        use rustix::io::Errno;
+        let whole = Mapping {
+            extent: Extent::Data,
+            len: max_len,
+        };
+        if !self.seek_data || max_len == 0 {
+            return Ok(whole);
+        }
+        let end = offset.saturating_add(max_len);
+        // lseek(SEEK_DATA/SEEK_HOLE) returns its answer and does not disturb positional reads,
+        // so concurrent calls from several threads are safe without a lock.
+        match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(data) if data > offset => Ok(Mapping {
+                extent: Extent::Unallocated,
+                len: (data.min(end)) - offset,
+            }),
+            Ok(_) => match seek(&self.file, SeekFrom::Hole(offset)) {
+                Ok(hole) if hole > offset => Ok(Mapping {
+                    extent: Extent::Data,
+                    len: hole.min(end) - offset,
+                }),
+                // A hole at `offset` right after SEEK_DATA said data: the file changed under
+                // us; reading is the safe answer.
+                _ => Ok(whole),
+            },
+            // ENXIO: no data at or after offset (a hole up to the end of the file).
+            Err(Errno::NXIO) => Ok(Mapping {
+                extent: Extent::Unallocated,
+                len: max_len,
+            }),
+            // The file system cannot say (EINVAL, EOPNOTSUPP): read and detect zeros.
+            Err(_) => Ok(whole),
+        }
+    }
+
+    fn allocated_size(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+}
+
+/// An in-memory source (tests, fuzzing, and callers holding an image in memory).
+#[derive(Debug, Clone)]
+pub struct MemSource {
+    data: Arc<[u8]>,
+}
+
+impl MemSource {
+    /// A source over `data`.
+    pub fn new(data: impl Into<Arc<[u8]>>) -> Self {
+        MemSource { data: data.into() }
+    }
+}
+
+impl Source for MemSource {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let start = usize::try_from(offset).ok();
+        let range = start.and_then(|s| Some(s..s.checked_add(buf.len())?));
+        match range.and_then(|r| self.data.get(r)) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => {
+                Err(Error::new(ErrorKind::Io, "read past the end of the input").with_offset(offset))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_source_refuses_reads_past_the_end() {
+        let src = MemSource::new(vec![1u8; 10]);
+        let mut buf = [0u8; 4];
+        assert!(src.read_exact_at(6, &mut buf).is_ok());
+        assert!(src.read_exact_at(7, &mut buf).is_err());
+        assert!(src.read_exact_at(u64::MAX, &mut buf).is_err());
+    }
+
+    #[test]
+    fn opening_a_directory_is_not_a_file() {
+        let err = FileSource::open(std::env::temp_dir())
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(err, Some(ErrorKind::NotAFile));
+    }
+
+    #[test]
+    fn opening_a_missing_path_is_not_found() {
+        let err = FileSource::open("/nonexistent/imgconv/x.raw")
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(err, Some(ErrorKind::NotFound));
+    }
+}

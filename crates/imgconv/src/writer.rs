@@ -1,0 +1,132 @@
+//! The writer contract: a plan known before the first byte, output in file order, parallel
+//! encoding, ordered commit, and an explicit `finish`.
+
+use bitvec::vec::BitVec;
+use serde::Serialize;
+
+use crate::buffer::Bytes;
+use crate::error::Result;
+use crate::model::Format;
+use crate::planner::Plan;
+use crate::sink::Output;
+
+/// A run of the virtual disk handed to a writer's encoder: `len` bytes at guest `offset`,
+/// aligned to the writer's unit.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Guest offset of the first byte (a multiple of the unit size).
+    pub offset: u64,
+    /// Length in bytes (a multiple of the unit, except at the end of the disk).
+    pub len: usize,
+    /// The bytes, or `None` when the whole chunk reads as zeros (it was never read).
+    pub data: Option<Bytes>,
+    /// The unit size the chunk was scanned at.
+    pub unit: usize,
+    /// One bit per unit: set where the unit holds a non-zero byte.
+    pub nonzero: BitVec,
+}
+
+impl Chunk {
+    /// Number of units in the chunk (the last may be partial).
+    pub fn units(&self) -> usize {
+        self.nonzero.len()
+    }
+
+    /// The bytes of unit `i` (a short slice for a partial last unit), or `None` if it is zero.
+    pub fn unit_data(&self, i: usize) -> Option<Bytes> {
+        if !self.nonzero.get(i).is_some_and(|b| *b) {
+            return None;
+        }
+        let data = self.data.as_ref()?;
+        let start = i * self.unit;
+        let end = (start + self.unit).min(self.len);
+        Some(data.slice(start..end))
+    }
+
+    /// Maximal runs of equal zero-ness, as `(byte range in the chunk, is non-zero)`.
+    pub fn runs(&self) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> + '_ {
+        let mut i = 0usize;
+        let n = self.units();
+        std::iter::from_fn(move || {
+            if i >= n {
+                return None;
+            }
+            let v = self.nonzero[i];
+            let start = i;
+            while i < n && self.nonzero[i] == v {
+                i += 1;
+            }
+            let lo = start * self.unit;
+            let hi = (i * self.unit).min(self.len);
+            Some((lo..hi, v))
+        })
+    }
+}
+
+/// A writer's parallel step: turn a chunk into what `commit` emits (compress, checksum, ...).
+/// Runs on the worker pool, many chunks at once.
+pub trait Encoder: Sync {
+    /// The encoded form of one chunk.
+    type Encoded: Send;
+
+    /// Encode one chunk.
+    fn encode(&self, chunk: Chunk) -> Result<Self::Encoded>;
+}
+
+/// The sizes `imgconv measure` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Measure {
+    /// Bytes the output needs for this input.
+    pub required: u64,
+    /// Bytes the output would need if every unit were allocated.
+    pub fully_allocated: u64,
+}
+
+/// What a finished writer reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WriterSummary {
+    /// The output format.
+    pub format: Format,
+    /// Units that hold data in the output.
+    pub allocated_units: u64,
+    /// The unit size.
+    pub unit_size: u64,
+}
+
+/// One output format's writer.
+///
+/// The pipeline calls, in order: [`Writer::begin`] once (with the plan when
+/// [`Writer::needs_plan`]), then [`Writer::commit`] for every chunk in ascending order, then
+/// [`Writer::finish`]. Everything is emitted into [`Output`] in file order.
+pub trait Writer: Send {
+    /// The parallel encoding step.
+    type Encoder: Encoder;
+
+    /// The output format.
+    fn format(&self) -> Format;
+
+    /// The allocation unit in bytes (a power of two).
+    fn unit_size(&self) -> u64;
+
+    /// Whether the layout depends on the allocation plan (header and tables come first).
+    fn needs_plan(&self) -> bool;
+
+    /// The exact output length, if known before writing.
+    fn output_len(&self) -> Option<u64>;
+
+    /// The encoder the workers share.
+    fn encoder(&self) -> Self::Encoder;
+
+    /// Emit what precedes the data.
+    fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()>;
+
+    /// Emit one encoded chunk; chunks arrive in ascending guest order.
+    fn commit(
+        &mut self,
+        encoded: <Self::Encoder as Encoder>::Encoded,
+        out: &mut Output,
+    ) -> Result<()>;
+
+    /// Emit what follows the data and report.
+    fn finish(self, out: &mut Output) -> Result<WriterSummary>;
+}
