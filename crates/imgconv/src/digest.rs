@@ -89,24 +89,52 @@ enum Piece {
 static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
 /// How many pieces may wait for one hasher. With 4 MiB chunks this bounds the memory a slow
-/// hash can hold back to 64 MiB, and keeps enough queued to ride out scheduling hiccups.
-const QUEUE_DEPTH: usize = 16;
+/// hash can hold back to 32 MiB, and keeps enough queued to ride out scheduling hiccups.
+pub const QUEUE_DEPTH: usize = 8;
 
 trait Hasher: Send {
     fn update(&mut self, data: &[u8]);
     fn finish(self: Box<Self>) -> String;
 }
 
+#[cfg(not(feature = "openssl"))]
 struct Md5(md5::Md5);
+#[cfg(feature = "openssl")]
+struct Md5(openssl::hash::Hasher);
 struct Sha256(sha2::Sha256);
 struct Crc32c(u32);
 
+#[cfg(not(feature = "openssl"))]
 impl Hasher for Md5 {
     fn update(&mut self, data: &[u8]) {
         md5::Digest::update(&mut self.0, data);
     }
     fn finish(self: Box<Self>) -> String {
         hex(&md5::Digest::finalize(self.0))
+    }
+}
+
+#[cfg(feature = "openssl")]
+impl Md5 {
+    fn new() -> Md5 {
+        // Creating an MD5 context only fails if libcrypto lacks MD5 (a FIPS-only build); the
+        // pure-Rust path is not compiled in then, so this is a hard configuration error.
+        #[allow(clippy::expect_used)]
+        Md5(
+            openssl::hash::Hasher::new(openssl::hash::MessageDigest::md5())
+                .expect("libcrypto provides MD5"),
+        )
+    }
+}
+
+#[cfg(feature = "openssl")]
+impl Hasher for Md5 {
+    fn update(&mut self, data: &[u8]) {
+        // Fails only on a broken context, which `new` rules out.
+        let _ = self.0.update(data);
+    }
+    fn finish(mut self: Box<Self>) -> String {
+        self.0.finish().map(|d| hex(&d)).unwrap_or_default()
     }
 }
 
@@ -140,7 +168,10 @@ fn hex(bytes: &[u8]) -> String {
 
 fn new_hasher(kind: DigestKind) -> Box<dyn Hasher> {
     match kind {
+        #[cfg(not(feature = "openssl"))]
         DigestKind::Md5 => Box::new(Md5(<md5::Md5 as md5::Digest>::new())),
+        #[cfg(feature = "openssl")]
+        DigestKind::Md5 => Box::new(Md5::new()),
         DigestKind::Sha256 => Box::new(Sha256(<sha2::Sha256 as sha2::Digest>::new())),
         DigestKind::Crc32c => Box::new(Crc32c(0)),
     }

@@ -95,7 +95,11 @@ fn commit_all<W: Writer>(
         .map_err(|_| Error::invalid_argument("unit size too large for this platform"))?;
     let count = size.div_ceil(chunk);
     let window = config.window().max(1) as u64;
-    let pool = BufferPool::new(chunk_len, config.window().max(1) * 2);
+    // Buffers alive at once: the window, the reorder buffer (at most the window again) and
+    // what the digest queues hold. Keeping that many idle ones means no allocation after the
+    // first round.
+    let keep = config.window().max(1) * 2 + 2 * crate::digest::QUEUE_DEPTH;
+    let pool = BufferPool::new(chunk_len, keep);
     let abort = AtomicBool::new(false);
 
     rayon::in_place_scope(|scope| {

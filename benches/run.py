@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""imgconv benchmark runner: imgconv against the reference tools, same input, same run.
+
+Generates a realistic RAW image (an ext4 file system filled from system folders with
+`mke2fs -d`, holes where the file system is empty, and runs of allocated zeros written over
+some of its free blocks), warms the page cache, then times each case several times and prints
+a Markdown table: median wall time, MB/s of virtual size, and the ratio imgconv / reference.
+
+    python3 benches/run.py                  # all cases on a 2 GiB image
+    python3 benches/run.py --cases raw,digest --runs 5
+    python3 benches/run.py --size 8G --cases memory
+
+Ratios are the numbers to read: absolute times on a shared machine are noise.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release" / "imgconv"
+MiB = 1 << 20
+GiB = 1 << 30
+
+# Folders the file system is filled from, in this order, until the data target is reached.
+SOURCES = ["/usr/share", "/usr/bin", "/usr/include", "/usr/lib", "/usr/libexec", "/usr/local"]
+
+
+def parse_size(text):
+    m = re.fullmatch(r"(\d+)([KMGT]?)", text.strip().upper())
+    if not m:
+        raise SystemExit(f"bad size {text!r}")
+    mult = {"": 1, "K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}[m.group(2)]
+    return int(m.group(1)) * mult
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def need(tool, package):
+    if shutil.which(tool) is None:
+        raise SystemExit(f"{tool} is missing: apt-get install {package}")
+
+
+def stage_files(stage, limit):
+    """Hard-link (or copy) regular files from SOURCES into `stage` until `limit` bytes."""
+    total = 0
+    for src in SOURCES:
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if not os.path.isfile(path) or os.path.islink(path) or st.st_size == 0:
+                    continue
+                if total + st.st_size > limit:
+                    continue
+                dest = os.path.join(stage, os.path.relpath(path, "/"))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                try:
+                    os.link(path, dest)
+                except OSError:
+                    try:
+                        shutil.copyfile(path, dest)
+                    except OSError:
+                        continue
+                total += st.st_size
+                if total >= limit * 0.98:
+                    return total
+    return total
+
+
+def free_ranges(image):
+    """Free block ranges of the ext4 file system in `image`, as (first, last, block size)."""
+    out = subprocess.run(["dumpe2fs", image], capture_output=True, text=True, check=True).stdout
+    bs = int(re.search(r"Block size:\s+(\d+)", out).group(1))
+    ranges = []
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Free blocks:"):
+            for part in line[len("Free blocks:"):].split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                a, _, b = part.partition("-")
+                ranges.append((int(a), int(b or a)))
+    return ranges, bs
+
+
+def make_realistic(path, size, work):
+    """The realistic image: about 55% file data, 15% allocated zeros, the rest holes."""
+    need("mke2fs", "e2fsprogs")
+    stage = work / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    data = stage_files(str(stage), int(size * 0.55))
+    tmp = path.with_suffix(".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    sh(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "bench", "-E", "root_owner=0:0",
+        "-d", str(stage), str(tmp), str(size // 1024) + "k"])
+    shutil.rmtree(stage, ignore_errors=True)
+    # Write zeros over the largest free ranges (as a guest that zeroes free space leaves them).
+    ranges, bs = free_ranges(str(tmp))
+    ranges.sort(key=lambda r: r[1] - r[0], reverse=True)
+    want = int(size * 0.15)
+    written = 0
+    zeros = bytes(4 * MiB)
+    with open(tmp, "r+b") as f:
+        for first, last in ranges:
+            if written >= want:
+                break
+            start = first * bs
+            length = min((last - first + 1) * bs, want - written)
+            f.seek(start)
+            left = length
+            while left > 0:
+                n = min(left, len(zeros))
+                f.write(zeros[:n])
+                left -= n
+            written += length
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(path)
+    print(f"# generated {path.name}: {size / GiB:.1f} GiB virtual, {data / MiB:.0f} MiB of files, "
+          f"{written / MiB:.0f} MiB of allocated zeros", file=sys.stderr)
+
+
+def make_sparse(path, size):
+    """A sparse image with 1 MiB of data every 256 MiB and in the last sector."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        block = os.urandom(MiB)
+        for off in range(0, size, 256 * MiB):
+            f.seek(off)
+            f.write(block[: min(MiB, size - off)])
+        f.seek(size - 512)
+        f.write(block[:512])
+
+
+def warm(path):
+    with open(path, "rb") as f:
+        while f.read(16 * MiB):
+            pass
+
+
+def rm(*paths):
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def timed(cmds, before=None, runs=3):
+    """Median wall time of running `cmds` (a list of commands, one after the other)."""
+    times = []
+    for _ in range(runs):
+        if before:
+            before()
+        t0 = time.perf_counter()
+        for c in cmds:
+            sh(c, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    if before:
+        before()
+    return statistics.median(times)
+
+
+def max_rss_kib(cmd):
+    out = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True,
+                         check=True).stderr
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out).group(1))
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, case, tool, secs, size, ref=None, note=""):
+        mbps = size / secs / 1e6 if secs > 0 else float("inf")
+        ratio = f"{secs / ref:.2f}x" if ref else ""
+        self.rows.append((case, tool, f"{secs:.3f}", f"{mbps:.0f}", ratio, note))
+        print(f"#   {case:32} {tool:44} {secs:8.3f} s {mbps:7.0f} MB/s {ratio}", file=sys.stderr)
+
+    def markdown(self):
+        head = "| case | command | median s | MB/s (virtual) | imgconv / reference | note |\n"
+        head += "| --- | --- | ---: | ---: | ---: | --- |\n"
+        return head + "".join(f"| {' | '.join(r)} |\n" for r in self.rows)
+
+
+def case_raw(t, img, size, out, runs):
+    clean = lambda: rm(out)
+    q = timed([["qemu-img", "convert", "-O", "raw", img, out]], clean, runs)
+    t.add("RAW -> RAW", "qemu-img convert -O raw", q, size)
+    i = timed([[str(BIN), img, out]], clean, runs)
+    t.add("RAW -> RAW", "imgconv IN OUT (fsync before publish)", i, size, q)
+    n = timed([[str(BIN), "--no-sync", img, out]], clean, runs)
+    t.add("RAW -> RAW", "imgconv --no-sync IN OUT", n, size, q, "same durability as qemu-img")
+
+
+def case_digest(t, img, size, out, runs):
+    clean = lambda: rm(out)
+    ref = timed([["qemu-img", "convert", "-O", "raw", img, out], ["md5sum", out],
+                 ["sha256sum", out]], clean, runs)
+    t.add("RAW -> RAW + MD5 + SHA-256", "qemu-img convert; md5sum; sha256sum", ref, size)
+    sh(["qemu-img", "convert", "-O", "raw", img, out])
+    warm(out)
+    md5 = timed([["md5sum", out]], None, runs)
+    rm(out)
+    t.add("RAW -> RAW + MD5 + SHA-256", "md5sum OUT (alone, the floor)", md5, size)
+    i = timed([[str(BIN), "--digest", "md5,sha256", img, out]], clean, runs)
+    t.add("RAW -> RAW + MD5 + SHA-256", "imgconv --digest md5,sha256", i, size, ref,
+          f"{i / md5:.2f}x md5sum alone")
+    n = timed([[str(BIN), "--no-sync", "--digest", "md5,sha256", img, out]], clean, runs)
+    t.add("RAW -> RAW + MD5 + SHA-256", "imgconv --no-sync --digest md5,sha256", n, size, ref,
+          f"{n / md5:.2f}x md5sum alone")
+
+
+def case_memory(t, work, sizes):
+    for size in sizes:
+        img = work / f"sparse-{size // GiB}G.raw"
+        if not img.exists() or img.stat().st_size != size:
+            make_sparse(img, size)
+        out = str(work / "mem-out.raw")
+        rm(out)
+        kib = max_rss_kib([str(BIN), "--no-sync", "--digest", "md5,sha256,crc32c", str(img), out])
+        rm(out)
+        t.rows.append((f"peak memory, sparse {size // GiB} GiB", "imgconv --digest md5,sha256,crc32c",
+                       "", "", "", f"max RSS {kib / 1024:.0f} MiB"))
+        print(f"#   peak memory {size // GiB} GiB: {kib / 1024:.0f} MiB", file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
+    ap.add_argument("--cases", default="raw,digest,memory", help="raw, digest, memory")
+    ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
+    ap.add_argument("--no-build", action="store_true", help="use the existing release build")
+    args = ap.parse_args()
+
+    need("qemu-img", "qemu-utils")
+    need("md5sum", "coreutils")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.no_build:
+        sh(["cargo", "build", "--release", "-p", "imgconv-cli"], cwd=ROOT)
+    size = parse_size(args.size)
+    cases = set(args.cases.split(","))
+    t = Table()
+    img = work / f"realistic-{args.size}.raw"
+    if cases & {"raw", "digest"}:
+        if not img.exists() or img.stat().st_size != size:
+            make_realistic(img, size, work)
+        warm(img)
+        out = str(work / "out.raw")
+        if "raw" in cases:
+            case_raw(t, str(img), size, out, args.runs)
+        if "digest" in cases:
+            case_digest(t, str(img), size, out, args.runs)
+    if "memory" in cases:
+        need("/usr/bin/time", "time")
+        case_memory(t, work, [2 * GiB, 8 * GiB])
+    print(f"cores: {os.cpu_count()}, imgconv {subprocess.run([str(BIN), '--version'], capture_output=True, text=True).stdout.strip()}, "
+          f"{subprocess.run(['qemu-img', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}\n")
+    print(t.markdown())
+
+
+if __name__ == "__main__":
+    main()
