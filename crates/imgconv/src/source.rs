@@ -107,6 +107,27 @@ impl FileSource {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// Fail if a regular file is now shorter than when it was opened.
+    fn check_length(&self, offset: u64) -> Result<()> {
+        let now = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat the input", e).with_path(&self.path))?
+            .len();
+        if self.seek_data && now < self.len {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "the input shrank from {} to {now} bytes while being read",
+                    self.len
+                ),
+            )
+            .with_path(&self.path)
+            .with_offset(offset));
+        }
+        Ok(())
+    }
 }
 
 impl Source for FileSource {
@@ -166,11 +187,15 @@ impl Source for FileSource {
                 // us; reading is the safe answer.
                 _ => Ok(whole),
             },
-            // ENXIO: no data at or after offset (a hole up to the end of the file).
-            Err(Errno::NXIO) => Ok(Mapping {
-                extent: Extent::Unallocated,
-                len: max_len,
-            }),
+            // ENXIO: no data at or after offset: a hole up to the end of the file, unless the
+            // file shrank under us, which must not pass for zeros.
+            Err(Errno::NXIO) => {
+                self.check_length(offset)?;
+                Ok(Mapping {
+                    extent: Extent::Unallocated,
+                    len: max_len,
+                })
+            }
             // The file system cannot say (EINVAL, EOPNOTSUPP): read and detect zeros.
             Err(_) => Ok(whole),
         }

@@ -1,0 +1,9 @@
+//! End-to-end tests of the `imgconv` command, checked against independent tools (qemu-img,
+//! md5sum, sha256sum). A missing tool fails the test: the README's test command installs them.
+
+mod errors;
+mod failures;
+mod raw;
+mod tools;
+
+pub use tools::*;

@@ -1,0 +1,209 @@
+//! Helpers: scratch folders, image builders, and the oracle tools.
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// The binary under test.
+pub fn imgconv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgconv"))
+}
+
+/// A fresh, empty folder for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("cli")
+        .join(name);
+    if dir.exists() {
+        // An earlier failed run may have left the folder immutable.
+        let _ = Command::new("chattr").arg("-i").arg(&dir).output();
+        std::fs::remove_dir_all(&dir).expect("clean scratch folder");
+    }
+    std::fs::create_dir_all(&dir).expect("create scratch folder");
+    dir
+}
+
+/// Run a tool that a test needs; a missing tool is a failure, never a skip.
+pub fn tool(name: &str, args: &[&str]) -> Output {
+    Command::new(name).args(args).output().unwrap_or_else(|e| {
+        panic!("{name} is required by this test and could not be run ({e}); the README's test command installs it")
+    })
+}
+
+/// Run a command and require success; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first word of a `*sum` tool's output for `path`.
+fn sum(tool_name: &str, path: &Path) -> String {
+    let out = tool(tool_name, &[path.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{tool_name} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_string()
+}
+
+/// MD5 as `md5sum` computes it.
+pub fn md5sum(path: &Path) -> String {
+    sum("md5sum", path)
+}
+
+/// SHA-256 as `sha256sum` computes it.
+pub fn sha256sum(path: &Path) -> String {
+    sum("sha256sum", path)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), never all zero.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    v.truncate(len);
+    if let Some(b) = v.first_mut() {
+        *b |= 1;
+    }
+    v
+}
+
+/// Builds a sparse image: a size, then pieces of data (or explicit zeros) at offsets.
+pub struct Image {
+    file: File,
+    pub path: PathBuf,
+}
+
+impl Image {
+    pub fn new(path: PathBuf, size: u64) -> Image {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("create image");
+        file.set_len(size).expect("size image");
+        Image { file, path }
+    }
+
+    /// Random data at `offset`.
+    pub fn data(self, offset: u64, len: usize) -> Image {
+        self.file
+            .write_all_at(&noise(offset ^ 0x9e37, len), offset)
+            .expect("write data");
+        self
+    }
+
+    /// Explicitly written (allocated) zeros at `offset`.
+    pub fn zeros(self, offset: u64, len: usize) -> Image {
+        self.file
+            .write_all_at(&vec![0u8; len], offset)
+            .expect("write zeros");
+        self
+    }
+
+    pub fn done(self) -> PathBuf {
+        self.file.sync_all().expect("sync image");
+        self.path
+    }
+}
+
+/// `qemu-img compare` exit code.
+pub fn qemu_compare(a: &Path, b: &Path) -> i32 {
+    let out = tool(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            a.to_str().expect("utf-8"),
+            b.to_str().expect("utf-8"),
+        ],
+    );
+    out.status.code().expect("exit code")
+}
+
+/// `qemu-img info --output=json` parsed.
+pub fn qemu_info(path: &Path, format: &str) -> serde_json::Value {
+    let out = tool(
+        "qemu-img",
+        &[
+            "info",
+            "--output=json",
+            "-f",
+            format,
+            path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.status.success(), "qemu-img info failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("qemu-img info JSON")
+}
+
+/// `qemu-img map --output=json` parsed (RAW): the list of extents.
+pub fn qemu_map(path: &Path) -> Vec<serde_json::Value> {
+    let out = tool(
+        "qemu-img",
+        &[
+            "map",
+            "--output=json",
+            "-f",
+            "raw",
+            path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.status.success(), "qemu-img map failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("qemu-img map JSON")
+}
+
+/// Whether `[start, start + len)` is reported as not data (a hole) by `qemu-img map`.
+pub fn is_hole(map: &[serde_json::Value], start: u64, len: u64) -> bool {
+    map.iter().any(|e| {
+        let s = e["start"].as_u64().unwrap_or(u64::MAX);
+        let l = e["length"].as_u64().unwrap_or(0);
+        e["data"] == serde_json::Value::Bool(false) && s <= start && start + len <= s + l
+    })
+}
+
+/// The names in a folder, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The stderr of a failed run, checked to be one line and no panic.
+pub fn one_line_error(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(
+        err.starts_with("imgconv: "),
+        "unexpected error text: {err:?}"
+    );
+    err
+}
