@@ -32,6 +32,11 @@
 //! Every image is untrusted: parsing never panics, never allocates from an unchecked field and
 //! never opens a file that an image names. Errors carry a stable [`ErrorKind`].
 
+// Lengths bounded by a chunk or unit size are converted between u64 and usize freely; that is
+// lossless only where usize is 64 bits wide.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("imgconv supports 64-bit targets only");
+
 pub mod buffer;
 pub mod compare;
 pub mod convert;
@@ -39,6 +44,8 @@ pub mod detect;
 pub mod digest;
 pub mod error;
 pub mod formats;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod model;
 pub mod open;
 pub mod pipeline;

@@ -1,6 +1,6 @@
 //! Helpers: scratch folders, image builders, and the oracle tools.
 
-#![allow(dead_code)]
+#![allow(dead_code, missing_docs)]
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

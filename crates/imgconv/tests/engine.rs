@@ -1,0 +1,164 @@
+//! Engine tests through the public API: pipeline order and content, the planner, failure and
+//! cancellation cleanup.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use imgconv::{
+    convert, open_source, plan, CancelToken, ConvertOptions, Destination, DigestKind, Error,
+    ErrorKind, Extent, Format, ImageInfo, Mapping, MemSource, NoProgress, PipelineConfig, Progress,
+    Reader, UnitIndex, VecSink,
+};
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    // Data, then zeros, then data again, in runs that straddle chunk and unit edges.
+    for (i, b) in v.iter_mut().enumerate() {
+        let block = i / 3000;
+        if block % 3 != 1 {
+            *b = (i % 251) as u8 | 1;
+        }
+    }
+    v
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("imgconv-engine-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+#[test]
+fn small_chunks_and_a_tiny_window_still_commit_in_order() -> imgconv::Result<()> {
+    let data = pattern(1_000_003);
+    let reader = open_source(Box::new(MemSource::new(data.clone())), Some(Format::Raw))?;
+    let sink = VecSink::new();
+    let mut opts = ConvertOptions::new(Format::Raw).with_digests(&[DigestKind::Md5]);
+    opts.pipeline = PipelineConfig {
+        chunk_size: 4096,
+        window: 3,
+    };
+    let summary = convert(
+        &*reader,
+        Destination::Sink(Box::new(sink.clone())),
+        &opts,
+        &NoProgress,
+        &CancelToken::new(),
+    )?;
+    assert_eq!(sink.contents(), data);
+    assert_eq!(
+        summary.digest(DigestKind::Md5),
+        Some(
+            imgconv::digest::digest_bytes(DigestKind::Md5, &data)
+                .hex
+                .as_str()
+        )
+    );
+    Ok(())
+}
+
+#[test]
+fn the_plan_marks_exactly_the_units_with_non_zero_bytes() -> imgconv::Result<()> {
+    let mut data = vec![0u8; 10 * 65536 + 100];
+    data[65536 * 3 + 7] = 1;
+    data[10 * 65536 + 99] = 2;
+    let reader = open_source(Box::new(MemSource::new(data)), Some(Format::Raw))?;
+    let p = plan(&*reader, 65536, 1 << 20, &CancelToken::new())?;
+    assert_eq!(p.units(), 11);
+    let set: Vec<u64> = (0..p.units())
+        .filter(|&i| p.is_allocated(UnitIndex(i)))
+        .collect();
+    assert_eq!(set, vec![3, 10]);
+    assert_eq!(p.allocated_units(), 2);
+    Ok(())
+}
+
+/// A reader that claims to be 64 MiB of data and fails at one offset, like a disk that
+/// vanishes under the conversion.
+struct FailingReader {
+    fail_at: u64,
+}
+
+impl Reader for FailingReader {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+    fn virtual_size(&self) -> u64 {
+        64 << 20
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> imgconv::Result<()> {
+        if offset + buf.len() as u64 > self.fail_at {
+            return Err(Error::new(ErrorKind::Io, "device vanished").with_offset(offset));
+        }
+        buf.fill(0xAB);
+        Ok(())
+    }
+    fn map(&self, _offset: u64, max_len: u64) -> imgconv::Result<Mapping> {
+        Ok(Mapping {
+            extent: Extent::Data,
+            len: max_len,
+        })
+    }
+    fn info(&self) -> ImageInfo {
+        ImageInfo {
+            format: Format::Raw,
+            virtual_size: self.virtual_size(),
+            actual_size: None,
+            details: Vec::new(),
+        }
+    }
+}
+
+#[test]
+fn a_read_error_half_way_publishes_nothing() {
+    let dir = tmp("read-error");
+    let reader = FailingReader { fail_at: 40 << 20 };
+    let err = convert(
+        &reader,
+        Destination::file(dir.join("out.raw")),
+        &ConvertOptions::new(Format::Raw).with_digests(&[DigestKind::Sha256]),
+        &NoProgress,
+        &CancelToken::new(),
+    )
+    .err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Io));
+    assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(99), 0);
+}
+
+/// Cancels once a number of bytes are done.
+struct CancelAfter {
+    after: u64,
+    done: AtomicU64,
+    token: CancelToken,
+}
+
+impl Progress for CancelAfter {
+    fn advance(&self, bytes: u64) {
+        if self.done.fetch_add(bytes, Ordering::SeqCst) + bytes >= self.after {
+            self.token.cancel();
+        }
+    }
+}
+
+#[test]
+fn cancelling_half_way_publishes_nothing() {
+    let dir = tmp("cancel");
+    let reader = FailingReader { fail_at: u64::MAX };
+    let token = CancelToken::new();
+    let progress = CancelAfter {
+        after: 16 << 20,
+        done: AtomicU64::new(0),
+        token: token.clone(),
+    };
+    let err = convert(
+        &reader,
+        Destination::file(dir.join("out.raw")),
+        &ConvertOptions::new(Format::Raw),
+        &progress,
+        &token,
+    )
+    .err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Cancelled));
+    assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(99), 0);
+}

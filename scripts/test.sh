@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need if it is missing
+# (qemu-utils for the qemu-img oracle, e2fsprogs for chattr and mke2fs, the OpenSSL headers the
+# CLI's MD5 builds against), then format, lint, unit, integration and doc tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v chattr >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v md5sum >/dev/null 2>&1 || missing+=(coreutils)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --doc --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
