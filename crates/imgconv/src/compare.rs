@@ -40,51 +40,44 @@ pub fn compare(a: &dyn Reader, b: &dyn Reader, cancel: &CancelToken) -> Result<C
     let size_mismatch = sa != sb;
     let common = sa.min(sb);
     let pool = BufferPool::new(CHUNK as usize, rayon::current_num_threads() * 4);
-    let chunks = common.div_ceil(CHUNK);
-    let first = (0..chunks)
-        .into_par_iter()
-        .map(|i| -> Result<Option<u64>> {
-            cancel.check()?;
-            let off = i * CHUNK;
-            let len = (common - off).min(CHUNK);
-            compare_chunk(a, b, off, len, &pool)
-        })
-        .find_map_first(|r| match r {
-            Ok(None) => None,
-            other => Some(other),
-        });
-    if let Some(r) = first {
-        if let Some(offset) = r? {
-            return Ok(Comparison::Mismatch {
-                offset,
-                size_mismatch,
-            });
-        }
+    let mismatch = |offset| Comparison::Mismatch {
+        offset,
+        size_mismatch,
+    };
+    if let Some(offset) = first_hit(0, common, cancel, |off, len| {
+        compare_chunk(a, b, off, len, &pool)
+    })? {
+        return Ok(mismatch(offset));
     }
     let longer: &dyn Reader = if sa > sb { a } else { b };
-    let extra = sa.max(sb) - common;
-    let chunks = extra.div_ceil(CHUNK);
-    let first = (0..chunks)
+    if let Some(offset) = first_hit(common, sa.max(sb), cancel, |off, len| {
+        nonzero_sector(longer, off, len, &pool)
+    })? {
+        return Ok(mismatch(offset));
+    }
+    Ok(Comparison::Identical { size_mismatch })
+}
+
+/// Run `check` over `[start, end)` in parallel chunks and return the lowest hit.
+fn first_hit(
+    start: u64,
+    end: u64,
+    cancel: &CancelToken,
+    check: impl Fn(u64, u64) -> Result<Option<u64>> + Sync,
+) -> Result<Option<u64>> {
+    let chunks = (end - start).div_ceil(CHUNK);
+    (0..chunks)
         .into_par_iter()
         .map(|i| -> Result<Option<u64>> {
             cancel.check()?;
-            let off = common + i * CHUNK;
-            let len = (common + extra - off).min(CHUNK);
-            nonzero_sector(longer, off, len, &pool)
+            let off = start + i * CHUNK;
+            check(off, (end - off).min(CHUNK))
         })
         .find_map_first(|r| match r {
             Ok(None) => None,
             other => Some(other),
-        });
-    if let Some(r) = first {
-        if let Some(offset) = r? {
-            return Ok(Comparison::Mismatch {
-                offset,
-                size_mismatch,
-            });
-        }
-    }
-    Ok(Comparison::Identical { size_mismatch })
+        })
+        .unwrap_or(Ok(None))
 }
 
 fn compare_chunk(

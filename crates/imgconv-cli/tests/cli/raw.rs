@@ -227,18 +227,7 @@ fn compare_agrees_with_qemu_img() {
             .arg(other)
             .output()
             .expect("run");
-        let theirs = tool(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "raw",
-                a.to_str().expect("utf-8"),
-                other.to_str().expect("utf-8"),
-            ],
-        );
+        let theirs = qemu_compare_output(&a, other);
         assert_eq!(
             ours.status.code(),
             theirs.status.code(),

@@ -130,7 +130,12 @@ impl Image {
 
 /// `qemu-img compare` exit code.
 pub fn qemu_compare(a: &Path, b: &Path) -> i32 {
-    let out = tool(
+    qemu_compare_output(a, b).status.code().expect("exit code")
+}
+
+/// `qemu-img compare -f raw -F raw A B`, all of its output.
+pub fn qemu_compare_output(a: &Path, b: &Path) -> Output {
+    tool(
         "qemu-img",
         &[
             "compare",
@@ -141,8 +146,7 @@ pub fn qemu_compare(a: &Path, b: &Path) -> i32 {
             a.to_str().expect("utf-8"),
             b.to_str().expect("utf-8"),
         ],
-    );
-    out.status.code().expect("exit code")
+    )
 }
 
 /// `qemu-img info --output=json` parsed.
