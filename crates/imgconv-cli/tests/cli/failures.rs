@@ -57,25 +57,16 @@ fn signal(child: &Child, sig: &str) {
 }
 
 #[test]
-fn sigint_half_way_exits_130_and_leaves_nothing() {
-    let dir = scratch("kill-int");
-    let input = slow_input(&dir);
-    let mut child = start_half_way(&input, &dir.join("out.raw"));
-    signal(&child, "-INT");
-    let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(130));
-    assert_eq!(entries(&dir), vec!["in.raw".to_string()]);
-}
-
-#[test]
-fn sigterm_half_way_leaves_nothing() {
-    let dir = scratch("kill-term");
-    let input = slow_input(&dir);
-    let mut child = start_half_way(&input, &dir.join("out.raw"));
-    signal(&child, "-TERM");
-    let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(130));
-    assert_eq!(entries(&dir), vec!["in.raw".to_string()]);
+fn sigint_and_sigterm_half_way_exit_130_and_leave_nothing() {
+    for sig in ["-INT", "-TERM"] {
+        let dir = scratch(&format!("kill{}", sig.to_lowercase()));
+        let input = slow_input(&dir);
+        let mut child = start_half_way(&input, &dir.join("out.raw"));
+        signal(&child, sig);
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(130), "{sig}");
+        assert_eq!(entries(&dir), vec!["in.raw".to_string()], "{sig}");
+    }
 }
 
 #[test]
