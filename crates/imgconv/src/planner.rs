@@ -118,7 +118,7 @@ pub fn load_chunk(
                 _ => segments.push((pos, m.len)),
             }
         }
-        Ok(())
+        Ok(std::ops::ControlFlow::Continue(()))
     })?;
     if segments.is_empty() {
         return Ok(Chunk {
@@ -132,7 +132,8 @@ pub fn load_chunk(
     let mut buf = pool.get();
     let bytes = &mut buf.as_mut_slice()[..len];
     let mut cursor = 0usize;
-    for (s, l) in segments {
+    let mut nonzero = BitVec::repeat(false, units);
+    for &(s, l) in &segments {
         let lo = (s - offset) as usize;
         let hi = lo + l as usize;
         bytes[cursor..lo].fill(0);
@@ -140,7 +141,17 @@ pub fn load_chunk(
         cursor = hi;
     }
     bytes[cursor..].fill(0);
-    let nonzero: BitVec = zero::zero_units(bytes, unit).map(|z| !z).collect();
+    // Scan only the units that data extents touch: the gaps were zero-filled, not read.
+    for &(s, l) in &segments {
+        let lo = (s - offset) as usize;
+        let hi = lo + l as usize;
+        for u in lo / unit..hi.div_ceil(unit) {
+            if !nonzero[u] {
+                let unit_bytes = &bytes[u * unit..((u + 1) * unit).min(len)];
+                nonzero.set(u, !zero::is_zero(unit_bytes));
+            }
+        }
+    }
     let data = if nonzero.any() {
         Some(buf.freeze(len))
     } else {

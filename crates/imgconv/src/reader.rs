@@ -1,5 +1,7 @@
 //! The reader contract: a virtual disk with positional reads and an extent map.
 
+use std::ops::ControlFlow;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Extent, Format, ImageInfo, Mapping};
 
@@ -44,12 +46,13 @@ pub fn check_range(format: Format, size: u64, offset: u64, len: u64) -> Result<(
 }
 
 /// Iterate the map of `reader` over `[start, end)`, calling `f(offset, mapping)` for each
-/// piece in order. Guards against a reader that answers with a zero length.
+/// piece in order until it answers `Break`. Guards against a reader that answers with a zero
+/// length.
 pub fn for_each_mapping(
     reader: &dyn Reader,
     start: u64,
     end: u64,
-    mut f: impl FnMut(u64, Mapping) -> Result<()>,
+    mut f: impl FnMut(u64, Mapping) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut pos = start;
     while pos < end {
@@ -63,7 +66,9 @@ pub fn for_each_mapping(
             .with_offset(pos));
         }
         m.len = m.len.min(end - pos);
-        f(pos, m)?;
+        if f(pos, m)?.is_break() {
+            break;
+        }
         pos += m.len;
     }
     Ok(())
@@ -75,8 +80,9 @@ pub fn is_known_zero(reader: &dyn Reader, start: u64, end: u64) -> Result<bool> 
     for_each_mapping(reader, start, end, |_, m| {
         if m.extent == Extent::Data {
             all = false;
+            return Ok(ControlFlow::Break(()));
         }
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     })?;
     Ok(all)
 }

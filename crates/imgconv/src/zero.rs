@@ -36,11 +36,6 @@ fn block_is_zero(block: &[u8]) -> bool {
     acc.iter().fold(0, |a, &b| a | b) == 0
 }
 
-/// For each `unit`-sized piece of `buf` (the last may be shorter), whether it is all zero.
-pub fn zero_units(buf: &[u8], unit: usize) -> impl Iterator<Item = bool> + '_ {
-    buf.chunks(unit.max(1)).map(is_zero)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,13 +55,5 @@ mod tests {
                 assert!(!is_zero(&v), "length {len}, non-zero at {pos}");
             }
         }
-    }
-
-    #[test]
-    fn zero_units_splits_with_a_short_tail() {
-        let mut v = vec![0u8; 10];
-        v[9] = 1;
-        let units: Vec<bool> = zero_units(&v, 4).collect();
-        assert_eq!(units, vec![true, true, false]);
     }
 }

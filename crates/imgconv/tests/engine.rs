@@ -162,3 +162,89 @@ fn cancelling_half_way_publishes_nothing() {
     assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Cancelled));
     assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(99), 0);
 }
+
+/// A 12 KiB + 100 B disk whose map says: data at [1000, 5000) and [9000, 9100), a hole
+/// elsewhere. The data extents hold non-zero bytes except [3000, 5000), which is zeros.
+struct HoleyReader;
+
+const HOLEY_SIZE: u64 = 12388;
+const HOLEY_DATA: [(u64, u64); 2] = [(1000, 5000), (9000, 9100)];
+
+impl Reader for HoleyReader {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+    fn virtual_size(&self) -> u64 {
+        HOLEY_SIZE
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> imgconv::Result<()> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let pos = offset + i as u64;
+            let in_data = HOLEY_DATA.iter().any(|&(s, e)| (s..e).contains(&pos));
+            *b = u8::from(in_data && !(3000..5000).contains(&pos)) * 0x5A;
+        }
+        Ok(())
+    }
+    fn map(&self, offset: u64, max_len: u64) -> imgconv::Result<Mapping> {
+        let end = offset + max_len;
+        for &(s, e) in &HOLEY_DATA {
+            if (s..e).contains(&offset) {
+                return Ok(Mapping {
+                    extent: Extent::Data,
+                    len: e.min(end) - offset,
+                });
+            }
+            if offset < s {
+                return Ok(Mapping {
+                    extent: Extent::Unallocated,
+                    len: s.min(end) - offset,
+                });
+            }
+        }
+        Ok(Mapping {
+            extent: Extent::Unallocated,
+            len: max_len,
+        })
+    }
+    fn info(&self) -> ImageInfo {
+        ImageInfo {
+            format: Format::Raw,
+            virtual_size: HOLEY_SIZE,
+            actual_size: None,
+            details: Vec::new(),
+        }
+    }
+}
+
+#[test]
+fn the_plan_scans_only_data_extents_and_catches_units_they_straddle() -> imgconv::Result<()> {
+    // 1 KiB units: data bytes at [1000, 3000) touch units 0..=2, the zero data at
+    // [3000, 5000) sets nothing, and [9000, 9100) touches unit 8.
+    let p = plan(&HoleyReader, 1024, 4096, &CancelToken::new())?;
+    let set: Vec<u64> = (0..p.units())
+        .filter(|&i| p.is_allocated(UnitIndex(i)))
+        .collect();
+    assert_eq!(set, vec![0, 1, 2, 8]);
+    Ok(())
+}
+
+#[test]
+fn a_disk_with_holes_converts_to_its_exact_content() -> imgconv::Result<()> {
+    let sink = VecSink::new();
+    let mut opts = ConvertOptions::new(Format::Raw);
+    opts.pipeline = PipelineConfig {
+        chunk_size: 4096,
+        window: 2,
+    };
+    convert(
+        &HoleyReader,
+        Destination::Sink(Box::new(sink.clone())),
+        &opts,
+        &NoProgress,
+        &CancelToken::new(),
+    )?;
+    let mut want = vec![0u8; HOLEY_SIZE as usize];
+    HoleyReader.read_at(0, &mut want)?;
+    assert_eq!(sink.contents(), want);
+    Ok(())
+}
