@@ -5,13 +5,11 @@ use crate::*;
 #[test]
 fn a_nonexistent_input_exits_3() {
     let dir = scratch("err-missing");
-    let out = imgconv()
-        .arg(dir.join("nope.raw"))
-        .arg(dir.join("out.raw"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(3));
-    assert!(one_line_error(&out).contains("does not exist"));
+    assert!(fails_with(
+        imgconv().arg(dir.join("nope.raw")).arg(dir.join("out.raw")),
+        3
+    )
+    .contains("does not exist"));
     assert!(entries(&dir).is_empty());
 }
 
@@ -19,13 +17,10 @@ fn a_nonexistent_input_exits_3() {
 fn a_directory_as_input_exits_4() {
     let dir = scratch("err-dir");
     std::fs::create_dir(dir.join("sub")).expect("mkdir");
-    let out = imgconv()
-        .arg(dir.join("sub"))
-        .arg(dir.join("out.raw"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(4));
-    assert!(one_line_error(&out).contains("directory"));
+    assert!(
+        fails_with(imgconv().arg(dir.join("sub")).arg(dir.join("out.raw")), 4)
+            .contains("directory")
+    );
     assert_eq!(entries(&dir), vec!["sub".to_string()]);
 }
 
@@ -33,13 +28,7 @@ fn a_directory_as_input_exits_4() {
 fn an_unknown_output_extension_exits_2_and_names_the_fix() {
     let dir = scratch("err-ext");
     let input = Image::new(dir.join("in.raw"), MIB).done();
-    let out = imgconv()
-        .arg(&input)
-        .arg(dir.join("out.xyz"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(one_line_error(&out).contains("-O FMT"));
+    assert!(fails_with(imgconv().arg(&input).arg(dir.join("out.xyz")), 2).contains("-O FMT"));
     assert_eq!(entries(&dir), vec!["in.raw".to_string()]);
 }
 
@@ -49,9 +38,7 @@ fn an_existing_output_exits_5_unless_forced() {
     let input = Image::new(dir.join("in.raw"), MIB).data(0, 512).done();
     let output = dir.join("out.raw");
     std::fs::write(&output, b"keep me").expect("write");
-    let out = imgconv().arg(&input).arg(&output).output().expect("run");
-    assert_eq!(out.status.code(), Some(5));
-    assert!(one_line_error(&out).contains("--force"));
+    assert!(fails_with(imgconv().arg(&input).arg(&output), 5).contains("--force"));
     assert_eq!(std::fs::read(&output).expect("read"), b"keep me");
 
     ok(imgconv().arg("--force").arg(&input).arg(&output));
@@ -75,15 +62,10 @@ fn bad_options_and_formats_exit_2() {
         &["--digest", "sha1"],
         &["--threads", "0"],
     ] {
-        let out = imgconv()
-            .arg("convert")
-            .args(args)
-            .arg(&input)
-            .arg(&output)
-            .output()
-            .expect("run");
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        one_line_error(&out);
+        fails_with(
+            imgconv().arg("convert").args(args).arg(&input).arg(&output),
+            2,
+        );
     }
     assert_eq!(entries(&dir), vec!["in.raw".to_string()]);
 }
@@ -92,12 +74,6 @@ fn bad_options_and_formats_exit_2() {
 fn formats_without_a_reader_or_writer_yet_exit_9() {
     let dir = scratch("err-unsupported");
     let input = Image::new(dir.join("in.raw"), MIB).done();
-    let out = imgconv()
-        .arg(&input)
-        .arg(dir.join("out.qcow2"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(9));
-    one_line_error(&out);
+    fails_with(imgconv().arg(&input).arg(dir.join("out.qcow2")), 9);
     assert_eq!(entries(&dir), vec!["in.raw".to_string()]);
 }

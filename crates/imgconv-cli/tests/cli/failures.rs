@@ -123,12 +123,8 @@ fn a_full_disk_exits_7_and_leaves_nothing() {
         input.display(),
         dir.join("out.raw").display()
     );
-    let out = Command::new("bash")
-        .args(["-c", &script])
-        .output()
-        .expect("bash");
-    assert_eq!(out.status.code(), Some(7), "{out:?}");
-    assert!(one_line_error(&out).contains("cannot write the output"));
+    let err = fails_with(Command::new("bash").args(["-c", &script]), 7);
+    assert!(err.contains("cannot write the output"), "{err}");
     assert_eq!(entries(&dir), vec!["in.raw".to_string()]);
 }
 

@@ -200,6 +200,13 @@ pub fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Run `cmd`, require exit `code` and one clear error line; returns that line.
+pub fn fails_with(cmd: &mut Command, code: i32) -> String {
+    let out = cmd.output().expect("run");
+    assert_eq!(out.status.code(), Some(code), "{cmd:?}: {out:?}");
+    one_line_error(&out)
+}
+
 /// The stderr of a failed run, checked to be one line and no panic.
 pub fn one_line_error(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
