@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::detect::detect_source;
 use crate::error::{Error, Result};
+use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
 use crate::model::Format;
 use crate::reader::Reader;
@@ -24,6 +25,7 @@ pub fn open_source(source: Box<dyn Source>, format: Option<Format>) -> Result<Bo
     };
     match format {
         Format::Raw => Ok(Box::new(RawReader::new(source))),
+        Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(source)?)),
         other => Err(Error::unsupported(format!(
             "reading {other} images is not supported by this version (use -f raw to read the \
              file byte for byte)"

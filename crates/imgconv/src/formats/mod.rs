@@ -2,4 +2,5 @@
 //! `reader.rs`, `writer.rs`, and header/table files where the format has them.
 
 pub mod options;
+pub mod qcow2;
 pub mod raw;

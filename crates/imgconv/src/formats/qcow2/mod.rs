@@ -1,0 +1,18 @@
+//! QCOW2, as qemu's `docs/interop/qcow2.txt` specifies it.
+//!
+//! Reader: versions 2 and 3 (compat 0.10 and 1.1), cluster sizes 512 B to 2 MiB, standard,
+//! zero (v3) and compressed clusters (zlib raw deflate with any window, zstd), extended L2
+//! entries with subclusters. Internal snapshots are listed by `info`; conversion reads the
+//! active layer. Refused with a clear error: version 1 and 4+, unknown incompatible feature
+//! bits, encryption, backing files (including `json:` names) and external data files (imgconv
+//! never opens a file an image names), images marked corrupt.
+//!
+//! Limits: the L1 table is at most 32 MiB (qemu's own limit), L2 tables are cached up to
+//! 32 MiB, the snapshot table is read only for `info` and at most 64 MiB of it.
+
+pub mod header;
+mod reader;
+mod snapshot;
+
+pub use header::{Compression, Header};
+pub use reader::Qcow2Reader;
