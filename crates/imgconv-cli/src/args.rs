@@ -80,8 +80,12 @@ pub(crate) struct ConvertArgs {
     #[arg(short = 'O', value_name = "FMT")]
     pub(crate) output_format: Option<String>,
     /// Output options, key=value[,key=value...] (repeatable). RAW: preallocation=off|falloc|full.
+    /// QCOW2: compat=0.10|1.1, cluster_size=512..2M, compression_type=zlib|zstd.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub(crate) options: Vec<String>,
+    /// Compress the output (QCOW2: zlib, or zstd with -o compression_type=zstd).
+    #[arg(short = 'c')]
+    pub(crate) compress: bool,
     /// Show a progress bar (same as --progress=bar).
     #[arg(short = 'p')]
     pub(crate) progress_bar: bool,

@@ -65,6 +65,7 @@ fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
     };
     let mut options = ConvertOptions::new(format);
     options.writer_options = writer_options(&a.options)?;
+    options.compress = a.compress;
     if let Some(list) = &a.digest {
         options.digests = DigestKind::parse_list(list)?;
     }

@@ -8,9 +8,11 @@ use serde::Serialize;
 use crate::digest::{Digest, DigestKind};
 use crate::error::{Error, Result};
 use crate::formats::options::WriterOptions;
+use crate::formats::qcow2::{self, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
 use crate::model::Format;
 use crate::pipeline::{self, PipelineConfig};
+use crate::planner;
 use crate::progress::{CancelToken, Progress};
 use crate::reader::Reader;
 use crate::sink::{FileSink, FileSinkOptions, Output, Preallocation, Sink};
@@ -25,6 +27,8 @@ pub struct ConvertOptions {
     pub writer_options: WriterOptions,
     /// Digests of the output stream to compute inline.
     pub digests: Vec<DigestKind>,
+    /// Compress the output where the format can (`-c`).
+    pub compress: bool,
     /// Pipeline tuning.
     pub pipeline: PipelineConfig,
 }
@@ -36,6 +40,7 @@ impl ConvertOptions {
             format,
             writer_options: WriterOptions::new(),
             digests: Vec::new(),
+            compress: false,
             pipeline: PipelineConfig::default(),
         }
     }
@@ -121,6 +126,12 @@ pub fn convert(
             let sink = make_sink(dest, raw.preallocation, writer.output_len())?;
             run(reader, writer, sink, opts, progress, cancel, started)
         }
+        Format::Qcow2 => {
+            let q = Qcow2Options::parse(opts.writer_options.clone(), opts.compress)?;
+            let writer = Qcow2Writer::new(reader.virtual_size(), q)?;
+            let sink = make_sink(dest, Preallocation::Off, None)?;
+            run(reader, writer, sink, opts, progress, cancel, started)
+        }
         other => Err(unsupported_output(other)),
     }
 }
@@ -198,9 +209,11 @@ pub fn measure(
                 fully_allocated: size,
             })
         }
-        other => {
-            let _ = cancel;
-            Err(unsupported_output(other))
+        Format::Qcow2 => {
+            let q = Qcow2Options::parse(opts.writer_options.clone(), opts.compress)?;
+            let plan = planner::plan(reader, q.cluster_size(), opts.pipeline.chunk_size, cancel)?;
+            Ok(qcow2::measure(&plan, &q))
         }
+        other => Err(unsupported_output(other)),
     }
 }

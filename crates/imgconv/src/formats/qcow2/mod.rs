@@ -7,12 +7,18 @@
 //! bits, encryption, backing files (including `json:` names) and external data files (imgconv
 //! never opens a file an image names), images marked corrupt.
 //!
+//! Writer: version 3 (default) or 2 (`compat=0.10`), `cluster_size` 512 B to 2 MiB (default
+//! 64 KiB), zero clusters left unallocated, 16-bit refcounts, exact. The layout is planned
+//! from the allocation map and written in file order (header, L1, refcounts, L2, data).
+//!
 //! Limits: the L1 table is at most 32 MiB (qemu's own limit), L2 tables are cached up to
 //! 32 MiB, the snapshot table is read only for `info` and at most 64 MiB of it.
 
 pub mod header;
 mod reader;
 mod snapshot;
+mod writer;
 
 pub use header::{Compression, Header};
 pub use reader::Qcow2Reader;
+pub use writer::{measure, Qcow2Encoder, Qcow2Options, Qcow2Writer};

@@ -17,7 +17,6 @@ pub(super) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// L2 entry bit 62: the cluster is compressed.
 pub(super) const L2_COMPRESSED: u64 = 1 << 62;
 /// L2 entry bit 63 (and L1): refcount is exactly one.
-#[allow(dead_code)] // used by the writer
 pub(super) const COPIED: u64 = 1 << 63;
 /// Standard L2 entry bit 0: the cluster reads as zeros (version 3).
 pub(super) const L2_ZERO: u64 = 1;
