@@ -3,6 +3,7 @@
 
 mod errors;
 mod failures;
+mod qcow2;
 mod raw;
 mod tools;
 

@@ -1,0 +1,427 @@
+//! QCOW2: images made by other tools, the writer checked by qemu-img and libqcow, round trips,
+//! and hostile inputs.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/qcow2");
+
+/// Decompress a fixture from `testdata/qcow2` into `dir`.
+fn fixture(dir: &Path, name: &str) -> PathBuf {
+    let out = tool("gzip", &["-dc", &format!("{FIXTURES}/{name}.gz")]);
+    assert!(out.status.success(), "gzip failed: {out:?}");
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout).expect("write fixture");
+    path
+}
+
+/// The source for writer tests: holes, allocated zeros, random and compressible data, and a
+/// size (9 MiB + 3 KiB) that is not a multiple of any cluster size.
+fn source(dir: &Path) -> PathBuf {
+    let img = Image::new(dir.join("src.raw"), 9 * MIB + 3072)
+        .data(0, 100_000)
+        .zeros(MIB, 2 * MIB as usize)
+        .data(4 * MIB + 512, 70_000)
+        .data(9 * MIB + 1024, 2048);
+    let text = b"compressible text, line after line. ".repeat(40_000);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .expect("open")
+        .write_all_at(&text, 6 * MIB)
+        .expect("write text");
+    img.done()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn qemu_ok(args: &[&str]) -> String {
+    let out = tool("qemu-img", args);
+    assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Size and MD5 of the virtual disk as libqcow (`pyqcow`) reads it.
+fn pyqcow_md5(img: &Path) -> (u64, String) {
+    let script = "import sys, hashlib, pyqcow\n\
+        f = pyqcow.file(); f.open(sys.argv[1]); n = f.get_media_size(); h = hashlib.md5(); o = 0\n\
+        while o < n:\n    b = f.read_buffer_at_offset(min(1 << 20, n - o), o); h.update(b); o += len(b)\n\
+        print(n, h.hexdigest())\n";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script, path(img)])
+        .output()
+        .expect("python3 with pyqcow (package python3-libqcow) is required");
+    assert!(out.status.success(), "pyqcow failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let size = words.next().and_then(|w| w.parse().ok()).expect("size");
+    (size, words.next().expect("md5").to_string())
+}
+
+/// MD5 of the first `size` bytes of `raw`, zero-padded past its end.
+fn md5_padded(raw: &Path, size: u64) -> String {
+    let mut bytes = std::fs::read(raw).expect("read");
+    bytes.resize(size as usize, 0);
+    let tmp = raw.with_extension("padded");
+    std::fs::write(&tmp, bytes).expect("write");
+    md5sum(&tmp)
+}
+
+#[test]
+fn images_made_by_other_tools_read_as_the_manifest_says() {
+    let dir = scratch("qcow2-fixtures");
+    for (name, sha) in [
+        (
+            "freebsd-mkimg-v2.qcow2",
+            "1253b03b3052103f839fbea755a298b8a4ae7993a3e414c0420e7e30b363ed33",
+        ),
+        (
+            "malformed-cdi-qcow2-65536-snapshots.qcow2",
+            "076a27c79e5ace2a3d47f9dd2e83e4ff6ea8872b3c2218f66c92b89b55f36560",
+        ),
+    ] {
+        let img = fixture(&dir, name);
+        let out = dir.join(format!("{name}.raw"));
+        ok(imgconv().arg(&img).arg(&out));
+        assert_eq!(sha256sum(&out), sha, "{name}");
+    }
+    let info = ok(imgconv()
+        .arg("info")
+        .arg(dir.join("malformed-cdi-qcow2-65536-snapshots.qcow2")));
+    assert!(
+        info.contains("snapshots: 65536 (table unreadable"),
+        "{info}"
+    );
+
+    let qcow1 = fixture(&dir, "malformed-cdi-qcow1-152TiB-virtual.qcow");
+    let err = fails_with(imgconv().arg(&qcow1).arg(dir.join("v1.raw")), 9);
+    assert!(err.contains("version 1"), "{err}");
+    assert!(!dir.join("v1.raw").exists());
+}
+
+#[test]
+fn writer_variants_pass_qemu_img_and_libqcow() {
+    let dir = scratch("qcow2-writer");
+    let src = source(&dir);
+    let size = std::fs::metadata(&src).expect("src").len();
+    for (opts, compat, cluster) in [
+        ("", "1.1", 65536u64),
+        ("compat=0.10", "0.10", 65536),
+        ("cluster_size=4K", "1.1", 4096),
+        ("cluster_size=64K", "1.1", 65536),
+        ("cluster_size=2M", "1.1", 2 << 20),
+    ] {
+        let out = dir.join(format!("out-{}.qcow2", opts.replace(['=', ','], "-")));
+        let mut cmd = imgconv();
+        cmd.arg("convert");
+        if !opts.is_empty() {
+            cmd.args(["-o", opts]);
+        }
+        ok(cmd.arg(&src).arg(&out));
+        let check = tool("qemu-img", &["check", "-f", "qcow2", path(&out)]);
+        assert!(check.status.success(), "{opts}: check: {check:?}");
+        assert!(
+            String::from_utf8_lossy(&check.stdout).contains("No errors were found"),
+            "{opts}: {check:?}"
+        );
+        let cmp = tool(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "qcow2",
+                path(&src),
+                path(&out),
+            ],
+        );
+        assert_eq!(cmp.status.code(), Some(0), "{opts}: {cmp:?}");
+        let info = qemu_info(&out, "qcow2");
+        assert_eq!(info["cluster-size"], cluster, "{opts}");
+        assert_eq!(info["format-specific"]["data"]["compat"], compat, "{opts}");
+        assert_eq!(
+            info["format-specific"]["data"]["compression-type"], "zlib",
+            "{opts}"
+        );
+        assert_eq!(info["virtual-size"], size.div_ceil(512) * 512, "{opts}");
+        let (lib_size, lib_md5) = pyqcow_md5(&out);
+        assert_eq!(lib_size, size.div_ceil(512) * 512, "{opts}");
+        assert_eq!(lib_md5, md5_padded(&src, lib_size), "{opts}");
+        let mut measure = imgconv();
+        measure.args(["measure", "-O", "qcow2", "--output", "json"]);
+        if !opts.is_empty() {
+            measure.args(["-o", opts]);
+        }
+        let m: serde_json::Value =
+            serde_json::from_str(&ok(measure.arg(&src))).expect("measure JSON");
+        assert_eq!(
+            m["required"],
+            std::fs::metadata(&out).expect("out").len(),
+            "{opts}"
+        );
+    }
+}
+
+#[test]
+fn images_qemu_img_makes_convert_to_its_own_raw() {
+    let dir = scratch("qcow2-from-qemu");
+    let src = source(&dir);
+    let variants: [&[&str]; 9] = [
+        &[],
+        &["-o", "compat=0.10"],
+        &["-o", "cluster_size=4K"],
+        &["-o", "cluster_size=64K"],
+        &["-o", "cluster_size=2M"],
+        &["-c"],
+        &["-c", "-o", "compression_type=zstd"],
+        &["-o", "extended_l2=on"],
+        &["-o", "preallocation=metadata"],
+    ];
+    for (i, opts) in variants.iter().enumerate() {
+        let img = dir.join(format!("q{i}.qcow2"));
+        let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[path(&src), path(&img)]);
+        qemu_ok(&args);
+        assert_converts_like_qemu(&dir, &img, &format!("{opts:?}"));
+    }
+}
+
+/// `imgconv IMG out.raw` has the MD5 of `qemu-img convert -O raw IMG`.
+fn assert_converts_like_qemu(dir: &Path, img: &Path, what: &str) {
+    let ours = dir.join("ours.raw");
+    let theirs = dir.join("theirs.raw");
+    let _ = std::fs::remove_file(&ours);
+    let _ = std::fs::remove_file(&theirs);
+    ok(imgconv().arg(img).arg(&ours));
+    qemu_ok(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        path(img),
+        path(&theirs),
+    ]);
+    assert_eq!(md5sum(&ours), md5sum(&theirs), "{what}");
+}
+
+#[test]
+fn zero_clusters_subclusters_and_snapshots_read_like_qemu() {
+    let dir = scratch("qcow2-zero-snap");
+    let src = source(&dir);
+    let qemu_io = |img: &Path, cmds: &[&str]| {
+        let mut args = vec!["-f", "qcow2"];
+        for c in cmds {
+            args.extend_from_slice(&["-c", c]);
+        }
+        args.push(path(img));
+        let out = tool("qemu-io", &args);
+        assert!(out.status.success(), "qemu-io {cmds:?}: {out:?}");
+    };
+    // A discarded range and explicit zero clusters.
+    let zeroed = dir.join("zeroed.qcow2");
+    qemu_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        path(&src),
+        path(&zeroed),
+    ]);
+    qemu_io(
+        &zeroed,
+        &["discard 0 64k", "write -z 4M 128k", "write -z -u 6M 64k"],
+    );
+    assert_converts_like_qemu(&dir, &zeroed, "discard and zero clusters");
+
+    // Subclusters: partial writes into 64 KiB clusters with 2 KiB subclusters.
+    let sub = dir.join("sub.qcow2");
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "extended_l2=on",
+        path(&sub),
+        "4M",
+    ]);
+    qemu_io(
+        &sub,
+        &[
+            "write -P 0x44 6k 2k",
+            "write -P 0x55 70k 10k",
+            "write -z 72k 2k",
+            "write -P 0x66 4094k 2k",
+        ],
+    );
+    assert_converts_like_qemu(&dir, &sub, "extended L2");
+
+    // Internal snapshots: the active layer is converted and the snapshot is listed.
+    let snap = dir.join("snap.qcow2");
+    qemu_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        path(&src),
+        path(&snap),
+    ]);
+    qemu_ok(&["snapshot", "-c", "before", path(&snap)]);
+    qemu_io(&snap, &["write -P 0x33 0 64k"]);
+    assert_converts_like_qemu(&dir, &snap, "snapshot");
+    let info = ok(imgconv().arg("info").arg(&snap));
+    assert!(info.contains("snapshots: 1: before"), "{info}");
+}
+
+#[test]
+fn round_trips_keep_the_content() {
+    let dir = scratch("qcow2-round-trip");
+    let src = source(&dir);
+    let a = dir.join("a.qcow2");
+    let b = dir.join("b.qcow2");
+    let raw = dir.join("back.raw");
+    let c = dir.join("c.qcow2");
+    ok(imgconv().arg(&src).arg(&a));
+    ok(imgconv()
+        .args(["convert", "-o", "cluster_size=4K"])
+        .arg(&a)
+        .arg(&b));
+    ok(imgconv().arg(&b).arg(&raw));
+    ok(imgconv().arg(&raw).arg(&c));
+    let size = std::fs::metadata(&raw).expect("raw").len();
+    assert_eq!(
+        size,
+        std::fs::metadata(&src).expect("src").len().div_ceil(512) * 512
+    );
+    assert_eq!(md5sum(&raw), md5_padded(&src, size));
+    let cmp = imgconv()
+        .arg("compare")
+        .arg(&a)
+        .arg(&c)
+        .output()
+        .expect("compare");
+    assert_eq!(cmp.status.code(), Some(0));
+}
+
+/// A small valid image to corrupt: (path, bytes, L1 offset, first L2 offset).
+fn victim(dir: &Path) -> (PathBuf, Vec<u8>, u64, u64) {
+    let raw = Image::new(dir.join("v.raw"), 2 * MIB)
+        .data(0, 200_000)
+        .done();
+    let img = dir.join("v.qcow2");
+    ok(imgconv().arg(&raw).arg(&img));
+    let bytes = std::fs::read(&img).expect("read");
+    let be = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let l1 = be(40);
+    let l2 = be(l1 as usize) & 0x00ff_ffff_ffff_fe00;
+    (img, bytes, l1, l2)
+}
+
+#[test]
+fn malformed_images_fail_clearly_without_output() {
+    let dir = scratch("qcow2-malformed");
+    let (_, good, l1, l2) = victim(&dir);
+    let l1 = l1 as usize;
+    let l2 = l2 as usize;
+    let patch = |at: usize, bytes: &[u8]| {
+        let mut b = good.clone();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        b
+    };
+    let compressed = {
+        let img = dir.join("c.qcow2");
+        qemu_ok(&[
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            path(&dir.join("v.raw")),
+            path(&img),
+        ]);
+        let b = std::fs::read(&img).expect("read");
+        b[..b.len() / 2].to_vec()
+    };
+    let cases: Vec<(&str, Vec<u8>, i32)> = vec![
+        ("truncated in the header", good[..50].to_vec(), 8),
+        ("truncated in L1", good[..l1 + 4].to_vec(), 8),
+        ("truncated in L2", good[..l2 + 100].to_vec(), 8),
+        ("truncated in a compressed cluster", compressed, 8),
+        ("bad magic", patch(0, b"QFI\x00"), 8),
+        ("version 4", patch(4, &4u32.to_be_bytes()), 9),
+        ("cluster_bits 8", patch(20, &8u32.to_be_bytes()), 8),
+        ("cluster_bits 22", patch(20, &22u32.to_be_bytes()), 8),
+        (
+            "L1 over the memory limit",
+            patch(36, &(16u32 << 20).to_be_bytes()),
+            10,
+        ),
+        (
+            "L2 beyond the end",
+            patch(l1, &(0x8000_0000_1000_0000u64).to_be_bytes()),
+            8,
+        ),
+        (
+            "L2 unaligned",
+            patch(l1, &((l2 as u64 + 512) | 1 << 63).to_be_bytes()),
+            8,
+        ),
+        (
+            "compressed descriptor past the end",
+            patch(l2, &(1u64 << 62 | 0x3fff_0000).to_be_bytes()),
+            8,
+        ),
+        (
+            "refcount table over the header",
+            patch(48, &0u64.to_be_bytes()),
+            8,
+        ),
+        (
+            "unknown incompatible bit",
+            patch(72, &(1u64 << 10).to_be_bytes()),
+            9,
+        ),
+        ("external data file", patch(72, &4u64.to_be_bytes()), 9),
+        ("encryption", patch(32, &1u32.to_be_bytes()), 9),
+        (
+            "backing file",
+            {
+                let mut b = patch(8, &0x200u64.to_be_bytes());
+                b[16..20].copy_from_slice(&8u32.to_be_bytes());
+                b[0x200..0x208].copy_from_slice(b"base.img");
+                b
+            },
+            9,
+        ),
+        (
+            "json: backing file",
+            {
+                let name = b"json:{\"file.filename\":\"/etc/passwd\"}";
+                let mut b = patch(8, &0x200u64.to_be_bytes());
+                b[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+                b[0x200..0x200 + name.len()].copy_from_slice(name);
+                b
+            },
+            9,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let img = dir.join("bad.qcow2");
+        std::fs::write(&img, &bytes).expect("write");
+        let out = dir.join("out.raw");
+        let err = fails_with(imgconv().args(["-f", "qcow2"]).arg(&img).arg(&out), code);
+        assert!(!out.exists(), "{what}: output left behind");
+        assert!(err.len() < 400, "{what}: {err}");
+    }
+}
