@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::digest::{Digest, DigestKind};
 use crate::error::{Error, Result};
 use crate::formats::options::WriterOptions;
-use crate::formats::qcow2::{self, Qcow2Options, Qcow2Writer};
+use crate::formats::qcow2::{self, Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
 use crate::model::Format;
 use crate::pipeline::{self, PipelineConfig};
@@ -128,9 +128,14 @@ pub fn convert(
         }
         Format::Qcow2 => {
             let q = Qcow2Options::parse(opts.writer_options.clone(), opts.compress)?;
-            let writer = Qcow2Writer::new(reader.virtual_size(), q)?;
             let sink = make_sink(dest, Preallocation::Off, None)?;
-            run(reader, writer, sink, opts, progress, cancel, started)
+            if q.compression.is_some() {
+                let writer = Qcow2CompressedWriter::new(reader.virtual_size(), q)?;
+                run(reader, writer, sink, opts, progress, cancel, started)
+            } else {
+                let writer = Qcow2Writer::new(reader.virtual_size(), q)?;
+                run(reader, writer, sink, opts, progress, cancel, started)
+            }
         }
         other => Err(unsupported_output(other)),
     }
@@ -176,7 +181,16 @@ fn run<W: Writer>(
     started: Instant,
 ) -> Result<Summary> {
     let output_format = writer.format();
-    let mut out = Output::new(sink, &opts.digests)?;
+    let mut out = if writer.needs_seek() {
+        if !sink.is_seekable() {
+            return Err(Error::unsupported(format!(
+                "this {output_format} output is written out of order and needs a file, not a stream"
+            )));
+        }
+        Output::new_seekable(sink, &opts.digests)?
+    } else {
+        Output::new(sink, &opts.digests)?
+    };
     let (summary, _plan): (WriterSummary, _) =
         pipeline::run(reader, writer, &mut out, &opts.pipeline, progress, cancel)?;
     cancel.check()?;

@@ -114,14 +114,24 @@ fn commit_all<W: Writer>(
                     let tx = tx.clone();
                     let (pool, abort) = (&pool, &abort);
                     scope.spawn(move |_| {
-                        let result = if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
-                            Err(Error::cancelled())
-                        } else {
+                        let work = || {
+                            if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
+                                return Err(Error::cancelled());
+                            }
                             let off = i * chunk;
                             let len = (size - off).min(chunk) as usize;
                             load_chunk(reader, off, len, unit_len, pool)
                                 .and_then(|c| encoder.encode(c))
                         };
+                        // A panic in a worker (a bug, or one in a codec) must become an error
+                        // for this chunk, never a committer waiting forever for it.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                            .unwrap_or_else(|_| {
+                                Err(Error::new(
+                                    ErrorKind::Io,
+                                    format!("internal error: a worker failed on chunk {i}"),
+                                ))
+                            });
                         let _ = tx.send((i, result));
                     });
                     next_submit += 1;

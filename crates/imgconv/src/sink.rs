@@ -27,6 +27,28 @@ pub trait Sink: Send {
 
     /// Complete the output (flush, sync, publish). Without this call nothing is published.
     fn finish(self: Box<Self>) -> Result<()>;
+
+    /// Whether [`Sink::write_at`] and [`Sink::read_at`] work.
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    /// Overwrite bytes already appended (for formats whose header depends on what follows).
+    /// Only seekable sinks can; the others refuse.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let _ = (offset, data);
+        Err(not_seekable())
+    }
+
+    /// Read back bytes already appended (for digests of a file written out of order).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _ = (offset, buf);
+        Err(not_seekable())
+    }
+}
+
+fn not_seekable() -> Error {
+    Error::unsupported("this output format needs a seekable file as its output, not a stream")
 }
 
 /// How a file output reserves its space.
@@ -159,6 +181,7 @@ impl FileSink {
             Err(_) => {
                 let tmp = temp_name(&dest);
                 let file = std::fs::OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .create_new(true)
                     .open(&tmp)
@@ -264,7 +287,7 @@ fn open_unnamed(dir: &Path) -> io::Result<File> {
     use rustix::fs::{Mode, OFlags};
     let fd = rustix::fs::open(
         dir,
-        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o666),
     )?;
     Ok(File::from(fd))
@@ -320,6 +343,49 @@ impl Sink for FileSink {
 
     fn position(&self) -> u64 {
         self.pos
+    }
+
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > self.pos)
+        {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "internal error: write past the output's end",
+            ));
+        }
+        self.file()?
+            .write_all_at(data, offset)
+            .map_err(|e| Error::io("cannot write the output", e).with_path(&self.dest))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        if end > self.pos {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "internal error: read past the output's end",
+            ));
+        }
+        // Holes past the last write read as zeros; a short read means exactly that.
+        let file = self.file()?;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = file
+                .read_at(&mut buf[done..], offset + done as u64)
+                .map_err(|e| Error::io("cannot read the output back", e).with_path(&self.dest))?;
+            if n == 0 {
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
@@ -446,10 +512,18 @@ impl Sink for VecSink {
 }
 
 /// The output stream: a sink plus the digests computed inline as it is written.
+///
+/// A format that must revisit what it wrote (compressed QCOW2's header) opens it with
+/// [`Output::new_seekable`]: then nothing is hashed inline, and [`Output::finish`] reads the
+/// finished file back once to compute the digests.
 pub struct Output {
     sink: Box<dyn Sink>,
     digester: Digester,
+    read_back: bool,
 }
+
+/// Bytes read per step when digests are computed from a read-back.
+const READ_BACK_STEP: usize = 4 << 20;
 
 impl Output {
     /// An output into `sink`, hashing with each algorithm in `digests`.
@@ -457,19 +531,43 @@ impl Output {
         Ok(Output {
             sink,
             digester: Digester::start(digests)?,
+            read_back: false,
         })
+    }
+
+    /// An output whose bytes may be overwritten with [`Output::write_at`]; digests come from
+    /// reading the finished file back.
+    pub fn new_seekable(sink: Box<dyn Sink>, digests: &[DigestKind]) -> Result<Output> {
+        let mut out = Output::new(sink, digests)?;
+        out.read_back = true;
+        Ok(out)
     }
 
     /// Append shared bytes (handed to the digest threads without copying).
     pub fn write(&mut self, data: &Bytes) -> Result<()> {
-        self.digester.data(data)?;
+        if !self.read_back {
+            self.digester.data(data)?;
+        }
         self.sink.write(data)
     }
 
     /// Append a zero run (a hole where the sink can).
     pub fn write_zeros(&mut self, len: u64) -> Result<()> {
-        self.digester.zeros(len)?;
+        if !self.read_back {
+            self.digester.zeros(len)?;
+        }
         self.sink.write_zeros(len)
+    }
+
+    /// Overwrite bytes already appended; only for outputs made with [`Output::new_seekable`].
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if !self.read_back {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "internal error: write_at on an output hashed inline",
+            ));
+        }
+        self.sink.write_at(offset, data)
     }
 
     /// Bytes appended so far.
@@ -481,6 +579,16 @@ impl Output {
     /// and digests. If anything fails, nothing is published.
     pub fn finish(self) -> Result<(u64, Vec<Digest>)> {
         let len = self.sink.position();
+        if self.read_back && self.digester.is_active() {
+            let mut pos = 0u64;
+            while pos < len {
+                let n = (len - pos).min(READ_BACK_STEP as u64) as usize;
+                let mut buf = vec![0u8; n];
+                self.sink.read_at(pos, &mut buf)?;
+                self.digester.data(&Bytes::from_vec(buf))?;
+                pos += n as u64;
+            }
+        }
         let digests = self.digester.finish()?;
         self.sink.finish()?;
         Ok((len, digests))

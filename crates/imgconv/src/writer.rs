@@ -114,6 +114,12 @@ pub trait Writer: Send {
     /// The exact output length, if known before writing.
     fn output_len(&self) -> Option<u64>;
 
+    /// Whether the writer revisits bytes it wrote ([`Output::write_at`]), so that it needs a
+    /// seekable file and its digests come from a read-back.
+    fn needs_seek(&self) -> bool {
+        false
+    }
+
     /// The encoder the workers share.
     fn encoder(&self) -> Self::Encoder;
 

@@ -109,62 +109,58 @@ fn writer_variants_pass_qemu_img_and_libqcow() {
     let dir = scratch("qcow2-writer");
     let src = source(&dir);
     let size = std::fs::metadata(&src).expect("src").len();
-    for (opts, compat, cluster) in [
-        ("", "1.1", 65536u64),
-        ("compat=0.10", "0.10", 65536),
-        ("cluster_size=4K", "1.1", 4096),
-        ("cluster_size=64K", "1.1", 65536),
-        ("cluster_size=2M", "1.1", 2 << 20),
-    ] {
-        let out = dir.join(format!("out-{}.qcow2", opts.replace(['=', ','], "-")));
-        let mut cmd = imgconv();
-        cmd.arg("convert");
-        if !opts.is_empty() {
-            cmd.args(["-o", opts]);
-        }
-        ok(cmd.arg(&src).arg(&out));
+    let padded = size.div_ceil(512) * 512;
+    // (convert arguments, compat, cluster size, compression type, libqcow reads it)
+    let variants: [(&[&str], &str, u64, &str, bool); 7] = [
+        (&[], "1.1", 65536, "zlib", true),
+        (&["-o", "compat=0.10"], "0.10", 65536, "zlib", true),
+        (&["-o", "cluster_size=4K"], "1.1", 4096, "zlib", true),
+        (&["-o", "cluster_size=64K"], "1.1", 65536, "zlib", true),
+        (&["-o", "cluster_size=2M"], "1.1", 2 << 20, "zlib", true),
+        (&["-c"], "1.1", 65536, "zlib", true),
+        // libqcow (2020) predates zstd clusters; qemu-img checks this one alone.
+        (
+            &["-c", "-o", "compression_type=zstd"],
+            "1.1",
+            65536,
+            "zstd",
+            false,
+        ),
+    ];
+    for (i, (args, compat, cluster, ctype, libqcow)) in variants.into_iter().enumerate() {
+        let opts = format!("{args:?}");
+        let out = dir.join(format!("out-{i}.qcow2"));
+        ok(imgconv().arg("convert").args(args).arg(&src).arg(&out));
         let check = tool("qemu-img", &["check", "-f", "qcow2", path(&out)]);
         assert!(check.status.success(), "{opts}: check: {check:?}");
         assert!(
             String::from_utf8_lossy(&check.stdout).contains("No errors were found"),
             "{opts}: {check:?}"
         );
-        let cmp = tool(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "qcow2",
-                path(&src),
-                path(&out),
-            ],
-        );
-        assert_eq!(cmp.status.code(), Some(0), "{opts}: {cmp:?}");
+        let cmp = qemu_compare_formats(&src, "raw", &out, "qcow2");
+        assert_eq!(cmp, 0, "{opts}");
         let info = qemu_info(&out, "qcow2");
+        let data = &info["format-specific"]["data"];
         assert_eq!(info["cluster-size"], cluster, "{opts}");
-        assert_eq!(info["format-specific"]["data"]["compat"], compat, "{opts}");
-        assert_eq!(
-            info["format-specific"]["data"]["compression-type"], "zlib",
-            "{opts}"
-        );
-        assert_eq!(info["virtual-size"], size.div_ceil(512) * 512, "{opts}");
-        let (lib_size, lib_md5) = pyqcow_md5(&out);
-        assert_eq!(lib_size, size.div_ceil(512) * 512, "{opts}");
-        assert_eq!(lib_md5, md5_padded(&src, lib_size), "{opts}");
-        let mut measure = imgconv();
-        measure.args(["measure", "-O", "qcow2", "--output", "json"]);
-        if !opts.is_empty() {
-            measure.args(["-o", opts]);
+        assert_eq!(data["compat"], compat, "{opts}");
+        assert_eq!(data["compression-type"], ctype, "{opts}");
+        assert_eq!(info["virtual-size"], padded, "{opts}");
+        if libqcow {
+            let (lib_size, lib_md5) = pyqcow_md5(&out);
+            assert_eq!(lib_size, padded, "{opts}");
+            assert_eq!(lib_md5, md5_padded(&src, lib_size), "{opts}");
         }
-        let m: serde_json::Value =
-            serde_json::from_str(&ok(measure.arg(&src))).expect("measure JSON");
-        assert_eq!(
-            m["required"],
-            std::fs::metadata(&out).expect("out").len(),
-            "{opts}"
-        );
+        let file = std::fs::metadata(&out).expect("out").len();
+        if args.contains(&"-c") {
+            assert!(file < size / 2, "{opts}: compressed output of {file} bytes");
+            continue;
+        }
+        let m: serde_json::Value = serde_json::from_str(&ok(imgconv()
+            .args(["measure", "-O", "qcow2", "--output", "json"])
+            .args(args)
+            .arg(&src)))
+        .expect("measure JSON");
+        assert_eq!(m["required"], file, "{opts}");
     }
 }
 
@@ -424,4 +420,22 @@ fn malformed_images_fail_clearly_without_output() {
         assert!(!out.exists(), "{what}: output left behind");
         assert!(err.len() < 400, "{what}: {err}");
     }
+}
+
+#[test]
+fn compressed_output_to_a_stream_is_refused_up_front() {
+    let dir = scratch("qcow2-stream");
+    let src = Image::new(dir.join("in.raw"), MIB).data(0, 4096).done();
+    let out = imgconv()
+        .args(["convert", "-c", "-O", "qcow2"])
+        .arg(&src)
+        .arg("-")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(9));
+    assert!(
+        out.stdout.is_empty(),
+        "bytes went to stdout before the refusal"
+    );
+    one_line_error(&out);
 }

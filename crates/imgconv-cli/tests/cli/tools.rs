@@ -135,14 +135,27 @@ pub fn qemu_compare(a: &Path, b: &Path) -> i32 {
 
 /// `qemu-img compare -f raw -F raw A B`, all of its output.
 pub fn qemu_compare_output(a: &Path, b: &Path) -> Output {
+    qemu_compare_output_as(a, "raw", b, "raw")
+}
+
+/// `qemu-img compare` exit code, with explicit formats.
+pub fn qemu_compare_formats(a: &Path, fa: &str, b: &Path, fb: &str) -> i32 {
+    qemu_compare_output_as(a, fa, b, fb)
+        .status
+        .code()
+        .expect("exit code")
+}
+
+/// `qemu-img compare -f FA -F FB A B`, all of its output.
+pub fn qemu_compare_output_as(a: &Path, fa: &str, b: &Path, fb: &str) -> Output {
     tool(
         "qemu-img",
         &[
             "compare",
             "-f",
-            "raw",
+            fa,
             "-F",
-            "raw",
+            fb,
             a.to_str().expect("utf-8"),
             b.to_str().expect("utf-8"),
         ],

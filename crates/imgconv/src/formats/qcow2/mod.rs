@@ -11,14 +11,19 @@
 //! 64 KiB), zero clusters left unallocated, 16-bit refcounts, exact. The layout is planned
 //! from the allocation map and written in file order (header, L1, refcounts, L2, data).
 //!
+//! Compressed writer (`-c`, zlib or `-o compression_type=zstd`): clusters compressed in
+//! parallel and appended in guest order; needs a seekable file (see `compressed.rs`).
+//!
 //! Limits: the L1 table is at most 32 MiB (qemu's own limit), L2 tables are cached up to
 //! 32 MiB, the snapshot table is read only for `info` and at most 64 MiB of it.
 
+mod compressed;
 pub mod header;
 mod reader;
 mod snapshot;
 mod writer;
 
+pub use compressed::{CompressEncoder, Qcow2CompressedWriter};
 pub use header::{Compression, Header};
 pub use reader::Qcow2Reader;
 pub use writer::{measure, Qcow2Encoder, Qcow2Options, Qcow2Writer};

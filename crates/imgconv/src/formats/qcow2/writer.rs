@@ -244,8 +244,8 @@ impl Qcow2Writer {
     pub fn new(virtual_size: u64, opts: Qcow2Options) -> Result<Qcow2Writer> {
         let virtual_size = virtual_size.div_ceil(512) * 512;
         if opts.compression.is_some() {
-            return Err(Error::unsupported(
-                "compressed QCOW2 output (-c) is not supported by this version yet",
+            return Err(Error::invalid_argument(
+                "compressed output goes through the compressed QCOW2 writer",
             ));
         }
         Ok(Qcow2Writer {
