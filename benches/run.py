@@ -164,8 +164,9 @@ def rm(*paths):
     os.sync()
 
 
-def timed(cmds, before=None, runs=3):
-    """Median wall time of running `cmds` (a list of commands, one after the other)."""
+def timed(cmds, before=None, runs=3, keep_last=False):
+    """Median wall time of running `cmds` (a list of commands, one after the other). `before`
+    runs before each run, and after the last unless `keep_last` (to inspect its output)."""
     times = []
     for _ in range(runs):
         if before:
@@ -174,7 +175,7 @@ def timed(cmds, before=None, runs=3):
         for c in cmds:
             sh(c, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - t0)
-    if before:
+    if before and not keep_last:
         before()
     return statistics.median(times)
 
@@ -233,6 +234,39 @@ def case_digest(t, img, size, out, runs):
           f"{n / md5:.2f}x md5sum alone")
 
 
+def case_qcow2(t, img, size, work, runs):
+    out = str(work / "out.qcow2")
+    clean = lambda: rm(out)
+    q = timed([["qemu-img", "convert", "-O", "qcow2", img, out]], clean, runs)
+    t.add("RAW -> QCOW2", "qemu-img convert -O qcow2", q, size)
+    i = timed([[str(BIN), "--no-sync", img, out]], clean, runs)
+    t.add("RAW -> QCOW2", "imgconv --no-sync IN OUT.qcow2", i, size, q, "neither syncs")
+    for ctype in ["zlib", "zstd"]:
+        copt = ["-o", f"compression_type={ctype}"]
+        case = f"RAW -> QCOW2 -c {ctype}"
+        ref = ["qemu-img", "convert", "-c", "-W", "-m", "16", "-O", "qcow2"] + copt + [img, out]
+        q = timed([ref], clean, runs, keep_last=True)
+        qsize = os.path.getsize(out)
+        rm(out)
+        t.add(case, "qemu-img convert -c -W -m 16 " + ctype, q, size, None, f"{qsize / MiB:.0f} MiB")
+        i = timed([[str(BIN), "--no-sync", "-c"] + copt + [img, out]], clean, runs, keep_last=True)
+        isize = os.path.getsize(out)
+        rm(out)
+        t.add(case, "imgconv --no-sync -c " + ctype, i, size, q,
+              f"{isize / MiB:.0f} MiB ({isize / qsize:.3f}x qemu's size)")
+    # Reading compressed QCOW2 back: the input is qemu-img's own zlib output.
+    src = str(work / "qemu-zlib.qcow2")
+    if not os.path.exists(src):
+        sh(["qemu-img", "convert", "-c", "-W", "-m", "16", "-O", "qcow2", img, src])
+    warm(src)
+    raw = str(work / "back.raw")
+    clean = lambda: rm(raw)
+    q = timed([["qemu-img", "convert", "-O", "raw", src, raw]], clean, runs)
+    t.add("QCOW2 (zlib) -> RAW", "qemu-img convert -O raw", q, size)
+    i = timed([[str(BIN), "--no-sync", src, raw]], clean, runs)
+    t.add("QCOW2 (zlib) -> RAW", "imgconv --no-sync IN OUT.raw", i, size, q)
+
+
 def case_memory(t, work, sizes, realistic):
     images = [(realistic, "realistic")] if realistic.exists() else []
     for size in sizes:
@@ -255,7 +289,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
-    ap.add_argument("--cases", default="raw,digest,memory", help="raw, digest, memory")
+    ap.add_argument("--cases", default="raw,digest,qcow2,memory", help="raw, digest, qcow2, memory")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()
@@ -270,7 +304,7 @@ def main():
     cases = set(args.cases.split(","))
     t = Table()
     img = work / f"realistic-{args.size}.raw"
-    if cases & {"raw", "digest"}:
+    if cases & {"raw", "digest", "qcow2"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -279,6 +313,8 @@ def main():
             case_raw(t, str(img), size, out, args.runs)
         if "digest" in cases:
             case_digest(t, str(img), size, out, args.runs)
+        if "qcow2" in cases:
+            case_qcow2(t, str(img), size, work, args.runs)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)

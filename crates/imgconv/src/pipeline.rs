@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 use crate::buffer::BufferPool;
 use crate::error::{Error, ErrorKind, Result};
-use crate::planner::{self, chunk_size_for, load_chunk, Plan};
+use crate::planner::{self, chunk_size_for, load_chunk, load_planned_chunk, Plan};
 use crate::progress::{CancelToken, Progress};
 use crate::reader::Reader;
 use crate::sink::Output;
@@ -68,7 +68,16 @@ pub fn run<W: Writer>(
     writer.begin(plan.as_ref(), out)?;
     let encoder = writer.encoder();
     progress.start(reader.virtual_size());
-    let result = commit_all(reader, &mut writer, &encoder, out, config, progress, cancel);
+    let result = commit_all(
+        reader,
+        &mut writer,
+        &encoder,
+        plan.as_ref(),
+        out,
+        config,
+        progress,
+        cancel,
+    );
     progress.finish();
     result?;
     let summary = writer.finish(out)?;
@@ -77,10 +86,12 @@ pub fn run<W: Writer>(
 
 type Slot<T> = (u64, Result<T>);
 
+#[allow(clippy::too_many_arguments)]
 fn commit_all<W: Writer>(
     reader: &dyn Reader,
     writer: &mut W,
     encoder: &W::Encoder,
+    plan: Option<&Plan>,
     out: &mut Output,
     config: &PipelineConfig,
     progress: &dyn Progress,
@@ -120,8 +131,15 @@ fn commit_all<W: Writer>(
                             }
                             let off = i * chunk;
                             let len = (size - off).min(chunk) as usize;
-                            load_chunk(reader, off, len, unit_len, pool)
-                                .and_then(|c| encoder.encode(c))
+                            let chunk = match plan {
+                                Some(p) => {
+                                    let first = (off / unit) as usize;
+                                    let bits = p.bitmap().get(first..).unwrap_or_default();
+                                    load_planned_chunk(reader, off, len, unit_len, bits, pool)
+                                }
+                                None => load_chunk(reader, off, len, unit_len, pool),
+                            };
+                            chunk.and_then(|c| encoder.encode(c))
                         };
                         // A panic in a worker (a bug, or one in a codec) must become an error
                         // for this chunk, never a committer waiting forever for it.

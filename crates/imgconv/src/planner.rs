@@ -166,6 +166,60 @@ pub fn load_chunk(
     })
 }
 
+/// Read `[offset, offset + len)` as a [`Chunk`] whose units are those `planned` says hold
+/// data: only they are read, in runs, and they are not scanned again. Once a writer has laid
+/// out its file from a plan, the plan is authoritative; this makes the writing pass read each
+/// data unit once and skip the zero ranges the planning pass already found.
+pub fn load_planned_chunk(
+    reader: &dyn Reader,
+    offset: u64,
+    len: usize,
+    unit: usize,
+    planned: &bitvec::slice::BitSlice,
+    pool: &Arc<BufferPool>,
+) -> Result<Chunk> {
+    let units = len.div_ceil(unit);
+    let nonzero: BitVec = planned.iter().by_vals().take(units).collect();
+    if nonzero.len() != units {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "plan shorter than the disk",
+        ));
+    }
+    if !nonzero.any() {
+        return Ok(Chunk {
+            offset,
+            len,
+            data: None,
+            unit,
+            nonzero,
+        });
+    }
+    let mut buf = pool.get();
+    let bytes = &mut buf.as_mut_slice()[..len];
+    let mut i = 0;
+    while i < units {
+        let start = i;
+        let set = nonzero[i];
+        while i < units && nonzero[i] == set {
+            i += 1;
+        }
+        let (lo, hi) = (start * unit, (i * unit).min(len));
+        if set {
+            reader.read_at(offset + lo as u64, &mut bytes[lo..hi])?;
+        } else {
+            bytes[lo..hi].fill(0);
+        }
+    }
+    Ok(Chunk {
+        offset,
+        len,
+        data: Some(buf.freeze(len)),
+        unit,
+        nonzero,
+    })
+}
+
 /// Build the plan of `reader` at `unit` bytes, reading data extents in parallel on the rayon
 /// pool with `chunk_size`-byte reads.
 pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToken) -> Result<Plan> {

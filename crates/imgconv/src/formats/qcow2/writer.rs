@@ -397,29 +397,22 @@ impl Writer for Qcow2Writer {
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+        // The chunk was loaded from the plan: its non-zero units are exactly the planned ones,
+        // and consecutive ones are consecutive in the file, so each run is one write.
         let cs = self.opts.cluster_size() as usize;
-        let first = chunk.offset / cs as u64;
-        for i in 0..chunk.units() {
-            let c = first + i as u64;
-            let planned = self.allocated.get(c as usize).is_some_and(|b| *b);
+        for (range, planned) in chunk.runs() {
             if !planned {
-                if chunk.nonzero[i] {
-                    return Err(Error::new(
-                        ErrorKind::Io,
-                        "the input changed while it was being converted",
-                    )
-                    .with_offset(c * cs as u64));
-                }
                 continue;
             }
-            let start = i * cs;
-            let end = (start + cs).min(chunk.len);
+            let len = range.len();
             match &chunk.data {
-                Some(d) if chunk.nonzero[i] => out.write(&d.slice(start..end))?,
-                _ => out.write_zeros((end - start) as u64)?,
+                Some(d) => out.write(&d.slice(range))?,
+                None => out.write_zeros(len as u64)?,
             }
-            out.write_zeros((cs - (end - start)) as u64)?;
-            self.written_data += 1;
+            // Only the disk's last cluster can be short: pad it to a whole cluster.
+            let clusters = len.div_ceil(cs);
+            out.write_zeros((clusters * cs - len) as u64)?;
+            self.written_data += clusters as u64;
         }
         Ok(())
     }
