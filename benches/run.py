@@ -234,8 +234,8 @@ def case_digest(t, img, size, out, runs):
           f"{n / md5:.2f}x md5sum alone")
 
 
-def case_qcow2(t, img, size, work, runs):
-    out = str(work / "out.qcow2")
+def case_qcow2(t, img, size, work, runs, out_dir):
+    out = str(out_dir / "out.qcow2")
     clean = lambda: rm(out)
     q = timed([["qemu-img", "convert", "-O", "qcow2", img, out]], clean, runs)
     t.add("RAW -> QCOW2", "qemu-img convert -O qcow2", q, size)
@@ -259,7 +259,7 @@ def case_qcow2(t, img, size, work, runs):
     if not os.path.exists(src):
         sh(["qemu-img", "convert", "-c", "-W", "-m", "16", "-O", "qcow2", img, src])
     warm(src)
-    raw = str(work / "back.raw")
+    raw = str(out_dir / "back.raw")
     clean = lambda: rm(raw)
     q = timed([["qemu-img", "convert", "-O", "raw", src, raw]], clean, runs)
     t.add("QCOW2 (zlib) -> RAW", "qemu-img convert -O raw", q, size)
@@ -291,6 +291,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
     ap.add_argument("--cases", default="raw,digest,qcow2,memory", help="raw, digest, qcow2, memory")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
+    ap.add_argument("--out-dir", default=None,
+                    help="where outputs are written (default: --work); a tmpfs such as "
+                         "/dev/shm takes the disk's writeback out of the measurement")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = ap.parse_args()
 
@@ -298,6 +301,8 @@ def main():
     need("md5sum", "coreutils")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.out_dir) if args.out_dir else work
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_build:
         sh(["cargo", "build", "--release", "-p", "imgconv-cli"], cwd=ROOT)
     size = parse_size(args.size)
@@ -308,13 +313,13 @@ def main():
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
-        out = str(work / "out.raw")
+        out = str(out_dir / "out.raw")
         if "raw" in cases:
             case_raw(t, str(img), size, out, args.runs)
         if "digest" in cases:
             case_digest(t, str(img), size, out, args.runs)
         if "qcow2" in cases:
-            case_qcow2(t, str(img), size, work, args.runs)
+            case_qcow2(t, str(img), size, work, args.runs, out_dir)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)

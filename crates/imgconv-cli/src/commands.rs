@@ -209,8 +209,7 @@ fn emit_result(stdout_is_data: bool, text: &str) {
 
 pub(crate) fn info(args: InfoArgs) -> CmdResult {
     let format = parse_format(args.format.as_deref())?;
-    let reader = open_image(&args.image, format)?;
-    let info = reader.info();
+    let info = imgconv::inspect(&args.image, format)?;
     match args.output {
         OutputMode::Json => {
             let mut doc = json!({

@@ -63,7 +63,7 @@ pub use digest::{Digest, DigestKind};
 pub use error::{Error, ErrorKind, Result};
 pub use formats::options::WriterOptions;
 pub use model::{Extent, Format, GuestOffset, HostOffset, ImageInfo, Mapping, UnitIndex};
-pub use open::{open_image, open_source};
+pub use open::{inspect, open_image, open_source};
 pub use pipeline::PipelineConfig;
 pub use planner::{plan, Plan};
 pub use progress::{CancelToken, NoProgress, Progress};

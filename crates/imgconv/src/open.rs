@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use crate::detect::detect_source;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
-use crate::model::Format;
+use crate::model::{Format, ImageInfo};
 use crate::reader::Reader;
 use crate::source::{FileSource, Source};
 
@@ -32,4 +32,38 @@ pub fn open_source(source: Box<dyn Source>, format: Option<Format>) -> Result<Bo
         ))
         .with_format(other)),
     }
+}
+
+/// What `imgconv info` shows for the image at `path`. An image whose format is recognised but
+/// refused (a QCOW2 with a backing file, say) still gets its basic facts and a `refused` line
+/// naming the feature; other errors are returned as they are.
+pub fn inspect(path: impl AsRef<Path>, format: Option<Format>) -> Result<ImageInfo> {
+    let path = path.as_ref();
+    let err = match open_image(path, format) {
+        Ok(reader) => return Ok(reader.info()),
+        Err(e) => e,
+    };
+    if err.kind() != ErrorKind::Unsupported {
+        return Err(err);
+    }
+    let source = FileSource::open(path)?;
+    let detected = match format {
+        Some(f) => f,
+        None => detect_source(&source)?,
+    };
+    if detected != Format::Qcow2 {
+        return Err(err);
+    }
+    let mut head = vec![0u8; 4096];
+    let n = source.len().min(head.len() as u64) as usize;
+    source.read_exact_at(0, &mut head[..n])?;
+    let mut details = crate::formats::qcow2::header::peek(&head);
+    details.push(("refused".into(), err.message().to_string()));
+    let size = u64::from_be_bytes(head[24..32].try_into().unwrap_or([0; 8]));
+    Ok(ImageInfo {
+        format: Format::Qcow2,
+        virtual_size: size,
+        actual_size: source.allocated_size(),
+        details,
+    })
 }

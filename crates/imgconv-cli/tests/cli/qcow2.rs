@@ -412,6 +412,19 @@ fn malformed_images_fail_clearly_without_output() {
             9,
         ),
     ];
+    // info still describes a refused image and names what was refused.
+    let mut backing = good.clone();
+    backing[8..16].copy_from_slice(&0x200u64.to_be_bytes());
+    backing[16..20].copy_from_slice(&8u32.to_be_bytes());
+    backing[0x200..0x208].copy_from_slice(b"base.img");
+    let img = dir.join("backing.qcow2");
+    std::fs::write(&img, &backing).expect("write");
+    let info = ok(imgconv().arg("info").arg(&img));
+    assert!(info.contains("backing file: base.img"), "{info}");
+    assert!(
+        info.contains("refused: the image has a backing file"),
+        "{info}"
+    );
     for (what, bytes, code) in cases {
         let img = dir.join("bad.qcow2");
         std::fs::write(&img, &bytes).expect("write");

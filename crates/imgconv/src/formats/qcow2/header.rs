@@ -388,6 +388,41 @@ fn backing_message(buf: &[u8], offset: u64, size: u32) -> String {
     }
 }
 
+/// Facts `imgconv info` can show of a header that [`Header::parse`] refused: the raw fields,
+/// without trusting any of them beyond bounds checks.
+pub fn peek(buf: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if buf.len() < V3_HEADER_LEN || be32(buf, 0) != MAGIC {
+        return out;
+    }
+    let version = be32(buf, 4);
+    out.push(("version".into(), version.to_string()));
+    let bits = be32(buf, 20);
+    if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
+        out.push(("cluster_size".into(), (1u64 << bits).to_string()));
+    }
+    let (off, len) = (be64(buf, 8), be32(buf, 16) as usize);
+    // qemu limits backing file names to 1023 bytes; only a name inside the probe is shown.
+    if off != 0 && len > 0 && len <= 1023 {
+        if let Some(name) = usize::try_from(off).ok().and_then(|o| buf.get(o..o + len)) {
+            out.push((
+                "backing file".into(),
+                String::from_utf8_lossy(name).into_owned(),
+            ));
+        }
+    }
+    if be32(buf, 32) != 0 {
+        out.push(("encrypted".into(), "yes".into()));
+    }
+    if version >= 3 {
+        out.push((
+            "incompatible features".into(),
+            format!("{:#x}", be64(buf, 72)),
+        ));
+    }
+    out
+}
+
 /// Write a header for the given fields into the first bytes of `out` (one cluster, zeroed).
 pub fn encode(h: &Header, out: &mut [u8]) {
     let put32 = |o: &mut [u8], at: usize, v: u32| o[at..at + 4].copy_from_slice(&v.to_be_bytes());

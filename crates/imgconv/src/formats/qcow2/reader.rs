@@ -41,6 +41,13 @@ enum Cluster {
     Sub { host: u64, alloc: u32, zero: u32 },
 }
 
+/// Decompression state reused across the clusters of one read.
+#[derive(Default)]
+struct Inflate {
+    zlib: Option<flate2::Decompress>,
+    packed: Vec<u8>,
+}
+
 /// A QCOW2 image opened for reading.
 pub struct Qcow2Reader {
     src: Box<dyn Source>,
@@ -203,21 +210,25 @@ impl Qcow2Reader {
         })
     }
 
-    fn inflate(&self, host: u64, len: u64, out: &mut [u8]) -> Result<()> {
-        let mut packed = vec![0u8; len as usize];
-        self.src.read_exact_at(host, &mut packed)?;
+    fn inflate(&self, host: u64, len: u64, out: &mut [u8], ctx: &mut Inflate) -> Result<()> {
+        ctx.packed.resize(len as usize, 0);
+        self.src.read_exact_at(host, &mut ctx.packed)?;
+        let packed = &ctx.packed;
         let produced = match self.h.compression {
             Compression::Zlib => {
-                let mut d = flate2::Decompress::new(false);
+                let d = ctx
+                    .zlib
+                    .get_or_insert_with(|| flate2::Decompress::new(false));
+                d.reset(false);
                 // Stops when the cluster is full; the sector padding after the stream is ignored.
-                let _ = d.decompress(&packed, out, flate2::FlushDecompress::Finish);
+                let _ = d.decompress(packed, out, flate2::FlushDecompress::Finish);
                 d.total_out() as usize
             }
             Compression::Zstd => {
                 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
                 let mut d =
                     Decoder::new().map_err(|e| Error::io("cannot start a zstd decoder", e))?;
-                let mut input = InBuffer::around(&packed);
+                let mut input = InBuffer::around(packed);
                 let mut output = OutBuffer::around(out);
                 while output.pos() < output.capacity() && input.pos() < input.src.len() {
                     let before = (input.pos(), output.pos());
@@ -257,6 +268,7 @@ impl Reader for Qcow2Reader {
         let cs = self.h.cluster_size();
         let mut done = 0usize;
         let mut scratch: Option<(u64, Vec<u8>)> = None;
+        let mut ctx = Inflate::default();
         while done < buf.len() {
             let pos = offset + done as u64;
             let (extent, reach, cluster) = self.piece(pos)?;
@@ -264,11 +276,15 @@ impl Reader for Qcow2Reader {
             let dst = &mut buf[done..done + n];
             let in_cluster = pos % cs;
             match (extent, cluster) {
+                (Extent::Data, Cluster::Compressed(host, len)) if n as u64 == cs => {
+                    // A whole cluster: inflate straight into the caller's buffer.
+                    self.inflate(host, len, dst, &mut ctx)?;
+                }
                 (Extent::Data, Cluster::Compressed(host, len)) => {
                     let key = pos / cs;
                     if scratch.as_ref().is_none_or(|(k, _)| *k != key) {
                         let mut plain = vec![0u8; cs as usize];
-                        self.inflate(host, len, &mut plain)?;
+                        self.inflate(host, len, &mut plain, &mut ctx)?;
                         scratch = Some((key, plain));
                     }
                     if let Some((_, plain)) = &scratch {
