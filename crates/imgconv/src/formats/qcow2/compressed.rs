@@ -17,18 +17,14 @@ use crate::planner::Plan;
 use crate::sink::Output;
 use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
 
-use super::header::{
-    self, Compression, Header, INCOMPAT_COMPRESSION, V2_HEADER_LEN, V3_HEADER_LEN,
-};
+use super::header::{self, Compression, V3_HEADER_LEN};
 use super::reader::{COPIED, L2_COMPRESSED};
-use super::writer::Qcow2Options;
+use super::writer::{be64_table, output_header, refcount_space, Qcow2Options, REFCOUNT_ORDER};
 
 /// zlib level: qemu's (`Z_DEFAULT_COMPRESSION`, 6), so outputs are no larger than qemu's.
 const ZLIB_LEVEL: u32 = 6;
 /// zstd level: qemu's (`ZSTD_CLEVEL_DEFAULT`, 3).
 const ZSTD_LEVEL: i32 = 3;
-/// Refcount width: 16 bits.
-const REFCOUNT_ORDER: u32 = 4;
 
 /// One cluster, encoded.
 #[derive(Debug)]
@@ -217,14 +213,10 @@ impl Qcow2CompressedWriter {
     /// Write a whole table (big-endian entries, padded to clusters) and reference it.
     fn write_table(&mut self, entries: &[u64], out: &mut Output) -> Result<u64> {
         let at = self.align(out)?;
-        let cs = self.cs() as usize;
-        let mut v = Vec::with_capacity(entries.len() * 8);
-        for e in entries {
-            v.extend_from_slice(&e.to_be_bytes());
-        }
-        v.resize(v.len().next_multiple_of(cs).max(cs), 0);
-        let len = v.len() as u64;
-        out.write(&Bytes::from_vec(v))?;
+        let clusters = (entries.len() as u64 * 8).div_ceil(self.cs()).max(1);
+        let table = be64_table(entries.iter().copied(), self.cs(), clusters)?;
+        let len = table.len() as u64;
+        out.write(&table)?;
         self.reference(at, len)?;
         Ok(at)
     }
@@ -329,33 +321,15 @@ impl Writer for Qcow2CompressedWriter {
         };
         // The refcount table and blocks count themselves: find the fixed point.
         let base = self.align(out)? / cs;
+        let (rt, rb) = refcount_space(base, cs);
         let per_block = cs * 8 / (1 << REFCOUNT_ORDER);
-        let (mut rt, mut rb) = (1u64, 1u64);
-        loop {
-            let total = base + rt + rb;
-            let (need_rb, need_rt) = (
-                total.div_ceil(per_block),
-                (total.div_ceil(per_block) * 8).div_ceil(cs),
-            );
-            if need_rb <= rb && need_rt <= rt {
-                break;
-            }
-            rb = rb.max(need_rb);
-            rt = rt.max(need_rt);
-        }
         let rt_offset = base * cs;
         let rb_offset = rt_offset + rt * cs;
         self.refcounts.resize((base + rt + rb) as usize, 0);
         for c in base..base + rt + rb {
             self.refcounts[c as usize] = 1;
         }
-        let table: Vec<u64> = (0..rb).map(|i| rb_offset + i * cs).collect();
-        let mut v = Vec::with_capacity((rt * cs) as usize);
-        for e in &table {
-            v.extend_from_slice(&e.to_be_bytes());
-        }
-        v.resize((rt * cs) as usize, 0);
-        out.write(&Bytes::from_vec(v))?;
+        out.write(&be64_table((0..rb).map(|i| rb_offset + i * cs), cs, rt)?)?;
         for b in 0..rb {
             let mut block = vec![0u8; cs as usize];
             let first = (b * per_block) as usize;
@@ -367,29 +341,13 @@ impl Writer for Qcow2CompressedWriter {
             }
             out.write(&Bytes::from_vec(block))?;
         }
-        let zstd = self.compression == Compression::Zstd;
-        let h = Header {
-            version: self.opts.version,
-            cluster_bits: self.opts.cluster_bits,
-            size: self.virtual_size,
-            l1_size: l1.len() as u32,
-            l1_table_offset: l1_offset,
-            refcount_table_offset: rt_offset,
-            refcount_table_clusters: u32::try_from(rt)
-                .map_err(|_| Error::new(ErrorKind::LimitExceeded, "refcount table too large"))?,
-            nb_snapshots: 0,
-            snapshots_offset: 0,
-            incompatible: if zstd { INCOMPAT_COMPRESSION } else { 0 },
-            compatible: 0,
-            autoclear: 0,
-            refcount_order: REFCOUNT_ORDER,
-            header_length: if self.opts.version == 3 {
-                V3_HEADER_LEN as u32
-            } else {
-                V2_HEADER_LEN as u32
-            },
-            compression: self.compression,
-        };
+        let h = output_header(
+            &self.opts,
+            self.virtual_size,
+            (l1_offset, l1.len() as u64),
+            (rt_offset, rt),
+            self.compression,
+        )?;
         let mut cluster0 = vec![0u8; V3_HEADER_LEN];
         header::encode(&h, &mut cluster0);
         out.write_at(0, &cluster0)?;

@@ -24,7 +24,65 @@ use super::header::{self, Compression, Header, V2_HEADER_LEN, V3_HEADER_LEN};
 use super::reader::COPIED;
 
 /// Refcount width written: 16 bits (refcount_order 4), qemu's default.
-const REFCOUNT_ORDER: u32 = 4;
+pub(super) const REFCOUNT_ORDER: u32 = 4;
+
+/// Clusters of refcount table and of refcount blocks needed to count `others` clusters plus
+/// themselves (they count themselves, hence the fixed point).
+pub(super) fn refcount_space(others: u64, cs: u64) -> (u64, u64) {
+    let per_block = cs * 8 / (1 << REFCOUNT_ORDER);
+    let (mut rt, mut rb) = (1u64, 1u64);
+    loop {
+        let need_rb = (others + rt + rb).div_ceil(per_block);
+        let need_rt = (need_rb * 8).div_ceil(cs);
+        if need_rb <= rb && need_rt <= rt {
+            return (rt, rb);
+        }
+        rb = rb.max(need_rb);
+        rt = rt.max(need_rt);
+    }
+}
+
+/// The header both writers emit: v2 or v3 as asked, 16-bit refcounts, no snapshots.
+pub(super) fn output_header(
+    opts: &Qcow2Options,
+    size: u64,
+    l1: (u64, u64),
+    refcount_table: (u64, u64),
+    compression: Compression,
+) -> Result<Header> {
+    let too_large = |what: &str| {
+        Error::new(
+            ErrorKind::LimitExceeded,
+            format!("the disk is too large for QCOW2's {what}"),
+        )
+    };
+    Ok(Header {
+        version: opts.version,
+        cluster_bits: opts.cluster_bits,
+        size,
+        l1_size: u32::try_from(l1.1).map_err(|_| too_large("L1 table"))?,
+        l1_table_offset: l1.0,
+        refcount_table_offset: refcount_table.0,
+        refcount_table_clusters: u32::try_from(refcount_table.1)
+            .map_err(|_| too_large("refcount table"))?,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompatible: if compression == Compression::Zstd {
+            header::INCOMPAT_COMPRESSION
+        } else {
+            0
+        },
+        compatible: 0,
+        autoclear: 0,
+        refcount_order: REFCOUNT_ORDER,
+        header_length: if opts.version == 3 {
+            V3_HEADER_LEN as u32
+        } else {
+            V2_HEADER_LEN as u32
+        },
+        compression,
+    })
+}
 
 /// Options of the QCOW2 writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,19 +199,7 @@ impl Layout {
         let cs = 1u64 << cluster_bits;
         let l1_size = virtual_size.div_ceil(cs).div_ceil(cs / 8);
         let l1_clusters = (l1_size * 8).div_ceil(cs);
-        let per_block = cs * 8 / (1 << REFCOUNT_ORDER);
-        let (mut rt, mut rb) = (1u64, 1u64);
-        // The refcount structures count themselves: iterate to the fixed point.
-        loop {
-            let total = 1 + l1_clusters + rt + rb + l2_count + data_clusters;
-            let need_rb = total.div_ceil(per_block);
-            let need_rt = (need_rb * 8).div_ceil(cs);
-            if need_rb == rb && need_rt == rt {
-                break;
-            }
-            rb = need_rb.max(rb);
-            rt = need_rt.max(rt);
-        }
+        let (rt, rb) = refcount_space(1 + l1_clusters + l2_count + data_clusters, cs);
         Layout {
             cluster_bits,
             l1_size,
@@ -263,13 +309,26 @@ impl Qcow2Writer {
     }
 }
 
-fn be64_table(entries: impl Iterator<Item = u64>, cs: u64) -> Bytes {
-    let mut v = Vec::with_capacity(cs as usize);
+/// Big-endian table entries, zero-padded to exactly `clusters` clusters (what the layout
+/// reserved for the table; more entries than fit is an internal error).
+pub(super) fn be64_table(
+    entries: impl Iterator<Item = u64>,
+    cs: u64,
+    clusters: u64,
+) -> Result<Bytes> {
+    let len = (clusters * cs) as usize;
+    let mut v = Vec::with_capacity(len);
     for e in entries {
         v.extend_from_slice(&e.to_be_bytes());
     }
-    v.resize(v.len().next_multiple_of(cs as usize).max(cs as usize), 0);
-    Bytes::from_vec(v)
+    if v.len() > len {
+        return Err(Error::new(
+            ErrorKind::Io,
+            "internal error: a QCOW2 table outgrew its clusters",
+        ));
+    }
+    v.resize(len, 0);
+    Ok(Bytes::from_vec(v))
 }
 
 impl Writer for Qcow2Writer {
@@ -315,35 +374,13 @@ impl Writer for Qcow2Writer {
         self.layout = Some(l);
         self.allocated = plan.bitmap().clone();
 
-        // Header.
-        let h = Header {
-            version: self.opts.version,
-            cluster_bits: self.opts.cluster_bits,
-            size: self.virtual_size,
-            l1_size: u32::try_from(l.l1_size).map_err(|_| {
-                Error::new(
-                    ErrorKind::LimitExceeded,
-                    "the disk is too large for QCOW2's L1",
-                )
-            })?,
-            l1_table_offset: l.l1_offset(),
-            refcount_table_offset: l.rt_offset(),
-            refcount_table_clusters: u32::try_from(l.rt_clusters).map_err(|_| {
-                Error::new(ErrorKind::LimitExceeded, "the refcount table is too large")
-            })?,
-            nb_snapshots: 0,
-            snapshots_offset: 0,
-            incompatible: 0,
-            compatible: 0,
-            autoclear: 0,
-            refcount_order: REFCOUNT_ORDER,
-            header_length: if self.opts.version == 3 {
-                V3_HEADER_LEN as u32
-            } else {
-                V2_HEADER_LEN as u32
-            },
-            compression: Compression::Zlib,
-        };
+        let h = output_header(
+            &self.opts,
+            self.virtual_size,
+            (l.l1_offset(), l.l1_size),
+            (l.rt_offset(), l.rt_clusters),
+            Compression::Zlib,
+        )?;
         let mut cluster0 = vec![0u8; cs as usize];
         header::encode(&h, &mut cluster0);
         out.write(&Bytes::from_vec(cluster0))?;
@@ -360,12 +397,12 @@ impl Writer for Qcow2Writer {
                     0
                 }
             });
-            out.write(&be64_table(entries, cs))?;
+            out.write(&be64_table(entries, cs, l.l1_clusters)?)?;
         }
 
         // Refcount table, then blocks: every cluster of the file has refcount 1.
         let rt = (0..l.rb_count).map(|i| l.rb_offset() + i * cs);
-        out.write(&be64_table(rt, cs))?;
+        out.write(&be64_table(rt, cs, l.rt_clusters)?)?;
         let per_block = cs / 2;
         let total = l.total_clusters();
         for b in 0..l.rb_count {
@@ -391,7 +428,7 @@ impl Writer for Qcow2Writer {
                     0
                 }
             });
-            out.write(&be64_table(entries, cs))?;
+            out.write(&be64_table(entries, cs, 1)?)?;
         }
         Ok(())
     }
