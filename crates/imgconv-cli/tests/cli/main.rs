@@ -6,5 +6,6 @@ mod failures;
 mod qcow2;
 mod raw;
 mod tools;
+mod vmdk;
 
 pub use tools::*;

@@ -4,3 +4,4 @@
 pub mod options;
 pub mod qcow2;
 pub mod raw;
+pub mod vmdk;

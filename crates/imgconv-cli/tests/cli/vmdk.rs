@@ -1,0 +1,198 @@
+//! VMDK reading: images made by other tools, every subformat qemu-img writes, descriptors that
+//! point outside their folder, hostile headers.
+
+use std::path::{Path, PathBuf};
+
+use crate::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/vmdk");
+
+fn fixture(dir: &Path, name: &str) -> PathBuf {
+    let out = tool("gzip", &["-dc", &format!("{FIXTURES}/{name}.gz")]);
+    assert!(out.status.success(), "gzip failed: {out:?}");
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout).expect("write fixture");
+    path
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+const PATTERN: &str = "e8197d04946c7389986f4636c4088e2dda521a54647f080bab2ec45e81d88403";
+
+#[test]
+fn images_made_by_other_tools_read_as_the_manifest_says() {
+    let dir = scratch("vmdk-fixtures");
+    for (name, sha) in [
+        ("virtualbox72-monolithicSparse.vmdk", PATTERN),
+        ("virtualbox72-streamOptimized.vmdk", PATTERN),
+        (
+            "vmdktool-streamOptimized.vmdk",
+            "49bc20df15e412a64472421e13fe86ff1c5165e18b2afccf160d4dc19fe68a14",
+        ),
+        (
+            "freebsd-mkimg-monolithicSparse-grain8k.vmdk",
+            "7255789b5f305e9f7a6c0771c45240db90594f7044ea8da6a823c070e1b06d8a",
+        ),
+    ] {
+        let img = fixture(&dir, name);
+        let out = dir.join(format!("{name}.raw"));
+        ok(imgconv().arg(&img).arg(&out));
+        assert_eq!(sha256sum(&out), sha, "{name}");
+        std::fs::remove_file(&out).expect("rm");
+    }
+    // 8 GiB of zeros: hashing it takes long, so qemu-img compares it with an empty disk.
+    let ova = fixture(&dir, "virtualbox4x-ova-export-streamOptimized.vmdk");
+    let out = dir.join("ova.raw");
+    ok(imgconv().arg(&ova).arg(&out));
+    let zeros = Image::new(dir.join("zeros.raw"), 8 * GIB).done();
+    assert_eq!(std::fs::metadata(&out).expect("out").len(), 8 * GIB);
+    assert_eq!(qemu_compare(&out, &zeros), 0);
+    let missing = fixture(
+        &dir,
+        "vmware-workstation-twoGbMaxExtentSparse-descriptor-only.vmdk",
+    );
+    let err = fails_with(imgconv().arg(&missing).arg(dir.join("m.raw")), 3);
+    assert!(err.contains("disk-s001.vmdk"), "{err}");
+    for name in [
+        "malformed-cdi-huge-capacity-grain1025.vmdk",
+        "malformed-cdi-huge-capacity-grain3456.vmdk",
+        "malformed-truncated-streamOptimized.vmdk",
+    ] {
+        let img = fixture(&dir, name);
+        fails_with(imgconv().arg(&img).arg(dir.join("bad.raw")), 8);
+        assert!(!dir.join("bad.raw").exists(), "{name}");
+    }
+}
+
+#[test]
+fn every_subformat_qemu_img_writes_converts_to_its_own_raw() {
+    let dir = scratch("vmdk-from-qemu");
+    let src = Image::new(dir.join("src.raw"), 9 * MIB + 3072)
+        .data(100 * 1024, 300 * 1024)
+        .zeros(2 * MIB, MIB as usize)
+        .data(9 * MIB, 3072)
+        .done();
+    for sub in [
+        "monolithicSparse",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+        "streamOptimized",
+        "monolithicSparse,zeroed_grain=on",
+    ] {
+        let sub_dir = dir.join(sub.replace([',', '='], "_"));
+        std::fs::create_dir_all(&sub_dir).expect("mkdir");
+        let img = sub_dir.join("img.vmdk");
+        let opts = format!("subformat={sub}");
+        let made = tool(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                &opts,
+                path(&src),
+                path(&img),
+            ],
+        );
+        assert!(made.status.success(), "{sub}: {made:?}");
+        let theirs = sub_dir.join("theirs.raw");
+        let ours = sub_dir.join("ours.raw");
+        let q = tool(
+            "qemu-img",
+            &["convert", "-O", "raw", path(&img), path(&theirs)],
+        );
+        assert!(q.status.success(), "{sub}: {q:?}");
+        ok(imgconv().arg(&img).arg(&ours));
+        assert_eq!(md5sum(&ours), md5sum(&theirs), "{sub}");
+        let info = ok(imgconv().arg("info").arg(&img));
+        assert!(info.contains("file format: vmdk"), "{sub}: {info}");
+    }
+}
+
+#[test]
+fn extents_outside_the_descriptors_folder_are_never_read() {
+    let dir = scratch("vmdk-escape");
+    let folder = dir.join("disk");
+    std::fs::create_dir(&folder).expect("mkdir");
+    // A secret outside the folder, with a recognisable pattern.
+    let secret = dir.join("outside.raw");
+    std::fs::write(&secret, b"TOP-SECRET-BYTES".repeat(64)).expect("write secret");
+    std::os::unix::fs::symlink(&secret, folder.join("link.raw")).expect("symlink");
+    for (name, target) in [
+        ("abs", "/etc/passwd".to_string()),
+        ("dotdot", "../outside.raw".to_string()),
+        ("link", "link.raw".to_string()),
+        ("abs-secret", secret.display().to_string()),
+    ] {
+        let desc = folder.join(format!("{name}.vmdk"));
+        std::fs::write(
+            &desc,
+            format!(
+                "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+                 createType=\"monolithicFlat\"\nRW 2 FLAT \"{target}\" 0\n"
+            ),
+        )
+        .expect("write descriptor");
+        let out = dir.join(format!("{name}.raw"));
+        let err = fails_with(imgconv().arg(&desc).arg(&out), 9);
+        assert!(err.contains("folder"), "{name}: {err}");
+        assert!(!out.exists(), "{name}: output written");
+    }
+    // Stdout too: not one byte of the secret comes out.
+    let piped = imgconv()
+        .args(["convert", "-O", "raw"])
+        .arg(folder.join("link.vmdk"))
+        .arg("-")
+        .output()
+        .expect("run");
+    assert!(!piped.status.success());
+    assert!(!String::from_utf8_lossy(&piped.stdout).contains("TOP-SECRET"));
+}
+
+#[test]
+fn malformed_sparse_headers_and_descriptors_fail_clearly() {
+    let dir = scratch("vmdk-malformed");
+    let good = std::fs::read(fixture(&dir, "virtualbox72-monolithicSparse.vmdk")).expect("read");
+    let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+    let gd = le64(&good, 56) as usize * 512;
+    let patch = |at: usize, bytes: &[u8]| {
+        let mut b = good.clone();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>, i32)> = vec![
+        ("truncated header", good[..300].to_vec(), 8),
+        ("truncated grain directory", good[..gd + 2].to_vec(), 8),
+        ("truncated grain", good[..good.len() - 1000].to_vec(), 8),
+        ("bad magic", patch(0, b"KDMX"), 8),
+        ("grain size 0", patch(20, &0u64.to_le_bytes()), 8),
+        ("grain size 3", patch(20, &3u64.to_le_bytes()), 8),
+        (
+            "grain table past the end",
+            patch(gd, &0x00ff_ffffu32.to_le_bytes()),
+            8,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let img = dir.join("bad.vmdk");
+        std::fs::write(&img, &bytes).expect("write");
+        let out = dir.join("out.raw");
+        fails_with(imgconv().args(["-f", "vmdk"]).arg(&img).arg(&out), code);
+        assert!(!out.exists(), "{what}: output left behind");
+    }
+    for (what, count) in [("negative", "-2048"), ("huge", "99999999999999999999")] {
+        let desc = dir.join(format!("{what}.vmdk"));
+        std::fs::write(
+            &desc,
+            format!("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW {count} ZERO\n"),
+        )
+        .expect("write");
+        fails_with(imgconv().arg(&desc).arg(dir.join("d.raw")), 8);
+    }
+}

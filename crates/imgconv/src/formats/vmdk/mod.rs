@@ -1,0 +1,18 @@
+//! VMDK (VMware "Virtual Disk Format 1.1"; libyal's VMDK document).
+//!
+//! Reader: sparse extents of versions 1 to 3 (monolithicSparse; streamOptimized with the grain
+//! directory at the start, as qemu writes it, or in the footer, as VMware writes it; zeroed
+//! grain entries; compressed grains), and text descriptors with FLAT, SPARSE and ZERO extents
+//! (monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat). Extent files resolve only
+//! inside the descriptor's folder: absolute names, `..` and links out of it are refused.
+//! Delta links (a parent), seSparse and vmfsSparse are refused.
+//!
+//! Limits: grains up to 128 MiB, 64 TiB of virtual disk, a 32 MiB grain directory, 16 MiB of
+//! cached grain tables, 1 MiB descriptors with at most 1024 extents.
+
+pub mod descriptor;
+pub mod header;
+mod reader;
+mod sparse;
+
+pub use reader::VmdkReader;

@@ -1,0 +1,219 @@
+//! A VMDK sparse extent: grain directory → grain tables → grains (plain or compressed).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::model::{Extent, Format};
+use crate::source::Source;
+
+use super::header::{SparseHeader, FLAG_ZEROED_GTE, GD_AT_END};
+
+/// Grain tables kept in memory at most (bytes).
+const GT_CACHE_BYTES: usize = 16 << 20;
+
+/// What one grain holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Grain {
+    Unallocated,
+    Zero,
+    Plain(u64),
+    Compressed(u64),
+}
+
+/// An opened sparse extent.
+pub(super) struct SparseExtent {
+    src: Box<dyn Source>,
+    pub(super) h: SparseHeader,
+    gd: Vec<u32>,
+    file_len: u64,
+    cache: Mutex<HashMap<u32, Arc<[u32]>>>,
+}
+
+fn bad(at: u64, msg: impl Into<String>) -> Error {
+    Error::invalid_image(Format::Vmdk, at, msg)
+}
+
+impl SparseExtent {
+    /// Open a sparse extent whose header is `h` (already parsed from the start of `src`).
+    pub(super) fn open(src: Box<dyn Source>, mut h: SparseHeader) -> Result<SparseExtent> {
+        let file_len = src.len();
+        if h.gd_offset == GD_AT_END {
+            // streamOptimized as VMware writes it: the footer (a header copy with the real
+            // gdOffset) sits before the end-of-stream marker, 1024 bytes from the end.
+            if file_len < 1536 {
+                return Err(bad(file_len, "the stream ends before its footer"));
+            }
+            let mut foot = vec![0u8; 512];
+            src.read_exact_at(file_len - 1024, &mut foot)?;
+            let f = SparseHeader::parse(&foot).map_err(|e| {
+                bad(
+                    file_len - 1024,
+                    "the streamOptimized footer is missing or invalid",
+                )
+                .with_source(e)
+            })?;
+            if f.capacity != h.capacity
+                || f.grain_sectors != h.grain_sectors
+                || f.gd_offset == GD_AT_END
+            {
+                return Err(bad(
+                    file_len - 1024,
+                    "the streamOptimized footer disagrees with the header",
+                ));
+            }
+            h.gd_offset = f.gd_offset;
+            h.gt_entries = f.gt_entries;
+        }
+        if h.overhead.checked_mul(512).is_none_or(|end| end > file_len) {
+            return Err(bad(64, format!(
+                "the file ({file_len} bytes) ends inside its own metadata ({} sectors): it is truncated",
+                h.overhead
+            )));
+        }
+        let entries = h.gd_entries();
+        let gd_at = h.gd_offset.checked_mul(512).filter(|&o| o > 0);
+        let gd_bytes = entries * 4;
+        let gd_at = gd_at
+            .filter(|o| o.checked_add(gd_bytes).is_some_and(|end| end <= file_len))
+            .ok_or_else(|| bad(56, "the grain directory lies outside the file"))?;
+        let mut raw = vec![0u8; gd_bytes as usize];
+        src.read_exact_at(gd_at, &mut raw)?;
+        let gd = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(SparseExtent {
+            src,
+            h,
+            gd,
+            file_len,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn table(&self, gd_index: usize) -> Result<Option<Arc<[u32]>>> {
+        let sector = self.gd.get(gd_index).copied().unwrap_or(0);
+        if sector == 0 {
+            return Ok(None);
+        }
+        if let Some(t) = self.cache.lock().ok().and_then(|c| c.get(&sector).cloned()) {
+            return Ok(Some(t));
+        }
+        let bytes = u64::from(self.h.gt_entries) * 4;
+        let at = u64::from(sector) * 512;
+        if at.checked_add(bytes).is_none_or(|end| end > self.file_len) {
+            return Err(bad(
+                at,
+                format!("grain table {gd_index} lies beyond the end of the file"),
+            ));
+        }
+        let mut raw = vec![0u8; bytes as usize];
+        self.src.read_exact_at(at, &mut raw)?;
+        let t: Arc<[u32]> = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Ok(mut c) = self.cache.lock() {
+            if (c.len() + 1) * bytes as usize > GT_CACHE_BYTES {
+                c.clear();
+            }
+            c.insert(sector, Arc::clone(&t));
+        }
+        Ok(Some(t))
+    }
+
+    /// The grain with index `g`.
+    pub(super) fn grain(&self, g: u64) -> Result<Grain> {
+        let per = u64::from(self.h.gt_entries);
+        let Some(t) = self.table((g / per) as usize)? else {
+            return Ok(Grain::Unallocated);
+        };
+        let e = t[(g % per) as usize];
+        Ok(match e {
+            0 => Grain::Unallocated,
+            1 if self.h.flags & FLAG_ZEROED_GTE != 0 => Grain::Zero,
+            s if self.h.compressed() => Grain::Compressed(u64::from(s) * 512),
+            s => Grain::Plain(u64::from(s) * 512),
+        })
+    }
+
+    /// The extent kind at byte `pos` of this extent, and how far it reaches in its grain.
+    pub(super) fn piece(&self, pos: u64) -> Result<(Extent, u64, Grain)> {
+        let gb = self.h.grain_bytes();
+        let g = self.grain(pos / gb)?;
+        let kind = match g {
+            Grain::Unallocated => Extent::Unallocated,
+            Grain::Zero => Extent::Zero,
+            _ => Extent::Data,
+        };
+        Ok((kind, gb - pos % gb, g))
+    }
+
+    /// Read `buf.len()` bytes at `pos` (within one grain) of a data grain.
+    pub(super) fn read_grain(
+        &self,
+        grain: Grain,
+        index: u64,
+        pos_in_grain: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let gb = self.h.grain_bytes();
+        match grain {
+            Grain::Plain(at) => {
+                let from = at + pos_in_grain;
+                if from + buf.len() as u64 > self.file_len {
+                    return Err(bad(at, "a grain lies beyond the end of the file"));
+                }
+                self.src.read_exact_at(from, buf)
+            }
+            Grain::Compressed(at) => {
+                // Grain marker: u64 LBA, u32 compressed length, then zlib data.
+                if at.checked_add(12).is_none_or(|end| end > self.file_len) {
+                    return Err(bad(
+                        at,
+                        "a compressed grain lies beyond the end of the file",
+                    ));
+                }
+                let mut m = [0u8; 12];
+                self.src.read_exact_at(at, &mut m)?;
+                let lba = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]]);
+                let len = u64::from(u32::from_le_bytes([m[8], m[9], m[10], m[11]]));
+                if lba != index * self.h.grain_sectors {
+                    return Err(bad(
+                        at,
+                        format!(
+                            "a grain marker names sector {lba}, expected {}",
+                            index * self.h.grain_sectors
+                        ),
+                    ));
+                }
+                if len > 2 * gb + 4096 || at + 12 + len > self.file_len {
+                    return Err(bad(
+                        at,
+                        format!(
+                            "a compressed grain of {len} bytes lies beyond the end of the file"
+                        ),
+                    ));
+                }
+                let mut packed = vec![0u8; len as usize];
+                self.src.read_exact_at(at + 12, &mut packed)?;
+                let mut plain = vec![0u8; gb as usize];
+                let mut d = flate2::Decompress::new(true);
+                let _ = d.decompress(&packed, &mut plain, flate2::FlushDecompress::Finish);
+                let produced = d.total_out();
+                let need = pos_in_grain + buf.len() as u64;
+                if produced < need {
+                    return Err(bad(at, format!("a compressed grain inflates to {produced} bytes, fewer than the {need} needed")));
+                }
+                let s = pos_in_grain as usize;
+                buf.copy_from_slice(&plain[s..s + buf.len()]);
+                Ok(())
+            }
+            Grain::Unallocated | Grain::Zero => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+}
