@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::formats::options::WriterOptions;
 use crate::formats::qcow2::{self, Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
+use crate::formats::vmdk::{StreamWriter, VmdkOptions};
 use crate::model::Format;
 use crate::pipeline::{self, PipelineConfig};
 use crate::planner;
@@ -136,6 +137,26 @@ pub fn convert(
                 let writer = Qcow2Writer::new(reader.virtual_size(), q)?;
                 run(reader, writer, sink, opts, progress, cancel, started)
             }
+        }
+        Format::Vmdk => {
+            let name = match &dest {
+                Destination::File { path, .. } => path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "disk.vmdk".into()),
+                Destination::Sink(_) => "disk.vmdk".into(),
+            };
+            let (subformat, v) = VmdkOptions::parse(opts.writer_options.clone(), &name)?;
+            if !subformat.eq_ignore_ascii_case("streamOptimized") {
+                return Err(Error::unsupported(format!(
+                    "VMDK subformat '{subformat}' is not supported by this version \
+                     (streamOptimized is)"
+                ))
+                .with_format(Format::Vmdk));
+            }
+            let writer = StreamWriter::new(reader.virtual_size(), v)?;
+            let sink = make_sink(dest, Preallocation::Off, None)?;
+            run(reader, writer, sink, opts, progress, cancel, started)
         }
         other => Err(unsupported_output(other)),
     }

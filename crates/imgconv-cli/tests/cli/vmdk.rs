@@ -196,3 +196,145 @@ fn malformed_sparse_headers_and_descriptors_fail_clearly() {
         fails_with(imgconv().arg(&desc).arg(dir.join("d.raw")), 8);
     }
 }
+
+/// The writer tests' source: holes, allocated zeros, random and compressible data, and a size
+/// (9 MiB + 3 KiB) that is not a multiple of 64 KiB.
+fn source(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let img = Image::new(dir.join("src.raw"), 9 * MIB + 3072)
+        .data(0, 100_000)
+        .zeros(MIB, 2 * MIB as usize)
+        .data(4 * MIB + 512, 70_000)
+        .data(9 * MIB + 1024, 2048);
+    let text = b"compressible text, line after line. ".repeat(40_000);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .expect("open")
+        .write_all_at(&text, 6 * MIB)
+        .expect("write text");
+    img.done()
+}
+
+/// Size and MD5 of the virtual disk as libvmdk (`pyvmdk`) reads it.
+fn pyvmdk_md5(img: &Path) -> (u64, String) {
+    let script = "import sys, hashlib, pyvmdk\n\
+        f = pyvmdk.handle(); f.open(sys.argv[1]); f.open_extent_data_files()\n\
+        n = f.get_media_size(); h = hashlib.md5(); o = 0\n\
+        while o < n:\n    b = f.read_buffer_at_offset(min(1 << 20, n - o), o); h.update(b); o += len(b)\n\
+        print(n, h.hexdigest())\n";
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, path(img)])
+        .output()
+        .expect("python3 with pyvmdk (package python3-libvmdk) is required");
+    assert!(out.status.success(), "pyvmdk failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let size = words.next().and_then(|w| w.parse().ok()).expect("size");
+    (size, words.next().expect("md5").to_string())
+}
+
+#[test]
+fn stream_optimized_output_passes_qemu_img_and_libvmdk() {
+    let dir = scratch("vmdk-stream-writer");
+    let src = source(&dir);
+    let size = std::fs::metadata(&src).expect("src").len();
+    let padded = size.div_ceil(512) * 512;
+    let out = dir.join("out.vmdk");
+    ok(imgconv().arg(&src).arg(&out));
+    let check = tool("qemu-img", &["check", "-f", "vmdk", path(&out)]);
+    assert!(check.status.success(), "check: {check:?}");
+    assert_eq!(qemu_compare_formats(&src, "raw", &out, "vmdk"), 0);
+    let info = qemu_info(&out, "vmdk");
+    assert_eq!(
+        info["format-specific"]["data"]["create-type"],
+        "streamOptimized"
+    );
+    assert_eq!(info["virtual-size"], padded);
+    let (lib_size, lib_md5) = pyvmdk_md5(&out);
+    assert_eq!(lib_size, padded);
+    let mut bytes = std::fs::read(&src).expect("read");
+    bytes.resize(padded as usize, 0);
+    let want = dir.join("padded.raw");
+    std::fs::write(&want, bytes).expect("write");
+    assert_eq!(lib_md5, md5sum(&want));
+    let back = dir.join("back.raw");
+    ok(imgconv().arg(&out).arg(&back));
+    assert_eq!(md5sum(&back), md5sum(&want));
+    let ours = ok(imgconv().arg("info").arg(&out));
+    assert!(ours.contains("create type: streamOptimized"), "{ours}");
+    assert!(ours.contains("adapter type: lsilogic"), "{ours}");
+}
+
+#[test]
+fn stream_optimized_output_reads_front_to_back_like_an_importer() {
+    let dir = scratch("vmdk-stream-walk");
+    let src = source(&dir);
+    let out = dir.join("walk.vmdk");
+    ok(imgconv()
+        .args(["convert", "-o", "adapter_type=ide,hwversion=7"])
+        .arg(&src)
+        .arg(&out));
+    let f = std::fs::read(&out).expect("read");
+    let le32 = |at: usize| u32::from_le_bytes(f[at..at + 4].try_into().expect("4"));
+    let le64 = |at: usize| u64::from_le_bytes(f[at..at + 8].try_into().expect("8"));
+    assert_eq!(&f[0..4], b"KDMV");
+    assert_eq!(le32(4), 3, "version 3");
+    assert_eq!(le64(56), u64::MAX, "grain directory in the footer");
+    let text = String::from_utf8_lossy(&f[512..le64(64) as usize * 512]);
+    assert!(text.contains("createType=\"streamOptimized\""), "{text}");
+    assert!(text.contains("ddb.adapterType = \"ide\""), "{text}");
+    assert!(text.contains("ddb.virtualHWVersion = \"7\""), "{text}");
+    assert!(text.contains("RW 18438 SPARSE \"walk.vmdk\""), "{text}");
+    // Walk every record from the end of the metadata, in file order.
+    let mut pos = le64(64) as usize * 512;
+    let mut last_lba = None;
+    let mut seen = Vec::new();
+    loop {
+        assert!(pos + 512 <= f.len(), "ran off the end at {pos}");
+        let size = le32(pos + 8);
+        if size != 0 {
+            let lba = le64(pos);
+            assert!(
+                last_lba.is_none_or(|l| lba > l),
+                "grains out of order at {pos}"
+            );
+            last_lba = Some(lba);
+            pos += (12 + size as usize).next_multiple_of(512);
+            continue;
+        }
+        let kind = le32(pos + 12);
+        let sectors = le64(pos) as usize;
+        seen.push(kind);
+        match kind {
+            0 => {
+                pos += 512;
+                break;
+            }
+            1 | 2 => pos += 512 + sectors * 512,
+            3 => {
+                assert_eq!(
+                    pos,
+                    f.len() - 1536,
+                    "footer marker where readers look for it"
+                );
+                assert_eq!(&f[pos + 512..pos + 516], b"KDMV");
+                assert_ne!(
+                    le64(pos + 512 + 56),
+                    u64::MAX,
+                    "footer has the real directory"
+                );
+                pos += 1024;
+            }
+            k => panic!("unknown marker {k} at {pos}"),
+        }
+    }
+    assert_eq!(pos, f.len(), "end-of-stream is the last sector");
+    assert!(last_lba.is_some(), "no grains");
+    assert_eq!(
+        &seen[seen.len() - 3..],
+        &[2, 3, 0],
+        "GD, footer, end-of-stream at the end"
+    );
+    assert!(seen.contains(&1), "grain tables present");
+}

@@ -7,6 +7,11 @@
 //! inside the descriptor's folder: absolute names, `..` and links out of it are refused.
 //! Delta links (a parent), seSparse and vmfsSparse are refused.
 //!
+//! Writer: streamOptimized (the default), in one pass and in file order, with grains
+//! compressed in parallel by libdeflate (zlib-wrapped, `-o compression_level=1..12`, default
+//! 6); descriptor options `adapter_type` (lsilogic by default) and `hwversion`. See
+//! `stream.rs`.
+//!
 //! Limits: grains up to 128 MiB, 64 TiB of virtual disk, a 32 MiB grain directory, 16 MiB of
 //! cached grain tables, 1 MiB descriptors with at most 1024 extents.
 
@@ -14,5 +19,7 @@ pub mod descriptor;
 pub mod header;
 mod reader;
 mod sparse;
+mod stream;
 
 pub use reader::VmdkReader;
+pub use stream::{GrainRecord, StreamEncoder, StreamWriter, VmdkOptions};

@@ -1,0 +1,343 @@
+//! The streamOptimized writer: one pass, in file order, grains compressed in parallel.
+//!
+//! ```text
+//! sector 0   header: version 3, flags 0x30001, gdOffset all ones ("see the footer")
+//! sector 1   embedded descriptor, padded to `overHead`
+//! grains     per allocated grain, ascending LBA: u64 LBA, u32 length, zlib data, pad to 512
+//! GT         after the grains of each grain table: a GT marker sector, then 512 u32 entries
+//! GD         a GD marker sector, then the grain directory (u32 sector of each GT, 0 if none)
+//! footer     a footer marker sector, then the header again with the real gdOffset
+//! EOS        one zero sector (end-of-stream marker)
+//! ```
+//!
+//! This is VMware's own layout (the footer in the last 1536 bytes, where streaming importers
+//! and qemu look for it), not qemu's, which puts the directory at the start.
+
+use crate::buffer::Bytes;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::Format;
+use crate::planner::Plan;
+use crate::sink::Output;
+use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
+
+use super::header::{FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END, MAGIC};
+
+/// Grain size: 64 KiB (128 sectors), what VMware writes.
+pub(super) const GRAIN_SECTORS: u64 = 128;
+/// Grain table entries, as VMware writes them.
+pub(super) const GT_ENTRIES: u64 = 512;
+/// Sectors reserved for the embedded descriptor.
+const DESCRIPTOR_SECTORS: u64 = 20;
+/// Metadata before the first grain: header + descriptor, rounded to a grain like VMware.
+const OVERHEAD_SECTORS: u64 = 128;
+/// Default deflate level (libdeflate's 6: smaller than zlib's 6 and much faster).
+pub(super) const DEFAULT_LEVEL: i32 = 6;
+
+const MARKER_EOS: u32 = 0;
+const MARKER_GT: u32 = 1;
+const MARKER_GD: u32 = 2;
+const MARKER_FOOTER: u32 = 3;
+
+/// Descriptor fields of a VMDK output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmdkOptions {
+    /// `ddb.adapterType`: lsilogic (default), ide, buslogic, legacyESX or pvscsi.
+    pub adapter_type: String,
+    /// `ddb.virtualHWVersion` (default 4, which every ESXi and Workstation accepts).
+    pub hw_version: String,
+    /// Deflate level 1 to 12 (libdeflate's scale).
+    pub level: i32,
+    /// The extent file name the descriptor names (the output's own name).
+    pub file_name: String,
+}
+
+impl VmdkOptions {
+    /// The option names VMDK takes.
+    pub const KNOWN: &'static [&'static str] = &[
+        "subformat",
+        "adapter_type",
+        "hwversion",
+        "compression_level",
+    ];
+
+    /// Take VMDK's options; returns the subformat and the descriptor options.
+    pub fn parse(
+        mut opts: crate::formats::options::WriterOptions,
+        file_name: &str,
+    ) -> Result<(String, VmdkOptions)> {
+        let subformat = opts
+            .take("subformat")
+            .unwrap_or_else(|| "streamOptimized".into());
+        let adapter_type = opts
+            .take("adapter_type")
+            .unwrap_or_else(|| "lsilogic".into());
+        if !["lsilogic", "ide", "buslogic", "legacyESX", "pvscsi"].contains(&adapter_type.as_str())
+        {
+            return Err(Error::invalid_argument(format!(
+                "adapter_type '{adapter_type}' is not one of lsilogic, ide, buslogic, legacyESX, pvscsi"
+            )));
+        }
+        let hw_version = opts.take("hwversion").unwrap_or_else(|| "4".into());
+        if hw_version.is_empty() || !hw_version.chars().all(|c| c.is_ascii_digit()) {
+            return Err(Error::invalid_argument(format!(
+                "hwversion '{hw_version}' is not a number"
+            )));
+        }
+        let level = match opts.take("compression_level") {
+            None => DEFAULT_LEVEL,
+            Some(l) => l
+                .parse::<i32>()
+                .ok()
+                .filter(|l| (1..=12).contains(l))
+                .ok_or_else(|| {
+                    Error::invalid_argument(format!("compression_level '{l}' is not 1 to 12"))
+                })?,
+        };
+        opts.finish(Format::Vmdk, Self::KNOWN)?;
+        Ok((
+            subformat,
+            VmdkOptions {
+                adapter_type,
+                hw_version,
+                level,
+                file_name: file_name.to_string(),
+            },
+        ))
+    }
+}
+
+/// A random 32-bit content ID that is never ffffffff or fffffffe (which mean "none").
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The embedded descriptor text.
+fn descriptor(capacity: u64, o: &VmdkOptions, create_type: &str, extent: &str) -> String {
+    let mut cid = (random_u64() & 0xffff_ffff) as u32;
+    if cid >= 0xffff_fffe {
+        cid = 0x1234_5678;
+    }
+    let long_id = format!("{:016x}{:016x}", random_u64(), random_u64());
+    let heads = 255u64;
+    let sectors = 63u64;
+    let cylinders = (capacity / (heads * sectors)).clamp(1, 65535);
+    let u = long_id.as_bytes();
+    let uuid = (0..16)
+        .map(|i| String::from_utf8_lossy(&u[i * 2..i * 2 + 2]).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID=ffffffff\ncreateType=\"{create_type}\"\n\n\
+         # Extent description\n{extent}\n\n# The Disk Data Base\n#DDB\n\n\
+         ddb.virtualHWVersion = \"{}\"\nddb.adapterType = \"{}\"\n\
+         ddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"{heads}\"\n\
+         ddb.geometry.sectors = \"{sectors}\"\nddb.longContentID = \"{long_id}\"\n\
+         ddb.uuid = \"{uuid}\"\nddb.toolsVersion = \"2147483647\"\n",
+        o.hw_version, o.adapter_type
+    )
+}
+
+/// The 512-byte sparse header of the stream (and, with `gd`, of its footer).
+fn header(capacity: u64, gd: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 512];
+    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    b[4..8].copy_from_slice(&3u32.to_le_bytes());
+    b[8..12].copy_from_slice(&(1 | FLAG_COMPRESSED | FLAG_MARKERS).to_le_bytes());
+    b[12..20].copy_from_slice(&capacity.to_le_bytes());
+    b[20..28].copy_from_slice(&GRAIN_SECTORS.to_le_bytes());
+    b[28..36].copy_from_slice(&1u64.to_le_bytes());
+    b[36..44].copy_from_slice(&DESCRIPTOR_SECTORS.to_le_bytes());
+    b[44..48].copy_from_slice(&(GT_ENTRIES as u32).to_le_bytes());
+    b[56..64].copy_from_slice(&gd.to_le_bytes());
+    b[64..72].copy_from_slice(&OVERHEAD_SECTORS.to_le_bytes());
+    b[73..77].copy_from_slice(b"\n \r\n");
+    b[77..79].copy_from_slice(&1u16.to_le_bytes());
+    b
+}
+
+fn marker(sectors: u64, kind: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 512];
+    b[0..8].copy_from_slice(&sectors.to_le_bytes());
+    b[12..16].copy_from_slice(&kind.to_le_bytes());
+    b
+}
+
+/// A compressed grain record, ready to write: (grain index, record padded to 512 bytes).
+pub type GrainRecord = (u64, Vec<u8>);
+
+/// Compresses a chunk's non-zero grains (runs on the worker pool).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamEncoder {
+    level: i32,
+}
+
+impl Encoder for StreamEncoder {
+    type Encoded = Vec<GrainRecord>;
+
+    fn encode(&self, chunk: Chunk) -> Result<Vec<GrainRecord>> {
+        let gb = (GRAIN_SECTORS * 512) as usize;
+        let first = chunk.offset / gb as u64;
+        let level = libdeflater::CompressionLvl::new(self.level)
+            .map_err(|_| Error::invalid_argument("bad compression level"))?;
+        let mut c = libdeflater::Compressor::new(level);
+        let mut out = Vec::new();
+        let mut padded = Vec::new();
+        for i in 0..chunk.units() {
+            let Some(data) = chunk.unit_data(i) else {
+                continue;
+            };
+            // The last grain of a disk that is not a grain multiple is compressed whole.
+            let input: &[u8] = if data.len() < gb {
+                padded.clear();
+                padded.extend_from_slice(&data);
+                padded.resize(gb, 0);
+                &padded
+            } else {
+                &data
+            };
+            let index = first + i as u64;
+            let mut rec = vec![0u8; 12 + c.zlib_compress_bound(gb)];
+            let n = c
+                .zlib_compress(input, &mut rec[12..])
+                .map_err(|e| Error::new(ErrorKind::Io, format!("deflate failed: {e:?}")))?;
+            rec[0..8].copy_from_slice(&(index * GRAIN_SECTORS).to_le_bytes());
+            rec[8..12].copy_from_slice(&(n as u32).to_le_bytes());
+            rec.truncate((12 + n).next_multiple_of(512));
+            rec.resize((12 + n).next_multiple_of(512), 0);
+            out.push((index, rec));
+        }
+        Ok(out)
+    }
+}
+
+/// The streamOptimized writer.
+#[derive(Debug)]
+pub struct StreamWriter {
+    opts: VmdkOptions,
+    capacity: u64,
+    gd: Vec<u32>,
+    gt: Option<(usize, Vec<u32>)>,
+    grains: u64,
+}
+
+impl StreamWriter {
+    /// A writer for a disk of `virtual_size` bytes (rounded up to whole sectors).
+    pub fn new(virtual_size: u64, opts: VmdkOptions) -> Result<StreamWriter> {
+        let capacity = virtual_size.div_ceil(512);
+        // Grain tables hold u32 sector numbers: a stream may not pass 2 TiB of file.
+        if capacity > u64::from(u32::MAX) {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                "streamOptimized VMDK holds at most 2 TiB",
+            ));
+        }
+        let gd_entries = capacity.div_ceil(GRAIN_SECTORS).div_ceil(GT_ENTRIES);
+        Ok(StreamWriter {
+            opts,
+            capacity,
+            gd: vec![0; gd_entries as usize],
+            gt: None,
+            grains: 0,
+        })
+    }
+
+    fn sector(out: &Output) -> Result<u32> {
+        u32::try_from(out.position() / 512)
+            .map_err(|_| Error::new(ErrorKind::LimitExceeded, "the stream passed 2 TiB"))
+    }
+
+    fn flush_gt(&mut self, out: &mut Output) -> Result<()> {
+        if let Some((index, entries)) = self.gt.take() {
+            out.write(&Bytes::from_vec(marker(4, MARKER_GT)))?;
+            self.gd[index] = Self::sector(out)?;
+            let mut b = Vec::with_capacity(2048);
+            for e in entries {
+                b.extend_from_slice(&e.to_le_bytes());
+            }
+            out.write(&Bytes::from_vec(b))?;
+        }
+        Ok(())
+    }
+}
+
+impl Writer for StreamWriter {
+    type Encoder = StreamEncoder;
+
+    fn format(&self) -> Format {
+        Format::Vmdk
+    }
+
+    fn unit_size(&self) -> u64 {
+        GRAIN_SECTORS * 512
+    }
+
+    fn needs_plan(&self) -> bool {
+        false
+    }
+
+    fn output_len(&self) -> Option<u64> {
+        None
+    }
+
+    fn encoder(&self) -> StreamEncoder {
+        StreamEncoder {
+            level: self.opts.level,
+        }
+    }
+
+    fn begin(&mut self, _plan: Option<&Plan>, out: &mut Output) -> Result<()> {
+        let extent = format!("RW {} SPARSE \"{}\"", self.capacity, self.opts.file_name);
+        let text = descriptor(self.capacity, &self.opts, "streamOptimized", &extent);
+        let mut head = header(self.capacity, GD_AT_END);
+        let mut d = text.into_bytes();
+        d.resize((OVERHEAD_SECTORS as usize - 1) * 512, 0);
+        head.extend_from_slice(&d);
+        out.write(&Bytes::from_vec(head))
+    }
+
+    fn commit(&mut self, grains: Vec<GrainRecord>, out: &mut Output) -> Result<()> {
+        for (index, rec) in grains {
+            let gt_index = (index / GT_ENTRIES) as usize;
+            if self.gt.as_ref().is_some_and(|(i, _)| *i != gt_index) {
+                self.flush_gt(out)?;
+            }
+            let sector = Self::sector(out)?;
+            let (_, entries) = self
+                .gt
+                .get_or_insert_with(|| (gt_index, vec![0; GT_ENTRIES as usize]));
+            entries[(index % GT_ENTRIES) as usize] = sector;
+            out.write(&Bytes::from_vec(rec))?;
+            self.grains += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
+        self.flush_gt(out)?;
+        let gd_bytes = (self.gd.len() * 4).next_multiple_of(512).max(512);
+        out.write(&Bytes::from_vec(marker(gd_bytes as u64 / 512, MARKER_GD)))?;
+        let gd_sector = u64::from(Self::sector(out)?);
+        let mut b = Vec::with_capacity(gd_bytes);
+        for e in &self.gd {
+            b.extend_from_slice(&e.to_le_bytes());
+        }
+        b.resize(gd_bytes, 0);
+        out.write(&Bytes::from_vec(b))?;
+        out.write(&Bytes::from_vec(marker(1, MARKER_FOOTER)))?;
+        out.write(&Bytes::from_vec(header(self.capacity, gd_sector)))?;
+        out.write(&Bytes::from_vec(marker(0, MARKER_EOS)))?;
+        Ok(WriterSummary {
+            format: Format::Vmdk,
+            allocated_units: self.grains,
+            unit_size: GRAIN_SECTORS * 512,
+        })
+    }
+}
