@@ -267,6 +267,33 @@ def case_qcow2(t, img, size, work, runs, out_dir):
     t.add("QCOW2 (zlib) -> RAW", "imgconv --no-sync IN OUT.raw", i, size, q)
 
 
+def case_vmdk(t, img, size, work, runs, out_dir):
+    out = str(out_dir / "out.vmdk")
+    clean = lambda: rm(out)
+    case = "RAW -> VMDK streamOptimized"
+    ref = ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", img, out]
+    q = timed([ref], clean, runs, keep_last=True)
+    qsize = os.path.getsize(out)
+    rm(out)
+    t.add(case, "qemu-img convert -O vmdk -o subformat=streamOptimized", q, size, None,
+          f"{qsize / MiB:.0f} MiB")
+    i = timed([[str(BIN), "--no-sync", img, out]], clean, runs, keep_last=True)
+    isize = os.path.getsize(out)
+    rm(out)
+    t.add(case, "imgconv --no-sync IN OUT.vmdk", i, size, q,
+          f"{isize / MiB:.0f} MiB ({isize / qsize:.3f}x qemu's size)")
+    src = str(work / "qemu-stream.vmdk")
+    if not os.path.exists(src):
+        sh(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", img, src])
+    warm(src)
+    raw = str(out_dir / "back.raw")
+    clean = lambda: rm(raw)
+    q = timed([["qemu-img", "convert", "-O", "raw", src, raw]], clean, runs)
+    t.add("VMDK streamOptimized -> RAW", "qemu-img convert -O raw", q, size)
+    i = timed([[str(BIN), "--no-sync", src, raw]], clean, runs)
+    t.add("VMDK streamOptimized -> RAW", "imgconv --no-sync IN OUT.raw", i, size, q)
+
+
 def case_memory(t, work, sizes, realistic):
     images = [(realistic, "realistic")] if realistic.exists() else []
     for size in sizes:
@@ -289,7 +316,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
-    ap.add_argument("--cases", default="raw,digest,qcow2,memory", help="raw, digest, qcow2, memory")
+    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,memory", help="raw, digest, qcow2, vmdk, memory")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
                     help="where outputs are written (default: --work); a tmpfs such as "
@@ -309,7 +336,7 @@ def main():
     cases = set(args.cases.split(","))
     t = Table()
     img = work / f"realistic-{args.size}.raw"
-    if cases & {"raw", "digest", "qcow2"}:
+    if cases & {"raw", "digest", "qcow2", "vmdk"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -320,6 +347,8 @@ def main():
             case_digest(t, str(img), size, out, args.runs)
         if "qcow2" in cases:
             case_qcow2(t, str(img), size, work, args.runs, out_dir)
+        if "vmdk" in cases:
+            case_vmdk(t, str(img), size, work, args.runs, out_dir)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)
