@@ -81,6 +81,8 @@ pub(crate) struct ConvertArgs {
     pub(crate) output_format: Option<String>,
     /// Output options, key=value[,key=value...] (repeatable). RAW: preallocation=off|falloc|full.
     /// QCOW2: compat=0.10|1.1, cluster_size=512..2M, compression_type=zlib|zstd.
+    /// VMDK: subformat=streamOptimized, adapter_type=lsilogic|ide|buslogic|legacyESX|pvscsi,
+    /// hwversion=N, compression_level=1..12.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub(crate) options: Vec<String>,
     /// Compress the output (QCOW2: zlib, or zstd with -o compression_type=zstd).

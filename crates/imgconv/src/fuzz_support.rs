@@ -79,6 +79,49 @@ pub fn qcow2_reader(input: &[u8]) {
     }
 }
 
+/// The VMDK reader on arbitrary bytes (a sparse extent, or a descriptor with no folder, whose
+/// file extents are therefore refused): open, `info`, and read the first
+/// [`FUZZ_READ_LIMIT`] bytes.
+pub fn vmdk_reader(input: &[u8]) {
+    let source = Box::new(MemSource::new(input.to_vec()));
+    let Ok(reader) = crate::formats::vmdk::VmdkReader::open(source) else {
+        return;
+    };
+    let _ = crate::reader::Reader::info(&reader);
+    let end = crate::reader::Reader::virtual_size(&reader).min(FUZZ_READ_LIMIT);
+    let mut pos = 0;
+    while pos < end {
+        let Ok(m) = crate::reader::Reader::map(&reader, pos, end - pos) else {
+            return;
+        };
+        assert!(m.len > 0, "empty mapping at {pos}");
+        let mut buf = vec![0u8; m.len.min(1 << 20) as usize];
+        let _ = crate::reader::Reader::read_at(&reader, pos, &mut buf);
+        pos += buf.len() as u64;
+    }
+}
+
+/// The VMDK descriptor parser and the extent-name resolver on arbitrary text: no panic, and
+/// no name that resolves outside the folder.
+pub fn vmdk_descriptor(input: &[u8]) {
+    let text = String::from_utf8_lossy(input);
+    let Ok(d) = crate::formats::vmdk::descriptor::Descriptor::parse(&text) else {
+        return;
+    };
+    let base = std::env::temp_dir();
+    for e in &d.extents {
+        if let Ok(p) = crate::formats::vmdk::descriptor::resolve(&base, &e.file) {
+            let canon = base.canonicalize().unwrap_or(base.clone());
+            assert!(
+                p.starts_with(&canon),
+                "{} escaped to {}",
+                e.file,
+                p.display()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +144,33 @@ mod tests {
         for s in seeds {
             raw_extents(&s);
         }
+    }
+
+    /// The VMDK fuzz targets' seeds.
+    #[test]
+    fn vmdk_seeds() {
+        let mut sparse = vec![0u8; 4096];
+        sparse[0..4].copy_from_slice(b"KDMV");
+        sparse[4..8].copy_from_slice(&1u32.to_le_bytes());
+        sparse[12..20].copy_from_slice(&256u64.to_le_bytes());
+        sparse[20..28].copy_from_slice(&128u64.to_le_bytes());
+        sparse[44..48].copy_from_slice(&512u32.to_le_bytes());
+        sparse[56..64].copy_from_slice(&1u64.to_le_bytes());
+        sparse[512..516].copy_from_slice(&2u32.to_le_bytes());
+        sparse[1024..1028].copy_from_slice(&5u32.to_le_bytes());
+        vmdk_reader(&sparse);
+        for cut in [0usize, 100, 600, 1100] {
+            vmdk_reader(&sparse[..cut]);
+        }
+        let mut gd_at_end = sparse.clone();
+        gd_at_end[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
+        vmdk_reader(&gd_at_end);
+        let desc = b"# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 8 ZERO\nRW 8 FLAT \"../x\" 0\n";
+        vmdk_reader(desc);
+        vmdk_descriptor(desc);
+        vmdk_descriptor(
+            b"RW 1 FLAT \"a/b/../../c\"\nRW 2 SPARSE \"./ok\"\nRW 3 FLAT \"/etc/passwd\"",
+        );
     }
 
     /// The QCOW2 fuzz target's seeds: images from the shared fixtures (as committed under

@@ -338,3 +338,31 @@ fn stream_optimized_output_reads_front_to_back_like_an_importer() {
     );
     assert!(seen.contains(&1), "grain tables present");
 }
+
+#[test]
+fn compressed_grain_lengths_out_of_range_fail_clearly() {
+    let dir = scratch("vmdk-bad-grain");
+    let src = source(&dir);
+    let good_path = dir.join("good.vmdk");
+    ok(imgconv().arg(&src).arg(&good_path));
+    let good = std::fs::read(&good_path).expect("read");
+    let overhead = u64::from_le_bytes(good[64..72].try_into().expect("8")) as usize * 512;
+    // The first record after the metadata is the first grain: u64 LBA, u32 length.
+    assert_ne!(
+        u32::from_le_bytes(good[overhead + 8..overhead + 12].try_into().expect("4")),
+        0
+    );
+    for (what, len) in [
+        ("length past the end of the file", 0x7fff_ffffu32),
+        ("length larger than any deflated grain", 200_000),
+    ] {
+        let mut bad = good.clone();
+        bad[overhead + 8..overhead + 12].copy_from_slice(&len.to_le_bytes());
+        let img = dir.join("bad.vmdk");
+        std::fs::write(&img, &bad).expect("write");
+        let out = dir.join("out.raw");
+        let err = fails_with(imgconv().arg(&img).arg(&out), 8);
+        assert!(err.contains("compressed grain"), "{what}: {err}");
+        assert!(!out.exists(), "{what}: output left behind");
+    }
+}

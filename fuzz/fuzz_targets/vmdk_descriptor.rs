@@ -1,0 +1,6 @@
+//! The VMDK descriptor on arbitrary bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    imgconv::fuzz_support::vmdk_descriptor(data);
+});
