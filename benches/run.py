@@ -282,6 +282,12 @@ def case_vmdk(t, img, size, work, runs, out_dir):
     rm(out)
     t.add(case, "imgconv --no-sync IN OUT.vmdk", i, size, q,
           f"{isize / MiB:.0f} MiB ({isize / qsize:.3f}x qemu's size)")
+    case = "RAW -> VMDK monolithicSparse"
+    ref = ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=monolithicSparse", img, out]
+    q = timed([ref], clean, runs)
+    t.add(case, "qemu-img convert -O vmdk -o subformat=monolithicSparse", q, size)
+    i = timed([[str(BIN), "--no-sync", "-o", "subformat=monolithicSparse", img, out]], clean, runs)
+    t.add(case, "imgconv --no-sync -o subformat=monolithicSparse", i, size, q)
     src = str(work / "qemu-stream.vmdk")
     if not os.path.exists(src):
         sh(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", img, src])

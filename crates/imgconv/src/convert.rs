@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::formats::options::WriterOptions;
 use crate::formats::qcow2::{self, Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
-use crate::formats::vmdk::{StreamWriter, VmdkOptions};
+use crate::formats::vmdk::{SparseWriter, StreamWriter, VmdkOptions};
 use crate::model::Format;
 use crate::pipeline::{self, PipelineConfig};
 use crate::planner;
@@ -147,16 +147,22 @@ pub fn convert(
                 Destination::Sink(_) => "disk.vmdk".into(),
             };
             let (subformat, v) = VmdkOptions::parse(opts.writer_options.clone(), &name)?;
-            if !subformat.eq_ignore_ascii_case("streamOptimized") {
-                return Err(Error::unsupported(format!(
+            let size = reader.virtual_size();
+            if subformat.eq_ignore_ascii_case("streamOptimized") {
+                let writer = StreamWriter::new(size, v)?;
+                let sink = make_sink(dest, Preallocation::Off, None)?;
+                run(reader, writer, sink, opts, progress, cancel, started)
+            } else if subformat.eq_ignore_ascii_case("monolithicSparse") {
+                let writer = SparseWriter::new(size, v)?;
+                let sink = make_sink(dest, Preallocation::Off, None)?;
+                run(reader, writer, sink, opts, progress, cancel, started)
+            } else {
+                Err(Error::unsupported(format!(
                     "VMDK subformat '{subformat}' is not supported by this version \
-                     (streamOptimized is)"
+                     (streamOptimized and monolithicSparse are)"
                 ))
-                .with_format(Format::Vmdk));
+                .with_format(Format::Vmdk))
             }
-            let writer = StreamWriter::new(reader.virtual_size(), v)?;
-            let sink = make_sink(dest, Preallocation::Off, None)?;
-            run(reader, writer, sink, opts, progress, cancel, started)
         }
         other => Err(unsupported_output(other)),
     }

@@ -235,35 +235,36 @@ fn pyvmdk_md5(img: &Path) -> (u64, String) {
 }
 
 #[test]
-fn stream_optimized_output_passes_qemu_img_and_libvmdk() {
-    let dir = scratch("vmdk-stream-writer");
+fn writer_outputs_pass_qemu_img_and_libvmdk() {
+    let dir = scratch("vmdk-writers");
     let src = source(&dir);
     let size = std::fs::metadata(&src).expect("src").len();
     let padded = size.div_ceil(512) * 512;
-    let out = dir.join("out.vmdk");
-    ok(imgconv().arg(&src).arg(&out));
-    let check = tool("qemu-img", &["check", "-f", "vmdk", path(&out)]);
-    assert!(check.status.success(), "check: {check:?}");
-    assert_eq!(qemu_compare_formats(&src, "raw", &out, "vmdk"), 0);
-    let info = qemu_info(&out, "vmdk");
-    assert_eq!(
-        info["format-specific"]["data"]["create-type"],
-        "streamOptimized"
-    );
-    assert_eq!(info["virtual-size"], padded);
-    let (lib_size, lib_md5) = pyvmdk_md5(&out);
-    assert_eq!(lib_size, padded);
     let mut bytes = std::fs::read(&src).expect("read");
     bytes.resize(padded as usize, 0);
     let want = dir.join("padded.raw");
     std::fs::write(&want, bytes).expect("write");
-    assert_eq!(lib_md5, md5sum(&want));
-    let back = dir.join("back.raw");
-    ok(imgconv().arg(&out).arg(&back));
-    assert_eq!(md5sum(&back), md5sum(&want));
-    let ours = ok(imgconv().arg("info").arg(&out));
-    assert!(ours.contains("create type: streamOptimized"), "{ours}");
-    assert!(ours.contains("adapter type: lsilogic"), "{ours}");
+    let want_md5 = md5sum(&want);
+    for sub in ["streamOptimized", "monolithicSparse"] {
+        let out = dir.join(format!("{sub}.vmdk"));
+        ok(imgconv()
+            .args(["convert", "-o", &format!("subformat={sub}")])
+            .arg(&src)
+            .arg(&out));
+        let check = tool("qemu-img", &["check", "-f", "vmdk", path(&out)]);
+        assert!(check.status.success(), "{sub}: check: {check:?}");
+        assert_eq!(qemu_compare_formats(&src, "raw", &out, "vmdk"), 0, "{sub}");
+        let info = qemu_info(&out, "vmdk");
+        assert_eq!(info["format-specific"]["data"]["create-type"], sub);
+        assert_eq!(info["virtual-size"], padded, "{sub}");
+        assert_eq!(pyvmdk_md5(&out), (padded, want_md5.clone()), "{sub}");
+        let back = dir.join(format!("{sub}-back.raw"));
+        ok(imgconv().arg(&out).arg(&back));
+        assert_eq!(md5sum(&back), want_md5, "{sub}");
+        let ours = ok(imgconv().arg("info").arg(&out));
+        assert!(ours.contains(&format!("create type: {sub}")), "{ours}");
+        assert!(ours.contains("adapter type: lsilogic"), "{ours}");
+    }
 }
 
 #[test]

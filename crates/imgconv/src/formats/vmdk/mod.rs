@@ -7,7 +7,8 @@
 //! inside the descriptor's folder: absolute names, `..` and links out of it are refused.
 //! Delta links (a parent), seSparse and vmfsSparse are refused.
 //!
-//! Writer: streamOptimized (the default), in one pass and in file order, with grains
+//! Writers: monolithicSparse (planned layout, uncompressed, redundant grain directory; see
+//! `sparse_writer.rs`) and streamOptimized (the default), in one pass and in file order, with grains
 //! compressed in parallel by libdeflate (zlib-wrapped, `-o compression_level=1..12`, default
 //! 6); descriptor options `adapter_type` (lsilogic by default) and `hwversion`. See
 //! `stream.rs`.
@@ -19,7 +20,9 @@ pub mod descriptor;
 pub mod header;
 mod reader;
 mod sparse;
+mod sparse_writer;
 mod stream;
 
 pub use reader::VmdkReader;
+pub use sparse_writer::{PlainEncoder, SparseWriter};
 pub use stream::{GrainRecord, StreamEncoder, StreamWriter, VmdkOptions};

@@ -27,7 +27,7 @@ pub(super) const GRAIN_SECTORS: u64 = 128;
 /// Grain table entries, as VMware writes them.
 pub(super) const GT_ENTRIES: u64 = 512;
 /// Sectors reserved for the embedded descriptor.
-const DESCRIPTOR_SECTORS: u64 = 20;
+pub(super) const DESCRIPTOR_SECTORS: u64 = 20;
 /// Metadata before the first grain: header + descriptor, rounded to a grain like VMware.
 const OVERHEAD_SECTORS: u64 = 128;
 /// Default deflate level (libdeflate's 6: smaller than zlib's 6 and much faster).
@@ -120,7 +120,12 @@ fn random_u64() -> u64 {
 }
 
 /// The embedded descriptor text.
-fn descriptor(capacity: u64, o: &VmdkOptions, create_type: &str, extent: &str) -> String {
+pub(super) fn descriptor(
+    capacity: u64,
+    o: &VmdkOptions,
+    create_type: &str,
+    extent: &str,
+) -> String {
     let mut cid = (random_u64() & 0xffff_ffff) as u32;
     if cid >= 0xffff_fffe {
         cid = 0x1234_5678;
@@ -145,22 +150,47 @@ fn descriptor(capacity: u64, o: &VmdkOptions, create_type: &str, extent: &str) -
     )
 }
 
-/// The 512-byte sparse header of the stream (and, with `gd`, of its footer).
-fn header(capacity: u64, gd: u64) -> Vec<u8> {
+/// The fields of a sparse header imgconv writes.
+pub(super) struct HeaderFields {
+    pub(super) version: u32,
+    pub(super) flags: u32,
+    pub(super) capacity: u64,
+    pub(super) rgd: u64,
+    pub(super) gd: u64,
+    pub(super) overhead: u64,
+    pub(super) compress: u16,
+}
+
+/// A 512-byte sparse header: 64 KiB grains, 512-entry grain tables, the descriptor at sector 1.
+pub(super) fn sparse_header(f: &HeaderFields) -> Vec<u8> {
     let mut b = vec![0u8; 512];
     b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&3u32.to_le_bytes());
-    b[8..12].copy_from_slice(&(1 | FLAG_COMPRESSED | FLAG_MARKERS).to_le_bytes());
-    b[12..20].copy_from_slice(&capacity.to_le_bytes());
+    b[4..8].copy_from_slice(&f.version.to_le_bytes());
+    b[8..12].copy_from_slice(&f.flags.to_le_bytes());
+    b[12..20].copy_from_slice(&f.capacity.to_le_bytes());
     b[20..28].copy_from_slice(&GRAIN_SECTORS.to_le_bytes());
     b[28..36].copy_from_slice(&1u64.to_le_bytes());
     b[36..44].copy_from_slice(&DESCRIPTOR_SECTORS.to_le_bytes());
     b[44..48].copy_from_slice(&(GT_ENTRIES as u32).to_le_bytes());
-    b[56..64].copy_from_slice(&gd.to_le_bytes());
-    b[64..72].copy_from_slice(&OVERHEAD_SECTORS.to_le_bytes());
+    b[48..56].copy_from_slice(&f.rgd.to_le_bytes());
+    b[56..64].copy_from_slice(&f.gd.to_le_bytes());
+    b[64..72].copy_from_slice(&f.overhead.to_le_bytes());
     b[73..77].copy_from_slice(b"\n \r\n");
-    b[77..79].copy_from_slice(&1u16.to_le_bytes());
+    b[77..79].copy_from_slice(&f.compress.to_le_bytes());
     b
+}
+
+/// The header of the stream (and, with the real `gd`, of its footer).
+fn header(capacity: u64, gd: u64) -> Vec<u8> {
+    sparse_header(&HeaderFields {
+        version: 3,
+        flags: 1 | FLAG_COMPRESSED | FLAG_MARKERS,
+        capacity,
+        rgd: 0,
+        gd,
+        overhead: OVERHEAD_SECTORS,
+        compress: 1,
+    })
 }
 
 fn marker(sectors: u64, kind: u32) -> Vec<u8> {

@@ -1,0 +1,222 @@
+//! The monolithicSparse writer: uncompressed grains, layout planned from the allocation map
+//! and written in file order.
+//!
+//! ```text
+//! sector 0     header: version 1, flags 0x3 (newline test, redundant grain directory)
+//! sector 1     embedded descriptor (20 sectors)
+//! RGD, RGTs    redundant grain directory, then its grain tables (4 sectors each)
+//! GD, GTs      grain directory, then its grain tables
+//! (pad)        to a whole grain: that is `overHead`
+//! grains       allocated grains in guest order (zero grains are left out)
+//! ```
+
+use bitvec::vec::BitVec;
+
+use crate::buffer::Bytes;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::Format;
+use crate::planner::Plan;
+use crate::sink::Output;
+use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
+
+use super::header::FLAG_RGD;
+use super::stream::{
+    descriptor, sparse_header, HeaderFields, VmdkOptions, DESCRIPTOR_SECTORS, GRAIN_SECTORS,
+    GT_ENTRIES,
+};
+
+/// Sectors of one grain table (512 u32 entries).
+const GT_SECTORS: u64 = GT_ENTRIES * 4 / 512;
+
+/// Where the metadata goes, in sectors.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    capacity: u64,
+    gd_entries: u64,
+    gd_sectors: u64,
+    rgd: u64,
+    gd: u64,
+    overhead: u64,
+}
+
+impl Layout {
+    fn new(capacity: u64) -> Layout {
+        let gd_entries = capacity.div_ceil(GRAIN_SECTORS).div_ceil(GT_ENTRIES);
+        let gd_sectors = (gd_entries * 4).div_ceil(512).max(1);
+        let rgd = 1 + DESCRIPTOR_SECTORS;
+        let gd = rgd + gd_sectors + gd_entries * GT_SECTORS;
+        let end = gd + gd_sectors + gd_entries * GT_SECTORS;
+        Layout {
+            capacity,
+            gd_entries,
+            gd_sectors,
+            rgd,
+            gd,
+            overhead: end.next_multiple_of(GRAIN_SECTORS),
+        }
+    }
+}
+
+/// Passes chunks through: grains are stored as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainEncoder;
+
+impl Encoder for PlainEncoder {
+    type Encoded = Chunk;
+    fn encode(&self, chunk: Chunk) -> Result<Chunk> {
+        Ok(chunk)
+    }
+}
+
+/// The monolithicSparse writer.
+#[derive(Debug)]
+pub struct SparseWriter {
+    opts: VmdkOptions,
+    layout: Layout,
+    grains: u64,
+    planned: u64,
+}
+
+impl SparseWriter {
+    /// A writer for a disk of `virtual_size` bytes (rounded up to whole sectors).
+    pub fn new(virtual_size: u64, opts: VmdkOptions) -> Result<SparseWriter> {
+        let capacity = virtual_size.div_ceil(512);
+        let layout = Layout::new(capacity);
+        // Grain tables hold u32 sector numbers: the file may not pass 2 TiB.
+        if layout.overhead + capacity.next_multiple_of(GRAIN_SECTORS) > u64::from(u32::MAX) {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                "monolithicSparse VMDK holds at most 2 TiB",
+            ));
+        }
+        Ok(SparseWriter {
+            opts,
+            layout,
+            grains: 0,
+            planned: 0,
+        })
+    }
+
+    fn directory(&self, first_gt: u64, out: &mut Output) -> Result<()> {
+        let l = self.layout;
+        let mut gd = Vec::with_capacity((l.gd_sectors * 512) as usize);
+        for i in 0..l.gd_entries {
+            gd.extend_from_slice(&((first_gt + i * GT_SECTORS) as u32).to_le_bytes());
+        }
+        gd.resize((l.gd_sectors * 512) as usize, 0);
+        out.write(&Bytes::from_vec(gd))
+    }
+
+    fn tables(&self, allocated: &BitVec, out: &mut Output) -> Result<()> {
+        let l = self.layout;
+        let mut next = l.overhead;
+        for t in 0..l.gd_entries {
+            let mut gt = Vec::with_capacity((GT_SECTORS * 512) as usize);
+            for g in t * GT_ENTRIES..(t + 1) * GT_ENTRIES {
+                let e = if allocated.get(g as usize).is_some_and(|b| *b) {
+                    let s = next;
+                    next += GRAIN_SECTORS;
+                    s as u32
+                } else {
+                    0
+                };
+                gt.extend_from_slice(&e.to_le_bytes());
+            }
+            out.write(&Bytes::from_vec(gt))?;
+        }
+        Ok(())
+    }
+}
+
+impl Writer for SparseWriter {
+    type Encoder = PlainEncoder;
+
+    fn format(&self) -> Format {
+        Format::Vmdk
+    }
+
+    fn unit_size(&self) -> u64 {
+        GRAIN_SECTORS * 512
+    }
+
+    fn needs_plan(&self) -> bool {
+        true
+    }
+
+    fn output_len(&self) -> Option<u64> {
+        None
+    }
+
+    fn encoder(&self) -> PlainEncoder {
+        PlainEncoder
+    }
+
+    fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
+        let plan = plan.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                "internal error: monolithicSparse needs a plan",
+            )
+        })?;
+        let l = self.layout;
+        self.planned = plan.allocated_units();
+        let mut head = sparse_header(&HeaderFields {
+            version: 1,
+            flags: 1 | FLAG_RGD,
+            capacity: l.capacity,
+            rgd: l.rgd,
+            gd: l.gd,
+            overhead: l.overhead,
+            compress: 0,
+        });
+        let extent = format!("RW {} SPARSE \"{}\"", l.capacity, self.opts.file_name);
+        let mut d = descriptor(l.capacity, &self.opts, "monolithicSparse", &extent).into_bytes();
+        if d.len() > (DESCRIPTOR_SECTORS * 512) as usize {
+            return Err(Error::invalid_argument(
+                "the descriptor does not fit its 20 sectors",
+            ));
+        }
+        d.resize((DESCRIPTOR_SECTORS * 512) as usize, 0);
+        head.extend_from_slice(&d);
+        out.write(&Bytes::from_vec(head))?;
+        for dir in [l.rgd, l.gd] {
+            self.directory(dir + l.gd_sectors, out)?;
+            self.tables(plan.bitmap(), out)?;
+        }
+        let pad = l.overhead * 512 - out.position();
+        out.write_zeros(pad)
+    }
+
+    fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+        let gb = (GRAIN_SECTORS * 512) as usize;
+        for (range, planned) in chunk.runs() {
+            if !planned {
+                continue;
+            }
+            let len = range.len();
+            match &chunk.data {
+                Some(d) => out.write(&d.slice(range))?,
+                None => out.write_zeros(len as u64)?,
+            }
+            let grains = len.div_ceil(gb);
+            out.write_zeros((grains * gb - len) as u64)?;
+            self.grains += grains as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+        let expected = (self.layout.overhead + self.planned * GRAIN_SECTORS) * 512;
+        if self.grains != self.planned || out.position() != expected {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "internal error: monolithicSparse layout mismatch",
+            ));
+        }
+        Ok(WriterSummary {
+            format: Format::Vmdk,
+            allocated_units: self.grains,
+            unit_size: GRAIN_SECTORS * 512,
+        })
+    }
+}
