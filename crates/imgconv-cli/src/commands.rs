@@ -158,9 +158,10 @@ pub(crate) fn convert(args: ConvertArgs) -> CmdResult {
 }
 
 fn print_summary(plan: &ConvertPlan, s: &Summary) {
-    let name = plan
-        .output
+    let name = s
+        .digested_file
         .as_ref()
+        .or(plan.output.as_ref())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "-".into());
     match plan.output_mode {

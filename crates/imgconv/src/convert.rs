@@ -96,6 +96,9 @@ pub struct Summary {
     pub unit_size: u64,
     /// The digests of the output stream.
     pub digests: Vec<Digest>,
+    /// The file the digests describe, when it is not the destination itself (monolithicFlat
+    /// VMDK: the `-flat.vmdk` extent, which holds the data).
+    pub digested_file: Option<PathBuf>,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -156,16 +159,89 @@ pub fn convert(
                 let writer = SparseWriter::new(size, v)?;
                 let sink = make_sink(dest, Preallocation::Off, None)?;
                 run(reader, writer, sink, opts, progress, cancel, started)
+            } else if subformat.eq_ignore_ascii_case("monolithicFlat") {
+                flat_vmdk(reader, dest, v, opts, progress, cancel, started)
             } else {
                 Err(Error::unsupported(format!(
                     "VMDK subformat '{subformat}' is not supported by this version \
-                     (streamOptimized and monolithicSparse are)"
+                     (streamOptimized, monolithicSparse and monolithicFlat are)"
                 ))
                 .with_format(Format::Vmdk))
             }
         }
         other => Err(unsupported_output(other)),
     }
+}
+
+/// monolithicFlat: the disk as a RAW `<name>-flat.vmdk` (whole sectors), then the descriptor
+/// at the destination. Both are published atomically, the descriptor last; if it fails, the
+/// flat file is removed. The digests are those of the flat extent, which holds the data.
+fn flat_vmdk(
+    reader: &dyn Reader,
+    dest: Destination,
+    v: VmdkOptions,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+    started: Instant,
+) -> Result<Summary> {
+    let Destination::File {
+        path,
+        overwrite,
+        sync,
+    } = dest
+    else {
+        return Err(Error::unsupported(
+            "monolithicFlat VMDK is two files (descriptor and -flat extent): it needs a file output",
+        ));
+    };
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk".into());
+    let flat_name = format!("{stem}-flat.vmdk");
+    let flat = path.with_file_name(&flat_name);
+    // Check the descriptor's name before the long part: it is published last.
+    if !overwrite && std::fs::symlink_metadata(&path).is_ok() {
+        return Err(Error::new(
+            crate::error::ErrorKind::AlreadyExists,
+            "the output already exists (use --force to overwrite it)",
+        )
+        .with_path(&path));
+    }
+    let size = reader.virtual_size();
+    let sectors = size.div_ceil(512);
+    let writer = RawWriter::padded(size, sectors * 512);
+    let flat_sink = make_sink(
+        Destination::File {
+            path: flat.clone(),
+            overwrite,
+            sync,
+        },
+        Preallocation::Off,
+        Some(sectors * 512),
+    )?;
+    let mut summary = run(reader, writer, flat_sink, opts, progress, cancel, started)?;
+    let text = crate::formats::vmdk::flat_descriptor(sectors, &v, &flat_name);
+    let publish = (|| {
+        let mut sink = Box::new(FileSink::create(
+            &path,
+            FileSinkOptions {
+                overwrite,
+                sync,
+                ..FileSinkOptions::default()
+            },
+        )?);
+        sink.write(text.as_bytes())?;
+        sink.finish()
+    })();
+    if let Err(e) = publish {
+        let _ = std::fs::remove_file(&flat);
+        return Err(e);
+    }
+    summary.output_format = Format::Vmdk;
+    summary.digested_file = Some(flat);
+    Ok(summary)
 }
 
 fn unsupported_output(format: Format) -> Error {
@@ -230,6 +306,7 @@ fn run<W: Writer>(
         allocated_units: summary.allocated_units,
         unit_size: summary.unit_size,
         digests,
+        digested_file: None,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -367,3 +367,64 @@ fn compressed_grain_lengths_out_of_range_fail_clearly() {
         assert!(!out.exists(), "{what}: output left behind");
     }
 }
+
+#[test]
+fn monolithic_flat_output_is_a_descriptor_and_its_extent() {
+    let dir = scratch("vmdk-flat");
+    let src = source(&dir);
+    let out_dir = dir.join("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let out = out_dir.join("disk.vmdk");
+    let stdout = ok(imgconv()
+        .args([
+            "convert",
+            "-o",
+            "subformat=monolithicFlat",
+            "--digest",
+            "md5",
+        ])
+        .arg(&src)
+        .arg(&out));
+    let flat = out_dir.join("disk-flat.vmdk");
+    assert_eq!(
+        entries(&out_dir),
+        vec!["disk-flat.vmdk".to_string(), "disk.vmdk".to_string()]
+    );
+    // The digest names the file it describes, so md5sum -c can check it.
+    assert_eq!(
+        stdout.trim(),
+        format!("MD5 ({}) = {}", flat.display(), md5sum(&flat))
+    );
+    let check = tool("qemu-img", &["check", "-f", "vmdk", path(&out)]);
+    assert!(check.status.success(), "check: {check:?}");
+    assert_eq!(qemu_compare_formats(&src, "raw", &out, "vmdk"), 0);
+    assert_eq!(
+        qemu_info(&out, "vmdk")["format-specific"]["data"]["create-type"],
+        "monolithicFlat"
+    );
+    let size = std::fs::metadata(&src).expect("src").len();
+    let (lib_size, _) = pyvmdk_md5(&out);
+    assert_eq!(lib_size, size.div_ceil(512) * 512);
+    let back = dir.join("back.raw");
+    ok(imgconv().arg(&out).arg(&back));
+    assert_eq!(qemu_compare(&src, &back), 0);
+    // Existing output: refused before any work, and nothing is touched.
+    let before = md5sum(&flat);
+    fails_with(
+        imgconv()
+            .args(["-o", "subformat=monolithicFlat"])
+            .arg(&src)
+            .arg(&out),
+        5,
+    );
+    assert_eq!(md5sum(&flat), before);
+    // Two files cannot go to stdout.
+    let piped = imgconv()
+        .args(["convert", "-O", "vmdk", "-o", "subformat=monolithicFlat"])
+        .arg(&src)
+        .arg("-")
+        .output()
+        .expect("run");
+    assert_eq!(piped.status.code(), Some(9));
+    assert!(piped.stdout.is_empty());
+}

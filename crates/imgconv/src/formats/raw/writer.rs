@@ -67,15 +67,21 @@ impl Encoder for RawEncoder {
 /// The RAW writer.
 #[derive(Debug)]
 pub struct RawWriter {
-    virtual_size: u64,
+    padded_size: u64,
     allocated_units: u64,
 }
 
 impl RawWriter {
     /// A writer for a disk of `virtual_size` bytes.
     pub fn new(virtual_size: u64) -> RawWriter {
+        RawWriter::padded(virtual_size, virtual_size)
+    }
+
+    /// A writer whose output is zero-padded from `virtual_size` up to `padded_size` bytes
+    /// (a flat VMDK extent holds whole sectors).
+    pub fn padded(virtual_size: u64, padded_size: u64) -> RawWriter {
         RawWriter {
-            virtual_size,
+            padded_size: padded_size.max(virtual_size),
             allocated_units: 0,
         }
     }
@@ -97,7 +103,7 @@ impl Writer for RawWriter {
     }
 
     fn output_len(&self) -> Option<u64> {
-        Some(self.virtual_size)
+        Some(self.padded_size)
     }
 
     fn encoder(&self) -> RawEncoder {
@@ -122,13 +128,14 @@ impl Writer for RawWriter {
     }
 
     fn finish(self, out: &mut Output) -> Result<WriterSummary> {
-        if out.position() != self.virtual_size {
+        out.write_zeros(self.padded_size.saturating_sub(out.position()))?;
+        if out.position() != self.padded_size {
             return Err(Error::new(
                 ErrorKind::Io,
                 format!(
                     "internal error: wrote {} bytes of a {}-byte disk",
                     out.position(),
-                    self.virtual_size
+                    self.padded_size
                 ),
             ));
         }

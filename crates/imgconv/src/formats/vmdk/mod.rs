@@ -25,4 +25,4 @@ mod stream;
 
 pub use reader::VmdkReader;
 pub use sparse_writer::{PlainEncoder, SparseWriter};
-pub use stream::{GrainRecord, StreamEncoder, StreamWriter, VmdkOptions};
+pub use stream::{flat_descriptor, GrainRecord, StreamEncoder, StreamWriter, VmdkOptions};

@@ -371,3 +371,9 @@ impl Writer for StreamWriter {
         })
     }
 }
+
+/// The descriptor of a monolithicFlat disk of `capacity` sectors stored in `flat_name`.
+pub fn flat_descriptor(capacity: u64, o: &VmdkOptions, flat_name: &str) -> String {
+    let extent = format!("RW {capacity} FLAT \"{flat_name}\" 0");
+    descriptor(capacity, o, "monolithicFlat", &extent)
+}
