@@ -428,3 +428,28 @@ fn monolithic_flat_output_is_a_descriptor_and_its_extent() {
     assert_eq!(piped.status.code(), Some(9));
     assert!(piped.stdout.is_empty());
 }
+
+#[test]
+fn delta_and_unsupported_create_types_are_refused_by_name() {
+    let dir = scratch("vmdk-refused");
+    std::fs::write(dir.join("base-flat.vmdk"), vec![0u8; 1024]).expect("write extent");
+    for (name, extra, word) in [
+        (
+            "delta",
+            "parentCID=12345678\nparentFileNameHint=\"base.vmdk\"\n",
+            "parent",
+        ),
+        ("sesparse", "createType=\"seSparse\"\n", "seSparse"),
+        ("vmfssparse", "createType=\"vmfsSparse\"\n", "vmfsSparse"),
+    ] {
+        let desc = dir.join(format!("{name}.vmdk"));
+        std::fs::write(
+            &desc,
+            format!("# Disk DescriptorFile\nversion=1\nCID=12345678\n{extra}RW 2 FLAT \"base-flat.vmdk\" 0\n"),
+        )
+        .expect("write descriptor");
+        let err = fails_with(imgconv().arg(&desc).arg(dir.join("out.raw")), 9);
+        assert!(err.contains(word), "{name}: {err}");
+        assert!(!dir.join("out.raw").exists());
+    }
+}
