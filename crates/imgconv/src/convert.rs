@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::formats::options::WriterOptions;
 use crate::formats::qcow2::{self, Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
+use crate::formats::vdi::{VdiOptions, VdiWriter};
 use crate::formats::vmdk::{SparseWriter, StreamWriter, VmdkOptions};
 use crate::model::Format;
 use crate::pipeline::{self, PipelineConfig};
@@ -168,6 +169,12 @@ pub fn convert(
                 ))
                 .with_format(Format::Vmdk))
             }
+        }
+        Format::Vdi => {
+            let v = VdiOptions::parse(opts.writer_options.clone())?;
+            let writer = VdiWriter::new(reader.virtual_size(), v)?;
+            let sink = make_sink(dest, Preallocation::Off, None)?;
+            run(reader, writer, sink, opts, progress, cancel, started)
         }
         other => Err(unsupported_output(other)),
     }

@@ -79,6 +79,27 @@ pub fn qcow2_reader(input: &[u8]) {
     }
 }
 
+/// The VDI reader on arbitrary bytes: open (which checks the whole block map), `info`, and
+/// read the first [`FUZZ_READ_LIMIT`] bytes.
+pub fn vdi_reader(input: &[u8]) {
+    let source = Box::new(MemSource::new(input.to_vec()));
+    let Ok(reader) = crate::formats::vdi::VdiReader::open(source) else {
+        return;
+    };
+    let _ = crate::reader::Reader::info(&reader);
+    let end = crate::reader::Reader::virtual_size(&reader).min(FUZZ_READ_LIMIT);
+    let mut buf = vec![0u8; end as usize];
+    let _ = crate::reader::Reader::read_at(&reader, 0, &mut buf);
+    let mut pos = 0;
+    while pos < end {
+        let Ok(m) = crate::reader::Reader::map(&reader, pos, end - pos) else {
+            return;
+        };
+        assert!(m.len > 0, "empty mapping at {pos}");
+        pos += m.len;
+    }
+}
+
 /// The VMDK reader on arbitrary bytes (a sparse extent, or a descriptor with no folder, whose
 /// file extents are therefore refused): open, `info`, and read the first
 /// [`FUZZ_READ_LIMIT`] bytes.
@@ -143,6 +164,29 @@ mod tests {
         }
         for s in seeds {
             raw_extents(&s);
+        }
+    }
+
+    /// The VDI fuzz target's seeds: a minimal dynamic image and its truncations.
+    #[test]
+    fn vdi_seeds() {
+        let mut img = vec![0u8; 0x1000 + (2 << 20)];
+        img[0x40..0x44].copy_from_slice(&crate::formats::vdi::SIGNATURE.to_le_bytes());
+        img[0x44..0x48].copy_from_slice(&crate::formats::vdi::VERSION.to_le_bytes());
+        img[0x48..0x4c].copy_from_slice(&0x190u32.to_le_bytes());
+        img[0x4c..0x50].copy_from_slice(&1u32.to_le_bytes());
+        img[0x154..0x158].copy_from_slice(&0x200u32.to_le_bytes());
+        img[0x158..0x15c].copy_from_slice(&0x1000u32.to_le_bytes());
+        img[0x170..0x178].copy_from_slice(&(2u64 << 20).to_le_bytes());
+        img[0x178..0x17c].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        img[0x180..0x184].copy_from_slice(&2u32.to_le_bytes());
+        img[0x184..0x188].copy_from_slice(&1u32.to_le_bytes());
+        img[0x200..0x204].copy_from_slice(&0u32.to_le_bytes());
+        img[0x204..0x208].copy_from_slice(&0xFFFF_FFFEu32.to_le_bytes());
+        img[0x1000] = 7;
+        vdi_reader(&img);
+        for cut in [0usize, 0x100, 0x204, 0x1100] {
+            vdi_reader(&img[..cut]);
         }
     }
 

@@ -6,6 +6,7 @@ use crate::detect::detect_source;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
+use crate::formats::vdi::VdiReader;
 use crate::formats::vmdk::VmdkReader;
 use crate::model::{Format, ImageInfo};
 use crate::reader::Reader;
@@ -28,6 +29,7 @@ pub fn open_source(source: Box<dyn Source>, format: Option<Format>) -> Result<Bo
         Format::Raw => Ok(Box::new(RawReader::new(source))),
         Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(source)?)),
         Format::Vmdk => Ok(Box::new(VmdkReader::open(source)?)),
+        Format::Vdi => Ok(Box::new(VdiReader::open(source)?)),
         other => Err(Error::unsupported(format!(
             "reading {other} images is not supported by this version (use -f raw to read the \
              file byte for byte)"

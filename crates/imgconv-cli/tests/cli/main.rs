@@ -6,6 +6,7 @@ mod failures;
 mod qcow2;
 mod raw;
 mod tools;
+mod vdi;
 mod vmdk;
 
 pub use tools::*;

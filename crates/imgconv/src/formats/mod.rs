@@ -4,4 +4,5 @@
 pub mod options;
 pub mod qcow2;
 pub mod raw;
+pub mod vdi;
 pub mod vmdk;
