@@ -300,6 +300,25 @@ def case_vmdk(t, img, size, work, runs, out_dir):
     t.add("VMDK streamOptimized -> RAW", "imgconv --no-sync IN OUT.raw", i, size, q)
 
 
+def case_vdi(t, img, size, work, runs, out_dir):
+    out = str(out_dir / "out.vdi")
+    clean = lambda: rm(out)
+    q = timed([["qemu-img", "convert", "-O", "vdi", img, out]], clean, runs)
+    t.add("RAW -> VDI dynamic", "qemu-img convert -O vdi", q, size)
+    i = timed([[str(BIN), "--no-sync", img, out]], clean, runs)
+    t.add("RAW -> VDI dynamic", "imgconv --no-sync IN OUT.vdi", i, size, q)
+    src = str(work / "qemu.vdi")
+    if not os.path.exists(src):
+        sh(["qemu-img", "convert", "-O", "vdi", img, src])
+    warm(src)
+    raw = str(out_dir / "back.raw")
+    clean = lambda: rm(raw)
+    q = timed([["qemu-img", "convert", "-O", "raw", src, raw]], clean, runs)
+    t.add("VDI -> RAW", "qemu-img convert -O raw", q, size)
+    i = timed([[str(BIN), "--no-sync", src, raw]], clean, runs)
+    t.add("VDI -> RAW", "imgconv --no-sync IN OUT.raw", i, size, q)
+
+
 def case_memory(t, work, sizes, realistic):
     images = [(realistic, "realistic")] if realistic.exists() else []
     for size in sizes:
@@ -322,7 +341,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
-    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,memory", help="raw, digest, qcow2, vmdk, memory")
+    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,vdi,memory", help="raw, digest, qcow2, vmdk, vdi, memory")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
                     help="where outputs are written (default: --work); a tmpfs such as "
@@ -342,7 +361,7 @@ def main():
     cases = set(args.cases.split(","))
     t = Table()
     img = work / f"realistic-{args.size}.raw"
-    if cases & {"raw", "digest", "qcow2", "vmdk"}:
+    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -355,6 +374,8 @@ def main():
             case_qcow2(t, str(img), size, work, args.runs, out_dir)
         if "vmdk" in cases:
             case_vmdk(t, str(img), size, work, args.runs, out_dir)
+        if "vdi" in cases:
+            case_vdi(t, str(img), size, work, args.runs, out_dir)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)
