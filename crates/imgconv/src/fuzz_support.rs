@@ -60,21 +60,24 @@ const FUZZ_READ_LIMIT: u64 = 4 << 20;
 /// [`FUZZ_READ_LIMIT`] bytes. Any error is fine; a panic, a hang or a huge allocation is a bug.
 pub fn qcow2_reader(input: &[u8]) {
     let source = Box::new(MemSource::new(input.to_vec()));
-    let Ok(reader) = crate::formats::qcow2::Qcow2Reader::open(source) else {
-        return;
-    };
-    let _ = crate::reader::Reader::info(&reader);
-    let end = crate::reader::Reader::virtual_size(&reader).min(FUZZ_READ_LIMIT);
+    if let Ok(reader) = crate::formats::qcow2::Qcow2Reader::open(source) {
+        exercise(&reader);
+    }
+}
+
+/// Open succeeded: `info`, then walk the map and read the first [`FUZZ_READ_LIMIT`] bytes.
+/// Errors are fine; a panic, an empty mapping or a huge allocation is a bug.
+fn exercise(reader: &dyn crate::reader::Reader) {
+    let _ = reader.info();
+    let end = reader.virtual_size().min(FUZZ_READ_LIMIT);
     let mut pos = 0;
     while pos < end {
-        let Ok(m) = crate::reader::Reader::map(&reader, pos, end - pos) else {
+        let Ok(m) = reader.map(pos, end - pos) else {
             return;
         };
-        if m.len == 0 {
-            panic!("empty mapping at {pos}");
-        }
+        assert!(m.len > 0, "empty mapping at {pos}");
         let mut buf = vec![0u8; m.len.min(1 << 20) as usize];
-        let _ = crate::reader::Reader::read_at(&reader, pos, &mut buf);
+        let _ = reader.read_at(pos, &mut buf);
         pos += buf.len() as u64;
     }
 }
@@ -83,20 +86,8 @@ pub fn qcow2_reader(input: &[u8]) {
 /// read the first [`FUZZ_READ_LIMIT`] bytes.
 pub fn vdi_reader(input: &[u8]) {
     let source = Box::new(MemSource::new(input.to_vec()));
-    let Ok(reader) = crate::formats::vdi::VdiReader::open(source) else {
-        return;
-    };
-    let _ = crate::reader::Reader::info(&reader);
-    let end = crate::reader::Reader::virtual_size(&reader).min(FUZZ_READ_LIMIT);
-    let mut buf = vec![0u8; end as usize];
-    let _ = crate::reader::Reader::read_at(&reader, 0, &mut buf);
-    let mut pos = 0;
-    while pos < end {
-        let Ok(m) = crate::reader::Reader::map(&reader, pos, end - pos) else {
-            return;
-        };
-        assert!(m.len > 0, "empty mapping at {pos}");
-        pos += m.len;
+    if let Ok(reader) = crate::formats::vdi::VdiReader::open(source) {
+        exercise(&reader);
     }
 }
 
@@ -105,20 +96,8 @@ pub fn vdi_reader(input: &[u8]) {
 /// [`FUZZ_READ_LIMIT`] bytes.
 pub fn vmdk_reader(input: &[u8]) {
     let source = Box::new(MemSource::new(input.to_vec()));
-    let Ok(reader) = crate::formats::vmdk::VmdkReader::open(source) else {
-        return;
-    };
-    let _ = crate::reader::Reader::info(&reader);
-    let end = crate::reader::Reader::virtual_size(&reader).min(FUZZ_READ_LIMIT);
-    let mut pos = 0;
-    while pos < end {
-        let Ok(m) = crate::reader::Reader::map(&reader, pos, end - pos) else {
-            return;
-        };
-        assert!(m.len > 0, "empty mapping at {pos}");
-        let mut buf = vec![0u8; m.len.min(1 << 20) as usize];
-        let _ = crate::reader::Reader::read_at(&reader, pos, &mut buf);
-        pos += buf.len() as u64;
+    if let Ok(reader) = crate::formats::vmdk::VmdkReader::open(source) {
+        exercise(&reader);
     }
 }
 

@@ -38,6 +38,7 @@
 compile_error!("imgconv supports 64-bit targets only");
 
 pub mod buffer;
+pub mod bytes;
 pub mod compare;
 pub mod convert;
 pub mod detect;

@@ -63,6 +63,29 @@ impl Chunk {
     }
 }
 
+/// Write the planned units of a chunk loaded from a plan: each run of consecutive planned
+/// units is one write (they are consecutive in the output too), and a short last unit is
+/// padded to a whole one. With `all_units`, unplanned runs are written as zeros as well (fixed
+/// layouts). Returns the number of units written.
+pub fn write_unit_runs(chunk: &Chunk, out: &mut Output, all_units: bool) -> Result<u64> {
+    let unit = chunk.unit;
+    let mut written = 0u64;
+    for (range, planned) in chunk.runs() {
+        if !planned && !all_units {
+            continue;
+        }
+        let len = range.len();
+        match (&chunk.data, planned) {
+            (Some(d), true) => out.write(&d.slice(range))?,
+            _ => out.write_zeros(len as u64)?,
+        }
+        let units = len.div_ceil(unit);
+        out.write_zeros((units * unit - len) as u64)?;
+        written += units as u64;
+    }
+    Ok(written)
+}
+
 /// A writer's parallel step: turn a chunk into what `commit` emits (compress, checksum, ...).
 /// Runs on the worker pool, many chunks at once.
 pub trait Encoder: Sync {

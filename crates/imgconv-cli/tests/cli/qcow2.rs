@@ -7,15 +7,9 @@ use std::process::Command;
 
 use crate::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/qcow2");
-
 /// Decompress a fixture from `testdata/qcow2` into `dir`.
 fn fixture(dir: &Path, name: &str) -> PathBuf {
-    let out = tool("gzip", &["-dc", &format!("{FIXTURES}/{name}.gz")]);
-    assert!(out.status.success(), "gzip failed: {out:?}");
-    let path = dir.join(name);
-    std::fs::write(&path, out.stdout).expect("write fixture");
-    path
+    fixture_in(dir, "qcow2", name)
 }
 
 /// The source for writer tests: holes, allocated zeros, random and compressible data, and a
@@ -37,7 +31,7 @@ fn source(dir: &Path) -> PathBuf {
 }
 
 fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    path_str(p)
 }
 
 fn qemu_ok(args: &[&str]) -> String {

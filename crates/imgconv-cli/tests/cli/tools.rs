@@ -231,3 +231,21 @@ pub fn one_line_error(out: &Output) -> String {
     );
     err
 }
+
+/// Decompress `testdata/<sub>/<name>.gz` into `dir`.
+pub fn fixture_in(dir: &Path, sub: &str, name: &str) -> PathBuf {
+    let gz = format!(
+        "{}/../../testdata/{sub}/{name}.gz",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = tool("gzip", &["-dc", &gz]);
+    assert!(out.status.success(), "gzip failed: {out:?}");
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout).expect("write fixture");
+    path
+}
+
+/// A path as a `&str` for tool arguments.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

@@ -5,18 +5,12 @@ use std::path::{Path, PathBuf};
 
 use crate::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/vmdk");
-
 fn fixture(dir: &Path, name: &str) -> PathBuf {
-    let out = tool("gzip", &["-dc", &format!("{FIXTURES}/{name}.gz")]);
-    assert!(out.status.success(), "gzip failed: {out:?}");
-    let path = dir.join(name);
-    std::fs::write(&path, out.stdout).expect("write fixture");
-    path
+    fixture_in(dir, "vmdk", name)
 }
 
 fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    path_str(p)
 }
 
 const PATTERN: &str = "e8197d04946c7389986f4636c4088e2dda521a54647f080bab2ec45e81d88403";

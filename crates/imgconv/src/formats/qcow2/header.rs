@@ -15,6 +15,7 @@
 //!                                    104  u8  compression_type (if header_length > 104)
 //! ```
 
+use crate::bytes::{be32, be64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Format;
 
@@ -102,18 +103,6 @@ pub struct Header {
     pub header_length: u32,
     /// Compression of compressed clusters.
     pub compression: Compression,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_be_bytes(w)
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(w)
 }
 
 fn bad(offset: u64, msg: impl Into<String>) -> Error {

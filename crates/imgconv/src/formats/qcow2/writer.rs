@@ -18,7 +18,7 @@ use crate::formats::options::WriterOptions;
 use crate::model::Format;
 use crate::planner::Plan;
 use crate::sink::Output;
-use crate::writer::{Chunk, Encoder, Measure, Writer, WriterSummary};
+use crate::writer::{write_unit_runs, Chunk, Encoder, Measure, Writer, WriterSummary};
 
 use super::header::{self, Compression, Header, V2_HEADER_LEN, V3_HEADER_LEN};
 use super::reader::COPIED;
@@ -434,23 +434,8 @@ impl Writer for Qcow2Writer {
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
-        // The chunk was loaded from the plan: its non-zero units are exactly the planned ones,
-        // and consecutive ones are consecutive in the file, so each run is one write.
-        let cs = self.opts.cluster_size() as usize;
-        for (range, planned) in chunk.runs() {
-            if !planned {
-                continue;
-            }
-            let len = range.len();
-            match &chunk.data {
-                Some(d) => out.write(&d.slice(range))?,
-                None => out.write_zeros(len as u64)?,
-            }
-            // Only the disk's last cluster can be short: pad it to a whole cluster.
-            let clusters = len.div_ceil(cs);
-            out.write_zeros((clusters * cs - len) as u64)?;
-            self.written_data += clusters as u64;
-        }
+        // The chunk was loaded from the plan: its non-zero units are exactly the planned ones.
+        self.written_data += write_unit_runs(&chunk, out, false)?;
         Ok(())
     }
 

@@ -26,6 +26,7 @@
 use bitvec::vec::BitVec;
 
 use crate::buffer::Bytes;
+use crate::bytes::{le32, le64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::WriterOptions;
 use crate::model::{Extent, Format, ImageInfo, Mapping};
@@ -33,7 +34,7 @@ use crate::planner::Plan;
 use crate::reader::{check_range, Reader};
 use crate::sink::Output;
 use crate::source::Source;
-use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
+use crate::writer::{write_unit_runs, Chunk, Encoder, Writer, WriterSummary};
 
 /// The header text VirtualBox writes.
 pub const TEXT: &[u8] = b"<<< Oracle VM VirtualBox Disk Image >>>\n";
@@ -53,16 +54,6 @@ pub const ZERO: u32 = 0xFFFF_FFFE;
 pub const MAX_BLOCKS: u64 = 1 << 24;
 /// VirtualBox aligns the block map and the data to 1 MiB.
 const ALIGN: u64 = 1 << 20;
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
 
 fn bad(at: u64, msg: impl Into<String>) -> Error {
     Error::invalid_image(Format::Vdi, at, msg)
@@ -466,20 +457,7 @@ impl Writer for VdiWriter {
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
-        let bs = BLOCK_SIZE as usize;
-        for (range, nonzero) in chunk.runs() {
-            let len = range.len();
-            let blocks = len.div_ceil(bs);
-            if !nonzero && !self.opts.fixed {
-                continue;
-            }
-            match (&chunk.data, nonzero) {
-                (Some(d), true) => out.write(&d.slice(range))?,
-                _ => out.write_zeros(len as u64)?,
-            }
-            out.write_zeros((blocks * bs - len) as u64)?;
-            self.written += blocks as u64;
-        }
+        self.written += write_unit_runs(&chunk, out, self.opts.fixed)?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 //!  44 u32 numGTEsPerGT
 //! ```
 
+use crate::bytes::{le32, le64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Format;
 
@@ -62,16 +63,6 @@ pub struct SparseHeader {
     pub overhead: u64,
     /// 1 for deflate (with [`FLAG_COMPRESSED`]).
     pub compress_algorithm: u16,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
 }
 
 fn bad(at: u64, msg: impl Into<String>) -> Error {

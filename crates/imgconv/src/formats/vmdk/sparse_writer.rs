@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::Format;
 use crate::planner::Plan;
 use crate::sink::Output;
-use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
+use crate::writer::{write_unit_runs, Chunk, Encoder, Writer, WriterSummary};
 
 use super::header::FLAG_RGD;
 use super::stream::{
@@ -188,20 +188,7 @@ impl Writer for SparseWriter {
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
-        let gb = (GRAIN_SECTORS * 512) as usize;
-        for (range, planned) in chunk.runs() {
-            if !planned {
-                continue;
-            }
-            let len = range.len();
-            match &chunk.data {
-                Some(d) => out.write(&d.slice(range))?,
-                None => out.write_zeros(len as u64)?,
-            }
-            let grains = len.div_ceil(gb);
-            out.write_zeros((grains * gb - len) as u64)?;
-            self.grains += grains as u64;
-        }
+        self.grains += write_unit_runs(&chunk, out, false)?;
         Ok(())
     }
 
