@@ -1,7 +1,6 @@
 //! QCOW2: images made by other tools, the writer checked by qemu-img and libqcow, round trips,
 //! and hostile inputs.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,19 +14,7 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
 /// The source for writer tests: holes, allocated zeros, random and compressible data, and a
 /// size (9 MiB + 3 KiB) that is not a multiple of any cluster size.
 fn source(dir: &Path) -> PathBuf {
-    let img = Image::new(dir.join("src.raw"), 9 * MIB + 3072)
-        .data(0, 100_000)
-        .zeros(MIB, 2 * MIB as usize)
-        .data(4 * MIB + 512, 70_000)
-        .data(9 * MIB + 1024, 2048);
-    let text = b"compressible text, line after line. ".repeat(40_000);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img.path)
-        .expect("open")
-        .write_all_at(&text, 6 * MIB)
-        .expect("write text");
-    img.done()
+    mixed_source(dir)
 }
 
 fn path(p: &Path) -> &str {

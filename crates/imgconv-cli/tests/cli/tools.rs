@@ -249,3 +249,16 @@ pub fn fixture_in(dir: &Path, sub: &str, name: &str) -> PathBuf {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The writer tests' source: holes, allocated zeros, random and compressible data, and a size
+/// (9 MiB + 3 KiB) that is not a multiple of any cluster, grain or block size.
+pub fn mixed_source(dir: &Path) -> PathBuf {
+    let img = Image::new(dir.join("src.raw"), 9 * MIB + 3072)
+        .data(0, 100_000)
+        .zeros(MIB, 2 * MIB as usize)
+        .data(4 * MIB + 512, 70_000)
+        .data(9 * MIB + 1024, 2048);
+    let text = b"compressible text, line after line. ".repeat(40_000);
+    img.file.write_all_at(&text, 6 * MIB).expect("write text");
+    img.done()
+}

@@ -194,20 +194,7 @@ fn malformed_sparse_headers_and_descriptors_fail_clearly() {
 /// The writer tests' source: holes, allocated zeros, random and compressible data, and a size
 /// (9 MiB + 3 KiB) that is not a multiple of 64 KiB.
 fn source(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::FileExt;
-    let img = Image::new(dir.join("src.raw"), 9 * MIB + 3072)
-        .data(0, 100_000)
-        .zeros(MIB, 2 * MIB as usize)
-        .data(4 * MIB + 512, 70_000)
-        .data(9 * MIB + 1024, 2048);
-    let text = b"compressible text, line after line. ".repeat(40_000);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img.path)
-        .expect("open")
-        .write_all_at(&text, 6 * MIB)
-        .expect("write text");
-    img.done()
+    mixed_source(dir)
 }
 
 /// Size and MD5 of the virtual disk as libvmdk (`pyvmdk`) reads it.
