@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need if it is missing
-# (qemu-utils for the qemu-img oracle, libyal's python3-libqcow and python3-libvmdk, e2fsprogs for chattr and mke2fs, the OpenSSL headers the
+# (qemu-utils for the qemu-img oracle, libyal's python3-libqcow, python3-libvmdk and python3-libvhdi, e2fsprogs for chattr and mke2fs, the OpenSSL headers the
 # CLI's MD5 builds against), then format, lint, unit, integration and doc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ command -v gzip >/dev/null 2>&1 || missing+=(gzip)
 # libyal's independent readers, for the system Python (the oracle tests call /usr/bin/python3).
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pyqcow' >/dev/null 2>&1 || missing+=(python3 python3-libqcow)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pyvmdk' >/dev/null 2>&1 || missing+=(python3 python3-libvmdk)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pyvhdi' >/dev/null 2>&1 || missing+=(python3 python3-libvhdi)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -182,10 +182,14 @@ fn print_summary(plan: &ConvertPlan, s: &Summary) {
                 "unit-size": s.unit_size,
                 "digests": digests,
                 "seconds": s.seconds,
+                "notes": s.notes,
             });
             emit_result(plan.output.is_none(), &doc.to_string());
         }
         OutputMode::Human => {
+            for note in &s.notes {
+                eprintln!("imgconv: note: {note}");
+            }
             // BSD-style tagged lines, which `md5sum -c` and `sha256sum -c` verify.
             let lines: Vec<String> = s
                 .digests

@@ -11,6 +11,7 @@ use crate::formats::options::WriterOptions;
 use crate::formats::qcow2::{self, Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
 use crate::formats::vdi::{VdiOptions, VdiWriter};
+use crate::formats::vhd::{self, DiskType, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
 use crate::formats::vmdk::{SparseWriter, StreamWriter, VmdkOptions};
 use crate::model::Format;
 use crate::pipeline::{self, PipelineConfig};
@@ -102,6 +103,8 @@ pub struct Summary {
     pub digested_file: Option<PathBuf>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Things the user should know about the output (a size rounded up, say).
+    pub notes: Vec<String>,
 }
 
 impl Summary {
@@ -176,7 +179,19 @@ pub fn convert(
             let sink = make_sink(dest, Preallocation::Off, None)?;
             run(reader, writer, sink, opts, progress, cancel, started)
         }
-        other => Err(unsupported_output(other)),
+        Format::Vhd => {
+            let v = VhdOptions::parse(opts.writer_options.clone())?;
+            let size = reader.virtual_size();
+            if v.kind == DiskType::Fixed {
+                let writer = VhdFixedWriter::new(size, v)?;
+                let sink = make_sink(dest, Preallocation::Off, writer.output_len())?;
+                run(reader, writer, sink, opts, progress, cancel, started)
+            } else {
+                let writer = VhdDynamicWriter::new(size, v)?;
+                let sink = make_sink(dest, Preallocation::Off, None)?;
+                run(reader, writer, sink, opts, progress, cancel, started)
+            }
+        }
     }
 }
 
@@ -291,6 +306,8 @@ fn run<W: Writer>(
     started: Instant,
 ) -> Result<Summary> {
     let output_format = writer.format();
+    let virtual_size = writer.disk_size().unwrap_or(reader.virtual_size());
+    let notes = writer.notes();
     let mut out = if writer.needs_seek() {
         if !sink.is_seekable() {
             return Err(Error::unsupported(format!(
@@ -308,13 +325,14 @@ fn run<W: Writer>(
     Ok(Summary {
         input_format: reader.format(),
         output_format,
-        virtual_size: reader.virtual_size(),
+        virtual_size,
         output_size,
         allocated_units: summary.allocated_units,
         unit_size: summary.unit_size,
         digests,
         digested_file: None,
         seconds: started.elapsed().as_secs_f64(),
+        notes,
     })
 }
 
@@ -338,6 +356,21 @@ pub fn measure(
             let q = Qcow2Options::parse(opts.writer_options.clone(), opts.compress)?;
             let plan = planner::plan(reader, q.cluster_size(), opts.pipeline.chunk_size, cancel)?;
             Ok(qcow2::measure(&plan, &q))
+        }
+        Format::Vhd => {
+            let v = VhdOptions::parse(opts.writer_options.clone())?;
+            let size = reader.virtual_size();
+            let plan = if v.kind == DiskType::Dynamic {
+                Some(planner::plan(
+                    reader,
+                    v.block_size,
+                    opts.pipeline.chunk_size,
+                    cancel,
+                )?)
+            } else {
+                None
+            };
+            vhd::measure(size, plan.as_ref(), &v)
         }
         other => Err(unsupported_output(other)),
     }

@@ -47,6 +47,7 @@ pub mod error;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzz_support;
+pub mod ids;
 pub mod model;
 pub mod open;
 pub mod pipeline;

@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use crate::detect::detect_source;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
 use crate::formats::vdi::VdiReader;
+use crate::formats::vhd::{self, VhdReader};
 use crate::formats::vmdk::VmdkReader;
 use crate::model::{Format, ImageInfo};
 use crate::reader::Reader;
@@ -30,11 +31,7 @@ pub fn open_source(source: Box<dyn Source>, format: Option<Format>) -> Result<Bo
         Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(source)?)),
         Format::Vmdk => Ok(Box::new(VmdkReader::open(source)?)),
         Format::Vdi => Ok(Box::new(VdiReader::open(source)?)),
-        other => Err(Error::unsupported(format!(
-            "reading {other} images is not supported by this version (use -f raw to read the \
-             file byte for byte)"
-        ))
-        .with_format(other)),
+        Format::Vhd => Ok(Box::new(VhdReader::open(source)?)),
     }
 }
 
@@ -55,6 +52,12 @@ pub fn inspect(path: impl AsRef<Path>, format: Option<Format>) -> Result<ImageIn
         Some(f) => f,
         None => detect_source(&source)?,
     };
+    if detected == Format::Vhd {
+        let mut info = vhd::describe(&source)?;
+        info.details
+            .push(("refused".into(), err.message().to_string()));
+        return Ok(info);
+    }
     if detected != Format::Qcow2 {
         return Err(err);
     }

@@ -143,6 +143,17 @@ pub trait Writer: Send {
         false
     }
 
+    /// The size of the virtual disk written, when the format rounds the input's size (to
+    /// whole sectors, or a whole MiB for Azure); `None` when it is the input's size.
+    fn disk_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// Things the user should know about this output (a rounded size, say).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The encoder the workers share.
     fn encoder(&self) -> Self::Encoder;
 

@@ -71,9 +71,15 @@ fn bad_options_and_formats_exit_2() {
 }
 
 #[test]
-fn formats_without_a_reader_or_writer_yet_exit_9() {
+fn unsupported_features_exit_9() {
     let dir = scratch("err-unsupported");
     let input = Image::new(dir.join("in.raw"), MIB).done();
-    fails_with(imgconv().arg(&input).arg(dir.join("out.vhd")), 9);
+    fails_with(
+        imgconv()
+            .args(["convert", "-o", "subformat=twoGbMaxExtentSparse"])
+            .arg(&input)
+            .arg(dir.join("out.vmdk")),
+        9,
+    );
     assert_eq!(entries(&dir), vec!["in.raw".to_string()]);
 }

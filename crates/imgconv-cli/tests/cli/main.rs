@@ -7,6 +7,7 @@ mod qcow2;
 mod raw;
 mod tools;
 mod vdi;
+mod vhd;
 mod vmdk;
 
 pub use tools::*;

@@ -5,4 +5,5 @@ pub mod options;
 pub mod qcow2;
 pub mod raw;
 pub mod vdi;
+pub mod vhd;
 pub mod vmdk;

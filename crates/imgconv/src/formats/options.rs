@@ -92,6 +92,28 @@ impl WriterOptions {
     }
 }
 
+/// `64K`, `2M`, `4096`: a size with an optional binary suffix (K, M, G).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => 0,
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|_| mult != 0)
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| Error::invalid_argument(format!("'{s}' is not a size")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use bitvec::vec::BitVec;
 
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
-use crate::formats::options::WriterOptions;
+use crate::formats::options::{parse_size, WriterOptions};
 use crate::model::Format;
 use crate::planner::Plan;
 use crate::sink::Output;
@@ -157,28 +157,6 @@ impl Qcow2Options {
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
-}
-
-/// `64K`, `2M`, `4096`: a size with an optional binary suffix.
-fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                _ => 0,
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .filter(|_| mult != 0)
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| Error::invalid_argument(format!("'{s}' is not a size")))
 }
 
 /// Where everything goes, in clusters, for a given plan.

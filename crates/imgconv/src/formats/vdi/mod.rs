@@ -29,6 +29,7 @@ use crate::buffer::Bytes;
 use crate::bytes::{le32, le64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::WriterOptions;
+use crate::ids::{random_uuid, uuid_text, UuidLayout};
 use crate::model::{Extent, Format, ImageInfo, Mapping};
 use crate::planner::Plan;
 use crate::reader::{check_range, Reader};
@@ -59,16 +60,10 @@ fn bad(at: u64, msg: impl Into<String>) -> Error {
     Error::invalid_image(Format::Vdi, at, msg)
 }
 
-fn uuid_text(b: &[u8]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+fn uuid_at(h: &[u8], at: usize) -> [u8; 16] {
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&h[at..at + 16]);
+    u
 }
 
 /// A VDI image opened for reading.
@@ -117,7 +112,7 @@ impl VdiReader {
         if h[0x1a8..0x1c8].iter().any(|&b| b != 0) {
             return Err(Error::unsupported(format!(
                 "differencing VDI images are not supported (parent {})",
-                uuid_text(&h[0x1b8..0x1c8])
+                uuid_text(&uuid_at(&h, 0x1b8))
             ))
             .with_format(Format::Vdi));
         }
@@ -201,7 +196,10 @@ impl VdiReader {
             map,
             image_type,
             allocated,
-            uuids: (uuid_text(&h[0x188..0x198]), uuid_text(&h[0x198..0x1a8])),
+            uuids: (
+                uuid_text(&uuid_at(&h, 0x188)),
+                uuid_text(&uuid_at(&h, 0x198)),
+            ),
         })
     }
 
@@ -342,26 +340,6 @@ pub struct VdiWriter {
     written: u64,
 }
 
-/// A random version-4 UUID, in VirtualBox's byte order for its first three fields.
-fn random_uuid() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = [0u8; 16];
-    for (i, half) in out.chunks_exact_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        half.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    out[7] = (out[7] & 0x0f) | 0x40;
-    out[8] = (out[8] & 0x3f) | 0x80;
-    out
-}
-
 impl VdiWriter {
     /// A writer for a disk of `virtual_size` bytes.
     pub fn new(virtual_size: u64, opts: VdiOptions) -> Result<VdiWriter> {
@@ -406,8 +384,8 @@ impl VdiWriter {
         put32(&mut h, 0x178, BLOCK_SIZE as u32);
         put32(&mut h, 0x180, self.blocks as u32);
         put32(&mut h, 0x184, self.allocated as u32);
-        h[0x188..0x198].copy_from_slice(&random_uuid());
-        h[0x198..0x1a8].copy_from_slice(&random_uuid());
+        h[0x188..0x198].copy_from_slice(&random_uuid(UuidLayout::LittleEndian));
+        h[0x198..0x1a8].copy_from_slice(&random_uuid(UuidLayout::LittleEndian));
         h
     }
 }

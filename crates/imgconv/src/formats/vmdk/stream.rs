@@ -15,6 +15,7 @@
 
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::random_u64;
 use crate::model::Format;
 use crate::planner::Plan;
 use crate::sink::Output;
@@ -106,19 +107,6 @@ impl VmdkOptions {
     }
 }
 
-/// A random 32-bit content ID that is never ffffffff or fffffffe (which mean "none").
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
 /// The embedded descriptor text.
 pub(super) fn descriptor(
     capacity: u64,
@@ -126,11 +114,11 @@ pub(super) fn descriptor(
     create_type: &str,
     extent: &str,
 ) -> String {
-    let mut cid = (random_u64() & 0xffff_ffff) as u32;
+    let mut cid = (random_u64(0) & 0xffff_ffff) as u32;
     if cid >= 0xffff_fffe {
         cid = 0x1234_5678;
     }
-    let long_id = format!("{:016x}{:016x}", random_u64(), random_u64());
+    let long_id = format!("{:016x}{:016x}", random_u64(1), random_u64(2));
     let heads = 255u64;
     let sectors = 63u64;
     let cylinders = (capacity / (heads * sectors)).clamp(1, 65535);

@@ -1,0 +1,449 @@
+//! The VHD writers: fixed (the disk, then the footer) and dynamic (footer copy, header, BAT,
+//! the allocated blocks in guest order, footer), both in file order.
+
+use crate::buffer::Bytes;
+use crate::error::{Error, ErrorKind, Result};
+use crate::formats::options::{parse_size, WriterOptions};
+use crate::formats::raw::{RawEncoder, RawPiece, RawWriter};
+use crate::ids::{random_uuid, UuidLayout};
+use crate::model::Format;
+use crate::planner::Plan;
+use crate::sink::Output;
+use crate::writer::{Chunk, Encoder, Measure, Writer, WriterSummary};
+
+use super::{
+    checksum, timestamp_now, DiskType, Footer, Geometry, CREATOR, DEFAULT_BLOCK_SIZE,
+    DYNAMIC_COOKIE, DYNAMIC_HEADER_SIZE, FOOTER_SIZE, MAX_DYNAMIC_SIZE, UNALLOCATED, VERSION,
+};
+
+const MIB: u64 = 1 << 20;
+/// Where the BAT goes: after the footer copy and the dynamic header, as qemu and VirtualBox
+/// place it.
+const TABLE_OFFSET: u64 = FOOTER_SIZE + DYNAMIC_HEADER_SIZE;
+/// Block sizes the writer offers (the reader takes any power of two from 512 bytes).
+const MIN_BLOCK: u64 = 4 << 10;
+const MAX_BLOCK: u64 = 16 << 20;
+
+/// Options of the VHD writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VhdOptions {
+    /// Fixed or dynamic.
+    pub kind: DiskType,
+    /// Block size of a dynamic disk.
+    pub block_size: u64,
+    /// Azure's rules: fixed, size rounded up to a whole MiB.
+    pub azure: bool,
+}
+
+impl Default for VhdOptions {
+    fn default() -> Self {
+        VhdOptions {
+            kind: DiskType::Dynamic,
+            block_size: DEFAULT_BLOCK_SIZE,
+            azure: false,
+        }
+    }
+}
+
+fn on_off(key: &str, v: Option<String>) -> Result<Option<bool>> {
+    match v.as_deref() {
+        None => Ok(None),
+        Some("on") => Ok(Some(true)),
+        Some("off") => Ok(Some(false)),
+        Some(o) => Err(Error::invalid_argument(format!(
+            "{key} '{o}' is not on or off"
+        ))),
+    }
+}
+
+impl VhdOptions {
+    /// The option names VHD takes.
+    pub const KNOWN: &'static [&'static str] = &["subformat", "block_size", "azure", "force_size"];
+
+    /// Take VHD's options.
+    pub fn parse(mut opts: WriterOptions) -> Result<VhdOptions> {
+        let mut o = VhdOptions::default();
+        let subformat = opts.take("subformat");
+        match subformat.as_deref() {
+            None | Some("dynamic") => {}
+            Some("fixed") => o.kind = DiskType::Fixed,
+            Some(s) => {
+                return Err(Error::invalid_argument(format!(
+                    "subformat '{s}' is not one of dynamic, fixed"
+                )))
+            }
+        }
+        let block = opts.take("block_size");
+        if let Some(b) = &block {
+            let bytes = parse_size(b)?;
+            if !bytes.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&bytes) {
+                return Err(Error::invalid_argument(format!(
+                    "block_size {b} must be a power of two from 4K to 16M"
+                )));
+            }
+            o.block_size = bytes;
+        }
+        o.azure = on_off("azure", opts.take("azure"))?.unwrap_or(false);
+        // qemu's force_size=on is what this writer always does: the exact size is kept.
+        if on_off("force_size", opts.take("force_size"))? == Some(false) {
+            return Err(Error::invalid_argument(
+                "force_size=off (rounding the size up to a CHS geometry) is not offered: the \
+                 exact size is always kept",
+            ));
+        }
+        if o.azure {
+            if subformat.as_deref() == Some("dynamic") || block.is_some() {
+                return Err(Error::invalid_argument(
+                    "azure=on writes a fixed VHD: it takes neither subformat=dynamic nor \
+                     block_size",
+                ));
+            }
+            o.kind = DiskType::Fixed;
+        } else if o.kind == DiskType::Fixed && block.is_some() {
+            return Err(Error::invalid_argument(
+                "block_size applies to dynamic VHDs only",
+            ));
+        }
+        opts.finish(Format::Vhd, Self::KNOWN)?;
+        Ok(o)
+    }
+
+    /// The output disk's size for an input of `size` bytes, and the note saying why it
+    /// differs, if it does.
+    pub fn disk_size(&self, size: u64) -> Result<(u64, Option<String>)> {
+        let (unit, why) = if self.azure {
+            (MIB, "a whole number of MiB, as Azure requires")
+        } else {
+            (512, "whole 512-byte sectors")
+        };
+        let disk = size
+            .checked_next_multiple_of(unit)
+            .ok_or_else(|| Error::new(ErrorKind::LimitExceeded, "the disk is too large"))?;
+        if self.kind == DiskType::Dynamic && disk > MAX_DYNAMIC_SIZE {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "a dynamic VHD holds at most 2040 GiB ({MAX_DYNAMIC_SIZE} bytes), this disk \
+                     has {disk}; use -o subformat=fixed"
+                ),
+            )
+            .with_format(Format::Vhd));
+        }
+        let note = (disk != size).then(|| {
+            format!(
+                "virtual size rounded up from {size} to {disk} bytes ({why}); the added tail \
+                 reads as zeros"
+            )
+        });
+        Ok((disk, note))
+    }
+}
+
+/// The footer of a new disk.
+fn new_footer(kind: DiskType, disk_size: u64, data_offset: u64) -> Footer {
+    let mut version = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = version.next().unwrap_or(0);
+    let minor = version.next().unwrap_or(0);
+    Footer {
+        version: VERSION,
+        data_offset,
+        timestamp: timestamp_now(),
+        creator: *CREATOR,
+        creator_version: (major << 16) | (minor & 0xffff),
+        creator_os: *b"Wi2k",
+        original_size: disk_size,
+        current_size: disk_size,
+        geometry: Geometry::for_size(disk_size),
+        disk_type: kind.code(),
+        checksum: 0,
+        uuid: random_uuid(UuidLayout::BigEndian),
+    }
+}
+
+/// The fixed VHD writer: the disk as RAW (zero runs as holes), padded to the disk size, then
+/// the footer.
+#[derive(Debug)]
+pub struct VhdFixedWriter {
+    raw: RawWriter,
+    disk_size: u64,
+    footer: Vec<u8>,
+    note: Option<String>,
+}
+
+impl VhdFixedWriter {
+    /// A writer for an input of `size` bytes.
+    pub fn new(size: u64, opts: VhdOptions) -> Result<VhdFixedWriter> {
+        let (disk_size, note) = opts.disk_size(size)?;
+        Ok(VhdFixedWriter {
+            raw: RawWriter::padded(size, disk_size),
+            disk_size,
+            footer: new_footer(DiskType::Fixed, disk_size, u64::MAX).encode(),
+            note,
+        })
+    }
+}
+
+impl Writer for VhdFixedWriter {
+    type Encoder = RawEncoder;
+
+    fn format(&self) -> Format {
+        Format::Vhd
+    }
+
+    fn unit_size(&self) -> u64 {
+        self.raw.unit_size()
+    }
+
+    fn needs_plan(&self) -> bool {
+        false
+    }
+
+    fn output_len(&self) -> Option<u64> {
+        Some(self.disk_size + FOOTER_SIZE)
+    }
+
+    fn disk_size(&self) -> Option<u64> {
+        Some(self.disk_size)
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.note.iter().cloned().collect()
+    }
+
+    fn encoder(&self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
+        self.raw.begin(plan, out)
+    }
+
+    fn commit(&mut self, pieces: Vec<RawPiece>, out: &mut Output) -> Result<()> {
+        self.raw.commit(pieces, out)
+    }
+
+    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+        let summary = self.raw.finish(out)?;
+        out.write(&Bytes::from_vec(self.footer))?;
+        Ok(WriterSummary {
+            format: Format::Vhd,
+            ..summary
+        })
+    }
+}
+
+/// Passes chunks through: blocks are stored as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VhdEncoder;
+
+impl Encoder for VhdEncoder {
+    type Encoded = Chunk;
+    fn encode(&self, chunk: Chunk) -> Result<Chunk> {
+        Ok(chunk)
+    }
+}
+
+/// Where a dynamic disk's parts go.
+#[derive(Debug, Clone, Copy)]
+struct DynamicLayout {
+    disk_size: u64,
+    block_size: u64,
+    bitmap_size: u64,
+    entries: u64,
+    /// Offset of the first block: after the BAT, padded to a whole sector.
+    blocks_at: u64,
+}
+
+impl DynamicLayout {
+    fn new(disk_size: u64, block_size: u64) -> Result<DynamicLayout> {
+        let entries = disk_size.div_ceil(block_size);
+        let bitmap_size = (block_size / 512).div_ceil(8).next_multiple_of(512);
+        let blocks_at = TABLE_OFFSET + (entries * 4).next_multiple_of(512);
+        let l = DynamicLayout {
+            disk_size,
+            block_size,
+            bitmap_size,
+            entries,
+            blocks_at,
+        };
+        // BAT entries are 32-bit sector numbers: the last block must start below 2 TiB.
+        if l.block_at(entries.saturating_sub(1)) / 512 >= u64::from(UNALLOCATED) {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "with {block_size}-byte blocks this disk does not fit a VHD's 32-bit block \
+                     table; use a larger block_size"
+                ),
+            )
+            .with_format(Format::Vhd));
+        }
+        Ok(l)
+    }
+
+    fn block_at(&self, index: u64) -> u64 {
+        self.blocks_at + index * (self.bitmap_size + self.block_size)
+    }
+
+    fn file_size(&self, allocated: u64) -> u64 {
+        self.block_at(allocated) + FOOTER_SIZE
+    }
+}
+
+/// The dynamic VHD writer.
+#[derive(Debug)]
+pub struct VhdDynamicWriter {
+    layout: DynamicLayout,
+    footer: Vec<u8>,
+    bitmap: Bytes,
+    allocated: u64,
+    written: u64,
+    note: Option<String>,
+}
+
+impl VhdDynamicWriter {
+    /// A writer for an input of `size` bytes.
+    pub fn new(size: u64, opts: VhdOptions) -> Result<VhdDynamicWriter> {
+        let (disk_size, note) = opts.disk_size(size)?;
+        let layout = DynamicLayout::new(disk_size, opts.block_size)?;
+        // Every sector of a written block is marked as holding data.
+        let mut bitmap = vec![0u8; layout.bitmap_size as usize];
+        let sectors = (opts.block_size / 512) as usize;
+        bitmap[..sectors / 8].fill(0xff);
+        Ok(VhdDynamicWriter {
+            layout,
+            footer: new_footer(DiskType::Dynamic, disk_size, FOOTER_SIZE).encode(),
+            bitmap: Bytes::from_vec(bitmap),
+            allocated: 0,
+            written: 0,
+            note,
+        })
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let l = &self.layout;
+        let mut h = vec![0u8; DYNAMIC_HEADER_SIZE as usize];
+        h[..8].copy_from_slice(DYNAMIC_COOKIE);
+        h[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        h[16..24].copy_from_slice(&TABLE_OFFSET.to_be_bytes());
+        h[24..28].copy_from_slice(&VERSION.to_be_bytes());
+        h[28..32].copy_from_slice(&(l.entries as u32).to_be_bytes());
+        h[32..36].copy_from_slice(&(l.block_size as u32).to_be_bytes());
+        let sum = checksum(&h, 36);
+        h[36..40].copy_from_slice(&sum.to_be_bytes());
+        h
+    }
+}
+
+impl Writer for VhdDynamicWriter {
+    type Encoder = VhdEncoder;
+
+    fn format(&self) -> Format {
+        Format::Vhd
+    }
+
+    fn unit_size(&self) -> u64 {
+        self.layout.block_size
+    }
+
+    fn needs_plan(&self) -> bool {
+        true
+    }
+
+    fn output_len(&self) -> Option<u64> {
+        None
+    }
+
+    fn disk_size(&self) -> Option<u64> {
+        Some(self.layout.disk_size)
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.note.iter().cloned().collect()
+    }
+
+    fn encoder(&self) -> VhdEncoder {
+        VhdEncoder
+    }
+
+    fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
+        let plan =
+            plan.ok_or_else(|| Error::new(ErrorKind::Io, "internal error: VHD needs a plan"))?;
+        let l = self.layout;
+        let mut bat = Vec::with_capacity((l.blocks_at - TABLE_OFFSET) as usize);
+        let mut next = 0u64;
+        for b in 0..l.entries as usize {
+            let e = if plan.bitmap().get(b).is_some_and(|x| *x) {
+                next += 1;
+                (l.block_at(next - 1) / 512) as u32
+            } else {
+                UNALLOCATED
+            };
+            bat.extend_from_slice(&e.to_be_bytes());
+        }
+        // The rest of the BAT's last sector reads as unallocated entries too.
+        bat.resize((l.blocks_at - TABLE_OFFSET) as usize, 0xff);
+        self.allocated = next;
+        out.write(&Bytes::from_vec(self.footer.clone()))?;
+        out.write(&Bytes::from_vec(self.header()))?;
+        out.write(&Bytes::from_vec(bat))
+    }
+
+    fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+        let unit = chunk.unit;
+        for (range, planned) in chunk.runs() {
+            if !planned {
+                continue;
+            }
+            let mut lo = range.start;
+            while lo < range.end {
+                let hi = (lo + unit).min(range.end);
+                out.write(&self.bitmap)?;
+                match &chunk.data {
+                    Some(d) => out.write(&d.slice(lo..hi))?,
+                    None => out.write_zeros((hi - lo) as u64)?,
+                }
+                out.write_zeros((unit - (hi - lo)) as u64)?;
+                self.written += 1;
+                lo = hi;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+        if self.written != self.allocated || out.position() != self.layout.block_at(self.allocated)
+        {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "internal error: VHD layout mismatch",
+            ));
+        }
+        out.write(&Bytes::from_vec(self.footer))?;
+        Ok(WriterSummary {
+            format: Format::Vhd,
+            allocated_units: self.allocated,
+            unit_size: self.layout.block_size,
+        })
+    }
+}
+
+/// `imgconv measure -O vhd`: file sizes for an input of `size` bytes whose allocation `plan`
+/// is at the dynamic block size (`None` for fixed disks, which need no plan).
+pub fn measure(size: u64, plan: Option<&Plan>, opts: &VhdOptions) -> Result<Measure> {
+    let (disk_size, _) = opts.disk_size(size)?;
+    if opts.kind == DiskType::Fixed {
+        let n = disk_size + FOOTER_SIZE;
+        return Ok(Measure {
+            required: n,
+            fully_allocated: n,
+        });
+    }
+    let l = DynamicLayout::new(disk_size, opts.block_size)?;
+    let allocated = plan.map_or(l.entries, |p| p.bitmap().count_ones() as u64);
+    Ok(Measure {
+        required: l.file_size(allocated),
+        fully_allocated: l.file_size(l.entries),
+    })
+}
