@@ -112,8 +112,28 @@ fn commit_all<W: Writer>(
     let keep = config.window().max(1) * 2 + 2 * crate::digest::QUEUE_DEPTH;
     let pool = BufferPool::new(chunk_len, keep);
     let abort = AtomicBool::new(false);
-
-    rayon::in_place_scope(|scope| {
+    // With a light encoder the committing thread writes as much as the workers read: give it
+    // a core of its own rather than have it compete with a full set of workers.
+    let threads = rayon::current_num_threads();
+    let own_pool = if writer.light_encoder() && threads > 1 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads - 1)
+            .thread_name(|i| format!("imgconv-io-{i}"))
+            .build()
+            .ok()
+    } else {
+        None
+    };
+    // The same body on either pool (a macro, as the scope's lifetime is the call's own).
+    macro_rules! scoped {
+        ($body:expr) => {
+            match &own_pool {
+                Some(pool) => pool.in_place_scope($body),
+                None => rayon::in_place_scope($body),
+            }
+        };
+    }
+    scoped!(|scope| {
         let (tx, rx) = mpsc::channel::<Slot<<W::Encoder as Encoder>::Encoded>>();
         let mut pending = BTreeMap::new();
         let mut next_submit = 0u64;

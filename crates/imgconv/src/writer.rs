@@ -149,6 +149,12 @@ pub trait Writer: Send {
         None
     }
 
+    /// Whether encoding is cheap next to writing (no compression): the committing thread,
+    /// which does the writing, then counts as one of the cores, and the workers are one fewer.
+    fn light_encoder(&self) -> bool {
+        true
+    }
+
     /// Things the user should know about this output (a rounded size, say).
     fn notes(&self) -> Vec<String> {
         Vec::new()

@@ -258,6 +258,10 @@ impl Writer for Qcow2CompressedWriter {
         false
     }
 
+    fn light_encoder(&self) -> bool {
+        false
+    }
+
     fn needs_seek(&self) -> bool {
         true
     }

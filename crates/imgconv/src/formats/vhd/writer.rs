@@ -234,16 +234,81 @@ impl Writer for VhdFixedWriter {
     }
 }
 
-/// Passes chunks through: blocks are stored as they are.
+/// Lays out a chunk's planned blocks: each one's sector bitmap, then its data, where runs of
+/// zeros (4 KiB granules) become holes in a file output, as in a RAW one.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VhdEncoder;
 
-impl Encoder for VhdEncoder {
-    type Encoded = Chunk;
-    fn encode(&self, chunk: Chunk) -> Result<Chunk> {
-        Ok(chunk)
+/// A piece of dynamic VHD output.
+#[derive(Debug, Clone)]
+pub enum VhdPiece {
+    /// A block's sector bitmap (a block starts here).
+    Bitmap,
+    /// Bytes to write.
+    Data(Bytes),
+    /// A run of zeros.
+    Zeros(u64),
+}
+
+fn push_zeros(pieces: &mut Vec<VhdPiece>, n: usize) {
+    if n == 0 {
+        return;
+    }
+    if let Some(VhdPiece::Zeros(z)) = pieces.last_mut() {
+        *z += n as u64;
+    } else {
+        pieces.push(VhdPiece::Zeros(n as u64));
     }
 }
+
+impl Encoder for VhdEncoder {
+    type Encoded = Vec<VhdPiece>;
+
+    fn encode(&self, chunk: Chunk) -> Result<Vec<VhdPiece>> {
+        let unit = chunk.unit;
+        let mut pieces = Vec::new();
+        for (range, planned) in chunk.runs() {
+            if !planned {
+                continue;
+            }
+            let mut lo = range.start;
+            while lo < range.end {
+                let hi = (lo + unit).min(range.end);
+                pieces.push(VhdPiece::Bitmap);
+                match &chunk.data {
+                    Some(d) => {
+                        let mut at = lo;
+                        while at < hi {
+                            let end = (at + GRANULE).min(hi);
+                            let mut stop = end;
+                            let zero = crate::zero::is_zero(&d[at..end]);
+                            while stop < hi {
+                                let next = (stop + GRANULE).min(hi);
+                                if crate::zero::is_zero(&d[stop..next]) != zero {
+                                    break;
+                                }
+                                stop = next;
+                            }
+                            if zero {
+                                push_zeros(&mut pieces, stop - at);
+                            } else {
+                                pieces.push(VhdPiece::Data(d.slice(at..stop)));
+                            }
+                            at = stop;
+                        }
+                    }
+                    None => push_zeros(&mut pieces, hi - lo),
+                }
+                push_zeros(&mut pieces, unit - (hi - lo));
+                lo = hi;
+            }
+        }
+        Ok(pieces)
+    }
+}
+
+/// Zero runs inside a block are found at this granularity (a file system block).
+const GRANULE: usize = 4096;
 
 /// Where a dynamic disk's parts go.
 #[derive(Debug, Clone, Copy)]
@@ -390,23 +455,15 @@ impl Writer for VhdDynamicWriter {
         out.write(&Bytes::from_vec(bat))
     }
 
-    fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
-        let unit = chunk.unit;
-        for (range, planned) in chunk.runs() {
-            if !planned {
-                continue;
-            }
-            let mut lo = range.start;
-            while lo < range.end {
-                let hi = (lo + unit).min(range.end);
-                out.write(&self.bitmap)?;
-                match &chunk.data {
-                    Some(d) => out.write(&d.slice(lo..hi))?,
-                    None => out.write_zeros((hi - lo) as u64)?,
+    fn commit(&mut self, pieces: Vec<VhdPiece>, out: &mut Output) -> Result<()> {
+        for piece in pieces {
+            match piece {
+                VhdPiece::Bitmap => {
+                    self.written += 1;
+                    out.write(&self.bitmap)?;
                 }
-                out.write_zeros((unit - (hi - lo)) as u64)?;
-                self.written += 1;
-                lo = hi;
+                VhdPiece::Data(b) => out.write(&b)?,
+                VhdPiece::Zeros(n) => out.write_zeros(n)?,
             }
         }
         Ok(())

@@ -301,6 +301,10 @@ impl Writer for StreamWriter {
         false
     }
 
+    fn light_encoder(&self) -> bool {
+        false
+    }
+
     fn output_len(&self) -> Option<u64> {
         None
     }
