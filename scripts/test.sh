@@ -24,6 +24,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The S3-compatible server the export tests upload to (checks SigV4 signatures).
+export PATH="$PWD/target/tools/bin:$PATH"
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "installing: s3s-fs (crates.io)" >&2
+  cargo install --locked --quiet s3s-fs@0.14.1 --features binary --root "$PWD/target/tools"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --doc --locked

@@ -54,6 +54,7 @@ pub(crate) fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Unsupported => 9,
         ErrorKind::LimitExceeded => 10,
         ErrorKind::Cancelled => 130,
+        ErrorKind::AccessDenied => 11,
         _ => 6,
     }
 }

@@ -37,6 +37,9 @@ pub enum ErrorKind {
     LimitExceeded,
     /// The operation was cancelled (Ctrl-C, a signal, or a caller's cancel token).
     Cancelled,
+    /// A remote service refused the credentials or the permission (wrong keys, a bad
+    /// signature, access denied).
+    AccessDenied,
 }
 
 impl ErrorKind {
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::LimitExceeded => "limit-exceeded",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::AccessDenied => "access-denied",
         }
     }
 }
