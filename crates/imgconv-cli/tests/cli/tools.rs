@@ -262,3 +262,41 @@ pub fn mixed_source(dir: &Path) -> PathBuf {
     img.file.write_all_at(&text, 6 * MIB).expect("write text");
     img.done()
 }
+
+/// Size and MD5 of the virtual disk as a libyal Python reader reads it: `module` (`pyvmdk`,
+/// `pyvhdi`, ...) and `open` (the statements that open `sys.argv[1]` as `f`).
+pub fn libyal_md5(module: &str, open: &str, img: &Path) -> (u64, String) {
+    let script = format!(
+        "import sys, hashlib, {module}\n{open}\n\
+         n = f.get_media_size(); h = hashlib.md5(); o = 0\n\
+         while o < n:\n    b = f.read_buffer_at_offset(min(1 << 20, n - o), o); h.update(b); o += len(b)\n\
+         print(n, h.hexdigest())\n"
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script, path_str(img)])
+        .output()
+        .unwrap_or_else(|e| panic!("python3 with {module} (libyal) is required: {e}"));
+    assert!(out.status.success(), "{module} failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let size = words.next().and_then(|w| w.parse().ok()).expect("size");
+    (size, words.next().expect("md5").to_string())
+}
+
+/// qemu-img's own RAW of `img` (read as `format`) at `out`.
+pub fn qemu_raw(img: &Path, format: &str, out: &Path) {
+    let _ = std::fs::remove_file(out);
+    let q = tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            format,
+            "-O",
+            "raw",
+            path_str(img),
+            path_str(out),
+        ],
+    );
+    assert!(q.status.success(), "qemu-img convert failed: {q:?}");
+}

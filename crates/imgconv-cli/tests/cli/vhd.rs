@@ -35,20 +35,7 @@ fn vhd_checksum(b: &[u8], field: usize) -> u32 {
 
 /// Size and MD5 of the virtual disk as libvhdi (`pyvhdi`) reads it.
 fn pyvhdi_md5(img: &Path) -> (u64, String) {
-    let script = "import sys, hashlib, pyvhdi\n\
-        f = pyvhdi.file(); f.open(sys.argv[1])\n\
-        n = f.get_media_size(); h = hashlib.md5(); o = 0\n\
-        while o < n:\n    b = f.read_buffer_at_offset(min(1 << 20, n - o), o); h.update(b); o += len(b)\n\
-        print(n, h.hexdigest())\n";
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script, path(img)])
-        .output()
-        .expect("python3 with pyvhdi (package python3-libvhdi) is required");
-    assert!(out.status.success(), "pyvhdi failed: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace();
-    let size = words.next().and_then(|w| w.parse().ok()).expect("size");
-    (size, words.next().expect("md5").to_string())
+    libyal_md5("pyvhdi", "f = pyvhdi.file(); f.open(sys.argv[1])", img)
 }
 
 /// `src` zero-padded to `len` bytes, and its MD5.
@@ -348,21 +335,8 @@ fn vhds_qemu_img_makes_convert_to_its_own_raw() {
         assert!(made.status.success(), "{opts}: {made:?}");
         let theirs = dir.join("theirs.raw");
         let ours = dir.join("ours.raw");
-        let _ = std::fs::remove_file(&theirs);
         let _ = std::fs::remove_file(&ours);
-        let q = tool(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "vpc",
-                "-O",
-                "raw",
-                path(&img),
-                path(&theirs),
-            ],
-        );
-        assert!(q.status.success(), "{q:?}");
+        qemu_raw(&img, "vpc", &theirs);
         // No -f: fixed ones are recognised by their footer.
         ok(imgconv().arg(&img).arg(&ours));
         assert_eq!(md5sum(&ours), md5sum(&theirs), "{opts}");

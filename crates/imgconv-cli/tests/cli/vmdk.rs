@@ -199,20 +199,11 @@ fn source(dir: &Path) -> PathBuf {
 
 /// Size and MD5 of the virtual disk as libvmdk (`pyvmdk`) reads it.
 fn pyvmdk_md5(img: &Path) -> (u64, String) {
-    let script = "import sys, hashlib, pyvmdk\n\
-        f = pyvmdk.handle(); f.open(sys.argv[1]); f.open_extent_data_files()\n\
-        n = f.get_media_size(); h = hashlib.md5(); o = 0\n\
-        while o < n:\n    b = f.read_buffer_at_offset(min(1 << 20, n - o), o); h.update(b); o += len(b)\n\
-        print(n, h.hexdigest())\n";
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script, path(img)])
-        .output()
-        .expect("python3 with pyvmdk (package python3-libvmdk) is required");
-    assert!(out.status.success(), "pyvmdk failed: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace();
-    let size = words.next().and_then(|w| w.parse().ok()).expect("size");
-    (size, words.next().expect("md5").to_string())
+    libyal_md5(
+        "pyvmdk",
+        "f = pyvmdk.handle(); f.open(sys.argv[1]); f.open_extent_data_files()",
+        img,
+    )
 }
 
 #[test]
