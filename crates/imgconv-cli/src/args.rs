@@ -17,7 +17,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   2 usage error or invalid argument (compare: any error), 3 input not found, \
                   4 input is not a file, 5 output exists (use --force), 6 I/O error, \
                   7 no space left or file too large, 8 invalid or corrupt image, \
-                  9 unsupported format or feature, 10 limit exceeded, 130 interrupted."
+                  9 unsupported format or feature, 10 limit exceeded, \
+                  11 object storage refused the credentials or access, 130 interrupted."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -82,7 +83,8 @@ pub(crate) struct ConvertArgs {
     /// Output options, key=value[,key=value...] (repeatable). RAW: preallocation=off|falloc|full.
     /// QCOW2: compat=0.10|1.1, cluster_size=512..2M, compression_type=zlib|zstd.
     /// VMDK: subformat=streamOptimized, adapter_type=lsilogic|ide|buslogic|legacyESX|pvscsi,
-    /// hwversion=N, compression_level=1..12.
+    /// hwversion=N, compression_level=1..12. VHD: subformat=dynamic|fixed, block_size=4K..16M,
+    /// azure=on (fixed, size rounded up to a whole MiB). VDI: subformat=dynamic|fixed.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub(crate) options: Vec<String>,
     /// Compress the output (QCOW2: zlib, or zstd with -o compression_type=zstd).

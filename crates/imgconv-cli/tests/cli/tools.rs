@@ -300,3 +300,22 @@ pub fn qemu_raw(img: &Path, format: &str, out: &Path) {
     );
     assert!(q.status.success(), "qemu-img convert failed: {q:?}");
 }
+
+/// An image of `src` made by qemu-img as `format` with `-o opts`.
+pub fn qemu_make(src: &Path, format: &str, opts: &str, out: &Path) {
+    let made = tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            format,
+            "-o",
+            opts,
+            path_str(src),
+            path_str(out),
+        ],
+    );
+    assert!(made.status.success(), "qemu-img {format} {opts}: {made:?}");
+}

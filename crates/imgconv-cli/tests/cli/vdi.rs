@@ -109,21 +109,7 @@ fn vdis_qemu_img_makes_convert_to_its_own_raw() {
     let src = source(&dir);
     for opts in ["static=off", "static=on"] {
         let img = dir.join(format!("{opts}.vdi").replace('=', "-"));
-        let made = tool(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vdi",
-                "-o",
-                opts,
-                path(&src),
-                path(&img),
-            ],
-        );
-        assert!(made.status.success(), "{opts}: {made:?}");
+        qemu_make(&src, "vdi", opts, &img);
         let theirs = dir.join("theirs.raw");
         let ours = dir.join("ours.raw");
         let _ = std::fs::remove_file(&ours);

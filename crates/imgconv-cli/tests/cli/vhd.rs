@@ -11,10 +11,6 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
     fixture_in(dir, "vhd", name)
 }
 
-fn path(p: &Path) -> &str {
-    path_str(p)
-}
-
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().expect("4"))
 }
@@ -318,21 +314,7 @@ fn vhds_qemu_img_makes_convert_to_its_own_raw() {
         "subformat=fixed,force_size=on",
     ] {
         let img = dir.join(format!("{}.vhd", opts.replace([',', '='], "-")));
-        let made = tool(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vpc",
-                "-o",
-                opts,
-                path(&src),
-                path(&img),
-            ],
-        );
-        assert!(made.status.success(), "{opts}: {made:?}");
+        qemu_make(&src, "vpc", opts, &img);
         let theirs = dir.join("theirs.raw");
         let ours = dir.join("ours.raw");
         let _ = std::fs::remove_file(&ours);
