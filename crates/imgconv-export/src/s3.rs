@@ -1,33 +1,32 @@
 //! The S3-compatible sink: multipart upload in parallel, while the conversion runs.
 //!
 //! Requests are signed with SigV4 by `rusty-s3` (presigned URLs, valid for an hour) and sent
-//! with `ureq`. Every part carries a `Content-MD5`, which the server checks. A part that fails
+//! with `ureq`. Every part carries a `Content-MD5` and an `x-amz-checksum-crc32c` (a signed
+//! header; the upload is created with `x-amz-checksum-algorithm: CRC32C` and completed with
+//! each part's checksum), both of which the server checks. A part that fails
 //! with a 5xx, 408 or 429 status, a timeout or a dropped connection is sent again after a
 //! growing pause; a failure that retries do not fix, an error anywhere in the conversion, or a
 //! cancellation aborts the multipart upload, so that neither an object nor orphaned parts
 //! remain. An object no larger than one part is sent with a single PUT.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use base64::Engine as _;
-use imgconv::{Error, ErrorKind, Result, Sink};
-use md5::{Digest as _, Md5};
+use imgconv::{Error, ErrorKind, Result};
 use rusty_s3::actions::{CreateMultipartUpload, S3Action};
-use rusty_s3::{Bucket, UrlStyle};
+use rusty_s3::{Bucket, Map, UrlStyle};
 use url::Url;
 
 use crate::credentials::Credentials;
+use crate::parts::{delegate_sink, Backend, Http, PartSink, Reply, Transfer, Uploaded};
 
 /// S3's smallest part (except the last).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// S3's largest part.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 /// S3's most parts in one upload.
-pub const MAX_PARTS: u64 = 10_000;
+pub const MAX_PARTS: u64 = crate::parts::MAX_PARTS;
 /// How long a signed request stays valid.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
 
@@ -37,10 +36,8 @@ pub struct S3Config {
     endpoint: Url,
     region: String,
     path_style: bool,
-    part_size: Option<u64>,
-    parallel: usize,
-    retries: u32,
-    timeout: Duration,
+    transfer: Transfer,
+    crc32c: bool,
 }
 
 impl S3Config {
@@ -60,10 +57,8 @@ impl S3Config {
             endpoint,
             region: region.to_string(),
             path_style: true,
-            part_size: None,
-            parallel: 4,
-            retries: 5,
-            timeout: Duration::from_secs(120),
+            transfer: Transfer::new(MIN_PART_SIZE, MAX_PART_SIZE),
+            crc32c: true,
         })
     }
 
@@ -73,38 +68,43 @@ impl S3Config {
         self
     }
 
-    /// A fixed part size (at least 5 MiB); by default the smallest whole number of MiB with
+    /// A fixed part size (5 MiB to 5 GiB); by default the smallest whole number of MiB with
     /// which 10,000 parts cover the expected size.
     pub fn part_size(mut self, bytes: u64) -> Result<Self> {
-        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&bytes) {
-            return Err(Error::invalid_argument(
-                "the part size must be from 5 MiB to 5 GiB",
-            ));
-        }
-        self.part_size = Some(bytes);
+        self.transfer = self.transfer.part_size(bytes)?;
         Ok(self)
     }
 
-    /// Parts uploaded at once (memory is about this many parts, plus one being filled).
+    /// Parts uploaded at once (memory is about this many parts, plus one being filled); 4 by
+    /// default.
     pub fn parallel_parts(mut self, n: usize) -> Self {
-        self.parallel = n.max(1);
+        self.transfer = self.transfer.parallel_parts(n);
         self
     }
 
-    /// Attempts after the first for each request.
+    /// Attempts after the first for each request; 5 by default.
     pub fn retries(mut self, n: u32) -> Self {
-        self.retries = n;
+        self.transfer = self.transfer.retries(n);
+        self
+    }
+
+    /// How long a request may wait for the server before it counts as failed (and is retried);
+    /// 120 s by default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.transfer = self.transfer.timeout(timeout);
+        self
+    }
+
+    /// Leave out the `x-amz-checksum-crc32c` headers, for S3-compatible services that reject
+    /// them (the parts keep their `Content-MD5`).
+    pub fn without_crc32c(mut self) -> Self {
+        self.crc32c = false;
         self
     }
 
     /// The part size for an output of about `expected` bytes.
     pub fn part_size_for(&self, expected: u64) -> u64 {
-        self.part_size.unwrap_or_else(|| {
-            expected
-                .div_ceil(MAX_PARTS)
-                .next_multiple_of(1 << 20)
-                .clamp(MIN_PART_SIZE, MAX_PART_SIZE)
-        })
+        self.transfer.part_size_for(expected)
     }
 }
 
@@ -145,84 +145,155 @@ impl std::fmt::Display for S3Location {
     }
 }
 
-/// What every request needs.
-struct Client {
-    agent: ureq::Agent,
+/// The S3 requests, signed.
+struct S3 {
+    http: Http,
     bucket: Bucket,
     creds: rusty_s3::Credentials,
     key: String,
-    location: String,
-    retries: u32,
+    crc32c: bool,
 }
 
-/// A body to send, or none.
-enum Body<'a> {
-    None,
-    Bytes(&'a [u8]),
+/// A signed request: its URL and the headers that the signature covers.
+struct Signed {
+    url: Url,
+    headers: Vec<(String, String)>,
 }
 
-impl Client {
-    /// Send `method` to `url` with `body`, retrying what can be retried; the response's
-    /// status, `ETag` and body on success.
-    fn send(
-        &self,
-        what: &str,
-        method: &str,
-        url: &Url,
-        body: Body<'_>,
-    ) -> Result<(String, String)> {
-        let md5 = match body {
-            Body::Bytes(b) if !b.is_empty() => {
-                Some(base64::engine::general_purpose::STANDARD.encode(Md5::digest(b)))
-            }
-            _ => None,
-        };
-        let mut attempt = 0u32;
-        loop {
-            let mut req = self.agent.request_url(method, url);
-            if let Some(m) = &md5 {
-                req = req.set("Content-MD5", m);
-            }
-            let result = match body {
-                Body::None => req.call(),
-                Body::Bytes(b) => req.send_bytes(b),
-            };
-            let retry = match result {
-                Ok(resp) => {
-                    let etag = resp.header("ETag").unwrap_or_default().to_string();
-                    let text = resp.into_string().unwrap_or_default();
-                    return Ok((etag, text));
-                }
-                Err(ureq::Error::Status(code, resp)) => {
-                    let text = resp.into_string().unwrap_or_default();
-                    let err = status_error(code, &text, what, &self.location);
-                    if !(code >= 500 || code == 408 || code == 429) {
-                        return Err(err);
-                    }
-                    err
-                }
-                Err(ureq::Error::Transport(t)) => Error::new(
-                    ErrorKind::Io,
-                    format!("{what} of {}: {}", self.location, t.kind()),
-                ),
-            };
-            if attempt >= self.retries {
-                return Err(Error::new(
-                    retry.kind(),
-                    format!("{} (after {} attempts)", retry.message(), attempt + 1),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis((100u64 << attempt.min(6)).min(5000)));
-            attempt += 1;
+/// Sign `action`, with `headers` among the signed ones.
+fn sign<'a, A: S3Action<'a>>(mut action: A, headers: &[(&'static str, &str)]) -> Signed {
+    let map: &mut Map<'a> = action.headers_mut();
+    for (k, v) in headers {
+        map.insert(*k, v.to_string());
+    }
+    let headers = map
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Signed {
+        url: action.sign(SIGNED_FOR),
+        headers,
+    }
+}
+
+/// The base64 of a big-endian CRC-32C, as `x-amz-checksum-crc32c` carries it.
+fn crc32c_base64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(data).to_be_bytes())
+}
+
+/// Escape text for an XML element.
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The `CompleteMultipartUpload` document, with each part's checksum when there is one.
+fn complete_body(parts: &BTreeMap<u16, Uploaded>) -> String {
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    for (n, p) in parts {
+        xml.push_str(&format!(
+            "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag>",
+            xml_escape(&p.etag)
+        ));
+        if let Some(c) = &p.crc {
+            xml.push_str(&format!("<ChecksumCRC32C>{c}</ChecksumCRC32C>"));
         }
+        xml.push_str("</Part>");
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    xml
+}
+
+impl S3 {
+    fn send(&self, what: &str, method: &str, req: &Signed, body: Option<&[u8]>) -> Result<Reply> {
+        self.http.send(what, method, &req.url, &req.headers, body)
     }
 
-    fn abort(&self, upload_id: &str) {
+    /// Send `data` as part `n` of `upload`, or as the whole object.
+    fn put(&self, what: &str, part: Option<(u16, &str)>, data: &[u8]) -> Result<Uploaded> {
+        let crc = self.crc32c.then(|| crc32c_base64(data));
+        let headers: Vec<(&'static str, &str)> = crc
+            .as_deref()
+            .map(|c| ("x-amz-checksum-crc32c", c))
+            .into_iter()
+            .collect();
+        let signed = match part {
+            Some((n, id)) => sign(
+                self.bucket.upload_part(Some(&self.creds), &self.key, n, id),
+                &headers,
+            ),
+            None => sign(
+                self.bucket.put_object(Some(&self.creds), &self.key),
+                &headers,
+            ),
+        };
+        let reply = self.send(what, "PUT", &signed, Some(data))?;
+        Ok(Uploaded {
+            etag: reply.etag,
+            crc,
+        })
+    }
+}
+
+impl Backend for S3 {
+    fn put_whole(&self, data: &[u8]) -> Result<()> {
+        self.put("uploading", None, data).map(|_| ())
+    }
+
+    fn create(&self) -> Result<String> {
         let action = self
             .bucket
-            .abort_multipart_upload(Some(&self.creds), &self.key, upload_id);
-        let url = action.sign(SIGNED_FOR);
-        let _ = self.send("aborting the upload", "DELETE", &url, Body::None);
+            .create_multipart_upload(Some(&self.creds), &self.key);
+        let algorithm: &[(&'static str, &str)] = if self.crc32c {
+            &[("x-amz-checksum-algorithm", "CRC32C")]
+        } else {
+            &[]
+        };
+        let reply = self.send(
+            "starting the upload",
+            "POST",
+            &sign(action, algorithm),
+            Some(&[]),
+        )?;
+        let created = CreateMultipartUpload::parse_response(&reply.body).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "starting the upload of {}: bad answer: {e}",
+                    self.http.location
+                ),
+            )
+        })?;
+        Ok(created.upload_id().to_string())
+    }
+
+    fn put_part(&self, upload: &str, n: u16, data: &[u8]) -> Result<Uploaded> {
+        self.put(&format!("uploading part {n}"), Some((n, upload)), data)
+    }
+
+    fn complete(&self, upload: &str, parts: &BTreeMap<u16, Uploaded>) -> Result<()> {
+        let action = self.bucket.complete_multipart_upload(
+            Some(&self.creds),
+            &self.key,
+            upload,
+            std::iter::empty(),
+        );
+        let body = complete_body(parts);
+        let what = "completing the upload";
+        let reply = self.send(what, "POST", &sign(action, &[]), Some(body.as_bytes()))?;
+        // S3 can answer 200 with an error document for CompleteMultipartUpload.
+        if reply.body.contains("<Error>") {
+            return Err(status_error(500, &reply.body, what, &self.http.location));
+        }
+        Ok(())
+    }
+
+    fn abort(&self, upload: &str) {
+        let action = self
+            .bucket
+            .abort_multipart_upload(Some(&self.creds), &self.key, upload);
+        let _ = self.send("aborting the upload", "DELETE", &sign(action, &[]), None);
     }
 }
 
@@ -254,34 +325,16 @@ fn status_error(code: u16, body: &str, what: &str, location: &str) -> Error {
     Error::new(kind, format!("{what} of {location} failed: {detail}"))
 }
 
-fn copy(e: &Error) -> Error {
-    Error::new(e.kind(), e.message())
-}
-
-/// A multipart upload under way.
-struct Upload {
-    id: String,
-    tx: Option<SyncSender<(u16, Vec<u8>)>>,
-    workers: Vec<JoinHandle<()>>,
-    etags: Arc<Mutex<BTreeMap<u16, String>>>,
-    failure: Arc<Mutex<Option<Error>>>,
-}
-
 /// A sink that uploads the stream to an S3-compatible bucket. Dropped without
-/// [`Sink::finish`] (an error, a cancellation), it aborts the upload.
-pub struct S3Sink {
-    client: Arc<Client>,
-    parallel: usize,
-    part_size: usize,
-    buf: Vec<u8>,
-    pos: u64,
-    next_part: u16,
-    upload: Option<Upload>,
-}
+/// [`imgconv::Sink::finish`] (an error, a cancellation), it aborts the upload.
+pub struct S3Sink(PartSink<S3>);
+
+delegate_sink!(S3Sink);
 
 impl S3Sink {
     /// A sink for an output of about `expected_size` bytes (the part size follows from it).
-    /// Nothing is sent until the first part is full.
+    /// The bucket and the keys are checked at once; no object data is sent until the first
+    /// part is full.
     pub fn create(
         config: &S3Config,
         credentials: Credentials,
@@ -300,27 +353,17 @@ impl S3Sink {
             config.region.clone(),
         )
         .map_err(|e| Error::invalid_argument(format!("bucket '{}': {e}", to.bucket)))?;
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(config.timeout)
-            .timeout_write(config.timeout)
-            .build();
-        let part_size = usize::try_from(config.part_size_for(expected_size))
-            .map_err(|_| Error::invalid_argument("part size too large"))?;
-        let client = Client {
-            agent,
+        let part_size = config.transfer.part_len(expected_size)?;
+        let s3 = S3 {
+            http: config.transfer.http(to.to_string(), status_error),
             bucket,
             creds: credentials.signing(),
             key: to.key.clone(),
-            location: to.to_string(),
-            retries: config.retries,
+            crc32c: config.crc32c,
         };
         // Check the bucket and the keys before any conversion work.
-        let url = client
-            .bucket
-            .head_bucket(Some(&client.creds))
-            .sign(SIGNED_FOR);
-        if let Err(e) = client.send("checking the bucket", "HEAD", &url, Body::None) {
+        let head = sign(s3.bucket.head_bucket(Some(&s3.creds)), &[]);
+        if let Err(e) = s3.send("checking the bucket", "HEAD", &head, None) {
             return Err(match e.kind() {
                 ErrorKind::NotFound => Error::new(
                     ErrorKind::NotFound,
@@ -332,236 +375,17 @@ impl S3Sink {
                 _ => e,
             });
         }
-        Ok(S3Sink {
-            client: Arc::new(client),
-            parallel: config.parallel,
+        Ok(S3Sink(PartSink::new(
+            s3,
             part_size,
-            buf: Vec::with_capacity(part_size),
-            pos: 0,
-            next_part: 1,
-            upload: None,
-        })
+            config.transfer.parallel,
+            MAX_PARTS,
+        )))
     }
 
     /// The part size in use.
     pub fn part_size(&self) -> usize {
-        self.part_size
-    }
-
-    fn start(&mut self) -> Result<&mut Upload> {
-        if self.upload.is_none() {
-            let c = &self.client;
-            let action = c.bucket.create_multipart_upload(Some(&c.creds), &c.key);
-            let url = action.sign(SIGNED_FOR);
-            let (_, body) = c.send("starting the upload", "POST", &url, Body::Bytes(&[]))?;
-            let created = CreateMultipartUpload::parse_response(&body).map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("starting the upload of {}: bad answer: {e}", c.location),
-                )
-            })?;
-            let id = created.upload_id().to_string();
-            let (tx, rx) = sync_channel::<(u16, Vec<u8>)>(self.parallel);
-            let rx = Arc::new(Mutex::new(rx));
-            let etags = Arc::new(Mutex::new(BTreeMap::new()));
-            let failure = Arc::new(Mutex::new(None));
-            let workers = (0..self.parallel)
-                .map(|_| {
-                    let (rx, etags, failure) = (rx.clone(), etags.clone(), failure.clone());
-                    let (client, id) = (self.client.clone(), id.clone());
-                    std::thread::spawn(move || loop {
-                        let next = rx.lock().ok().and_then(|r| r.recv().ok());
-                        let Some((n, data)) = next else { return };
-                        if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                            continue;
-                        }
-                        let action =
-                            client
-                                .bucket
-                                .upload_part(Some(&client.creds), &client.key, n, &id);
-                        let url = action.sign(SIGNED_FOR);
-                        let what = format!("uploading part {n}");
-                        match client.send(&what, "PUT", &url, Body::Bytes(&data)) {
-                            Ok((etag, _)) => {
-                                if let Ok(mut e) = etags.lock() {
-                                    e.insert(n, etag);
-                                }
-                            }
-                            Err(err) => {
-                                if let Ok(mut f) = failure.lock() {
-                                    f.get_or_insert(err);
-                                }
-                            }
-                        }
-                    })
-                })
-                .collect();
-            self.upload = Some(Upload {
-                id,
-                tx: Some(tx),
-                workers,
-                etags,
-                failure,
-            });
-        }
-        self.upload
-            .as_mut()
-            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: no upload"))
-    }
-
-    fn check_failure(&self) -> Result<()> {
-        if let Some(u) = &self.upload {
-            if let Some(e) = u.failure.lock().ok().and_then(|f| f.as_ref().map(copy)) {
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Hand a full part to the uploaders (blocks while `parallel` parts are queued).
-    fn send_part(&mut self, data: Vec<u8>) -> Result<()> {
-        self.check_failure()?;
-        if u64::from(self.next_part) > MAX_PARTS {
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                "the output needs more than 10,000 parts: give a larger part size",
-            ));
-        }
-        let n = self.next_part;
-        let upload = self.start()?;
-        let tx = upload
-            .tx
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: uploaders stopped"))?;
-        tx.send((n, data))
-            .map_err(|_| Error::new(ErrorKind::Io, "the part uploaders stopped"))?;
-        self.next_part += 1;
-        Ok(())
-    }
-
-    fn fill(&mut self, mut data: &[u8]) -> Result<()> {
-        while !data.is_empty() {
-            let room = self.part_size - self.buf.len();
-            let n = room.min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.buf.len() == self.part_size {
-                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
-                self.send_part(full)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Sink for S3Sink {
-    fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.fill(data)?;
-        self.pos += data.len() as u64;
-        Ok(())
-    }
-
-    fn write_zeros(&mut self, len: u64) -> Result<()> {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(ZEROS.len() as u64) as usize;
-            self.write(&ZEROS[..n])?;
-            left -= n as u64;
-        }
-        Ok(())
-    }
-
-    fn position(&self) -> u64 {
-        self.pos
-    }
-
-    fn finish(mut self: Box<Self>) -> Result<()> {
-        if self.upload.is_none() {
-            // Small enough for one request.
-            let c = self.client.clone();
-            let action = c.bucket.put_object(Some(&c.creds), &c.key);
-            let url = action.sign(SIGNED_FOR);
-            c.send("uploading", "PUT", &url, Body::Bytes(&self.buf))?;
-            return Ok(());
-        }
-        if !self.buf.is_empty() {
-            let last = std::mem::take(&mut self.buf);
-            self.send_part(last)?;
-        }
-        let mut upload = self
-            .upload
-            .take()
-            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: no upload"))?;
-        drop(upload.tx.take());
-        for w in upload.workers.drain(..) {
-            let _ = w.join();
-        }
-        let c = self.client.clone();
-        if let Some(e) = upload
-            .failure
-            .lock()
-            .ok()
-            .and_then(|f| f.as_ref().map(copy))
-        {
-            c.abort(&upload.id);
-            return Err(e);
-        }
-        let etags = upload
-            .etags
-            .lock()
-            .map(|e| e.clone())
-            .map_err(|_| Error::new(ErrorKind::Io, "internal error: part list lost"))?;
-        if etags.len() != usize::from(self.next_part - 1) {
-            c.abort(&upload.id);
-            return Err(Error::new(ErrorKind::Io, "a part was not uploaded"));
-        }
-        let action = c.bucket.complete_multipart_upload(
-            Some(&c.creds),
-            &c.key,
-            &upload.id,
-            etags.values().map(String::as_str),
-        );
-        let url = action.sign(SIGNED_FOR);
-        let body = action.body();
-        match c.send(
-            "completing the upload",
-            "POST",
-            &url,
-            Body::Bytes(body.as_bytes()),
-        ) {
-            // S3 can answer 200 with an error document for CompleteMultipartUpload.
-            Ok((_, text)) if text.contains("<Error>") => {
-                c.abort(&upload.id);
-                Err(status_error(
-                    500,
-                    &text,
-                    "completing the upload",
-                    &c.location,
-                ))
-            }
-            Ok(_) => Ok(()),
-            Err(e) => {
-                c.abort(&upload.id);
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for S3Sink {
-    fn drop(&mut self) {
-        // Not finished: abandon the upload so that no parts are left behind.
-        if let Some(mut upload) = self.upload.take() {
-            if let Ok(mut f) = upload.failure.lock() {
-                f.get_or_insert(Error::cancelled());
-            }
-            drop(upload.tx.take());
-            for w in upload.workers.drain(..) {
-                let _ = w.join();
-            }
-            self.client.abort(&upload.id);
-        }
+        self.0.part_size()
     }
 }
 

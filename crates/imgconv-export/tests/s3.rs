@@ -3,8 +3,6 @@
 //! streamable format, digests against the downloaded bytes, the content converted back, bad
 //! credentials, a missing bucket, and an abandoned upload that leaves nothing behind.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use imgconv::{
@@ -12,100 +10,17 @@ use imgconv::{
     MemSource, NoProgress, Sink, Summary,
 };
 use imgconv_export::{Credentials, S3Config, S3Location, S3Sink};
+use imgconv_testkit::{hex, Fault, FaultProxy, Rule, S3Server, ACCESS_KEY, SECRET_KEY};
 use md5::Digest as _;
 
-const KEY: &str = "test-access-key";
-const SECRET: &str = "test-secret-key-0123456789";
-
-struct Server {
-    child: Child,
-    port: u16,
-    root: PathBuf,
+fn config(endpoint: &str) -> S3Config {
+    S3Config::new(endpoint, "us-east-1")
+        .expect("config")
+        .retries(1)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs() -> String {
-    std::env::var("IMGCONV_S3S_FS").unwrap_or_else(|_| "s3s-fs".into())
-}
-
-/// Start `s3s-fs` with keys on a free port, with bucket `exports`.
-fn server(name: &str) -> Server {
-    let root = std::env::temp_dir().join(format!("imgconv-s3-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("exports")).expect("root");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let child: Child = Command::new(s3s_fs())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", KEY, "--secret-key", SECRET])
-        .arg(&root)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("s3s-fs is required (the test command installs it; or set IMGCONV_S3S_FS)");
-    // The server is killed and waited for when it drops, whatever happens next.
-    let server = Server { child, port, root };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("s3s-fs did not start");
-}
-
-impl Server {
-    fn config(&self) -> S3Config {
-        S3Config::new(&format!("http://127.0.0.1:{}", self.port), "us-east-1")
-            .expect("config")
-            .retries(1)
-    }
-
-    /// GET the object through the server.
-    fn download(&self, key: &str) -> Vec<u8> {
-        let bucket = rusty_s3::Bucket::new(
-            url::Url::parse(&format!("http://127.0.0.1:{}", self.port)).expect("url"),
-            rusty_s3::UrlStyle::Path,
-            "exports".to_string(),
-            "us-east-1".to_string(),
-        )
-        .expect("bucket");
-        let creds = rusty_s3::Credentials::new(KEY, SECRET);
-        use rusty_s3::S3Action as _;
-        let url = bucket
-            .get_object(Some(&creds), key)
-            .sign(Duration::from_secs(600));
-        let resp = ureq::get(url.as_str()).call().expect("GET object");
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut resp.into_reader(), &mut out).expect("body");
-        out
-    }
-
-    /// Every file under the server's root, relative to it.
-    fn files(&self) -> Vec<String> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, base, out);
-                } else {
-                    out.push(p.strip_prefix(base).unwrap_or(&p).display().to_string());
-                }
-            }
-        }
-        let mut v = Vec::new();
-        walk(&self.root, &self.root, &mut v);
-        v.sort();
-        v
-    }
+fn creds() -> Credentials {
+    Credentials::new(ACCESS_KEY, SECRET_KEY, None)
 }
 
 /// A disk with holes, zeros and random data; `mib` MiB plus 3 KiB.
@@ -136,10 +51,6 @@ fn export(sink: S3Sink, disk: &[u8], format: Format) -> imgconv::Result<Summary>
     )
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The object's content read back as a disk, through imgconv's own reader for `format`.
 fn read_back(object: Vec<u8>, format: Format) -> Vec<u8> {
     let r = open_source(Box::new(MemSource::new(object)), Some(format)).expect("open object");
@@ -150,8 +61,8 @@ fn read_back(object: Vec<u8>, format: Format) -> Vec<u8> {
 
 #[test]
 fn exports_in_every_streamable_format_verify_single_and_multipart() {
-    let s = server("formats");
-    let creds = Credentials::new(KEY, SECRET, None);
+    let s = S3Server::start("formats");
+    let creds = creds();
     let small = disk(3);
     let large = disk(23);
     for (name, d, format, part) in [
@@ -162,14 +73,14 @@ fn exports_in_every_streamable_format_verify_single_and_multipart() {
         ("large.vhd", &large, Format::Vhd, Some(5 << 20)),
         ("large.qcow2", &large, Format::Qcow2, Some(5 << 20)),
     ] {
-        let mut config = s.config();
+        let mut config = config(&s.endpoint());
         if let Some(p) = part {
             config = config.part_size(p).expect("part size");
         }
         let to = S3Location::parse(&format!("s3://exports/{name}")).expect("location");
         let sink = S3Sink::create(&config, creds.clone(), &to, d.len() as u64).expect("sink");
         let summary = export(sink, d, format).expect("export");
-        let object = s.download(name);
+        let object = s.download(name).expect("object");
         assert_eq!(object.len() as u64, summary.output_size, "{name}");
         if part.is_some() {
             assert!(object.len() > 2 * (5 << 20), "{name}: at least three parts");
@@ -204,18 +115,18 @@ fn exports_in_every_streamable_format_verify_single_and_multipart() {
 
 #[test]
 fn wrong_keys_and_a_missing_bucket_fail_clearly() {
-    let s = server("errors");
+    let s = S3Server::start("errors");
     let d = disk(6);
-    let config = s.config().part_size(5 << 20).expect("part size");
+    let config = config(&s.endpoint()).part_size(5 << 20).expect("part size");
     let to = S3Location::parse("s3://exports/x.raw").expect("location");
-    let bad = Credentials::new(KEY, "not-the-secret", None);
+    let bad = Credentials::new(ACCESS_KEY, "not-the-secret", None);
     let err = S3Sink::create(&config, bad, &to, d.len() as u64)
         .err()
         .expect("wrong secret");
     assert_eq!(err.kind(), ErrorKind::AccessDenied, "{err}");
     assert!(!err.to_string().contains("not-the-secret"), "{err}");
 
-    let good = Credentials::new(KEY, SECRET, None);
+    let good = creds();
     let nowhere = S3Location::parse("s3://no-such-bucket/x.raw").expect("location");
     let err = S3Sink::create(&config, good, &nowhere, d.len() as u64)
         .err()
@@ -226,13 +137,148 @@ fn wrong_keys_and_a_missing_bucket_fail_clearly() {
 
 #[test]
 fn an_abandoned_upload_is_aborted_and_leaves_nothing() {
-    let s = server("abort");
+    let s = S3Server::start("abort");
     let before = s.files();
-    let config = s.config().part_size(5 << 20).expect("part size");
+    let config = config(&s.endpoint()).part_size(5 << 20).expect("part size");
     let to = S3Location::parse("s3://exports/half.raw").expect("location");
-    let creds = Credentials::new(KEY, SECRET, None);
-    let mut sink = S3Sink::create(&config, creds, &to, 20 << 20).expect("sink");
+    let mut sink = S3Sink::create(&config, creds(), &to, 20 << 20).expect("sink");
     sink.write(&vec![7u8; 12 << 20]).expect("two parts sent");
     drop(sink);
     assert_eq!(s.files(), before, "parts or an object left behind");
+}
+
+/// The upload id in a part request's query.
+fn upload_id(target: &str) -> Option<String> {
+    target
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("uploadId="))
+        .map(str::to_string)
+}
+
+#[test]
+fn parts_carry_content_md5_and_crc32c_and_survive_injected_faults() {
+    let s = S3Server::start("faults");
+    // Part 2: a 500, then a dropped connection; part 3: dropped halfway through its body,
+    // then a 503; part 4: a stall longer than the timeout. Each then goes through.
+    let proxy = FaultProxy::start(
+        s.port(),
+        vec![
+            Rule::first("PUT", "partNumber=2", vec![Fault::Status(500), Fault::Drop]),
+            Rule::first(
+                "PUT",
+                "partNumber=3",
+                vec![Fault::DropMidBody, Fault::Status(503)],
+            ),
+            Rule::first(
+                "PUT",
+                "partNumber=4",
+                vec![Fault::Stall(Duration::from_secs(3))],
+            ),
+        ],
+    );
+    let d = disk(23);
+    let config = config(&proxy.endpoint())
+        .retries(3)
+        .timeout(Duration::from_secs(1))
+        .part_size(5 << 20)
+        .expect("part size");
+    let to = S3Location::parse("s3://exports/faulty.vmdk").expect("location");
+    let sink = S3Sink::create(&config, creds(), &to, d.len() as u64).expect("sink");
+    let summary = export(sink, &d, Format::Vmdk).expect("export despite faults");
+    let object = s.download("faulty.vmdk").expect("object");
+    assert_eq!(
+        summary.digest(DigestKind::Md5),
+        Some(hex(&md5::Md5::digest(&object)).as_str())
+    );
+    let mut back = read_back(object, Format::Vmdk);
+    back.truncate(d.len());
+    assert!(back == d, "content differs");
+
+    let records = proxy.records();
+    let parts: Vec<_> = records
+        .iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("partNumber="))
+        .collect();
+    let delivered = parts.iter().filter(|p| p.status == Some(200)).count();
+    assert!(delivered >= 4, "at least four parts: {parts:#?}");
+    assert_eq!(
+        parts.len(),
+        delivered + 5,
+        "five faults, each retried: {parts:#?}"
+    );
+    for p in parts.iter().filter(|p| p.fault.is_none()) {
+        assert_eq!(p.status, Some(200), "{p:?}");
+        assert_eq!(p.md5_ok, Some(true), "Content-MD5 of {}", p.target);
+        assert_eq!(
+            p.crc32c_ok,
+            Some(true),
+            "x-amz-checksum-crc32c of {}",
+            p.target
+        );
+    }
+    for (part, faults) in [
+        ("partNumber=2&", 2),
+        ("partNumber=3&", 2),
+        ("partNumber=4&", 1),
+    ] {
+        let n = parts
+            .iter()
+            .filter(|p| format!("{}&", p.target).contains(part) && p.fault.is_some())
+            .count();
+        assert_eq!(n, faults, "{part}");
+    }
+    // The upload was declared with CRC32C and completed.
+    assert!(records
+        .iter()
+        .any(|r| r.method == "POST" && r.target.contains("uploads")));
+    assert!(records
+        .iter()
+        .any(|r| r.method == "POST" && r.target.contains("uploadId=") && r.status == Some(200)));
+}
+
+#[test]
+fn failures_beyond_the_retry_budget_abort_the_upload() {
+    let s = S3Server::start("budget");
+    let before = s.files();
+    let proxy = FaultProxy::start(
+        s.port(),
+        vec![Rule::always("PUT", "partNumber=3", Fault::Status(500))],
+    );
+    let d = disk(23);
+    let config = config(&proxy.endpoint())
+        .retries(2)
+        .part_size(5 << 20)
+        .expect("part size");
+    let to = S3Location::parse("s3://exports/doomed.raw").expect("location");
+    let sink = S3Sink::create(&config, creds(), &to, d.len() as u64).expect("sink");
+    let err = export(sink, &d, Format::Raw).expect_err("part 3 never goes through");
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("part 3"), "{err}");
+    assert!(err.to_string().contains("after 3 attempts"), "{err}");
+
+    let records = proxy.records();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.target.contains("partNumber=3&") || r.target.ends_with("partNumber=3"))
+            .count(),
+        3
+    );
+    let id = records
+        .iter()
+        .find_map(|r| upload_id(&r.target))
+        .expect("an upload was started");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.method == "DELETE" && r.target.contains(&id) && r.status == Some(204)),
+        "the upload was aborted: {records:#?}"
+    );
+    assert!(s.download("doomed.raw").is_none(), "no object");
+    assert!(
+        matches!(s.listed_parts("doomed.raw", &id), None | Some(0)),
+        "parts left behind"
+    );
+    // The server keeps an upload as a marker file plus part files: none remain.
+    assert_eq!(s.files(), before, "nothing left in the server's storage");
 }

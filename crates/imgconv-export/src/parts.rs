@@ -1,0 +1,441 @@
+//! What every multipart destination shares: HTTP requests retried with backoff, and a sink
+//! that cuts the stream into parts and uploads them on threads while the conversion goes on.
+//!
+//! Memory is bounded by the part size times (parts in flight + 1). An upload is started only
+//! when a first part is full; an output that fits in one part is sent whole when the sink
+//! finishes. A failure that retries do not fix, or a sink dropped without `finish` (an error
+//! elsewhere, a cancellation), aborts the upload.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use base64::Engine as _;
+use imgconv::{Error, ErrorKind, Result, Sink};
+use md5::{Digest as _, Md5};
+use url::Url;
+
+/// The most parts in one upload (S3 and OCI alike).
+pub(crate) const MAX_PARTS: u64 = 10_000;
+
+/// How parts are cut and sent, whatever the protocol.
+#[derive(Debug, Clone)]
+pub(crate) struct Transfer {
+    pub(crate) part_size: Option<u64>,
+    pub(crate) min_part: u64,
+    pub(crate) max_part: u64,
+    pub(crate) parallel: usize,
+    pub(crate) retries: u32,
+    pub(crate) timeout: Duration,
+}
+
+impl Transfer {
+    /// Part sizes allowed from `min_part` to `max_part`; 4 parts in flight, 5 retries, 120 s.
+    pub(crate) fn new(min_part: u64, max_part: u64) -> Transfer {
+        Transfer {
+            part_size: None,
+            min_part,
+            max_part,
+            parallel: 4,
+            retries: 5,
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    pub(crate) fn part_size(mut self, bytes: u64) -> Result<Self> {
+        if !(self.min_part..=self.max_part).contains(&bytes) {
+            return Err(Error::invalid_argument(format!(
+                "the part size must be from {} MiB to {} GiB",
+                self.min_part >> 20,
+                self.max_part >> 30
+            )));
+        }
+        self.part_size = Some(bytes);
+        Ok(self)
+    }
+
+    pub(crate) fn parallel_parts(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
+        self
+    }
+
+    pub(crate) fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    pub(crate) fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The given part size, or the smallest whole number of MiB (at least 5 MiB) with which
+    /// 10,000 parts cover `expected` bytes.
+    pub(crate) fn part_size_for(&self, expected: u64) -> u64 {
+        self.part_size.unwrap_or_else(|| {
+            expected
+                .div_ceil(MAX_PARTS)
+                .next_multiple_of(1 << 20)
+                .clamp(self.min_part.max(5 << 20), self.max_part)
+        })
+    }
+
+    /// `part_size_for` as a buffer length.
+    pub(crate) fn part_len(&self, expected: u64) -> Result<usize> {
+        usize::try_from(self.part_size_for(expected))
+            .map_err(|_| Error::invalid_argument("part size too large"))
+    }
+
+    /// An HTTP client with these timeouts and retries.
+    pub(crate) fn http(&self, location: String, decode: Decode) -> Http {
+        Http {
+            agent: Http::agent(self.timeout),
+            retries: self.retries,
+            location,
+            decode,
+        }
+    }
+}
+
+/// Turns an error status into an error: (status, body, what was being done, location).
+pub(crate) type Decode = fn(u16, &str, &str, &str) -> Error;
+
+/// An HTTP client that retries what can be retried.
+pub(crate) struct Http {
+    pub(crate) agent: ureq::Agent,
+    pub(crate) retries: u32,
+    /// The destination, for messages.
+    pub(crate) location: String,
+    pub(crate) decode: Decode,
+}
+
+/// What a successful request answered.
+pub(crate) struct Reply {
+    pub(crate) etag: String,
+    pub(crate) body: String,
+}
+
+impl Http {
+    /// An agent with these timeouts.
+    pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(timeout)
+            .timeout_write(timeout)
+            .build()
+    }
+
+    /// Send `method` to `url` with `headers` and `body` (with its `Content-MD5` when it is not
+    /// empty). A 5xx, 408 or 429 answer, a timeout or a dropped connection is tried again
+    /// after a growing pause, up to the retry budget.
+    pub(crate) fn send(
+        &self,
+        what: &str,
+        method: &str,
+        url: &Url,
+        headers: &[(String, String)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply> {
+        let md5 = body
+            .filter(|b| !b.is_empty())
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(Md5::digest(b)));
+        let mut attempt = 0u32;
+        loop {
+            let mut call = self.agent.request_url(method, url);
+            for (k, v) in headers {
+                call = call.set(k, v);
+            }
+            if let Some(m) = &md5 {
+                call = call.set("Content-MD5", m);
+            }
+            let result = match body {
+                None => call.call(),
+                Some(b) => call.send_bytes(b),
+            };
+            let retry = match result {
+                Ok(resp) => {
+                    let etag = resp.header("ETag").unwrap_or_default().to_string();
+                    let body = resp.into_string().unwrap_or_default();
+                    return Ok(Reply { etag, body });
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let text = resp.into_string().unwrap_or_default();
+                    let err = (self.decode)(code, &text, what, &self.location);
+                    if !(code >= 500 || code == 408 || code == 429) {
+                        return Err(err);
+                    }
+                    err
+                }
+                Err(ureq::Error::Transport(t)) => Error::new(
+                    ErrorKind::Io,
+                    format!("{what} of {}: {}", self.location, t.kind()),
+                ),
+            };
+            if attempt >= self.retries {
+                return Err(Error::new(
+                    retry.kind(),
+                    format!("{} (after {} attempts)", retry.message(), attempt + 1),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis((100u64 << attempt.min(6)).min(5000)));
+            attempt += 1;
+        }
+    }
+}
+
+/// What the server answered for a part.
+#[derive(Debug, Clone)]
+pub(crate) struct Uploaded {
+    pub(crate) etag: String,
+    /// The part's CRC-32C as sent, when the protocol carries one.
+    pub(crate) crc: Option<String>,
+}
+
+/// The requests of one multipart protocol.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Send the whole object in one request.
+    fn put_whole(&self, data: &[u8]) -> Result<()>;
+    /// Start a multipart upload; its handle.
+    fn create(&self) -> Result<String>;
+    /// Send part `n` (from 1).
+    fn put_part(&self, upload: &str, n: u16, data: &[u8]) -> Result<Uploaded>;
+    /// Assemble the parts into the object.
+    fn complete(&self, upload: &str, parts: &BTreeMap<u16, Uploaded>) -> Result<()>;
+    /// Drop the upload and its parts (best effort).
+    fn abort(&self, upload: &str);
+}
+
+fn copy(e: &Error) -> Error {
+    Error::new(e.kind(), e.message())
+}
+
+/// An upload under way.
+struct Upload {
+    id: String,
+    tx: Option<SyncSender<(u16, Vec<u8>)>>,
+    workers: Vec<JoinHandle<()>>,
+    done: Arc<Mutex<BTreeMap<u16, Uploaded>>>,
+    failure: Arc<Mutex<Option<Error>>>,
+}
+
+impl Upload {
+    fn failure(&self) -> Option<Error> {
+        self.failure.lock().ok().and_then(|f| f.as_ref().map(copy))
+    }
+
+    /// Let the queued parts go, and wait for the uploaders.
+    fn drain(&mut self) {
+        drop(self.tx.take());
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The sink: parts of `part_size` bytes, `parallel` of them in flight.
+pub(crate) struct PartSink<B: Backend> {
+    backend: Arc<B>,
+    parallel: usize,
+    part_size: usize,
+    max_parts: u64,
+    buf: Vec<u8>,
+    pos: u64,
+    next_part: u16,
+    upload: Option<Upload>,
+}
+
+impl<B: Backend> PartSink<B> {
+    pub(crate) fn new(backend: B, part_size: usize, parallel: usize, max_parts: u64) -> Self {
+        PartSink {
+            backend: Arc::new(backend),
+            parallel: parallel.max(1),
+            part_size,
+            max_parts,
+            buf: Vec::with_capacity(part_size),
+            pos: 0,
+            next_part: 1,
+            upload: None,
+        }
+    }
+
+    pub(crate) fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    fn start(&mut self) -> Result<&mut Upload> {
+        if self.upload.is_none() {
+            let id = self.backend.create()?;
+            let (tx, rx) = sync_channel::<(u16, Vec<u8>)>(self.parallel);
+            let rx = Arc::new(Mutex::new(rx));
+            let done = Arc::new(Mutex::new(BTreeMap::new()));
+            let failure = Arc::new(Mutex::new(None));
+            let workers = (0..self.parallel)
+                .map(|_| {
+                    let (rx, done, failure) = (rx.clone(), done.clone(), failure.clone());
+                    let (backend, id) = (self.backend.clone(), id.clone());
+                    std::thread::spawn(move || loop {
+                        let next = rx.lock().ok().and_then(|r| r.recv().ok());
+                        let Some((n, data)) = next else { return };
+                        if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                            continue;
+                        }
+                        match backend.put_part(&id, n, &data) {
+                            Ok(part) => {
+                                if let Ok(mut d) = done.lock() {
+                                    d.insert(n, part);
+                                }
+                            }
+                            Err(err) => {
+                                if let Ok(mut f) = failure.lock() {
+                                    f.get_or_insert(err);
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            self.upload = Some(Upload {
+                id,
+                tx: Some(tx),
+                workers,
+                done,
+                failure,
+            });
+        }
+        self.upload
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: no upload"))
+    }
+
+    /// Hand a full part to the uploaders (blocks while `parallel` parts are queued).
+    fn send_part(&mut self, data: Vec<u8>) -> Result<()> {
+        if let Some(e) = self.upload.as_ref().and_then(Upload::failure) {
+            return Err(e);
+        }
+        if u64::from(self.next_part) > self.max_parts {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "the output needs more than {} parts: give a larger part size",
+                    self.max_parts
+                ),
+            ));
+        }
+        let n = self.next_part;
+        let upload = self.start()?;
+        let tx = upload
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: uploaders stopped"))?;
+        tx.send((n, data))
+            .map_err(|_| Error::new(ErrorKind::Io, "the part uploaders stopped"))?;
+        self.next_part += 1;
+        Ok(())
+    }
+
+    fn finish_upload(&mut self) -> Result<()> {
+        if self.upload.is_none() {
+            // Small enough for one request.
+            return self.backend.put_whole(&self.buf);
+        }
+        if !self.buf.is_empty() {
+            let last = std::mem::take(&mut self.buf);
+            self.send_part(last)?;
+        }
+        let mut upload = self
+            .upload
+            .take()
+            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: no upload"))?;
+        upload.drain();
+        let outcome = match upload.failure() {
+            Some(e) => Err(e),
+            None => upload
+                .done
+                .lock()
+                .map(|d| d.clone())
+                .map_err(|_| Error::new(ErrorKind::Io, "internal error: part list lost"))
+                .and_then(|parts| {
+                    if parts.len() != usize::from(self.next_part - 1) {
+                        return Err(Error::new(ErrorKind::Io, "a part was not uploaded"));
+                    }
+                    self.backend.complete(&upload.id, &parts)
+                }),
+        };
+        if outcome.is_err() {
+            self.backend.abort(&upload.id);
+        }
+        outcome
+    }
+}
+
+impl<B: Backend> Sink for PartSink<B> {
+    fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.pos += data.len() as u64;
+        while !data.is_empty() {
+            let room = self.part_size - self.buf.len();
+            let n = room.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == self.part_size {
+                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
+                self.send_part(full)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_zeros(&mut self, len: u64) -> Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            self.write(&ZEROS[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.finish_upload()
+    }
+}
+
+impl<B: Backend> Drop for PartSink<B> {
+    fn drop(&mut self) {
+        // Not finished: abandon the upload so that no parts are left behind.
+        if let Some(mut upload) = self.upload.take() {
+            if let Ok(mut f) = upload.failure.lock() {
+                f.get_or_insert(Error::cancelled());
+            }
+            upload.drain();
+            self.backend.abort(&upload.id);
+        }
+    }
+}
+
+/// Delegate [`Sink`] to a wrapped `PartSink`.
+macro_rules! delegate_sink {
+    ($outer:ty) => {
+        impl imgconv::Sink for $outer {
+            fn write(&mut self, data: &[u8]) -> imgconv::Result<()> {
+                self.0.write(data)
+            }
+            fn write_zeros(&mut self, len: u64) -> imgconv::Result<()> {
+                self.0.write_zeros(len)
+            }
+            fn position(&self) -> u64 {
+                self.0.position()
+            }
+            fn finish(self: Box<Self>) -> imgconv::Result<()> {
+                Box::new(self.0).finish()
+            }
+        }
+    };
+}
+pub(crate) use delegate_sink;

@@ -1,0 +1,32 @@
+//! Servers for the export tests, all on 127.0.0.1 and all stopped when dropped:
+//!
+//! - [`S3Server`] starts `s3s-fs` (a real S3-compatible server that checks SigV4 signatures,
+//!   installed by the test command) with access keys and an `exports` bucket;
+//! - [`FaultProxy`] sits between a client and a server and fails chosen requests (a status, a
+//!   dropped connection, a stall), and checks each body against its `Content-MD5` and
+//!   `x-amz-checksum-crc32c`;
+//! - [`ParServer`] implements OCI Object Storage pre-authenticated requests: a plain PUT, and
+//!   the multipart protocol (`opc-multipart: true`, parts to `<accessUri><partNum>`, commit by
+//!   POST, abort by DELETE).
+
+mod http;
+mod par;
+mod proxy;
+mod s3;
+
+pub use par::ParServer;
+pub use proxy::{Fault, FaultProxy, Record, Rule};
+pub use s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
