@@ -110,10 +110,66 @@ pub(crate) struct ConvertArgs {
     pub(crate) output: OutputMode,
     #[command(flatten)]
     pub(crate) common: Common,
+    #[command(flatten)]
+    pub(crate) export: ExportArgs,
     /// The image to read.
     pub(crate) input: PathBuf,
-    /// The file to write, or - for stdout (then -O is needed).
+    /// Where to write: a file; - for stdout (then -O is needed); s3://BUCKET/KEY (also obs://,
+    /// oci://) for an S3-compatible bucket; an OCI pre-authenticated request URL
+    /// (https://.../p/TOKEN/n/NS/b/BUCKET/o/OBJECT).
+    #[arg(value_name = "OUTPUT")]
     pub(crate) output_path: PathBuf,
+}
+
+/// Options of exports to object storage or to a published folder.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Export to object storage")]
+pub(crate) struct ExportArgs {
+    /// S3-compatible endpoint for s3://, obs:// and oci:// outputs (default for s3://:
+    /// https://s3.REGION.amazonaws.com).
+    #[arg(long, value_name = "URL")]
+    pub(crate) endpoint: Option<String>,
+    /// Region that requests are signed for (default: $AWS_REGION, $AWS_DEFAULT_REGION or
+    /// us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub(crate) region: Option<String>,
+    /// Address buckets as BUCKET.endpoint instead of endpoint/BUCKET.
+    #[arg(long)]
+    pub(crate) virtual_hosted: bool,
+    /// Part size of multipart uploads, e.g. 64M (default: the smallest whole MiB, at least
+    /// 5 MiB, with which 10,000 parts cover the image).
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) part_size: Option<String>,
+    /// Parts uploaded at once (memory is about part size x (this + 1)); default 4.
+    #[arg(long, value_name = "N")]
+    pub(crate) parallel_parts: Option<usize>,
+    /// Retries of each request (5xx, timeouts, dropped connections); default 5.
+    #[arg(long, value_name = "N")]
+    pub(crate) retries: Option<u32>,
+    /// Do not send x-amz-checksum-crc32c with each part (for services that reject it).
+    #[arg(long)]
+    pub(crate) no_crc32c: bool,
+    /// Publish a file output under this base URL: prints the image URL, and writes NAME.md5
+    /// next to the file.
+    #[arg(long, value_name = "URL")]
+    pub(crate) publish_url: Option<String>,
+    /// Folder for the scratch file of a compressed QCOW2 export (default: $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) scratch_dir: Option<PathBuf>,
+}
+
+impl ExportArgs {
+    /// Whether any option that only applies to an upload was given.
+    pub(crate) fn upload_options_given(&self) -> bool {
+        self.endpoint.is_some()
+            || self.region.is_some()
+            || self.virtual_hosted
+            || self.part_size.is_some()
+            || self.parallel_parts.is_some()
+            || self.retries.is_some()
+            || self.no_crc32c
+            || self.scratch_dir.is_some()
+    }
 }
 
 /// `imgconv info`.

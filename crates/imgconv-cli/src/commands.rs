@@ -8,7 +8,11 @@ use imgconv::{
 };
 use serde_json::json;
 
-use crate::args::{CompareArgs, ConvertArgs, InfoArgs, MeasureArgs, OutputMode, ProgressMode};
+use imgconv_export::{Credentials, ParConfig, ParUrl, S3Config, S3Location, Target};
+
+use crate::args::{
+    CompareArgs, ConvertArgs, ExportArgs, InfoArgs, MeasureArgs, OutputMode, ProgressMode,
+};
 use crate::exit_code;
 use crate::progress::{Bar, JsonLines};
 
@@ -31,7 +35,11 @@ type CmdResult = Result<u8, Failure>;
 struct ConvertPlan {
     input: PathBuf,
     input_format: Option<Format>,
+    /// The file, or `None` for stdout (or an export).
     output: Option<PathBuf>,
+    /// An export to object storage or a published folder.
+    target: Option<Target>,
+    scratch_dir: PathBuf,
     options: ConvertOptions,
     progress: ProgressMode,
     force: bool,
@@ -51,9 +59,183 @@ fn writer_options(specs: &[String]) -> Result<WriterOptions, Error> {
     Ok(opts)
 }
 
+/// An upload destination named where the output path goes.
+enum Remote {
+    S3(S3Location),
+    Par(ParUrl),
+}
+
+fn remote(output: &Path) -> Result<Option<Remote>, Error> {
+    let Some(text) = output.to_str() else {
+        return Ok(None);
+    };
+    if ["s3://", "obs://", "oci://"]
+        .iter()
+        .any(|p| text.starts_with(p))
+    {
+        return Ok(Some(Remote::S3(S3Location::parse(text)?)));
+    }
+    if ParUrl::looks_like(text) {
+        return Ok(Some(Remote::Par(ParUrl::parse(text)?)));
+    }
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Err(Error::invalid_argument(
+            "an http(s) output must be an OCI pre-authenticated request URL \
+             (.../p/TOKEN/n/NS/b/BUCKET/o/OBJECT); for other buckets use s3://BUCKET/KEY \
+             with --endpoint",
+        ));
+    }
+    Ok(None)
+}
+
+fn region(e: &ExportArgs) -> String {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    e.region
+        .clone()
+        .or_else(|| var("AWS_REGION"))
+        .or_else(|| var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
+fn s3_config(e: &ExportArgs, scheme: &str, force: bool) -> Result<S3Config, Error> {
+    let region = region(e);
+    let endpoint = match (&e.endpoint, scheme) {
+        (Some(ep), _) => ep.clone(),
+        (None, "s3") => format!("https://s3.{region}.amazonaws.com"),
+        (None, _) => {
+            return Err(Error::invalid_argument(format!(
+                "{scheme}:// needs --endpoint (OBS: https://obs.REGION.myhuaweicloud.com; \
+                 OCI: https://NAMESPACE.compat.objectstorage.REGION.oraclecloud.com)"
+            )))
+        }
+    };
+    let mut c = S3Config::new(&endpoint, &region)?.overwrite(force);
+    if e.virtual_hosted {
+        c = c.virtual_hosted();
+    }
+    if let Some(p) = &e.part_size {
+        c = c.part_size(imgconv::formats::options::parse_size(p)?)?;
+    }
+    if let Some(n) = e.parallel_parts {
+        c = c.parallel_parts(n);
+    }
+    if let Some(n) = e.retries {
+        c = c.retries(n);
+    }
+    if e.no_crc32c {
+        c = c.without_crc32c();
+    }
+    Ok(c)
+}
+
+fn par_config(e: &ExportArgs) -> Result<ParConfig, Error> {
+    if e.endpoint.is_some() || e.region.is_some() || e.virtual_hosted || e.no_crc32c {
+        return Err(Error::invalid_argument(
+            "--endpoint, --region, --virtual-hosted and --no-crc32c apply to s3:// outputs, \
+             not to a pre-authenticated request URL",
+        ));
+    }
+    let mut c = ParConfig::new();
+    if let Some(p) = &e.part_size {
+        c = c.part_size(imgconv::formats::options::parse_size(p)?)?;
+    }
+    if let Some(n) = e.parallel_parts {
+        c = c.parallel_parts(n);
+    }
+    if let Some(n) = e.retries {
+        c = c.retries(n);
+    }
+    Ok(c)
+}
+
+/// The export target the arguments name, if any, and the name whose extension tells the
+/// output format.
+fn target(a: &ConvertArgs) -> Result<(Option<Target>, PathBuf), Error> {
+    let e = &a.export;
+    match remote(&a.output_path)? {
+        Some(Remote::S3(location)) => {
+            if e.publish_url.is_some() {
+                return Err(Error::invalid_argument(
+                    "--publish-url applies to a file output, not to a bucket",
+                ));
+            }
+            let scheme = a
+                .output_path
+                .to_str()
+                .and_then(|t| t.split_once("://"))
+                .map(|(s, _)| s)
+                .unwrap_or("s3");
+            let config = s3_config(e, scheme, a.force)?;
+            let name = PathBuf::from(&location.key);
+            let credentials = Credentials::from_env()?;
+            Ok((
+                Some(Target::S3 {
+                    config,
+                    credentials,
+                    location,
+                }),
+                name,
+            ))
+        }
+        Some(Remote::Par(url)) => {
+            if e.publish_url.is_some() {
+                return Err(Error::invalid_argument(
+                    "--publish-url applies to a file output, not to a bucket",
+                ));
+            }
+            let config = par_config(e)?;
+            let name = PathBuf::from(url.object());
+            Ok((Some(Target::Par { config, url }), name))
+        }
+        None => {
+            if e.upload_options_given() {
+                return Err(Error::invalid_argument(
+                    "--endpoint, --region, --virtual-hosted, --part-size, --parallel-parts, \
+                     --retries, --no-crc32c and --scratch-dir apply to s3://, obs://, oci:// \
+                     and pre-authenticated request outputs",
+                ));
+            }
+            let Some(base) = &e.publish_url else {
+                return Ok((None, a.output_path.clone()));
+            };
+            if a.output_path.as_os_str() == "-" {
+                return Err(Error::invalid_argument(
+                    "--publish-url needs a file output, not stdout",
+                ));
+            }
+            let base_url = url::Url::parse(base)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    Error::invalid_argument(format!("--publish-url '{base}' is not an http(s) URL"))
+                })?;
+            let name = a
+                .output_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::invalid_argument("the output needs a UTF-8 file name"))?
+                .to_string();
+            let dir = match a.output_path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            Ok((
+                Some(Target::Folder {
+                    dir,
+                    name,
+                    base_url,
+                    overwrite: a.force,
+                }),
+                a.output_path.clone(),
+            ))
+        }
+    }
+}
+
 fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
     let input_format = parse_format(a.input_format.as_deref())?;
     let to_stdout = a.output_path.as_os_str() == "-";
+    let (target, named) = target(&a)?;
     let format = match parse_format(a.output_format.as_deref())? {
         Some(f) => f,
         None if to_stdout => {
@@ -61,7 +243,7 @@ fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
                 "writing to stdout needs the output format: add -O FMT",
             ))
         }
-        None => format_from_extension(&a.output_path)?,
+        None => format_from_extension(&named)?,
     };
     let mut options = ConvertOptions::new(format);
     options.writer_options = writer_options(&a.options)?;
@@ -75,10 +257,17 @@ fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
         (None, false) => ProgressMode::None,
     };
     set_threads(a.common.threads)?;
+    let scratch_dir = a
+        .export
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
     Ok(ConvertPlan {
         input: a.input,
         input_format,
-        output: (!to_stdout).then_some(a.output_path),
+        output: (!to_stdout && target.is_none()).then_some(a.output_path),
+        target,
+        scratch_dir,
         options,
         progress,
         force: a.force,
@@ -141,6 +330,18 @@ pub(crate) fn convert(args: ConvertArgs) -> CmdResult {
     let cancel = CancelToken::new();
     install_signal_handler(&cancel);
     let progress = make_progress(plan.progress);
+    if let Some(target) = &plan.target {
+        let done = imgconv_export::export(
+            &*reader,
+            target,
+            &plan.options,
+            &plan.scratch_dir,
+            &*progress,
+            &cancel,
+        )?;
+        print_summary(&plan, &done.summary, Some(&done.location));
+        return Ok(0);
+    }
     let dest = match &plan.output {
         Some(path) => Destination::File {
             path: path.clone(),
@@ -153,17 +354,22 @@ pub(crate) fn convert(args: ConvertArgs) -> CmdResult {
         )))),
     };
     let summary = imgconv::convert(&*reader, dest, &plan.options, &*progress, &cancel)?;
-    print_summary(&plan, &summary);
+    print_summary(&plan, &summary, None);
     Ok(0)
 }
 
-fn print_summary(plan: &ConvertPlan, s: &Summary) {
-    let name = s
-        .digested_file
-        .as_ref()
-        .or(plan.output.as_ref())
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "-".into());
+/// Print the result; `location` is where an export put the object.
+fn print_summary(plan: &ConvertPlan, s: &Summary, location: Option<&str>) {
+    let name = match location {
+        Some(l) => l.to_string(),
+        None => s
+            .digested_file
+            .as_ref()
+            .or(plan.output.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into()),
+    };
+    let to_stdout = plan.output.is_none() && location.is_none();
     match plan.output_mode {
         OutputMode::Json => {
             let digests: serde_json::Map<String, serde_json::Value> = s
@@ -184,7 +390,11 @@ fn print_summary(plan: &ConvertPlan, s: &Summary) {
                 "seconds": s.seconds,
                 "notes": s.notes,
             });
-            emit_result(plan.output.is_none(), &doc.to_string());
+            let mut doc = doc;
+            if let Some(l) = location {
+                doc["url"] = json!(l);
+            }
+            emit_result(to_stdout, &doc.to_string());
         }
         OutputMode::Human => {
             for note in &s.notes {
@@ -197,7 +407,7 @@ fn print_summary(plan: &ConvertPlan, s: &Summary) {
                 .map(|d| format!("{} ({name}) = {}", d.kind.name().to_uppercase(), d.hex))
                 .collect();
             if !lines.is_empty() {
-                emit_result(plan.output.is_none(), &lines.join("\n"));
+                emit_result(to_stdout, &lines.join("\n"));
             }
         }
     }

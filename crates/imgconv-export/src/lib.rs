@@ -26,10 +26,12 @@
 //! ```
 
 mod credentials;
+mod export;
 mod par;
 mod parts;
 mod s3;
 
 pub use credentials::Credentials;
+pub use export::{export, Exported, Target};
 pub use par::{ParConfig, ParSink, ParUrl, PAR_MAX_PART_SIZE};
 pub use s3::{S3Config, S3Location, S3Sink, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};

@@ -205,6 +205,10 @@ impl Backend for Par {
             .map(|_| ())
     }
 
+    fn set_cancel(&mut self, cancel: imgconv::CancelToken) {
+        self.http.cancel = cancel;
+    }
+
     fn abort(&self, upload: &str) {
         if let Ok(url) = self.access(upload, "") {
             let _ = self
@@ -240,6 +244,12 @@ impl ParSink {
     /// The part size in use.
     pub fn part_size(&self) -> usize {
         self.0.part_size()
+    }
+
+    /// Stop when `cancel` is cancelled (see [`crate::S3Sink::watch`]).
+    pub fn watch(mut self, cancel: &imgconv::CancelToken) -> Self {
+        self.0.watch(cancel);
+        self
     }
 }
 

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use base64::Engine as _;
-use imgconv::{Error, ErrorKind, Result, Sink};
+use imgconv::{CancelToken, Error, ErrorKind, Result, Sink};
 use md5::{Digest as _, Md5};
 use url::Url;
 
@@ -95,6 +95,7 @@ impl Transfer {
             retries: self.retries,
             location,
             decode,
+            cancel: CancelToken::new(),
         }
     }
 }
@@ -109,6 +110,8 @@ pub(crate) struct Http {
     /// The destination, for messages.
     pub(crate) location: String,
     pub(crate) decode: Decode,
+    /// Stops retries once cancelled.
+    pub(crate) cancel: CancelToken,
 }
 
 /// What a successful request answered.
@@ -173,6 +176,7 @@ impl Http {
                     format!("{what} of {}: {}", self.location, t.kind()),
                 ),
             };
+            self.cancel.check()?;
             if attempt >= self.retries {
                 return Err(Error::new(
                     retry.kind(),
@@ -205,6 +209,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn complete(&self, upload: &str, parts: &BTreeMap<u16, Uploaded>) -> Result<()>;
     /// Drop the upload and its parts (best effort).
     fn abort(&self, upload: &str);
+    /// Stop retrying once `cancel` is cancelled.
+    fn set_cancel(&mut self, cancel: CancelToken);
 }
 
 fn copy(e: &Error) -> Error {
@@ -244,9 +250,20 @@ pub(crate) struct PartSink<B: Backend> {
     pos: u64,
     next_part: u16,
     upload: Option<Upload>,
+    cancel: CancelToken,
 }
 
 impl<B: Backend> PartSink<B> {
+    /// Stop (and abort the upload) when `cancel` is cancelled: no new part or retry starts,
+    /// and `finish` fails with `Cancelled` once the requests in flight end. Call before
+    /// writing.
+    pub(crate) fn watch(&mut self, cancel: &CancelToken) {
+        self.cancel = cancel.clone();
+        if let Some(b) = Arc::get_mut(&mut self.backend) {
+            b.set_cancel(cancel.clone());
+        }
+    }
+
     pub(crate) fn new(backend: B, part_size: usize, parallel: usize, max_parts: u64) -> Self {
         PartSink {
             backend: Arc::new(backend),
@@ -257,6 +274,7 @@ impl<B: Backend> PartSink<B> {
             pos: 0,
             next_part: 1,
             upload: None,
+            cancel: CancelToken::new(),
         }
     }
 
@@ -275,10 +293,13 @@ impl<B: Backend> PartSink<B> {
                 .map(|_| {
                     let (rx, done, failure) = (rx.clone(), done.clone(), failure.clone());
                     let (backend, id) = (self.backend.clone(), id.clone());
+                    let cancel = self.cancel.clone();
                     std::thread::spawn(move || loop {
                         let next = rx.lock().ok().and_then(|r| r.recv().ok());
                         let Some((n, data)) = next else { return };
-                        if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                        if cancel.is_cancelled()
+                            || failure.lock().map(|f| f.is_some()).unwrap_or(true)
+                        {
                             continue;
                         }
                         match backend.put_part(&id, n, &data) {
@@ -311,6 +332,7 @@ impl<B: Backend> PartSink<B> {
 
     /// Hand a full part to the uploaders (blocks while `parallel` parts are queued).
     fn send_part(&mut self, data: Vec<u8>) -> Result<()> {
+        self.cancel.check()?;
         if let Some(e) = self.upload.as_ref().and_then(Upload::failure) {
             return Err(e);
         }
@@ -350,6 +372,7 @@ impl<B: Backend> PartSink<B> {
             .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: no upload"))?;
         upload.drain();
         let outcome = match upload.failure() {
+            _ if self.cancel.is_cancelled() => Err(Error::cancelled()),
             Some(e) => Err(e),
             None => upload
                 .done

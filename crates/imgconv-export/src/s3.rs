@@ -38,6 +38,7 @@ pub struct S3Config {
     path_style: bool,
     transfer: Transfer,
     crc32c: bool,
+    overwrite: bool,
 }
 
 impl S3Config {
@@ -59,6 +60,7 @@ impl S3Config {
             path_style: true,
             transfer: Transfer::new(MIN_PART_SIZE, MAX_PART_SIZE),
             crc32c: true,
+            overwrite: false,
         })
     }
 
@@ -92,6 +94,13 @@ impl S3Config {
     /// 120 s by default.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.transfer = self.transfer.timeout(timeout);
+        self
+    }
+
+    /// Replace an object that already exists at the key; by default such an export is refused
+    /// before anything is converted.
+    pub fn overwrite(mut self, yes: bool) -> Self {
+        self.overwrite = yes;
         self
     }
 
@@ -289,6 +298,10 @@ impl Backend for S3 {
         Ok(())
     }
 
+    fn set_cancel(&mut self, cancel: imgconv::CancelToken) {
+        self.http.cancel = cancel;
+    }
+
     fn abort(&self, upload: &str) {
         let action = self
             .bucket
@@ -320,6 +333,9 @@ fn status_error(code: u16, body: &str, what: &str, location: &str) -> Error {
     let detail = match (s3code.is_empty(), message.is_empty()) {
         (false, false) => format!("{s3code}: {message}"),
         (false, true) => s3code.to_string(),
+        _ if code == 403 => {
+            "HTTP 403, access denied: check the keys, the region and the bucket's policy".into()
+        }
         _ => format!("HTTP {code}"),
     };
     Error::new(kind, format!("{what} of {location} failed: {detail}"))
@@ -375,6 +391,19 @@ impl S3Sink {
                 _ => e,
             });
         }
+        if !config.overwrite {
+            let head = sign(s3.bucket.head_object(Some(&s3.creds), &s3.key), &[]);
+            match s3.send("checking the key", "HEAD", &head, None) {
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("{to} already exists (use --force to replace it)"),
+                    ))
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(S3Sink(PartSink::new(
             s3,
             part_size,
@@ -386,6 +415,13 @@ impl S3Sink {
     /// The part size in use.
     pub fn part_size(&self) -> usize {
         self.0.part_size()
+    }
+
+    /// Stop when `cancel` is cancelled: no new part or retry starts, the upload is aborted
+    /// once the requests in flight end, and `finish` fails with `Cancelled`.
+    pub fn watch(mut self, cancel: &imgconv::CancelToken) -> Self {
+        self.0.watch(cancel);
+        self
     }
 }
 

@@ -48,6 +48,12 @@ impl ConvertOptions {
         }
     }
 
+    /// Whether this output is written out of order, so that it needs a seekable destination
+    /// (a file) rather than a stream: compressed QCOW2, whose tables and header come last.
+    pub fn needs_seekable_output(&self) -> bool {
+        self.format == Format::Qcow2 && self.compress
+    }
+
     /// Also compute these digests of the output.
     pub fn with_digests(mut self, digests: &[DigestKind]) -> Self {
         self.digests = digests.to_vec();

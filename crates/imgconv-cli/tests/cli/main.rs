@@ -2,6 +2,7 @@
 //! md5sum, sha256sum). A missing tool fails the test: the README's test command installs them.
 
 mod errors;
+mod export;
 mod failures;
 mod qcow2;
 mod raw;

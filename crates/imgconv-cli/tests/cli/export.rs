@@ -1,0 +1,334 @@
+//! Exports from the command line: `imgconv IN s3://bucket/key.EXT --endpoint URL` into a real
+//! S3-compatible server that checks signatures (`s3s-fs`), into an OCI pre-authenticated
+//! request, and into a folder published under a base URL. Every object is downloaded and
+//! checked against the digests imgconv printed and, by qemu-img, against the source.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use imgconv_testkit::{Fault, FaultProxy, ParServer, Rule, S3Server, ACCESS_KEY, SECRET_KEY};
+
+use crate::tools::*;
+
+/// A 26 MiB disk: incompressible data (so that every format needs several 5 MiB parts),
+/// zeros, holes and text.
+fn source(dir: &Path) -> PathBuf {
+    let img = Image::new(dir.join("src.raw"), 26 * MIB + 1024)
+        .data(0, 6 * MIB as usize)
+        .zeros(6 * MIB, 2 * MIB as usize)
+        .data(10 * MIB + 512, 7 * MIB as usize)
+        .data(20 * MIB, 3 * MIB as usize)
+        .data(26 * MIB, 1024);
+    img.done()
+}
+
+/// `imgconv` with the server's keys in the environment.
+fn with_keys() -> Command {
+    let mut c = imgconv();
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    c
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).expect("JSON result")
+}
+
+/// Write `bytes` to `dir/name` and check them against the printed result.
+fn check_object(dir: &Path, name: &str, bytes: &[u8], result: &serde_json::Value) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write object");
+    assert_eq!(result["output-size"], bytes.len() as u64, "{name}");
+    assert_eq!(result["digests"]["md5"], md5sum(&path), "{name}");
+    assert_eq!(result["digests"]["sha256"], sha256sum(&path), "{name}");
+    path
+}
+
+#[test]
+fn exports_to_s3_in_each_format_match_their_digests_and_the_source() {
+    let dir = scratch("export-s3");
+    let src = source(&dir);
+    let server = S3Server::start("cli-formats");
+    let scratch_dir = dir.join("scratch");
+    std::fs::create_dir_all(&scratch_dir).expect("scratch dir");
+    for (key, args, qemu_fmt, multipart) in [
+        (
+            "d.vmdk",
+            &["-o", "subformat=streamOptimized"][..],
+            "vmdk",
+            true,
+        ),
+        ("d.vhd", &[][..], "vpc", true),
+        ("d.qcow2", &[][..], "qcow2", true),
+        ("dc.qcow2", &["-c"][..], "qcow2", true),
+        ("d.raw", &[][..], "raw", true),
+        (
+            "small.vmdk",
+            &["-o", "subformat=streamOptimized", "-O", "vmdk"][..],
+            "vmdk",
+            false,
+        ),
+    ] {
+        let input = if multipart {
+            src.clone()
+        } else {
+            mixed_source(&dir)
+        };
+        let out = ok(with_keys()
+            .arg(&input)
+            .arg(format!("s3://exports/{key}"))
+            .args(["--endpoint", &server.endpoint(), "--region", "us-east-1"])
+            .args(["--part-size", "5M", "--output", "json", "--scratch-dir"])
+            .arg(&scratch_dir)
+            .args(args));
+        let result = json(&out);
+        assert_eq!(result["url"], format!("s3://exports/{key}"));
+        let bytes = server.download(key).expect("object");
+        assert_eq!(
+            bytes.len() > 10 << 20,
+            multipart,
+            "{key}: {} bytes",
+            bytes.len()
+        );
+        let object = check_object(&dir, key, &bytes, &result);
+        assert_eq!(
+            qemu_compare_formats(&input, "raw", &object, qemu_fmt),
+            0,
+            "{key} differs from the source"
+        );
+        if qemu_fmt == "qcow2" {
+            let check = tool("qemu-img", &["check", "-f", "qcow2", path_str(&object)]);
+            assert!(check.status.success(), "{key}: {check:?}");
+        }
+    }
+    assert!(entries(&scratch_dir).is_empty(), "scratch file left behind");
+    // Human output: md5sum-style lines naming the object.
+    let out = ok(with_keys()
+        .arg(&src)
+        .arg("s3://exports/h.vhd")
+        .args(["--endpoint", &server.endpoint()]));
+    let h = dir.join("h.vhd");
+    std::fs::write(&h, server.download("h.vhd").expect("object")).expect("write");
+    assert_eq!(qemu_compare_formats(&src, "raw", &h, "vpc"), 0);
+    assert!(
+        out.contains(&format!("MD5 (s3://exports/h.vhd) = {}", md5sum(&h))),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("SHA256 (s3://exports/h.vhd) = {}", sha256sum(&h))),
+        "{out}"
+    );
+}
+
+#[test]
+fn export_errors_have_their_exit_codes() {
+    let dir = scratch("export-errors");
+    let src = mixed_source(&dir);
+    let server = S3Server::start("cli-errors");
+    let ep = server.endpoint();
+    let err = fails_with(
+        with_keys()
+            .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+            .arg(&src)
+            .arg("s3://exports/a.vmdk")
+            .args(["--endpoint", &ep]),
+        11,
+    );
+    assert!(!err.contains("wrong-secret-value"), "{err}");
+    assert!(
+        err.contains("access denied") || err.contains("SignatureDoesNotMatch"),
+        "{err}"
+    );
+    let err = fails_with(
+        with_keys()
+            .arg(&src)
+            .arg("s3://missing/a.vmdk")
+            .args(["--endpoint", &ep]),
+        3,
+    );
+    assert!(err.contains("bucket 'missing' does not exist"), "{err}");
+    // No keys anywhere.
+    let err = fails_with(
+        imgconv()
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .arg(&src)
+            .arg("s3://exports/a.vmdk")
+            .args(["--endpoint", &ep]),
+        2,
+    );
+    assert!(err.contains("no credentials"), "{err}");
+    // An object that exists is kept unless --force.
+    ok(with_keys()
+        .arg(&src)
+        .arg("s3://exports/a.vhd")
+        .args(["--endpoint", &ep]));
+    let first = server.download("a.vhd").expect("object");
+    let err = fails_with(
+        with_keys()
+            .arg(&src)
+            .arg("s3://exports/a.vhd")
+            .args(["--endpoint", &ep, "-O", "raw"]),
+        5,
+    );
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(server.download("a.vhd").expect("object"), first);
+    ok(with_keys().arg(&src).arg("s3://exports/a.vhd").args([
+        "--endpoint",
+        &ep,
+        "-O",
+        "raw",
+        "--force",
+    ]));
+    assert_eq!(
+        server.download("a.vhd").expect("object").len() as u64,
+        9 * MIB + 3072
+    );
+    // Usage errors.
+    for (args, needle) in [
+        (vec!["obs://b/k.vmdk"], "needs --endpoint"),
+        (
+            vec!["s3://b/k.txt", "--endpoint", &ep],
+            "cannot tell the output format",
+        ),
+        (vec!["s3://b", "--endpoint", &ep], "bucket and a key"),
+        (vec!["out.vmdk", "--endpoint", &ep], "apply to s3://"),
+        (
+            vec!["https://example.com/x.vmdk"],
+            "pre-authenticated request URL",
+        ),
+        (
+            vec!["-", "-O", "raw", "--publish-url", "http://h/"],
+            "needs a file output",
+        ),
+        (
+            vec!["s3://b/k.vmdk", "--endpoint", &ep, "--part-size", "1M"],
+            "part size",
+        ),
+    ] {
+        let err = fails_with(with_keys().arg(&src).args(&args).current_dir(&dir), 2);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn an_interrupted_export_leaves_no_object_and_no_upload() {
+    let dir = scratch("export-interrupt");
+    let src = source(&dir);
+    let server = S3Server::start("cli-interrupt");
+    let before = server.files();
+    // Part 3 stalls, so the export is under way when it is interrupted.
+    let proxy = FaultProxy::start(
+        server.port(),
+        vec![Rule::first(
+            "PUT",
+            "partNumber=3",
+            vec![Fault::Stall(Duration::from_secs(2))],
+        )],
+    );
+    let child = with_keys()
+        .arg(&src)
+        .arg("s3://exports/i.raw")
+        .args(["--endpoint", &proxy.endpoint(), "--part-size", "5M"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while !proxy
+        .records()
+        .iter()
+        .any(|r| r.target.contains("partNumber=3"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "part 3 never came"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(tool("kill", &["-INT", &pid]).status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(server.download("i.raw").is_none(), "no object");
+    let records = proxy.records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.method == "DELETE" && r.status == Some(204)),
+        "aborted: {records:#?}"
+    );
+    assert_eq!(
+        server.files(),
+        before,
+        "no upload left in the server's storage"
+    );
+}
+
+#[test]
+fn exports_through_an_oci_par_and_to_a_published_folder() {
+    let dir = scratch("export-par");
+    let src = source(&dir);
+    let par = ParServer::start();
+    let url = par.par_url("disk.vmdk");
+    let out = ok(imgconv().arg(&src).arg(&url).args([
+        "-o",
+        "subformat=streamOptimized",
+        "--part-size",
+        "5M",
+    ]));
+    assert!(
+        !out.contains("pAr-T0ken"),
+        "the PAR token is a secret: {out}"
+    );
+    let bytes = par.object("disk.vmdk").expect("object");
+    let object = dir.join("par.vmdk");
+    std::fs::write(&object, &bytes).expect("write");
+    assert!(
+        out.contains(&format!(
+            "MD5 (http://127.0.0.1/p/<token>/.../o/disk.vmdk) = {}",
+            md5sum(&object)
+        )),
+        "{out}"
+    );
+    assert_eq!(qemu_compare_formats(&src, "raw", &object, "vmdk"), 0);
+    let parts = par
+        .requests()
+        .iter()
+        .filter(|(m, t)| m == "PUT" && t.contains("/u/"))
+        .count();
+    assert!(parts >= 3, "multipart: {:?}", par.requests());
+    assert_eq!(par.pending_uploads(), 0);
+
+    let published = dir.join("www");
+    std::fs::create_dir_all(&published).expect("folder");
+    let out = ok(imgconv()
+        .arg(&src)
+        .arg(published.join("disk 1.qcow2"))
+        .args([
+            "--publish-url",
+            "http://store.example:8000/images",
+            "--output",
+            "json",
+        ]));
+    let result = json(&out);
+    assert_eq!(
+        result["url"],
+        "http://store.example:8000/images/disk%201.qcow2"
+    );
+    let file = published.join("disk 1.qcow2");
+    assert_eq!(result["digests"]["md5"], md5sum(&file));
+    assert_eq!(entries(&published), ["disk 1.qcow2", "disk 1.qcow2.md5"]);
+    let check = Command::new("md5sum")
+        .args(["-c", "disk 1.qcow2.md5"])
+        .current_dir(&published)
+        .output()
+        .expect("md5sum");
+    assert!(check.status.success(), "{check:?}");
+    assert_eq!(qemu_compare_formats(&src, "raw", &file, "qcow2"), 0);
+}
