@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,12 @@ def parse_size(text):
     return int(m.group(1)) * mult
 
 
+sh_env = None
+
+
 def sh(cmd, **kw):
+    if sh_env is not None:
+        kw.setdefault("env", sh_env)
     return subprocess.run(cmd, check=True, **kw)
 
 
@@ -202,9 +208,18 @@ def timed_ab(a, b, before=None, runs=3):
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+def cpu_secs(cmd):
+    """User + system CPU seconds of one run of `cmd`."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=sh_env)
+    _, status, ru = os.wait4(p.pid, 0)
+    if status != 0:
+        sys.exit(f"{cmd} failed")
+    return ru.ru_utime + ru.ru_stime
+
+
 def max_rss_kib(cmd):
     out = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True,
-                         check=True).stderr
+                         check=True, env=sh_env).stderr
     return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out).group(1))
 
 
@@ -368,6 +383,81 @@ def case_vhd(t, img, size, work, runs, out_dir):
          "imgconv --no-sync IN OUT.raw", lambda: rm(raw))
 
 
+def s3s_fs():
+    """The S3-compatible server the tests use (installed by scripts/test.sh)."""
+    local = ROOT / "target" / "tools" / "bin" / "s3s-fs"
+    if local.exists():
+        return str(local)
+    found = shutil.which("s3s-fs")
+    if not found:
+        sys.exit("s3s-fs is needed: run scripts/test.sh once, or "
+                 "cargo install --locked s3s-fs@0.14.1 --features binary")
+    return found
+
+
+def case_export(t, img, size, work, runs, out_dir):
+    """streamOptimized VMDK into a local S3-compatible server against the same conversion into
+    a local file, with the same digests (an export always reports MD5 and SHA-256); the server
+    stores its objects next to where the file goes. The server runs on the same cores, so its
+    own CPU time (reported) is part of the export's wall time here."""
+    root = out_dir / "s3root"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "exports").mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([s3s_fs(), "--host", "127.0.0.1", "--port", str(port),
+                               "--access-key", "bench-key", "--secret-key", "bench-secret-0123",
+                               str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="bench-key",
+                   AWS_SECRET_ACCESS_KEY="bench-secret-0123")
+        out = str(out_dir / "out.vmdk")
+        obj = str(root / "exports" / "out.vmdk")
+        clean = lambda: rm(out, obj)
+        to_file = [str(BIN), "--no-sync", "--digest", "md5,sha256", "-o",
+                   "subformat=streamOptimized", img, out]
+        to_s3 = [str(BIN), "-o", "subformat=streamOptimized", img, "s3://exports/out.vmdk",
+                 "--endpoint", f"http://127.0.0.1:{port}", "--force"]
+        global sh_env
+        sh_env = env
+
+        def server_cpu():
+            with open(f"/proc/{server.pid}/stat") as st:
+                fields = st.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        cpu0 = server_cpu()
+        f, s3 = timed_ab([to_file], [to_s3], clean, runs)
+        server_secs = (server_cpu() - cpu0) / runs
+        fmin, smin = timed_ab.mins
+        clean()
+        fcpu = cpu_secs(to_file)
+        clean()
+        scpu = cpu_secs(to_s3)
+        osize = os.path.getsize(obj)
+        kib = max_rss_kib(to_s3)
+        clean()
+        sh_env = None
+        case = "RAW -> VMDK streamOptimized, export"
+        t.add(case, "imgconv --no-sync --digest md5,sha256 IN OUT.vmdk (local file)", f, size,
+              None, f"fastest {fmin:.2f} s; imgconv CPU {fcpu:.1f} s")
+        t.add(case, "imgconv IN s3://exports/out.vmdk (s3s-fs on 127.0.0.1)", s3, size, f,
+              f"fastest {smin:.2f} s ({smin / fmin:.2f}x); object {osize / MiB:.0f} MiB; "
+              f"max RSS {kib / 1024:.0f} MiB; imgconv CPU {scpu:.1f} s; "
+              f"server CPU {server_secs:.1f} s per export")
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def case_memory(t, work, sizes, realistic):
     images = [(realistic, "realistic")] if realistic.exists() else []
     for size in sizes:
@@ -390,7 +480,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
-    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,vdi,vhd,memory", help="raw, digest, qcow2, vmdk, vdi, vhd, memory")
+    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,vdi,vhd,export,memory",
+                    help="raw, digest, qcow2, vmdk, vdi, vhd, export, memory")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
                     help="where outputs are written (default: --work); a tmpfs such as "
@@ -410,7 +501,7 @@ def main():
     cases = set(args.cases.split(","))
     t = Table()
     img = work / f"realistic-{args.size}.raw"
-    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd"}:
+    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "export"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -427,6 +518,9 @@ def main():
             case_vdi(t, str(img), size, work, args.runs, out_dir)
         if "vhd" in cases:
             case_vhd(t, str(img), size, work, args.runs, out_dir)
+        if "export" in cases:
+            need("/usr/bin/time", "time")
+            case_export(t, str(img), size, work, args.runs, out_dir)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)

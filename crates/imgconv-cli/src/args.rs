@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about,
     after_help = "Exit codes: 0 success (compare: identical), 1 compare: images differ, \
-                  2 usage error or invalid argument (compare: any error), 3 input not found, \
-                  4 input is not a file, 5 output exists (use --force), 6 I/O error, \
+                  2 usage error or invalid argument (compare: any error), 3 input or bucket not found, \
+                  4 input is not a file, 5 output or object exists (use --force), 6 I/O error, \
                   7 no space left or file too large, 8 invalid or corrupt image, \
                   9 unsupported format or feature, 10 limit exceeded, \
                   11 object storage refused the credentials or access, 130 interrupted."
