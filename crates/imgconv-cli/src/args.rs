@@ -36,10 +36,75 @@ pub(crate) enum Command {
     Compare(CompareArgs),
     /// Print the size an output format would need for an image.
     Measure(MeasureArgs),
+    /// Serve a cloud "export image" request: print the provider's response, then run the job.
+    Export(ApiArgs),
+}
+
+/// `imgconv export --api ...`.
+#[derive(Debug, Args)]
+pub(crate) struct ApiArgs {
+    /// The API whose request and response shapes to speak: aws, oci, huawei-ims, huawei-evs,
+    /// zstack.
+    #[arg(long, value_name = "API")]
+    pub(crate) api: String,
+    /// The job database (SQLite), kept across runs.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "IMGCONV_JOBS_DB",
+        default_value = "imgconv-jobs.sqlite"
+    )]
+    pub(crate) db: PathBuf,
+    /// The request body (JSON) to submit.
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["describe", "cancel", "list"])]
+    pub(crate) request: Option<PathBuf>,
+    /// The disk image the request's image (or volume) id stands for.
+    #[arg(long, value_name = "PATH", requires = "request")]
+    pub(crate) image: Option<PathBuf>,
+    /// The id in the request's path (OCI and IMS image id, EVS volume id).
+    #[arg(long, value_name = "ID")]
+    pub(crate) image_id: Option<String>,
+    /// A request header, NAME:VALUE (OCI's opc-retry-token, if-match); repeatable.
+    #[arg(long, value_name = "NAME:VALUE")]
+    pub(crate) header: Vec<String>,
+    /// S3-compatible endpoint for bucket destinations.
+    #[arg(long, value_name = "URL")]
+    pub(crate) endpoint: Option<String>,
+    /// Signing region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub(crate) region: Option<String>,
+    /// Where EVS images go: s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "URL")]
+    pub(crate) bucket: Option<String>,
+    /// ZStack backup storage: the folder a web server publishes...
+    #[arg(long, value_name = "DIR", requires = "publish_url")]
+    pub(crate) publish_dir: Option<PathBuf>,
+    /// ...and the URL it is served at.
+    #[arg(long, value_name = "URL", requires = "publish_dir")]
+    pub(crate) publish_url: Option<String>,
+    /// EVS: the volume is attached to a server (the request then needs force).
+    #[arg(long)]
+    pub(crate) in_use: bool,
+    /// Answer the request but leave the job queued (run it later with --run).
+    #[arg(long)]
+    pub(crate) no_run: bool,
+    /// Run a queued job.
+    #[arg(long, value_name = "JOB")]
+    pub(crate) run: Option<String>,
+    /// Describe a job.
+    #[arg(long, value_name = "JOB")]
+    pub(crate) describe: Option<String>,
+    /// Cancel a job.
+    #[arg(long, value_name = "JOB")]
+    pub(crate) cancel: Option<String>,
+    /// List the API's jobs.
+    #[arg(long)]
+    pub(crate) list: bool,
 }
 
 /// Names of the subcommands, for telling the short form `imgconv IN OUT` apart.
-pub(crate) const SUBCOMMANDS: &[&str] = &["convert", "info", "compare", "measure", "help"];
+pub(crate) const SUBCOMMANDS: &[&str] =
+    &["convert", "info", "compare", "measure", "export", "help"];
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

@@ -11,7 +11,7 @@ use serde_json::json;
 use imgconv_export::{Credentials, ParConfig, ParUrl, S3Config, S3Location, Target};
 
 use crate::args::{
-    CompareArgs, ConvertArgs, ExportArgs, InfoArgs, MeasureArgs, OutputMode, ProgressMode,
+    ApiArgs, CompareArgs, ConvertArgs, ExportArgs, InfoArgs, MeasureArgs, OutputMode, ProgressMode,
 };
 use crate::exit_code;
 use crate::progress::{Bar, JsonLines};
@@ -553,6 +553,105 @@ pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
         }
     }
     Ok(0)
+}
+
+/// `imgconv export --api ...`: the provider's response on stdout (its HTTP status and headers
+/// on stderr), then, for a new job, the job run to its end. Exit 0 when the answer is a
+/// success and the job (if run) completed; 1 when the API answered an error; 6 when the job
+/// failed; 130 when it was cancelled.
+pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
+    use imgconv_export::api::{Api, Context};
+    use imgconv_export::jobs::{JobState, JobStore};
+    let api: Api = a.api.parse()?;
+    let mut store = JobStore::open(&a.db)?;
+    let reply = if let Some(id) = &a.describe {
+        api.describe(&store, id)
+    } else if let Some(id) = &a.cancel {
+        api.cancel(&store, id)
+    } else if a.list {
+        api.list(&store)
+    } else if let Some(id) = &a.run {
+        let job = store.run(id, None)?;
+        api.describe(&store, &job.id)
+    } else {
+        let Some(path) = &a.request else {
+            return Err(Error::invalid_argument(
+                "give --request FILE.json (with --image), --describe, --cancel, --run or --list",
+            )
+            .into());
+        };
+        let Some(image) = &a.image else {
+            return Err(Error::invalid_argument("--request needs --image PATH").into());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                imgconv::ErrorKind::NotFound,
+                format!("reading the request: {e}"),
+            )
+            .with_path(path)
+        })?;
+        let request: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::invalid_argument(format!("the request is not JSON: {e}")).with_path(path)
+        })?;
+        let mut headers = std::collections::BTreeMap::new();
+        for h in &a.header {
+            let (k, v) = h.split_once(':').ok_or_else(|| {
+                Error::invalid_argument(format!("--header '{h}' is not NAME:VALUE"))
+            })?;
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+        let region = a
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into());
+        let bucket = match &a.bucket {
+            Some(b) => {
+                let rest = b.strip_prefix("s3://").ok_or_else(|| {
+                    Error::invalid_argument("--bucket must be s3://BUCKET/PREFIX")
+                })?;
+                let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                Some((name.to_string(), prefix.to_string()))
+            }
+            None => None,
+        };
+        let ctx = Context {
+            source: image.clone(),
+            path_id: a.image_id.clone(),
+            headers,
+            endpoint: a.endpoint.clone().map(|e| (e, region)),
+            bucket,
+            publish: a.publish_dir.clone().zip(a.publish_url.clone()),
+            in_use: a.in_use,
+        };
+        api.submit(&mut store, &ctx, &request)
+    };
+    eprintln!("status: {}", reply.status);
+    for (k, v) in &reply.headers {
+        eprintln!("{k}: {v}");
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&reply.body).unwrap_or_default()
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    if reply.status >= 300 {
+        return Ok(1);
+    }
+    let (Some(id), false) = (&reply.run, a.no_run) else {
+        return Ok(0);
+    };
+    let job = store.run(id, None)?;
+    Ok(match job.state {
+        JobState::Completed => 0,
+        JobState::Cancelled => 130,
+        _ => {
+            eprintln!("imgconv: export job {} failed: {}", job.id, job.message);
+            6
+        }
+    })
 }
 
 #[cfg(test)]

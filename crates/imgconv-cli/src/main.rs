@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Info(a) => commands::info(a),
         Command::Compare(a) => commands::compare(a),
         Command::Measure(a) => commands::measure(a),
+        Command::Export(a) => commands::export_api(a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -25,8 +25,10 @@
 //! # }
 //! ```
 
+pub mod api;
 mod credentials;
 mod export;
+pub mod jobs;
 mod par;
 mod parts;
 mod s3;
@@ -35,3 +37,8 @@ pub use credentials::Credentials;
 pub use export::{export, Exported, Target};
 pub use par::{ParConfig, ParSink, ParUrl, PAR_MAX_PART_SIZE};
 pub use s3::{S3Config, S3Location, S3Sink, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+
+/// Lowercase hex of bytes.
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -59,6 +59,11 @@ impl S3Server {
         panic!("s3s-fs did not start");
     }
 
+    /// Add a bucket (a folder in the server's storage).
+    pub fn create_bucket(&self, name: &str) {
+        std::fs::create_dir_all(self.root.join(name)).expect("bucket folder");
+    }
+
     /// The server's port.
     pub fn port(&self) -> u16 {
         self.port
@@ -70,10 +75,14 @@ impl S3Server {
     }
 
     fn bucket(&self) -> Bucket {
+        self.bucket_named("exports")
+    }
+
+    fn bucket_named(&self, name: &str) -> Bucket {
         Bucket::new(
             Url::parse(&self.endpoint()).expect("url"),
             UrlStyle::Path,
-            "exports".to_string(),
+            name.to_string(),
             "us-east-1".to_string(),
         )
         .expect("bucket")
@@ -81,9 +90,14 @@ impl S3Server {
 
     /// GET an object of bucket `exports`; `None` when there is none.
     pub fn download(&self, key: &str) -> Option<Vec<u8>> {
+        self.download_from("exports", key)
+    }
+
+    /// GET an object of `bucket`; `None` when there is none.
+    pub fn download_from(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let creds = Credentials::new(ACCESS_KEY, SECRET_KEY);
         let url = self
-            .bucket()
+            .bucket_named(bucket)
             .get_object(Some(&creds), key)
             .sign(Duration::from_secs(600));
         match ureq::get(url.as_str()).call() {

@@ -3,6 +3,7 @@
 
 mod errors;
 mod export;
+mod export_api;
 mod failures;
 mod qcow2;
 mod raw;

@@ -1,0 +1,620 @@
+//! Export jobs: submit, run, status, cancel, list, kept in an SQLite database so that they
+//! survive the process.
+//!
+//! A job is `queued` when submitted, `active` while a process runs it, then `completed`,
+//! `failed` or `cancelled`. The process running a job records its pid and start time; a job
+//! found `active` (or `queued` with a runner) whose process is gone is marked `failed` when the
+//! store is next opened, so a killed process never leaves a job lost or reported complete
+//! (its multipart upload, if any, was never completed, so no object exists).
+//!
+//! Idempotency follows the cloud APIs: a client token names a request for 24 hours; the same
+//! token with the same request returns the same job, with a different request it is a
+//! conflict. Cancelling an active job sets a flag that the running process polls; it aborts
+//! the upload and marks the job `cancelled`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use imgconv::{
+    open_image, CancelToken, ConvertOptions, Error, ErrorKind, Format, Progress, Result,
+    WriterOptions,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::{export, Credentials, ParConfig, ParUrl, S3Config, S3Location, Target};
+
+/// How long a client token names its request.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a job puts the object (credentials are not stored: they come from the
+/// environment of the process that runs the job).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TargetSpec {
+    /// An S3-compatible bucket.
+    S3 {
+        /// Endpoint URL.
+        endpoint: String,
+        /// Signing region.
+        region: String,
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// An OCI pre-authenticated request URL (a secret, kept in the job database only).
+    Par {
+        /// The PAR URL.
+        url: String,
+    },
+    /// A folder published under a base URL.
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// The file name.
+        name: String,
+        /// The URL the folder is served at.
+        base_url: String,
+    },
+}
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The image to export.
+    pub source: PathBuf,
+    /// The output format (its name: raw, qcow2, vmdk, vhd, vdi).
+    pub format: String,
+    /// `-o` options for the output format.
+    pub writer_options: Vec<String>,
+    /// Compress where the format can.
+    pub compress: bool,
+    /// Where the object goes.
+    pub target: TargetSpec,
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Submitted, not started.
+    Queued,
+    /// Running.
+    Active,
+    /// The object is in place.
+    Completed,
+    /// Stopped by an error; no object.
+    Failed,
+    /// Stopped on request; no object.
+    Cancelled,
+}
+
+impl JobState {
+    fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Active => "active",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> JobState {
+        match s {
+            "queued" => JobState::Queued,
+            "active" => JobState::Active,
+            "completed" => JobState::Completed,
+            "cancelled" => JobState::Cancelled,
+            _ => JobState::Failed,
+        }
+    }
+
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// A finished job's object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Where the object is.
+    pub location: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its MD5, hex.
+    pub md5: String,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    /// The job's id (provider-style, e.g. `export-ami-0123456789abcdef0`).
+    pub id: String,
+    /// The API the job came from.
+    pub provider: String,
+    /// The state.
+    pub state: JobState,
+    /// Cancellation asked for and not yet done.
+    pub cancel_requested: bool,
+    /// Percent done, 0 to 100.
+    pub progress: u8,
+    /// What is happening or what went wrong.
+    pub message: String,
+    /// What the job does.
+    pub spec: JobSpec,
+    /// The provider's request fields that responses echo.
+    pub request: serde_json::Value,
+    /// The result, once completed.
+    pub result: Option<JobResult>,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// Seconds since the epoch.
+    pub updated: u64,
+}
+
+/// What a submission answers besides errors.
+#[derive(Debug)]
+pub enum Submitted {
+    /// A new job.
+    New(Job),
+    /// The token named this job already, for the same request.
+    Existing(Job),
+}
+
+impl Submitted {
+    /// The job either way.
+    pub fn job(&self) -> &Job {
+        match self {
+            Submitted::New(j) | Submitted::Existing(j) => j,
+        }
+    }
+}
+
+/// The job database.
+pub struct JobStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("job database: {e}"))
+}
+
+/// This process's start time in clock ticks since boot (with the pid, it names the process).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A hex SHA-256 of a request, for telling requests apart under one token.
+pub fn fingerprint(value: &serde_json::Value) -> String {
+    crate::hex(&Sha256::digest(value.to_string().as_bytes()))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    spec TEXT NOT NULL,
+    request TEXT NOT NULL,
+    result TEXT,
+    runner_pid INTEGER,
+    runner_start INTEGER,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    provider TEXT NOT NULL,
+    token TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (provider, token)
+);
+";
+
+impl JobStore {
+    /// Open (or create) the database at `path`, and mark failed the jobs whose process is gone.
+    pub fn open(path: impl AsRef<Path>) -> Result<JobStore> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open(&path).map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let store = JobStore { conn, path };
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn recover(&self) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, runner_pid, runner_start FROM jobs WHERE state = 'active'")
+            .map_err(db_err)?;
+        let rows: Vec<(String, Option<u32>, Option<u64>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db_err)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(db_err)?;
+        for (id, pid, started) in rows {
+            let alive = match (pid, started) {
+                (Some(p), Some(s)) => start_time(p) == Some(s),
+                _ => false,
+            };
+            if !alive {
+                self.conn
+                    .execute(
+                        "UPDATE jobs SET state = 'failed', message = ?2, updated = ?3 \
+                         WHERE id = ?1 AND state = 'active'",
+                        params![
+                            id,
+                            "interrupted: the process running the export stopped before it \
+                             finished; no object was completed",
+                            now()
+                        ],
+                    )
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submit a job, honouring `token` as the APIs define idempotency. `request` is what the
+    /// responses echo; `fingerprint` tells requests apart under one token.
+    pub fn submit(
+        &mut self,
+        provider: &str,
+        id: &str,
+        token: Option<&str>,
+        fingerprint: &str,
+        spec: &JobSpec,
+        request: &serde_json::Value,
+    ) -> Result<Submitted> {
+        let t = now();
+        let tx = self.conn.transaction().map_err(db_err)?;
+        if let Some(token) = token {
+            let found: Option<(String, String, u64)> = tx
+                .query_row(
+                    "SELECT fingerprint, job_id, created FROM tokens \
+                     WHERE provider = ?1 AND token = ?2",
+                    params![provider, token],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if let Some((fp, job_id, created)) = found {
+                if t.saturating_sub(created) < TOKEN_LIFETIME.as_secs() {
+                    if fp != fingerprint {
+                        return Err(Error::new(
+                            ErrorKind::AlreadyExists,
+                            "the client token was already used with a different request",
+                        ));
+                    }
+                    drop(tx);
+                    return Ok(Submitted::Existing(self.get(&job_id)?));
+                }
+                tx.execute(
+                    "DELETE FROM tokens WHERE provider = ?1 AND token = ?2",
+                    params![provider, token],
+                )
+                .map_err(db_err)?;
+            }
+        }
+        let spec_text = serde_json::to_string(spec)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("job spec: {e}")))?;
+        tx.execute(
+            "INSERT INTO jobs (id, provider, state, spec, request, created, updated) \
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?5)",
+            params![id, provider, spec_text, request.to_string(), t],
+        )
+        .map_err(db_err)?;
+        if let Some(token) = token {
+            tx.execute(
+                "INSERT INTO tokens (provider, token, fingerprint, job_id, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![provider, token, fingerprint, id, t],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(Submitted::New(self.get(id)?))
+    }
+
+    /// One job.
+    pub fn get(&self, id: &str) -> Result<Job> {
+        self.conn
+            .query_row(
+                "SELECT id, provider, state, cancel_requested, progress, message, spec, request, \
+                 result, created, updated FROM jobs WHERE id = ?1",
+                params![id],
+                row_to_job,
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no export job '{id}'")))
+    }
+
+    /// The jobs of a provider, newest first.
+    pub fn list(&self, provider: &str) -> Result<Vec<Job>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, provider, state, cancel_requested, progress, message, spec, request, \
+                 result, created, updated FROM jobs WHERE provider = ?1 \
+                 ORDER BY created DESC, id",
+            )
+            .map_err(db_err)?;
+        let jobs = stmt
+            .query_map(params![provider], row_to_job)
+            .map_err(db_err)?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        Ok(jobs)
+    }
+
+    /// Ask a job to stop. A queued job is cancelled at once; an active one when its process
+    /// next looks (the upload is aborted first). A finished job cannot be cancelled.
+    pub fn cancel(&self, id: &str) -> Result<Job> {
+        let job = self.get(id)?;
+        match job.state {
+            JobState::Queued => {
+                self.conn
+                    .execute(
+                        "UPDATE jobs SET state = 'cancelled', message = 'cancelled', \
+                         updated = ?2 WHERE id = ?1",
+                        params![id, now()],
+                    )
+                    .map_err(db_err)?;
+            }
+            JobState::Active => {
+                self.conn
+                    .execute(
+                        "UPDATE jobs SET cancel_requested = 1, updated = ?2 WHERE id = ?1",
+                        params![id, now()],
+                    )
+                    .map_err(db_err)?;
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("export job '{id}' has already ended ({})", job.state.name()),
+                ))
+            }
+        }
+        self.get(id)
+    }
+
+    fn set(&self, id: &str, state: JobState, message: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = ?2, message = ?3, updated = ?4 WHERE id = ?1",
+                params![id, state.name(), message, now()],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Run a queued job in this process to its end; the job as it ended. `credentials` are
+    /// used for S3 targets.
+    pub fn run(&self, id: &str, credentials: Option<Credentials>) -> Result<Job> {
+        let pid = std::process::id();
+        let claimed = self
+            .conn
+            .execute(
+                "UPDATE jobs SET state = 'active', message = 'converting', runner_pid = ?2, \
+                 runner_start = ?3, updated = ?4 WHERE id = ?1 AND state = 'queued'",
+                params![id, pid, start_time(pid), now()],
+            )
+            .map_err(db_err)?;
+        if claimed == 0 {
+            return self.get(id);
+        }
+        let job = self.get(id)?;
+        let cancel = CancelToken::new();
+        let db = Connection::open(&self.path).map_err(db_err)?;
+        db.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+        let progress = DbProgress {
+            db: Mutex::new((db, 0, Instant::now())),
+            id: id.to_string(),
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        };
+        // A watcher trips the token when a cancellation is recorded, whatever the export is
+        // doing (converting, or waiting for its last parts).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (path, id, cancel, stop) = (
+                self.path.clone(),
+                id.to_string(),
+                cancel.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let Ok(db) = Connection::open(&path) else {
+                    return;
+                };
+                let _ = db.busy_timeout(Duration::from_secs(10));
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = db
+                        .query_row(
+                            "SELECT cancel_requested FROM jobs WHERE id = ?1",
+                            params![id],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .map(|v| v != 0)
+                        .unwrap_or(false);
+                    if asked {
+                        cancel.cancel();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let outcome = run_spec(&job.spec, credentials, &progress, &cancel);
+        stop.store(true, Ordering::Relaxed);
+        let _ = watcher.join();
+        match outcome {
+            Ok(r) => {
+                let text = serde_json::to_string(&r).unwrap_or_default();
+                self.conn
+                    .execute(
+                        "UPDATE jobs SET state = 'completed', progress = 100, message = \
+                         'completed', result = ?2, updated = ?3 WHERE id = ?1",
+                        params![id, text, now()],
+                    )
+                    .map_err(db_err)?;
+            }
+            Err(e) if e.kind() == ErrorKind::Cancelled => {
+                self.set(id, JobState::Cancelled, "cancelled")?;
+            }
+            Err(e) => self.set(id, JobState::Failed, &e.to_string())?,
+        }
+        self.get(id)
+    }
+}
+
+fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let spec: String = r.get(6)?;
+    let request: String = r.get(7)?;
+    let result: Option<String> = r.get(8)?;
+    let state: String = r.get(2)?;
+    let progress: i64 = r.get(4)?;
+    let bad = |e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+    };
+    Ok(Job {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        state: JobState::parse(&state),
+        cancel_requested: r.get::<_, i64>(3)? != 0,
+        progress: progress.clamp(0, 100) as u8,
+        message: r.get(5)?,
+        spec: serde_json::from_str(&spec).map_err(bad)?,
+        request: serde_json::from_str(&request).map_err(bad)?,
+        result: result
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(bad)?,
+        created: r.get(9)?,
+        updated: r.get(10)?,
+    })
+}
+
+/// Progress into the database (at most every whole percent or second).
+struct DbProgress {
+    db: Mutex<(Connection, u8, Instant)>,
+    id: String,
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Progress for DbProgress {
+    fn start(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    fn advance(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let total = self.total.load(Ordering::Relaxed).max(1);
+        // The last percent is kept for the end of the upload.
+        let pct = ((done.min(total) * 99) / total) as u8;
+        let Ok(mut db) = self.db.lock() else {
+            return;
+        };
+        if pct == db.1 && db.2.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        db.1 = pct;
+        db.2 = Instant::now();
+        let _ = db.0.execute(
+            "UPDATE jobs SET progress = ?2, updated = ?3 WHERE id = ?1",
+            params![self.id, pct, now()],
+        );
+    }
+}
+
+fn run_spec(
+    spec: &JobSpec,
+    credentials: Option<Credentials>,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<JobResult> {
+    let format: Format = spec.format.parse()?;
+    let mut options = ConvertOptions::new(format);
+    let mut wo = WriterOptions::new();
+    for o in &spec.writer_options {
+        wo.extend(o)?;
+    }
+    options.writer_options = wo;
+    options.compress = spec.compress;
+    let target = match &spec.target {
+        TargetSpec::S3 {
+            endpoint,
+            region,
+            bucket,
+            key,
+        } => Target::S3 {
+            config: S3Config::new(endpoint, region)?,
+            credentials: match credentials {
+                Some(c) => c,
+                None => Credentials::from_env()?,
+            },
+            location: S3Location {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            },
+        },
+        TargetSpec::Par { url } => Target::Par {
+            config: ParConfig::new(),
+            url: ParUrl::parse(url)?,
+        },
+        TargetSpec::Folder {
+            dir,
+            name,
+            base_url,
+        } => Target::Folder {
+            dir: dir.clone(),
+            name: name.clone(),
+            base_url: url::Url::parse(base_url)
+                .map_err(|e| Error::invalid_argument(format!("base URL: {e}")))?,
+            overwrite: false,
+        },
+    };
+    let reader = open_image(&spec.source, None)?;
+    let scratch = std::env::temp_dir();
+    let done = export(&*reader, &target, &options, &scratch, progress, cancel)?;
+    Ok(JobResult {
+        location: done.location,
+        size: done.size,
+        md5: done.md5,
+        sha256: done.sha256,
+    })
+}
