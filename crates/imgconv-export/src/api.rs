@@ -388,6 +388,7 @@ fn aws_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         writer_options: opts,
         compress: false,
         target: s3_target(ctx, bucket, &key)?,
+        oci_archive: false,
     };
     let tags: Vec<Value> = req
         .get("TagSpecifications")
@@ -497,18 +498,12 @@ fn oci_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         }
     }
     let format = str_field(req, "exportFormat").unwrap_or("OCI");
-    let (fmt, ext, compress) = match format {
-        "QCOW2" => (Format::Qcow2, "qcow2", false),
-        "VMDK" => (Format::Vmdk, "vmdk", false),
-        "VHD" => (Format::Vhd, "vhd", false),
-        "VDI" => (Format::Vdi, "vdi", false),
-        "OCI" => {
-            return Err(ApiError {
-                status: 400,
-                code: "InvalidParameter".into(),
-                message: "exportFormat OCI (a tar of image_metadata.json and output.QCOW2) is not available yet; use QCOW2".into(),
-            })
-        }
+    let (fmt, oci_archive) = match format {
+        "QCOW2" => (Format::Qcow2, false),
+        "VMDK" => (Format::Vmdk, false),
+        "VHD" => (Format::Vhd, false),
+        "VDI" => (Format::Vdi, false),
+        "OCI" => (Format::Qcow2, true),
         other => {
             return Err(bad(
                 "InvalidParameter",
@@ -516,7 +511,6 @@ fn oci_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
             ))
         }
     };
-    let _ = ext;
     let target = match str_field(req, "destinationType") {
         Some("objectStorageUri") => {
             let uri = str_field(req, "destinationUri")
@@ -561,8 +555,9 @@ fn oci_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         source: ctx.source.clone(),
         format: fmt.name().into(),
         writer_options: vec![],
-        compress,
+        compress: false,
         target,
+        oci_archive,
     };
     let mut echo = req.clone();
     if let Some(o) = echo.as_object_mut() {
@@ -698,6 +693,7 @@ fn ims_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         writer_options: opts,
         compress: false,
         target: s3_target(ctx, bucket, file)?,
+        oci_archive: false,
     };
     let mut echo = req.clone();
     echo["image_id"] = json!(image_id);
@@ -803,6 +799,7 @@ fn evs_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         writer_options: vec![],
         compress: false,
         target: s3_target(ctx, &bucket, &key)?,
+        oci_archive: false,
     };
     let mut echo = json!({
         "id": volume_id,
@@ -870,6 +867,7 @@ fn zstack_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Rep
             name: format!("{image}.{format}"),
             base_url: base,
         },
+        oci_archive: false,
     };
     let echo = json!({ "imageUuid": image, "exportFormat": format });
     let (job, new) = submit_job(Api::Zstack, store, &id, None, req, &spec, &echo)?;

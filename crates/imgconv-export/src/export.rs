@@ -105,28 +105,8 @@ pub fn export(
         );
     }
     let expected = expected_size(reader);
-    let make_sink = || -> Result<Box<dyn Sink>> {
-        Ok(match target {
-            Target::S3 {
-                config,
-                credentials,
-                location,
-            } => Box::new(
-                S3Sink::create(config, credentials.clone(), location, expected)?.watch(cancel),
-            ),
-            Target::Par { config, url } => {
-                Box::new(ParSink::create(config, url, expected)?.watch(cancel))
-            }
-            Target::Folder { .. } => {
-                return Err(Error::new(ErrorKind::Io, "internal error: folder target"))
-            }
-        })
-    };
-    let location = match target {
-        Target::S3 { location, .. } => location.to_string(),
-        Target::Par { url, .. } => url.to_string(),
-        Target::Folder { .. } => String::new(),
-    };
+    let make_sink = || upload_sink(target, expected, cancel);
+    let location = location_of(target);
     let summary = if options.needs_seekable_output() {
         via_scratch(
             reader,
@@ -146,6 +126,89 @@ pub fn export(
         )?
     };
     finished(summary, location)
+}
+
+/// The upload sink for a bucket or PAR target.
+fn upload_sink(target: &Target, expected: u64, cancel: &CancelToken) -> Result<Box<dyn Sink>> {
+    Ok(match target {
+        Target::S3 {
+            config,
+            credentials,
+            location,
+        } => {
+            Box::new(S3Sink::create(config, credentials.clone(), location, expected)?.watch(cancel))
+        }
+        Target::Par { config, url } => {
+            Box::new(ParSink::create(config, url, expected)?.watch(cancel))
+        }
+        Target::Folder { .. } => {
+            return Err(Error::unsupported(
+                "this export goes to object storage, not to a folder",
+            ))
+        }
+    })
+}
+
+fn location_of(target: &Target) -> String {
+    match target {
+        Target::S3 { location, .. } => location.to_string(),
+        Target::Par { url, .. } => url.to_string(),
+        Target::Folder { base_url, name, .. } => format!("{base_url}{name}"),
+    }
+}
+
+/// Export `reader` in Oracle Cloud's `OCI` format: one tar holding `image_metadata.json`
+/// (`metadata`) and `output.QCOW2`, streamed into a bucket or PAR target in one pass (the
+/// QCOW2's exact size is measured first, for its tar header). The digests are the archive's.
+pub fn export_oci_archive(
+    reader: &dyn Reader,
+    target: &Target,
+    metadata: &serde_json::Value,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<Exported> {
+    let options = ConvertOptions::new(imgconv::Format::Qcow2);
+    let disk = imgconv::measure(reader, &options, cancel)?.required;
+    let sink = upload_sink(target, disk.saturating_add(1 << 20), cancel)?;
+    let digests: crate::oci::Digests = Default::default();
+    let archive = crate::oci::OciArchiveSink::new(sink, metadata, disk, digests.clone())?;
+    let summary = convert(
+        reader,
+        Destination::Sink(Box::new(archive)),
+        &options,
+        progress,
+        cancel,
+    )?;
+    let digests = digests
+        .lock()
+        .ok()
+        .and_then(|d| d.clone())
+        .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: archive digests missing"))?;
+    let find = |k: DigestKind| {
+        digests
+            .iter()
+            .find(|d| d.kind == k)
+            .map(|d| d.hex.clone())
+            .unwrap_or_default()
+    };
+    let tar_len = 512
+        + (metadata_len(metadata)?).next_multiple_of(512)
+        + 512
+        + disk.next_multiple_of(512)
+        + 1024;
+    Ok(Exported {
+        size: tar_len,
+        location: location_of(target),
+        md5: find(DigestKind::Md5),
+        sha256: find(DigestKind::Sha256),
+        summary,
+    })
+}
+
+fn metadata_len(metadata: &serde_json::Value) -> Result<u64> {
+    serde_json::to_vec_pretty(metadata)
+        .map(|v| v.len() as u64)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("image metadata: {e}")))
 }
 
 fn finished(summary: Summary, location: String) -> Result<Exported> {

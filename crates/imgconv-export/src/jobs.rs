@@ -75,6 +75,9 @@ pub struct JobSpec {
     pub compress: bool,
     /// Where the object goes.
     pub target: TargetSpec,
+    /// Wrap the QCOW2 in Oracle Cloud's `OCI` tar (with `image_metadata.json`).
+    #[serde(default)]
+    pub oci_archive: bool,
 }
 
 /// A job's state.
@@ -610,11 +613,104 @@ fn run_spec(
     };
     let reader = open_image(&spec.source, None)?;
     let scratch = std::env::temp_dir();
-    let done = export(&*reader, &target, &options, &scratch, progress, cancel)?;
+    let done = if spec.oci_archive {
+        crate::export_oci_archive(
+            &*reader,
+            &target,
+            &crate::oci_image_metadata(),
+            progress,
+            cancel,
+        )?
+    } else {
+        export(&*reader, &target, &options, &scratch, progress, cancel)?
+    };
     Ok(JobResult {
         location: done.location,
         size: done.size,
         md5: done.md5,
         sha256: done.sha256,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            source: PathBuf::from("/nonexistent.raw"),
+            format: "raw".into(),
+            writer_options: vec![],
+            compress: false,
+            target: TargetSpec::Folder {
+                dir: PathBuf::from("/tmp"),
+                name: "x.raw".into(),
+                base_url: "http://h/".into(),
+            },
+            oci_archive: false,
+        }
+    }
+
+    fn db(name: &str) -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("imgconv-jobs-{name}-{}.sqlite", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn tokens_expire_after_a_day() -> Result<()> {
+        let path = db("tokens");
+        let mut s = JobStore::open(&path)?;
+        let r = serde_json::json!({});
+        assert!(matches!(
+            s.submit("aws", "a", Some("t"), "f1", &spec(), &r)?,
+            Submitted::New(_)
+        ));
+        match s.submit("aws", "b", Some("t"), "f1", &spec(), &r)? {
+            Submitted::Existing(j) => assert_eq!(j.id, "a"),
+            other => panic!("{other:?}"),
+        }
+        let e = s.submit("aws", "c", Some("t"), "f2", &spec(), &r).err();
+        assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::AlreadyExists));
+        // Other providers have their own tokens.
+        assert!(matches!(
+            s.submit("oci", "d", Some("t"), "f2", &spec(), &r)?,
+            Submitted::New(_)
+        ));
+        // A day later the token names nothing.
+        s.conn
+            .execute("UPDATE tokens SET created = created - 86401", [])
+            .map_err(db_err)?;
+        match s.submit("aws", "e", Some("t"), "f2", &spec(), &r)? {
+            Submitted::New(j) => assert_eq!(j.id, "e"),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    #[test]
+    fn active_jobs_of_a_dead_process_fail_on_the_next_open() -> Result<()> {
+        let path = db("recover");
+        {
+            let mut s = JobStore::open(&path)?;
+            s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
+            s.conn
+                .execute(
+                    "UPDATE jobs SET state = 'active', runner_pid = 999999999, runner_start = 1",
+                    [],
+                )
+                .map_err(db_err)?;
+        }
+        let s = JobStore::open(&path)?;
+        let j = s.get("j1")?;
+        assert_eq!(j.state, JobState::Failed);
+        assert!(j.message.contains("interrupted"), "{}", j.message);
+        assert!(j.result.is_none());
+        // Cancelling a finished job is refused.
+        assert!(s.cancel("j1").is_err());
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
 }

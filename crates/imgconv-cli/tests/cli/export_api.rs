@@ -567,3 +567,84 @@ fn a_job_whose_process_was_killed_shows_as_failed_never_complete() {
         s3.files()
     );
 }
+
+#[test]
+fn oci_exports_its_own_format_through_a_pre_authenticated_request() {
+    let dir = scratch("api-oci-par");
+    let src = big_source(&dir);
+    let par = imgconv_testkit::ParServer::start();
+    // The etag the first answer gives is the one if-match must carry.
+    let probe = write(
+        &dir,
+        "probe.json",
+        &serde_json::json!({ "destinationType": "objectStorageUri",
+            "destinationUri": par.par_url("probe.qcow2"), "exportFormat": "QCOW2" }),
+    );
+    let (code, _, err) = answer(
+        api(&dir, "oci")
+            .arg("--request")
+            .arg(&probe)
+            .arg("--image")
+            .arg(&src)
+            .args(["--image-id", "ocid1.image.oc1..x"]),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("pAr-T0ken"), "the PAR is a secret: {err}");
+    let etag = err
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("etag")
+        .to_string();
+    // exportFormat left out: OCI's own format, a tar of the metadata and the QCOW2.
+    let req = write(
+        &dir,
+        "par.json",
+        &serde_json::json!({ "destinationType": "objectStorageUri",
+            "destinationUri": par.par_url("image.oci") }),
+    );
+    let (code, body, err) = answer(
+        api(&dir, "oci")
+            .arg("--request")
+            .arg(&req)
+            .arg("--image")
+            .arg(&src)
+            .args([
+                "--image-id",
+                "ocid1.image.oc1..x",
+                "--header",
+                &format!("if-match:{etag}"),
+            ]),
+    );
+    assert_eq!(code, 0, "{body} {err}");
+    let archive = dir.join("image.oci");
+    std::fs::write(&archive, par.object("image.oci").expect("object")).expect("write");
+    let parts = par
+        .requests()
+        .iter()
+        .filter(|(m, t)| m == "PUT" && t.contains("/u/"))
+        .count();
+    assert!(
+        parts >= 3,
+        "the archive went up in parts: {:?}",
+        par.requests()
+    );
+    let list = tool("tar", &["-tf", path_str(&archive)]);
+    assert!(list.status.success(), "{list:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["image_metadata.json", "output.QCOW2"]
+    );
+    let out = dir.join("x");
+    std::fs::create_dir_all(&out).expect("dir");
+    let x = tool("tar", &["-xf", path_str(&archive), "-C", path_str(&out)]);
+    assert!(x.status.success(), "{x:?}");
+    let meta = read_json(&out.join("image_metadata.json"));
+    assert!(meta.get("externalLaunchOptions").is_some(), "{meta}");
+    let disk = out.join("output.QCOW2");
+    let check = tool("qemu-img", &["check", "-f", "qcow2", path_str(&disk)]);
+    assert!(check.status.success(), "{check:?}");
+    assert_eq!(qemu_compare_formats(&src, "raw", &disk, "qcow2"), 0);
+    assert_eq!(par.pending_uploads(), 0);
+}
