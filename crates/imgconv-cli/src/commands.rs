@@ -571,7 +571,9 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
     } else if a.list {
         api.list(&store)
     } else if let Some(id) = &a.run {
-        let job = store.run(id, None)?;
+        let cancel = CancelToken::new();
+        install_signal_handler(&cancel);
+        let job = store.run(id, None, &cancel)?;
         api.describe(&store, &job.id)
     } else {
         let Some(path) = &a.request else {
@@ -643,7 +645,10 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
     let (Some(id), false) = (&reply.run, a.no_run) else {
         return Ok(0);
     };
-    let job = store.run(id, None)?;
+    // Ctrl-C cancels the job: the upload is aborted, the job recorded as cancelled.
+    let cancel = CancelToken::new();
+    install_signal_handler(&cancel);
+    let job = store.run(id, None, &cancel)?;
     Ok(match job.state {
         JobState::Completed => 0,
         JobState::Cancelled => 130,

@@ -414,8 +414,41 @@ fn aws_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         echo["RoleName"] = json!(role);
     }
     if req.get("DryRun").and_then(Value::as_bool) == Some(true) {
-        // Validate what can be: the image opens and the output can be measured.
-        image_size(ctx).map_err(|e| bad("InvalidParameterValue", e.message()))?;
+        // Validate what can be without uploading: the image opens, the bucket exists and the
+        // keys are accepted.
+        let size = image_size(ctx).map_err(|e| bad("InvalidParameterValue", e.message()))?;
+        if let TargetSpec::S3 {
+            endpoint,
+            region,
+            bucket,
+            key,
+        } = &spec.target
+        {
+            let checked = crate::S3Config::new(endpoint, region).and_then(|c| {
+                let creds = crate::Credentials::from_env()?;
+                let to = crate::S3Location {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                };
+                crate::S3Sink::create(&c, creds, &to, size).map(drop)
+            });
+            match checked {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(bad(
+                        "InvalidParameterValue",
+                        format!("The given S3 bucket ({bucket}) does not exist."),
+                    ))
+                }
+                Err(e) => {
+                    return Err(ApiError {
+                        status: 403,
+                        code: "UnauthorizedOperation".into(),
+                        message: e.message().to_string(),
+                    })
+                }
+            }
+        }
         return Err(ApiError {
             status: 412,
             code: "DryRunOperation".into(),

@@ -425,8 +425,14 @@ impl JobStore {
     }
 
     /// Run a queued job in this process to its end; the job as it ended. `credentials` are
-    /// used for S3 targets.
-    pub fn run(&self, id: &str, credentials: Option<Credentials>) -> Result<Job> {
+    /// used for S3 targets (else the environment's). Tripping `cancel` (a signal handler, say)
+    /// cancels the job as [`JobStore::cancel`] does.
+    pub fn run(
+        &self,
+        id: &str,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Job> {
         let pid = std::process::id();
         let claimed = self
             .conn
@@ -440,7 +446,7 @@ impl JobStore {
             return self.get(id);
         }
         let job = self.get(id)?;
-        let cancel = CancelToken::new();
+        let cancel = cancel.clone();
         let db = Connection::open(&self.path).map_err(db_err)?;
         db.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
         let progress = DbProgress {

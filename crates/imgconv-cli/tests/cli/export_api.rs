@@ -423,6 +423,21 @@ fn tokens_make_requests_idempotent_and_dry_runs_upload_nothing() {
     assert_eq!(s3.files(), before, "a dry run uploads nothing");
     let (_, l, _) = answer(api(&dir, "aws").arg("--list"));
     assert_eq!(l["ExportImageTasks"].as_array().map(Vec::len), Some(1));
+    // A dry run checks the bucket.
+    let mut gone = read_json(&request("aws-export-image.json"));
+    gone["DryRun"] = true.into();
+    gone["S3ExportLocation"]["S3Bucket"] = "no-such-bucket".into();
+    let gone = write(&dir, "gone.json", &gone);
+    let (c5, g, _) = submit(&gone);
+    assert_eq!(c5, 1);
+    assert_eq!(g["Errors"][0]["Code"], "InvalidParameterValue", "{g}");
+    assert!(
+        g["Errors"][0]["Message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no-such-bucket"),
+        "{g}"
+    );
 
     // OCI's opc-retry-token works the same way.
     s3.create_bucket("export-bucket");
@@ -532,6 +547,20 @@ fn cancelling_an_active_job_leaves_no_object_and_no_upload() {
         .records()
         .iter()
         .any(|r| r.method == "DELETE" && r.status == Some(204)));
+
+    // Ctrl-C on the process running a job does the same.
+    let proxy = FaultProxy::start(
+        s3.port(),
+        vec![Rule::first("PUT", "partNumber=2", vec![Fault::Stall(Duration::from_secs(2))])],
+    );
+    let (child, task) = stalled_export(&dir, &src, &proxy);
+    let pid = child.id().to_string();
+    assert!(tool("kill", &["-INT", &pid]).status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let (_, d, _) = answer(api(&dir, "aws").args(["--describe", &task]));
+    assert_eq!(d["ExportImageTasks"][0]["Status"], "deleted", "{d}");
+    assert_eq!(s3.files(), before, "no object and no pending upload");
 }
 
 #[test]
