@@ -224,6 +224,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec TEXT NOT NULL,
     request TEXT NOT NULL,
     result TEXT,
+    upload TEXT,
     runner_pid INTEGER,
     runner_start INTEGER,
     created INTEGER NOT NULL,
@@ -259,32 +260,49 @@ impl JobStore {
     fn recover(&self) -> Result<()> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, runner_pid, runner_start FROM jobs WHERE state = 'active'")
+            .prepare(
+                "SELECT id, runner_pid, runner_start, upload, spec FROM jobs \
+                 WHERE state = 'active'",
+            )
             .map_err(db_err)?;
-        let rows: Vec<(String, Option<u32>, Option<u64>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        type Row = (String, Option<u32>, Option<u64>, Option<String>, String);
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .map_err(db_err)?
             .collect::<std::result::Result<_, _>>()
             .map_err(db_err)?;
-        for (id, pid, started) in rows {
+        for (id, pid, started, upload, spec) in rows {
             let alive = match (pid, started) {
                 (Some(p), Some(s)) => start_time(p) == Some(s),
                 _ => false,
             };
-            if !alive {
-                self.conn
-                    .execute(
-                        "UPDATE jobs SET state = 'failed', message = ?2, updated = ?3 \
-                         WHERE id = ?1 AND state = 'active'",
-                        params![
-                            id,
-                            "interrupted: the process running the export stopped before it \
-                             finished; no object was completed",
-                            now()
-                        ],
-                    )
-                    .map_err(db_err)?;
+            if alive {
+                continue;
             }
+            let mut message = String::from(
+                "interrupted: the process running the export stopped before it finished; \
+                 no object was completed",
+            );
+            if let Some(upload) = upload {
+                let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
+                match spec.map(|s| abort_upload(&s.target, &upload)) {
+                    Some(Ok(())) => message.push_str("; its pending upload was aborted"),
+                    Some(Err(e)) => message.push_str(&format!(
+                        "; its pending upload {upload} could not be aborted ({})",
+                        e.message()
+                    )),
+                    None => {}
+                }
+            }
+            self.conn
+                .execute(
+                    "UPDATE jobs SET state = 'failed', message = ?2, updated = ?3 \
+                     WHERE id = ?1 AND state = 'active'",
+                    params![id, message, now()],
+                )
+                .map_err(db_err)?;
         }
         Ok(())
     }
@@ -487,7 +505,22 @@ impl JobStore {
                 }
             })
         };
-        let outcome = run_spec(&job.spec, credentials, &progress, &cancel);
+        // The upload's handle goes into the job, so that a later process can abort it if this
+        // one dies.
+        let recorder = {
+            let db = Mutex::new(Connection::open(&self.path).map_err(db_err)?);
+            let id = id.to_string();
+            crate::UploadHook(std::sync::Arc::new(move |upload: &str| {
+                if let Ok(db) = db.lock() {
+                    let _ = db.busy_timeout(Duration::from_secs(10));
+                    let _ = db.execute(
+                        "UPDATE jobs SET upload = ?2 WHERE id = ?1",
+                        params![id, upload],
+                    );
+                }
+            }))
+        };
+        let outcome = run_spec(&job.spec, credentials, &progress, &cancel, recorder);
         stop.store(true, Ordering::Relaxed);
         let _ = watcher.join();
         match outcome {
@@ -570,11 +603,41 @@ impl Progress for DbProgress {
     }
 }
 
+/// Abort the multipart upload `upload` of a job's target.
+fn abort_upload(target: &TargetSpec, upload: &str) -> Result<()> {
+    match target {
+        TargetSpec::S3 {
+            endpoint,
+            region,
+            bucket,
+            key,
+        } => crate::S3Sink::abort_upload(
+            &S3Config::new(endpoint, region)?.retries(2),
+            Credentials::from_env()?,
+            &S3Location {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            },
+            upload,
+        ),
+        TargetSpec::Par { url } => {
+            crate::ParSink::abort_upload(
+                &ParConfig::new().retries(2),
+                &ParUrl::parse(url)?,
+                upload,
+            );
+            Ok(())
+        }
+        TargetSpec::Folder { .. } => Ok(()),
+    }
+}
+
 fn run_spec(
     spec: &JobSpec,
     credentials: Option<Credentials>,
     progress: &dyn Progress,
     cancel: &CancelToken,
+    recorder: crate::UploadHook,
 ) -> Result<JobResult> {
     let format: Format = spec.format.parse()?;
     let mut options = ConvertOptions::new(format);
@@ -591,7 +654,7 @@ fn run_spec(
             bucket,
             key,
         } => Target::S3 {
-            config: S3Config::new(endpoint, region)?,
+            config: S3Config::new(endpoint, region)?.on_upload_started(recorder),
             credentials: match credentials {
                 Some(c) => c,
                 None => Credentials::from_env()?,
@@ -602,7 +665,7 @@ fn run_spec(
             },
         },
         TargetSpec::Par { url } => Target::Par {
-            config: ParConfig::new(),
+            config: ParConfig::new().on_upload_started(recorder),
             url: ParUrl::parse(url)?,
         },
         TargetSpec::Folder {

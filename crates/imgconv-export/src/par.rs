@@ -48,6 +48,12 @@ impl ParConfig {
         self
     }
 
+    /// Call `hook` with the upload's `accessUri` when a multipart upload starts.
+    pub fn on_upload_started(mut self, hook: crate::UploadHook) -> Self {
+        self.transfer.on_upload = Some(hook);
+        self
+    }
+
     /// Attempts after the first for each request.
     pub fn retries(mut self, n: u32) -> Self {
         self.transfer = self.transfer.retries(n);
@@ -235,8 +241,8 @@ impl ParSink {
         };
         Ok(ParSink(PartSink::new(
             par,
+            &config.transfer,
             part_size,
-            config.transfer.parallel,
             crate::parts::MAX_PARTS,
         )))
     }
@@ -244,6 +250,15 @@ impl ParSink {
     /// The part size in use.
     pub fn part_size(&self) -> usize {
         self.0.part_size()
+    }
+
+    /// Abort a multipart upload (its `accessUri`) that a process could not finish.
+    pub fn abort_upload(config: &ParConfig, url: &ParUrl, access_uri: &str) {
+        let par = Par {
+            http: config.transfer.http(url.to_string(), oci_error),
+            url: url.clone(),
+        };
+        par.abort(access_uri);
     }
 
     /// Stop when `cancel` is cancelled (see [`crate::S3Sink::watch`]).

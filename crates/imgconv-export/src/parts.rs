@@ -20,6 +20,17 @@ use url::Url;
 /// The most parts in one upload (S3 and OCI alike).
 pub(crate) const MAX_PARTS: u64 = 10_000;
 
+/// Called with a multipart upload's handle (S3 upload id, OCI `accessUri`) as soon as the
+/// upload is created, so that a caller can record it and abort it later if this process dies.
+#[derive(Clone)]
+pub struct UploadHook(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for UploadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UploadHook")
+    }
+}
+
 /// How parts are cut and sent, whatever the protocol.
 #[derive(Debug, Clone)]
 pub(crate) struct Transfer {
@@ -29,6 +40,7 @@ pub(crate) struct Transfer {
     pub(crate) parallel: usize,
     pub(crate) retries: u32,
     pub(crate) timeout: Duration,
+    pub(crate) on_upload: Option<UploadHook>,
 }
 
 impl Transfer {
@@ -41,6 +53,7 @@ impl Transfer {
             parallel: 4,
             retries: 5,
             timeout: Duration::from_secs(120),
+            on_upload: None,
         }
     }
 
@@ -251,6 +264,7 @@ pub(crate) struct PartSink<B: Backend> {
     next_part: u16,
     upload: Option<Upload>,
     cancel: CancelToken,
+    on_upload: Option<UploadHook>,
 }
 
 impl<B: Backend> PartSink<B> {
@@ -264,7 +278,8 @@ impl<B: Backend> PartSink<B> {
         }
     }
 
-    pub(crate) fn new(backend: B, part_size: usize, parallel: usize, max_parts: u64) -> Self {
+    pub(crate) fn new(backend: B, transfer: &Transfer, part_size: usize, max_parts: u64) -> Self {
+        let parallel = transfer.parallel;
         PartSink {
             backend: Arc::new(backend),
             parallel: parallel.max(1),
@@ -275,6 +290,7 @@ impl<B: Backend> PartSink<B> {
             next_part: 1,
             upload: None,
             cancel: CancelToken::new(),
+            on_upload: transfer.on_upload.clone(),
         }
     }
 
@@ -285,6 +301,9 @@ impl<B: Backend> PartSink<B> {
     fn start(&mut self) -> Result<&mut Upload> {
         if self.upload.is_none() {
             let id = self.backend.create()?;
+            if let Some(hook) = &self.on_upload {
+                (hook.0)(&id);
+            }
             let (tx, rx) = sync_channel::<(u16, Vec<u8>)>(self.parallel);
             let rx = Arc::new(Mutex::new(rx));
             let done = Arc::new(Mutex::new(BTreeMap::new()));

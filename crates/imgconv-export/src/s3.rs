@@ -104,6 +104,13 @@ impl S3Config {
         self
     }
 
+    /// Call `hook` with the upload id when a multipart upload starts (to record it, so that
+    /// [`S3Sink::abort_upload`] can clean up after a process that died).
+    pub fn on_upload_started(mut self, hook: crate::UploadHook) -> Self {
+        self.transfer.on_upload = Some(hook);
+        self
+    }
+
     /// Leave out the `x-amz-checksum-crc32c` headers, for S3-compatible services that reject
     /// them (the parts keep their `Content-MD5`).
     pub fn without_crc32c(mut self) -> Self {
@@ -161,6 +168,30 @@ struct S3 {
     creds: rusty_s3::Credentials,
     key: String,
     crc32c: bool,
+}
+
+impl S3 {
+    fn new(config: &S3Config, credentials: Credentials, to: &S3Location) -> Result<S3> {
+        let style = if config.path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(
+            config.endpoint.clone(),
+            style,
+            to.bucket.clone(),
+            config.region.clone(),
+        )
+        .map_err(|e| Error::invalid_argument(format!("bucket '{}': {e}", to.bucket)))?;
+        Ok(S3 {
+            http: config.transfer.http(to.to_string(), status_error),
+            bucket,
+            creds: credentials.signing(),
+            key: to.key.clone(),
+            crc32c: config.crc32c,
+        })
+    }
 }
 
 /// A signed request: its URL and the headers that the signature covers.
@@ -357,26 +388,8 @@ impl S3Sink {
         to: &S3Location,
         expected_size: u64,
     ) -> Result<S3Sink> {
-        let style = if config.path_style {
-            UrlStyle::Path
-        } else {
-            UrlStyle::VirtualHost
-        };
-        let bucket = Bucket::new(
-            config.endpoint.clone(),
-            style,
-            to.bucket.clone(),
-            config.region.clone(),
-        )
-        .map_err(|e| Error::invalid_argument(format!("bucket '{}': {e}", to.bucket)))?;
         let part_size = config.transfer.part_len(expected_size)?;
-        let s3 = S3 {
-            http: config.transfer.http(to.to_string(), status_error),
-            bucket,
-            creds: credentials.signing(),
-            key: to.key.clone(),
-            crc32c: config.crc32c,
-        };
+        let s3 = S3::new(config, credentials, to)?;
         // Check the bucket and the keys before any conversion work.
         let head = sign(s3.bucket.head_bucket(Some(&s3.creds)), &[]);
         if let Err(e) = s3.send("checking the bucket", "HEAD", &head, None) {
@@ -406,8 +419,8 @@ impl S3Sink {
         }
         Ok(S3Sink(PartSink::new(
             s3,
+            &config.transfer,
             part_size,
-            config.transfer.parallel,
             MAX_PARTS,
         )))
     }
@@ -415,6 +428,21 @@ impl S3Sink {
     /// The part size in use.
     pub fn part_size(&self) -> usize {
         self.0.part_size()
+    }
+
+    /// Abort a multipart upload that a process started and could not finish (it died).
+    pub fn abort_upload(
+        config: &S3Config,
+        credentials: Credentials,
+        to: &S3Location,
+        upload_id: &str,
+    ) -> Result<()> {
+        let s3 = S3::new(config, credentials, to)?;
+        let action = s3
+            .bucket
+            .abort_multipart_upload(Some(&s3.creds), &s3.key, upload_id);
+        s3.send("aborting the upload", "DELETE", &sign(action, &[]), None)
+            .map(drop)
     }
 
     /// Stop when `cancel` is cancelled: no new part or retry starts, the upload is aborted

@@ -551,7 +551,11 @@ fn cancelling_an_active_job_leaves_no_object_and_no_upload() {
     // Ctrl-C on the process running a job does the same.
     let proxy = FaultProxy::start(
         s3.port(),
-        vec![Rule::first("PUT", "partNumber=2", vec![Fault::Stall(Duration::from_secs(2))])],
+        vec![Rule::first(
+            "PUT",
+            "partNumber=2",
+            vec![Fault::Stall(Duration::from_secs(2))],
+        )],
     );
     let (child, task) = stalled_export(&dir, &src, &proxy);
     let pid = child.id().to_string();
@@ -569,6 +573,7 @@ fn a_job_whose_process_was_killed_shows_as_failed_never_complete() {
     let src = big_source(&dir);
     let s3 = S3Server::start("api-killed");
     s3.create_bucket("amzn-s3-demo-export-bucket");
+    let before = s3.files();
     let proxy = FaultProxy::start(
         s3.port(),
         vec![Rule::first(
