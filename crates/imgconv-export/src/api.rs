@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use imgconv::clock::rfc3339;
 use imgconv::ids::{random_u64, random_uuid, uuid_text, UuidLayout};
 use imgconv::{Error, ErrorKind, Format};
 use serde_json::{json, Value};
@@ -263,27 +264,6 @@ fn hex_id(n: usize) -> String {
     let a = random_u64(n as u64);
     let b = random_u64(a);
     format!("{a:016x}{b:016x}")[..n].to_string()
-}
-
-fn rfc3339(secs: u64) -> String {
-    // Days since the epoch to a civil date (proleptic Gregorian).
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Submit and turn the outcome into a reply with `body`.
@@ -940,11 +920,5 @@ mod tests {
         assert!(!evs_name_ok("bad/char"));
         assert!(!evs_name_ok(&"x".repeat(129)));
         assert!(evs_name_ok(&"x".repeat(128)));
-    }
-
-    #[test]
-    fn dates_are_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 }

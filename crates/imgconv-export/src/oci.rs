@@ -135,14 +135,7 @@ impl Sink for OciArchiveSink {
     }
 
     fn write_zeros(&mut self, len: u64) -> Result<()> {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(ZEROS.len() as u64) as usize;
-            self.write(&ZEROS[..n])?;
-            left -= n as u64;
-        }
-        Ok(())
+        crate::parts::in_zero_pieces(len, |z| self.write(z))
     }
 
     fn position(&self) -> u64 {

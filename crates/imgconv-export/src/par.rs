@@ -247,11 +247,6 @@ impl ParSink {
         )))
     }
 
-    /// The part size in use.
-    pub fn part_size(&self) -> usize {
-        self.0.part_size()
-    }
-
     /// Abort a multipart upload (its `accessUri`) that a process could not finish.
     pub fn abort_upload(config: &ParConfig, url: &ParUrl, access_uri: &str) {
         let par = Par {
@@ -259,12 +254,6 @@ impl ParSink {
             url: url.clone(),
         };
         par.abort(access_uri);
-    }
-
-    /// Stop when `cancel` is cancelled (see [`crate::S3Sink::watch`]).
-    pub fn watch(mut self, cancel: &imgconv::CancelToken) -> Self {
-        self.0.watch(cancel);
-        self
     }
 }
 

@@ -202,6 +202,18 @@ impl Http {
     }
 }
 
+/// Call `write` with slices of zeros that add up to `len` bytes.
+pub(crate) fn in_zero_pieces(len: u64, mut write: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        write(&ZEROS[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
 /// What the server answered for a part.
 #[derive(Debug, Clone)]
 pub(crate) struct Uploaded {
@@ -429,14 +441,7 @@ impl<B: Backend> Sink for PartSink<B> {
     }
 
     fn write_zeros(&mut self, len: u64) -> Result<()> {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(ZEROS.len() as u64) as usize;
-            self.write(&ZEROS[..n])?;
-            left -= n as u64;
-        }
-        Ok(())
+        in_zero_pieces(len, |z| self.write(z))
     }
 
     fn position(&self) -> u64 {
@@ -476,6 +481,20 @@ macro_rules! delegate_sink {
             }
             fn finish(self: Box<Self>) -> imgconv::Result<()> {
                 Box::new(self.0).finish()
+            }
+        }
+
+        impl $outer {
+            /// The part size in use.
+            pub fn part_size(&self) -> usize {
+                self.0.part_size()
+            }
+
+            /// Stop when `cancel` is cancelled: no new part or retry starts, the upload is
+            /// aborted once the requests in flight end, and `finish` fails with `Cancelled`.
+            pub fn watch(mut self, cancel: &imgconv::CancelToken) -> Self {
+                self.0.watch(cancel);
+                self
             }
         }
     };

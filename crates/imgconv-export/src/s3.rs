@@ -425,11 +425,6 @@ impl S3Sink {
         )))
     }
 
-    /// The part size in use.
-    pub fn part_size(&self) -> usize {
-        self.0.part_size()
-    }
-
     /// Abort a multipart upload that a process started and could not finish (it died).
     pub fn abort_upload(
         config: &S3Config,
@@ -443,13 +438,6 @@ impl S3Sink {
             .abort_multipart_upload(Some(&s3.creds), &s3.key, upload_id);
         s3.send("aborting the upload", "DELETE", &sign(action, &[]), None)
             .map(drop)
-    }
-
-    /// Stop when `cancel` is cancelled: no new part or retry starts, the upload is aborted
-    /// once the requests in flight end, and `finish` fails with `Cancelled`.
-    pub fn watch(mut self, cancel: &imgconv::CancelToken) -> Self {
-        self.0.watch(cancel);
-        self
     }
 }
 

@@ -11,20 +11,9 @@ use imgconv_export::{ParConfig, ParSink, ParUrl};
 use imgconv_testkit::{hex, Fault, FaultProxy, ParServer, Rule};
 use md5::Digest as _;
 
-/// A disk with holes, zeros and random data; `mib` MiB plus 3 KiB.
+/// A disk with zeros and random data; `mib` MiB plus 3 KiB.
 fn disk(mib: usize) -> Vec<u8> {
-    let mut d = vec![0u8; mib * (1 << 20) + 3072];
-    let mut x = 0x0bad_cafe_1234_5678u64;
-    let n = d.len();
-    for (i, b) in d.iter_mut().enumerate() {
-        if (i / (1 << 20)) % 3 != 1 || i + 4096 > n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-    }
-    d
+    imgconv_testkit::mixed_disk(mib, 0x0bad_cafe_1234_5678)
 }
 
 fn export(sink: ParSink, disk: &[u8], format: Format) -> imgconv::Result<Summary> {

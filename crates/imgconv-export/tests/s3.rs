@@ -23,20 +23,9 @@ fn creds() -> Credentials {
     Credentials::new(ACCESS_KEY, SECRET_KEY, None)
 }
 
-/// A disk with holes, zeros and random data; `mib` MiB plus 3 KiB.
+/// A disk with zeros and random data; `mib` MiB plus 3 KiB.
 fn disk(mib: usize) -> Vec<u8> {
-    let mut d = vec![0u8; mib * (1 << 20) + 3072];
-    let mut x = 0x1234_5678_9abc_def0u64;
-    let n = d.len();
-    for (i, b) in d.iter_mut().enumerate() {
-        if (i / (1 << 20)) % 3 != 1 || i + 4096 > n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-    }
-    d
+    imgconv_testkit::mixed_disk(mib, 0x1234_5678_9abc_def0)
 }
 
 fn export(sink: S3Sink, disk: &[u8], format: Format) -> imgconv::Result<Summary> {

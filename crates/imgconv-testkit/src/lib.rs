@@ -30,3 +30,20 @@ pub fn free_port() -> u16 {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A disk of `mib` MiB plus 3 KiB: every third MiB zeros, the rest pseudo-random bytes from
+/// `seed` (incompressible), so that every format needs several parts.
+pub fn mixed_disk(mib: usize, seed: u64) -> Vec<u8> {
+    let mut d = vec![0u8; mib * (1 << 20) + 3072];
+    let mut x = seed | 1;
+    let n = d.len();
+    for (i, b) in d.iter_mut().enumerate() {
+        if (i / (1 << 20)) % 3 != 1 || i + 4096 > n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+    d
+}

@@ -510,6 +510,18 @@ fn stalled_export(dir: &Path, src: &Path, proxy: &FaultProxy) -> (std::process::
     (child, task)
 }
 
+/// A proxy to `s3` that stalls the first attempt at part 2 for `secs` seconds.
+fn stalling_proxy(s3: &S3Server, secs: u64) -> FaultProxy {
+    FaultProxy::start(
+        s3.port(),
+        vec![Rule::first(
+            "PUT",
+            "partNumber=2",
+            vec![Fault::Stall(Duration::from_secs(secs))],
+        )],
+    )
+}
+
 /// A source large enough for several 5 MiB parts.
 fn big_source(dir: &Path) -> PathBuf {
     Image::new(dir.join("big.raw"), 24 * MIB)
@@ -525,14 +537,7 @@ fn cancelling_an_active_job_leaves_no_object_and_no_upload() {
     let s3 = S3Server::start("api-cancel");
     s3.create_bucket("amzn-s3-demo-export-bucket");
     let before = s3.files();
-    let proxy = FaultProxy::start(
-        s3.port(),
-        vec![Rule::first(
-            "PUT",
-            "partNumber=2",
-            vec![Fault::Stall(Duration::from_secs(2))],
-        )],
-    );
+    let proxy = stalling_proxy(&s3, 2);
     let (child, task) = stalled_export(&dir, &src, &proxy);
     let (code, _, _) = answer(api(&dir, "aws").args(["--cancel", &task]));
     assert_eq!(code, 0);
@@ -549,14 +554,7 @@ fn cancelling_an_active_job_leaves_no_object_and_no_upload() {
         .any(|r| r.method == "DELETE" && r.status == Some(204)));
 
     // Ctrl-C on the process running a job does the same.
-    let proxy = FaultProxy::start(
-        s3.port(),
-        vec![Rule::first(
-            "PUT",
-            "partNumber=2",
-            vec![Fault::Stall(Duration::from_secs(2))],
-        )],
-    );
+    let proxy = stalling_proxy(&s3, 2);
     let (child, task) = stalled_export(&dir, &src, &proxy);
     let pid = child.id().to_string();
     assert!(tool("kill", &["-INT", &pid]).status.success());
@@ -574,14 +572,7 @@ fn a_job_whose_process_was_killed_shows_as_failed_never_complete() {
     let s3 = S3Server::start("api-killed");
     s3.create_bucket("amzn-s3-demo-export-bucket");
     let before = s3.files();
-    let proxy = FaultProxy::start(
-        s3.port(),
-        vec![Rule::first(
-            "PUT",
-            "partNumber=2",
-            vec![Fault::Stall(Duration::from_secs(5))],
-        )],
-    );
+    let proxy = stalling_proxy(&s3, 5);
     let (mut child, task) = stalled_export(&dir, &src, &proxy);
     child.kill().expect("SIGKILL");
     let _ = child.wait();

@@ -330,25 +330,8 @@ pub fn timestamp_now() -> u32 {
 
 /// `YYYY-MM-DD hh:mm:ss UTC` for a VHD timestamp.
 pub fn timestamp_text(ts: u32) -> String {
-    let secs = u64::from(ts) + EPOCH_2000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Days to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (year, month, day, h, m, sec) = crate::clock::civil(u64::from(ts) + EPOCH_2000);
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{sec:02} UTC")
 }
 
 #[cfg(test)]
