@@ -3,46 +3,20 @@
 //! the multipart protocol for a large one (also through injected faults), abort on failure,
 //! and a refused PAR.
 
-use imgconv::{
-    convert, open_source, CancelToken, ConvertOptions, Destination, DigestKind, ErrorKind, Format,
-    MemSource, NoProgress, Summary,
-};
+mod common;
+
+use common::export;
+use imgconv::{ErrorKind, Format, Summary};
 use imgconv_export::{ParConfig, ParSink, ParUrl};
-use imgconv_testkit::{hex, Fault, FaultProxy, ParServer, Rule};
-use md5::Digest as _;
+use imgconv_testkit::{Fault, FaultProxy, ParServer, Rule};
+
+fn check(object: Vec<u8>, summary: &Summary, d: &[u8], format: Format) {
+    common::check(object, summary, d, format, "object");
+}
 
 /// A disk with zeros and random data; `mib` MiB plus 3 KiB.
 fn disk(mib: usize) -> Vec<u8> {
     imgconv_testkit::mixed_disk(mib, 0x0bad_cafe_1234_5678)
-}
-
-fn export(sink: ParSink, disk: &[u8], format: Format) -> imgconv::Result<Summary> {
-    let reader = open_source(Box::new(MemSource::new(disk.to_vec())), Some(Format::Raw))?;
-    let opts = ConvertOptions::new(format).with_digests(&[DigestKind::Md5, DigestKind::Sha256]);
-    convert(
-        &*reader,
-        Destination::Sink(Box::new(sink)),
-        &opts,
-        &NoProgress,
-        &CancelToken::new(),
-    )
-}
-
-fn check(object: Vec<u8>, summary: &Summary, d: &[u8], format: Format) {
-    assert_eq!(object.len() as u64, summary.output_size);
-    assert_eq!(
-        summary.digest(DigestKind::Md5),
-        Some(hex(&md5::Md5::digest(&object)).as_str())
-    );
-    assert_eq!(
-        summary.digest(DigestKind::Sha256),
-        Some(hex(&sha2::Sha256::digest(&object)).as_str())
-    );
-    let r = open_source(Box::new(MemSource::new(object)), Some(format)).expect("open object");
-    let mut back = vec![0u8; r.virtual_size() as usize];
-    r.read_at(0, &mut back).expect("read object");
-    back.truncate(d.len());
-    assert!(back == d, "content differs");
 }
 
 #[test]

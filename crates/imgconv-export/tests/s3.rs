@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use imgconv::{
-    convert, open_source, CancelToken, ConvertOptions, Destination, DigestKind, ErrorKind, Format,
-    MemSource, NoProgress, Sink, Summary,
-};
+mod common;
+
+use common::{export, read_back};
+use imgconv::{DigestKind, ErrorKind, Format, Sink};
 use imgconv_export::{Credentials, S3Config, S3Location, S3Sink};
 use imgconv_testkit::{hex, Fault, FaultProxy, Rule, S3Server, ACCESS_KEY, SECRET_KEY};
 use md5::Digest as _;
@@ -26,26 +26,6 @@ fn creds() -> Credentials {
 /// A disk with zeros and random data; `mib` MiB plus 3 KiB.
 fn disk(mib: usize) -> Vec<u8> {
     imgconv_testkit::mixed_disk(mib, 0x1234_5678_9abc_def0)
-}
-
-fn export(sink: S3Sink, disk: &[u8], format: Format) -> imgconv::Result<Summary> {
-    let reader = open_source(Box::new(MemSource::new(disk.to_vec())), Some(Format::Raw))?;
-    let opts = ConvertOptions::new(format).with_digests(&[DigestKind::Md5, DigestKind::Sha256]);
-    convert(
-        &*reader,
-        Destination::Sink(Box::new(sink)),
-        &opts,
-        &NoProgress,
-        &CancelToken::new(),
-    )
-}
-
-/// The object's content read back as a disk, through imgconv's own reader for `format`.
-fn read_back(object: Vec<u8>, format: Format) -> Vec<u8> {
-    let r = open_source(Box::new(MemSource::new(object)), Some(format)).expect("open object");
-    let mut out = vec![0u8; r.virtual_size() as usize];
-    r.read_at(0, &mut out).expect("read object");
-    out
 }
 
 #[test]
