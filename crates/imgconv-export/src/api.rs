@@ -397,6 +397,17 @@ fn aws_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         // Validate what can be without uploading: the image opens, the bucket exists and the
         // keys are accepted.
         let size = image_size(ctx).map_err(|e| bad("InvalidParameterValue", e.message()))?;
+        if fmt != Format::Vmdk {
+            // The output is planned as the export would plan it (VMDK has no measure).
+            let reader = imgconv::open_image(&ctx.source, None)
+                .map_err(|e| bad("InvalidParameterValue", e.message()))?;
+            imgconv::measure(
+                &*reader,
+                &imgconv::ConvertOptions::new(fmt),
+                &imgconv::CancelToken::new(),
+            )
+            .map_err(|e| bad("InvalidParameterValue", e.message()))?;
+        }
         if let TargetSpec::S3 {
             endpoint,
             region,

@@ -423,6 +423,17 @@ fn tokens_make_requests_idempotent_and_dry_runs_upload_nothing() {
     assert_eq!(s3.files(), before, "a dry run uploads nothing");
     let (_, l, _) = answer(api(&dir, "aws").arg("--list"));
     assert_eq!(l["ExportImageTasks"].as_array().map(Vec::len), Some(1));
+    // RAW and VHD outputs are also measured.
+    for f in ["RAW", "VHD"] {
+        let mut v = read_json(&request("aws-export-image.json"));
+        v["DryRun"] = true.into();
+        v["DiskImageFormat"] = f.into();
+        let v = write(&dir, "dry-f.json", &v);
+        let (c, d, _) = submit(&v);
+        assert_eq!(c, 1);
+        assert_eq!(d["Errors"][0]["Code"], "DryRunOperation", "{f}: {d}");
+    }
+    assert_eq!(s3.files(), before, "a dry run uploads nothing");
     // A dry run checks the bucket.
     let mut gone = read_json(&request("aws-export-image.json"));
     gone["DryRun"] = true.into();
