@@ -109,18 +109,15 @@ fn s3_config(e: &ExportArgs, scheme: &str, force: bool) -> Result<S3Config, Erro
             )))
         }
     };
-    let mut c = S3Config::new(&endpoint, &region)?.overwrite(force);
+    let mut c = transfer(
+        S3Config::new(&endpoint, &region)?.overwrite(force),
+        e,
+        S3Config::part_size,
+        S3Config::parallel_parts,
+        S3Config::retries,
+    )?;
     if e.virtual_hosted {
         c = c.virtual_hosted();
-    }
-    if let Some(p) = &e.part_size {
-        c = c.part_size(imgconv::formats::options::parse_size(p)?)?;
-    }
-    if let Some(n) = e.parallel_parts {
-        c = c.parallel_parts(n);
-    }
-    if let Some(n) = e.retries {
-        c = c.retries(n);
     }
     if e.no_crc32c {
         c = c.without_crc32c();
@@ -135,15 +132,31 @@ fn par_config(e: &ExportArgs) -> Result<ParConfig, Error> {
              not to a pre-authenticated request URL",
         ));
     }
-    let mut c = ParConfig::new();
+    transfer(
+        ParConfig::new(),
+        e,
+        ParConfig::part_size,
+        ParConfig::parallel_parts,
+        ParConfig::retries,
+    )
+}
+
+/// Apply --part-size, --parallel-parts and --retries through a config's own setters.
+fn transfer<C>(
+    mut c: C,
+    e: &ExportArgs,
+    part_size: fn(C, u64) -> Result<C, Error>,
+    parallel: fn(C, usize) -> C,
+    retries: fn(C, u32) -> C,
+) -> Result<C, Error> {
     if let Some(p) = &e.part_size {
-        c = c.part_size(imgconv::formats::options::parse_size(p)?)?;
+        c = part_size(c, imgconv::formats::options::parse_size(p)?)?;
     }
     if let Some(n) = e.parallel_parts {
-        c = c.parallel_parts(n);
+        c = parallel(c, n);
     }
     if let Some(n) = e.retries {
-        c = c.retries(n);
+        c = retries(c, n);
     }
     Ok(c)
 }
