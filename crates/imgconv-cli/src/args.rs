@@ -37,10 +37,12 @@ pub(crate) enum Command {
     /// Print the size an output format would need for an image.
     Measure(MeasureArgs),
     /// Serve a cloud "export image" request: print the provider's response, then run the job.
-    #[command(after_help = "Exit codes: 0 the answer is a success and the job (if run) \
+    #[command(
+        after_help = "Exit codes: 0 the answer is a success and the job (if run) \
                             completed, 1 the API answered an error (its body is on stdout), \
                             6 the job failed, 130 the job was cancelled; 2, 3, 6 and 11 as for \
-                            convert when imgconv itself cannot proceed.")]
+                            convert when imgconv itself cannot proceed."
+    )]
     Export(ApiArgs),
 }
 
