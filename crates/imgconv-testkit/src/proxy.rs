@@ -85,6 +85,7 @@ struct Shared {
     rules: Vec<Rule>,
     seen: Mutex<Vec<usize>>,
     records: Mutex<Vec<Record>>,
+    forwarding: std::sync::atomic::AtomicUsize,
 }
 
 /// A proxy on a free port of 127.0.0.1 to a server on `upstream`; stops when dropped.
@@ -111,6 +112,7 @@ impl FaultProxy {
             seen: Mutex::new(vec![0; rules.len()]),
             rules,
             records: Mutex::new(Vec::new()),
+            forwarding: std::sync::atomic::AtomicUsize::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (shared.clone(), stop.clone());
@@ -130,6 +132,12 @@ impl FaultProxy {
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Requests under way: from their head until answered, failed or cut off (a stalled one
+    /// counts until its stall ends).
+    pub fn in_progress(&self) -> usize {
+        self.shared.forwarding.load(Ordering::SeqCst)
     }
 
     /// Every request seen so far.
@@ -172,6 +180,7 @@ fn serve(conn: TcpStream, s: &Shared) {
     let mut client = write_half;
     let mut reader = BufReader::new(conn);
     while let Some((mut req, len)) = read_head(&mut reader) {
+        let _busy = Busy::new(&s.forwarding);
         let fault = fault_for(s, &req);
         let mut record = Record {
             method: req.method.clone(),
@@ -246,6 +255,22 @@ fn serve(conn: TcpStream, s: &Shared) {
         let _ = client.write_all(&out);
         let _ = client.shutdown(Shutdown::Both);
         return;
+    }
+}
+
+/// Counts a request from its head to its end, whichever way it ends.
+struct Busy<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
