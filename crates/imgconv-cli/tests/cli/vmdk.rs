@@ -79,29 +79,10 @@ fn every_subformat_qemu_img_writes_converts_to_its_own_raw() {
         let sub_dir = dir.join(sub.replace([',', '='], "_"));
         std::fs::create_dir_all(&sub_dir).expect("mkdir");
         let img = sub_dir.join("img.vmdk");
-        let opts = format!("subformat={sub}");
-        let made = tool(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vmdk",
-                "-o",
-                &opts,
-                path(&src),
-                path(&img),
-            ],
-        );
-        assert!(made.status.success(), "{sub}: {made:?}");
+        qemu_make(&src, "vmdk", &format!("subformat={sub}"), &img);
         let theirs = sub_dir.join("theirs.raw");
         let ours = sub_dir.join("ours.raw");
-        let q = tool(
-            "qemu-img",
-            &["convert", "-O", "raw", path(&img), path(&theirs)],
-        );
-        assert!(q.status.success(), "{sub}: {q:?}");
+        qemu_raw(&img, "vmdk", &theirs);
         ok(imgconv().arg(&img).arg(&ours));
         assert_eq!(md5sum(&ours), md5sum(&theirs), "{sub}");
         let info = ok(imgconv().arg("info").arg(&img));
