@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need if it is missing
 # (qemu-utils for the qemu-img oracle, libyal's python3-libqcow, python3-libvmdk and python3-libvhdi, e2fsprogs for chattr and mke2fs, the OpenSSL headers the
-# CLI's MD5 builds against), then format, lint, unit, integration and doc tests.
+# CLI's MD5 builds against, a C compiler, tar and kill for the export tests, and the s3s-fs
+# S3-compatible server from crates.io), then format, lint, unit, integration and doc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,11 @@ command -v md5sum >/dev/null 2>&1 || missing+=(coreutils)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v gzip >/dev/null 2>&1 || missing+=(gzip)
+command -v tar >/dev/null 2>&1 || missing+=(tar)
+# The tests run kill(1) itself, not the shell's builtin.
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
+# A C compiler for the bundled SQLite and OpenSSL bindings.
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # libyal's independent readers, for the system Python (the oracle tests call /usr/bin/python3).
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pyqcow' >/dev/null 2>&1 || missing+=(python3 python3-libqcow)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pyvmdk' >/dev/null 2>&1 || missing+=(python3 python3-libvmdk)
