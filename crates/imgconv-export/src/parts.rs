@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use imgconv::{CancelToken, Error, ErrorKind, Result, Sink};
-use md5::{Digest as _, Md5};
 use url::Url;
 
 /// The most parts in one upload (S3 and OCI alike).
@@ -156,7 +155,7 @@ impl Http {
     ) -> Result<Reply> {
         let md5 = body
             .filter(|b| !b.is_empty())
-            .map(|b| base64::engine::general_purpose::STANDARD.encode(Md5::digest(b)));
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(imgconv::digest::md5(b)));
         let mut attempt = 0u32;
         loop {
             let mut call = self.agent.request_url(method, url);

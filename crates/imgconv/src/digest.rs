@@ -266,6 +266,28 @@ fn run(mut hasher: Box<dyn Hasher>, rx: Receiver<Piece>) -> String {
     hasher.finish()
 }
 
+/// The raw 16-byte MD5 of `data`, through the same implementation as the stream digests (the
+/// system's libcrypto with the `openssl` feature): what `Content-MD5` headers carry.
+pub fn md5(data: &[u8]) -> [u8; 16] {
+    #[cfg(not(feature = "openssl"))]
+    {
+        md5::Digest::finalize(<md5::Md5 as md5::Digest>::new_with_prefix(data)).into()
+    }
+    #[cfg(feature = "openssl")]
+    {
+        let mut out = [0u8; 16];
+        // MD5 is always in libcrypto's default provider (see `Md5::new`); should it fail, fall
+        // back to the pure-Rust implementation rather than send a wrong checksum.
+        match openssl::hash::hash(openssl::hash::MessageDigest::md5(), data) {
+            Ok(d) if d.len() == 16 => out.copy_from_slice(&d),
+            _ => {
+                out = md5::Digest::finalize(<md5::Md5 as md5::Digest>::new_with_prefix(data)).into()
+            }
+        }
+        out
+    }
+}
+
 /// Digest a whole byte slice at once (tests and small outputs).
 pub fn digest_bytes(kind: DigestKind, data: &[u8]) -> Digest {
     let mut h = new_hasher(kind);
@@ -286,6 +308,8 @@ mod tests {
             digest_bytes(DigestKind::Md5, b"abc").hex,
             "900150983cd24fb0d6963f7d28e17f72"
         );
+        assert_eq!(hex(&md5(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(hex(&md5(b"")), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(
             digest_bytes(DigestKind::Sha256, b"abc").hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
