@@ -338,33 +338,35 @@ def case_vmdk(t, img, size, work, runs, out_dir):
 
 
 def case_vdi(t, img, size, work, runs, out_dir):
+    pair = pair_rows(t, size, runs)
     out = str(out_dir / "out.vdi")
-    clean = lambda: rm(out)
-    q = timed([["qemu-img", "convert", "-O", "vdi", img, out]], clean, runs)
-    t.add("RAW -> VDI dynamic", "qemu-img convert -O vdi", q, size)
-    i = timed([[str(BIN), "--no-sync", img, out]], clean, runs)
-    t.add("RAW -> VDI dynamic", "imgconv --no-sync IN OUT.vdi", i, size, q)
+    pair("RAW -> VDI dynamic", ["qemu-img", "convert", "-O", "vdi", img, out],
+         "qemu-img convert -O vdi", [str(BIN), "--no-sync", img, out],
+         "imgconv --no-sync IN OUT.vdi", lambda: rm(out))
     src = str(work / "qemu.vdi")
     if not os.path.exists(src):
         sh(["qemu-img", "convert", "-O", "vdi", img, src])
     warm(src)
     raw = str(out_dir / "back.raw")
-    clean = lambda: rm(raw)
-    q = timed([["qemu-img", "convert", "-O", "raw", src, raw]], clean, runs)
-    t.add("VDI -> RAW", "qemu-img convert -O raw", q, size)
-    i = timed([[str(BIN), "--no-sync", src, raw]], clean, runs)
-    t.add("VDI -> RAW", "imgconv --no-sync IN OUT.raw", i, size, q)
+    pair("VDI -> RAW", ["qemu-img", "convert", "-O", "raw", src, raw],
+         "qemu-img convert -O raw", [str(BIN), "--no-sync", src, raw],
+         "imgconv --no-sync IN OUT.raw", lambda: rm(raw))
 
 
-def case_vhd(t, img, size, work, runs, out_dir):
-    # Runs alternate between the two tools: both take under a second and the machine's
-    # speed drifts more than that between consecutive batches. The note gives the fastest run.
+def pair_rows(t, size, runs):
+    """A function that times a reference command against imgconv's, alternating run by run (both
+    take about a second, and the machine's speed drifts more than that between consecutive
+    batches), and adds both rows; the note gives each one's fastest run."""
     def pair(case, ref_cmd, ref_name, our_cmd, our_name, clean):
         q, i = timed_ab([ref_cmd], [our_cmd], clean, runs)
         qmin, imin = timed_ab.mins
         t.add(case, ref_name, q, size, note=f"fastest {qmin:.3f} s")
         t.add(case, our_name, i, size, q, note=f"fastest {imin:.3f} s ({imin / qmin:.2f}x)")
+    return pair
 
+
+def case_vhd(t, img, size, work, runs, out_dir):
+    pair = pair_rows(t, size, runs)
     out = str(out_dir / "out.vhd")
     clean = lambda: rm(out)
     for sub in ["dynamic", "fixed"]:

@@ -1,12 +1,12 @@
 //! Positional byte sources that readers parse images from: a file (with `SEEK_DATA`/`SEEK_HOLE`)
 //! or memory. Every read is positional (`pread`), so one source serves many threads at once
-//! with no cursor and no lock.
+//! with no cursor and no lock on the read path.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Extent, Mapping};
@@ -54,6 +54,31 @@ pub struct FileSource {
     len: u64,
     /// Whether `SEEK_DATA`/`SEEK_HOLE` are trusted for this file (regular files only).
     seek_data: bool,
+    /// The last data run and the last hole the file system reported, whole (`[start, end)`).
+    runs: Mutex<KnownRuns>,
+}
+
+/// What `SEEK_DATA`/`SEEK_HOLE` last answered. `SEEK_HOLE` walks the file system's map from the
+/// offset to the next hole, however far that is, holding the inode's lock (tmpfs walks page by
+/// page). Asked chunk by chunk through a long data run, it would walk the rest of the run each
+/// time, so the answers are kept and chunks inside a known run need no system call.
+#[derive(Debug, Default, Clone, Copy)]
+struct KnownRuns {
+    data: Option<(u64, u64)>,
+    hole: Option<(u64, u64)>,
+}
+
+impl KnownRuns {
+    fn lookup(&self, offset: u64, end: u64) -> Option<Mapping> {
+        let hit = |run: Option<(u64, u64)>, extent| match run {
+            Some((s, e)) if s <= offset && offset < e => Some(Mapping {
+                extent,
+                len: e.min(end) - offset,
+            }),
+            _ => None,
+        };
+        hit(self.data, Extent::Data).or_else(|| hit(self.hole, Extent::Unallocated))
+    }
 }
 
 impl FileSource {
@@ -100,6 +125,7 @@ impl FileSource {
             path: path.to_path_buf(),
             len,
             seek_data: ft.is_file(),
+            runs: Mutex::default(),
         })
     }
 
@@ -171,18 +197,36 @@ impl Source for FileSource {
             return Ok(whole);
         }
         let end = offset.saturating_add(max_len);
+        let known = |runs: &Mutex<KnownRuns>| *runs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = known(&self.runs).lookup(offset, end) {
+            return Ok(m);
+        }
+        let remember = |data: bool, run: (u64, u64)| {
+            let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+            if data {
+                runs.data = Some(run);
+            } else {
+                runs.hole = Some(run);
+            }
+        };
         // lseek(SEEK_DATA/SEEK_HOLE) returns its answer and does not disturb positional reads,
         // so concurrent calls from several threads are safe without a lock.
         match seek(&self.file, SeekFrom::Data(offset)) {
-            Ok(data) if data > offset => Ok(Mapping {
-                extent: Extent::Unallocated,
-                len: (data.min(end)) - offset,
-            }),
+            Ok(data) if data > offset => {
+                remember(false, (offset, data));
+                Ok(Mapping {
+                    extent: Extent::Unallocated,
+                    len: (data.min(end)) - offset,
+                })
+            }
             Ok(_) => match seek(&self.file, SeekFrom::Hole(offset)) {
-                Ok(hole) if hole > offset => Ok(Mapping {
-                    extent: Extent::Data,
-                    len: hole.min(end) - offset,
-                }),
+                Ok(hole) if hole > offset => {
+                    remember(true, (offset, hole));
+                    Ok(Mapping {
+                        extent: Extent::Data,
+                        len: hole.min(end) - offset,
+                    })
+                }
                 // A hole at `offset` right after SEEK_DATA said data: the file changed under
                 // us; reading is the safe answer.
                 _ => Ok(whole),
@@ -191,6 +235,7 @@ impl Source for FileSource {
             // file shrank under us, which must not pass for zeros.
             Err(Errno::NXIO) => {
                 self.check_length(offset)?;
+                remember(false, (offset, self.len.max(end)));
                 Ok(Mapping {
                     extent: Extent::Unallocated,
                     len: max_len,
@@ -263,6 +308,49 @@ mod tests {
             .err()
             .map(|e| e.kind());
         assert_eq!(err, Some(ErrorKind::NotAFile));
+    }
+
+    #[test]
+    fn remembered_runs_answer_as_the_file_system_does() -> Result<()> {
+        const MIB: u64 = 1 << 20;
+        let path = std::env::temp_dir().join(format!("imgconv-runs-{}.raw", std::process::id()));
+        let file = File::create(&path).map_err(|e| Error::io("create", e))?;
+        file.set_len(16 * MIB).map_err(|e| Error::io("size", e))?;
+        for (at, len) in [(MIB, 4 * MIB), (9 * MIB, MIB), (12 * MIB + 4096, 8192)] {
+            file.write_all_at(&vec![7u8; len as usize], at)
+                .map_err(|e| Error::io("write", e))?;
+        }
+        drop(file);
+        // Each answer of one long-lived source (asked forward, backward, then in a scattered
+        // order, with several chunk sizes) must equal a fresh source's, which asks the file
+        // system itself.
+        let cached = FileSource::open(&path)?;
+        let step = 256 * 1024;
+        let mut offsets: Vec<u64> = (0..16 * MIB).step_by(step).collect();
+        let back: Vec<u64> = offsets.iter().rev().copied().collect();
+        let scattered: Vec<u64> = (0..offsets.len())
+            .map(|i| offsets[(i * 37) % offsets.len()])
+            .collect();
+        offsets.extend(back);
+        offsets.extend(scattered);
+        for (i, &off) in offsets.iter().enumerate() {
+            let max_len = [step as u64, 3 * MIB, 16 * MIB - off][i % 3].min(16 * MIB - off);
+            let fresh = FileSource::open(&path)?.extent(off, max_len)?;
+            let got = cached.extent(off, max_len)?;
+            assert_eq!(
+                (got.extent, got.len),
+                (fresh.extent, fresh.len),
+                "at {off}+{max_len}"
+            );
+        }
+        // Bytes written are never reported as a hole.
+        for (at, len) in [(MIB, 4 * MIB), (9 * MIB, MIB), (12 * MIB + 4096, 8192)] {
+            for off in (at..at + len).step_by(4096) {
+                assert_eq!(cached.extent(off, 4096)?.extent, Extent::Data, "at {off}");
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        Ok(())
     }
 
     #[test]
