@@ -112,10 +112,11 @@ fn commit_all<W: Writer>(
     let keep = config.window().max(1) * 2 + 2 * crate::digest::QUEUE_DEPTH;
     let pool = BufferPool::new(chunk_len, keep);
     let abort = AtomicBool::new(false);
-    // With a light encoder the committing thread writes as much as the workers read: give it
-    // a core of its own rather than have it compete with a full set of workers.
+    // With a light encoder and a light decoder the committing thread writes as much as the
+    // workers read: give it a core of its own rather than have it compete with a full set of
+    // workers. Compressed input or output keeps every core for the workers.
     let threads = rayon::current_num_threads();
-    let own_pool = if writer.light_encoder() && threads > 1 {
+    let own_pool = if writer.light_encoder() && reader.light_decoder() && threads > 1 {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads - 1)
             .thread_name(|i| format!("imgconv-io-{i}"))

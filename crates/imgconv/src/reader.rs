@@ -31,6 +31,13 @@ pub trait Reader: Send + Sync {
 
     /// What `imgconv info` shows.
     fn info(&self) -> ImageInfo;
+
+    /// Whether reading costs little next to copying the bytes (no decompression). A light
+    /// reader and a light writer let the committing thread have a core to itself; a reader
+    /// that inflates its data keeps every core for the workers.
+    fn light_decoder(&self) -> bool {
+        true
+    }
 }
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.

@@ -248,3 +248,33 @@ fn a_disk_with_holes_converts_to_its_exact_content() -> imgconv::Result<()> {
     assert_eq!(sink.contents(), want);
     Ok(())
 }
+
+#[test]
+fn only_compressed_inputs_count_as_heavy_to_read() -> imgconv::Result<()> {
+    // Light input and light output leave a core to the committing thread; an input whose
+    // data must be inflated keeps every core for the workers.
+    let data = pattern(3 << 20);
+    let raw = open_source(Box::new(MemSource::new(data.clone())), Some(Format::Raw))?;
+    assert!(raw.light_decoder());
+    for (format, options, light) in [
+        (Format::Vmdk, "subformat=streamOptimized", false),
+        (Format::Vmdk, "subformat=monolithicSparse", true),
+        (Format::Qcow2, "", false),
+        (Format::Vhd, "subformat=dynamic", true),
+        (Format::Vdi, "", true),
+    ] {
+        let sink = VecSink::new();
+        let mut opts = ConvertOptions::new(format);
+        opts.writer_options = imgconv::WriterOptions::parse(options)?;
+        convert(
+            &*raw,
+            Destination::Sink(Box::new(sink.clone())),
+            &opts,
+            &NoProgress,
+            &CancelToken::new(),
+        )?;
+        let image = open_source(Box::new(MemSource::new(sink.contents())), Some(format))?;
+        assert_eq!(image.light_decoder(), light, "{format:?} {options}");
+    }
+    Ok(())
+}

@@ -255,6 +255,11 @@ impl Qcow2Reader {
 }
 
 impl Reader for Qcow2Reader {
+    /// Any cluster may be compressed, and the header does not say whether one is.
+    fn light_decoder(&self) -> bool {
+        false
+    }
+
     fn format(&self) -> Format {
         Format::Qcow2
     }

@@ -197,6 +197,14 @@ impl VmdkReader {
 }
 
 impl Reader for VmdkReader {
+    /// Light unless a sparse extent has compressed grains (streamOptimized).
+    fn light_decoder(&self) -> bool {
+        !self
+            .pieces
+            .iter()
+            .any(|p| matches!(&p.part, Part::Sparse(s) if s.h.compressed()))
+    }
+
     fn format(&self) -> Format {
         Format::Vmdk
     }
