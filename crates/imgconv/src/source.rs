@@ -197,8 +197,8 @@ impl Source for FileSource {
             return Ok(whole);
         }
         let end = offset.saturating_add(max_len);
-        let known = |runs: &Mutex<KnownRuns>| *runs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = known(&self.runs).lookup(offset, end) {
+        let known = *self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = known.lookup(offset, end) {
             return Ok(m);
         }
         let remember = |data: bool, run: (u64, u64)| {
@@ -234,8 +234,8 @@ impl Source for FileSource {
             // ENXIO: no data at or after offset: a hole up to the end of the file, unless the
             // file shrank under us, which must not pass for zeros.
             Err(Errno::NXIO) => {
+                // Not remembered: every answer here checks the length again.
                 self.check_length(offset)?;
-                remember(false, (offset, self.len.max(end)));
                 Ok(Mapping {
                     extent: Extent::Unallocated,
                     len: max_len,
