@@ -137,7 +137,8 @@ pub(crate) enum ProgressMode {
 /// Options every subcommand that does heavy work takes.
 #[derive(Debug, Args)]
 pub(crate) struct Common {
-    /// Worker threads (default: one per core).
+    /// Worker threads (default: one per core; one fewer when neither the input nor the output
+    /// is compressed, as the thread writing the output then needs a core of its own).
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<usize>,
 }
