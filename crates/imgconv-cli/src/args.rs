@@ -73,7 +73,8 @@ pub(crate) struct ApiArgs {
     /// A request header, NAME:VALUE (OCI's opc-retry-token, if-match); repeatable.
     #[arg(long, value_name = "NAME:VALUE")]
     pub(crate) header: Vec<String>,
-    /// S3-compatible endpoint for bucket destinations.
+    /// S3-compatible endpoint for bucket destinations (default: $AWS_ENDPOINT_URL_S3,
+    /// $AWS_ENDPOINT_URL).
     #[arg(long, value_name = "URL")]
     pub(crate) endpoint: Option<String>,
     /// Signing region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1).
@@ -197,8 +198,8 @@ pub(crate) struct ConvertArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Export to object storage")]
 pub(crate) struct ExportArgs {
-    /// S3-compatible endpoint for s3://, obs:// and oci:// outputs (default for s3://:
-    /// https://s3.REGION.amazonaws.com).
+    /// S3-compatible endpoint for s3://, obs:// and oci:// outputs (default:
+    /// $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, and for s3:// https://s3.REGION.amazonaws.com).
     #[arg(long, value_name = "URL")]
     pub(crate) endpoint: Option<String>,
     /// Region that requests are signed for (default: $AWS_REGION, $AWS_DEFAULT_REGION or

@@ -88,23 +88,35 @@ fn remote(output: &Path) -> Result<Option<Remote>, Error> {
     Ok(None)
 }
 
-fn region(e: &ExportArgs) -> String {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    e.region
-        .clone()
-        .or_else(|| var("AWS_REGION"))
-        .or_else(|| var("AWS_DEFAULT_REGION"))
+/// A variable of the environment, unless it is unset or empty.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The signing region: the flag, else `$AWS_REGION`, `$AWS_DEFAULT_REGION`, `us-east-1`.
+fn region(flag: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| env_var("AWS_REGION"))
+        .or_else(|| env_var("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|| "us-east-1".into())
 }
 
+/// The S3-compatible endpoint: the flag, else `$AWS_ENDPOINT_URL_S3`, else
+/// `$AWS_ENDPOINT_URL` (the variables the AWS CLI and SDKs read for the same purpose).
+fn endpoint(flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_string)
+        .or_else(|| env_var("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env_var("AWS_ENDPOINT_URL"))
+}
+
 fn s3_config(e: &ExportArgs, scheme: &str, force: bool) -> Result<S3Config, Error> {
-    let region = region(e);
-    let endpoint = match (&e.endpoint, scheme) {
-        (Some(ep), _) => ep.clone(),
+    let region = region(e.region.as_deref());
+    let endpoint = match (endpoint(e.endpoint.as_deref()), scheme) {
+        (Some(ep), _) => ep,
         (None, "s3") => format!("https://s3.{region}.amazonaws.com"),
         (None, _) => {
             return Err(Error::invalid_argument(format!(
-                "{scheme}:// needs --endpoint (OBS: https://obs.REGION.myhuaweicloud.com; \
+                "{scheme}:// needs --endpoint or $AWS_ENDPOINT_URL_S3 (OBS: https://obs.REGION.myhuaweicloud.com; \
                  OCI: https://NAMESPACE.compat.objectstorage.REGION.oraclecloud.com)"
             )))
         }
@@ -615,12 +627,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             })?;
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
-        let region = a
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .unwrap_or_else(|| "us-east-1".into());
+        let region = region(a.region.as_deref());
         let bucket = match &a.bucket {
             Some(b) => {
                 let rest = b.strip_prefix("s3://").ok_or_else(|| {
@@ -635,7 +642,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             source: image.clone(),
             path_id: a.image_id.clone(),
             headers,
-            endpoint: a.endpoint.clone().map(|e| (e, region)),
+            endpoint: endpoint(a.endpoint.as_deref()).map(|e| (e, region)),
             bucket,
             publish: a.publish_dir.clone().zip(a.publish_url.clone()),
             in_use: a.in_use,

@@ -25,13 +25,7 @@ fn source(dir: &Path) -> PathBuf {
 
 /// `imgconv` with the server's keys in the environment.
 fn with_keys() -> Command {
-    let mut c = imgconv();
-    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
-    c
+    imgconv_with_keys(ACCESS_KEY, SECRET_KEY)
 }
 
 fn json(stdout: &str) -> serde_json::Value {
@@ -106,11 +100,14 @@ fn exports_to_s3_in_each_format_match_their_digests_and_the_source() {
         }
     }
     assert!(entries(&scratch_dir).is_empty(), "scratch file left behind");
-    // Human output: md5sum-style lines naming the object.
+    // Human output: md5sum-style lines naming the object. The endpoint and region come
+    // from the environment, the S3-specific variable before the general one.
     let out = ok(with_keys()
         .arg(&src)
         .arg("s3://exports/h.vhd")
-        .args(["--endpoint", &server.endpoint()]));
+        .env("AWS_ENDPOINT_URL_S3", server.endpoint())
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_REGION", "us-east-1"));
     let h = dir.join("h.vhd");
     std::fs::write(&h, server.download("h.vhd").expect("object")).expect("write");
     assert_eq!(qemu_compare_formats(&src, "raw", &h, "vpc"), 0);
@@ -122,6 +119,26 @@ fn exports_to_s3_in_each_format_match_their_digests_and_the_source() {
         out.contains(&format!("SHA256 (s3://exports/h.vhd) = {}", sha256sum(&h))),
         "{out}"
     );
+    // --endpoint wins over the environment; AWS_ENDPOINT_URL alone serves too.
+    let small = mixed_source(&dir);
+    ok(with_keys()
+        .arg(&small)
+        .arg("s3://exports/flag.vhd")
+        .args(["--endpoint", &server.endpoint()])
+        .env("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9"));
+    ok(with_keys()
+        .arg(&small)
+        .arg("obs://exports/general.vhd")
+        .env("AWS_ENDPOINT_URL", server.endpoint()));
+    for key in ["flag.vhd", "general.vhd"] {
+        let path = dir.join(key);
+        std::fs::write(&path, server.download(key).expect("object")).expect("write");
+        assert_eq!(
+            qemu_compare_formats(&small, "raw", &path, "vpc"),
+            0,
+            "{key}"
+        );
+    }
 }
 
 #[test]

@@ -20,12 +20,8 @@ fn request(name: &str) -> PathBuf {
 
 /// `imgconv export --api API --db DIR/jobs.sqlite` with the server's keys.
 fn api(dir: &Path, which: &str) -> Command {
-    let mut c = imgconv();
-    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env_remove("AWS_SESSION_TOKEN")
-        .args(["export", "--api", which, "--db"])
+    let mut c = imgconv_with_keys(ACCESS_KEY, SECRET_KEY);
+    c.args(["export", "--api", which, "--db"])
         .arg(dir.join("jobs.sqlite"));
     c
 }

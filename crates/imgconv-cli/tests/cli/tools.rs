@@ -15,6 +15,26 @@ pub fn imgconv() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imgconv"))
 }
 
+/// `imgconv` with the given keys as the only AWS settings of its environment: no session
+/// token, profile, credentials file, region or endpoint leaks in from the caller's.
+pub fn imgconv_with_keys(access_key: &str, secret_key: &str) -> Command {
+    let mut c = imgconv();
+    c.env("AWS_ACCESS_KEY_ID", access_key)
+        .env("AWS_SECRET_ACCESS_KEY", secret_key)
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    for name in [
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
+        c.env_remove(name);
+    }
+    c
+}
+
 /// A fresh, empty folder for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
