@@ -92,6 +92,10 @@ pub(crate) struct ApiArgs {
     /// EVS: the volume is attached to a server (the request then needs force).
     #[arg(long)]
     pub(crate) in_use: bool,
+    /// OCI's own format: the image's image_metadata.json (launch options, operating system)
+    /// to put in the archive (default: BIOS firmware, paravirtualized, "Custom" OS).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) image_metadata: Option<PathBuf>,
     /// Answer the request but leave the job queued (run it later with --run).
     #[arg(long)]
     pub(crate) no_run: bool,

@@ -580,6 +580,26 @@ pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
     Ok(0)
 }
 
+/// An OCI `image_metadata.json` given with `--image-metadata`: a JSON object.
+fn read_metadata(path: &Path) -> Result<serde_json::Value, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::new(
+            imgconv::ErrorKind::NotFound,
+            format!("reading the image metadata: {e}"),
+        )
+        .with_path(path)
+    })?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => {
+            Err(Error::invalid_argument("the image metadata is not a JSON object").with_path(path))
+        }
+        Err(e) => Err(
+            Error::invalid_argument(format!("the image metadata is not JSON: {e}")).with_path(path),
+        ),
+    }
+}
+
 /// `imgconv export --api ...`: the provider's response on stdout (its HTTP status and headers
 /// on stderr), then, for a new job, the job run to its end. Exit 0 when the answer is a
 /// success and the job (if run) completed; 1 when the API answered an error; 6 when the job
@@ -638,6 +658,16 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             }
             None => None,
         };
+        let oci_metadata = match &a.image_metadata {
+            Some(_) if api != Api::Oci => {
+                return Err(Error::invalid_argument(
+                    "--image-metadata is for --api oci (its OCI export format)",
+                )
+                .into())
+            }
+            Some(path) => Some(read_metadata(path)?),
+            None => None,
+        };
         let ctx = Context {
             source: image.clone(),
             path_id: a.image_id.clone(),
@@ -646,6 +676,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             bucket,
             publish: a.publish_dir.clone().zip(a.publish_url.clone()),
             in_use: a.in_use,
+            oci_metadata,
         };
         api.submit(&mut store, &ctx, &request)
     };

@@ -87,6 +87,9 @@ pub struct Context {
     pub publish: Option<(PathBuf, String)>,
     /// For EVS: the volume is attached (then `force` is needed).
     pub in_use: bool,
+    /// For OCI's own format: the image's `image_metadata.json` (its launch options, OS),
+    /// which the request does not carry; `None` writes [`crate::oci_image_metadata`].
+    pub oci_metadata: Option<Value>,
 }
 
 /// An answer: HTTP status, body, and the job to run (a new one).
@@ -369,6 +372,7 @@ fn aws_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         compress: false,
         target: s3_target(ctx, bucket, &key)?,
         oci_archive: false,
+        oci_metadata: None,
     };
     let tags: Vec<Value> = req
         .get("TagSpecifications")
@@ -582,6 +586,11 @@ fn oci_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         compress: false,
         target,
         oci_archive,
+        oci_metadata: if oci_archive {
+            ctx.oci_metadata.clone()
+        } else {
+            None
+        },
     };
     let mut echo = req.clone();
     if let Some(o) = echo.as_object_mut() {
@@ -718,6 +727,7 @@ fn ims_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         compress: false,
         target: s3_target(ctx, bucket, file)?,
         oci_archive: false,
+        oci_metadata: None,
     };
     let mut echo = req.clone();
     echo["image_id"] = json!(image_id);
@@ -824,6 +834,7 @@ fn evs_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         compress: false,
         target: s3_target(ctx, &bucket, &key)?,
         oci_archive: false,
+        oci_metadata: None,
     };
     let mut echo = json!({
         "id": volume_id,
@@ -892,6 +903,7 @@ fn zstack_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Rep
             base_url: base,
         },
         oci_archive: false,
+        oci_metadata: None,
     };
     let echo = json!({ "imageUuid": image, "exportFormat": format });
     let (job, new) = submit_job(Api::Zstack, store, &id, None, req, &spec, &echo)?;

@@ -78,6 +78,9 @@ pub struct JobSpec {
     /// Wrap the QCOW2 in Oracle Cloud's `OCI` tar (with `image_metadata.json`).
     #[serde(default)]
     pub oci_archive: bool,
+    /// The archive's `image_metadata.json` (default: [`crate::oci_image_metadata`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_metadata: Option<serde_json::Value>,
 }
 
 /// A job's state.
@@ -686,7 +689,10 @@ fn run_spec(
         crate::export_oci_archive(
             &*reader,
             &target,
-            &crate::oci_image_metadata(),
+            &spec
+                .oci_metadata
+                .clone()
+                .unwrap_or_else(crate::oci_image_metadata),
             progress,
             cancel,
         )?
@@ -717,6 +723,7 @@ mod tests {
                 base_url: "http://h/".into(),
             },
             oci_archive: false,
+            oci_metadata: None,
         }
     }
 

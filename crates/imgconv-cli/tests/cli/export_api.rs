@@ -615,12 +615,13 @@ fn oci_exports_its_own_format_through_a_pre_authenticated_request() {
     let dir = scratch("api-oci-par");
     let src = big_source(&dir);
     let par = imgconv_testkit::ParServer::start();
-    // The etag the first answer gives is the one if-match must carry.
+    // The etag the first answer gives is the one if-match must carry. This first export is
+    // in OCI's own format without --image-metadata: the archive holds the default metadata.
     let probe = write(
         &dir,
         "probe.json",
         &serde_json::json!({ "destinationType": "objectStorageUri",
-            "destinationUri": par.par_url("probe.qcow2"), "exportFormat": "QCOW2" }),
+            "destinationUri": par.par_url("probe.oci"), "exportFormat": "OCI" }),
     );
     let (code, _, err) = answer(
         api(&dir, "oci")
@@ -637,7 +638,26 @@ fn oci_exports_its_own_format_through_a_pre_authenticated_request() {
         .find_map(|l| l.strip_prefix("etag: "))
         .expect("etag")
         .to_string();
-    // exportFormat left out: OCI's own format, a tar of the metadata and the QCOW2.
+    let probe_archive = dir.join("probe.oci");
+    std::fs::write(&probe_archive, par.object("probe.oci").expect("object")).expect("write");
+    let probe_dir = dir.join("probe");
+    std::fs::create_dir_all(&probe_dir).expect("dir");
+    let x = tool(
+        "tar",
+        &["-xf", path_str(&probe_archive), "-C", path_str(&probe_dir)],
+    );
+    assert!(x.status.success(), "{x:?}");
+    assert_eq!(
+        read_json(&probe_dir.join("image_metadata.json")),
+        imgconv_export::oci_image_metadata()
+    );
+    // exportFormat left out: OCI's own format, a tar of the metadata and the QCOW2. The
+    // image's launch options come from the service (--image-metadata), not the request.
+    let metadata = serde_json::json!({ "version": 2, "operatingSystem": "Oracle Linux",
+        "operatingSystemVersion": "9",
+        "externalLaunchOptions": { "firmware": "UEFI_64", "networkType": "VFIO",
+            "bootVolumeType": "PARAVIRTUALIZED", "launchMode": "NATIVE" } });
+    let metadata_file = write(&dir, "image_metadata.json", &metadata);
     let req = write(
         &dir,
         "par.json",
@@ -655,7 +675,9 @@ fn oci_exports_its_own_format_through_a_pre_authenticated_request() {
                 "ocid1.image.oc1..x",
                 "--header",
                 &format!("if-match:{etag}"),
-            ]),
+            ])
+            .arg("--image-metadata")
+            .arg(&metadata_file),
     );
     assert_eq!(code, 0, "{body} {err}");
     let archive = dir.join("image.oci");
@@ -682,11 +704,31 @@ fn oci_exports_its_own_format_through_a_pre_authenticated_request() {
     std::fs::create_dir_all(&out).expect("dir");
     let x = tool("tar", &["-xf", path_str(&archive), "-C", path_str(&out)]);
     assert!(x.status.success(), "{x:?}");
-    let meta = read_json(&out.join("image_metadata.json"));
-    assert!(meta.get("externalLaunchOptions").is_some(), "{meta}");
+    assert_eq!(read_json(&out.join("image_metadata.json")), metadata);
     let disk = out.join("output.QCOW2");
     let check = tool("qemu-img", &["check", "-f", "qcow2", path_str(&disk)]);
     assert!(check.status.success(), "{check:?}");
     assert_eq!(qemu_compare_formats(&src, "raw", &disk, "qcow2"), 0);
     assert_eq!(par.pending_uploads(), 0);
+    // Metadata that is not a JSON object, or given to another API, is a usage error.
+    let not_object = dir.join("list.json");
+    std::fs::write(&not_object, "[1, 2]").expect("write");
+    for (which, file, says) in [
+        ("oci", &not_object, "not a JSON object"),
+        ("aws", &metadata_file, "is for --api oci"),
+    ] {
+        let out = api(&dir, which)
+            .arg("--request")
+            .arg(&req)
+            .arg("--image")
+            .arg(&src)
+            .arg("--image-metadata")
+            .arg(file)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{which}: {err}");
+        assert!(err.contains(says), "{which}: {err}");
+        assert!(out.stdout.is_empty(), "{which}: no answer on a usage error");
+    }
 }
