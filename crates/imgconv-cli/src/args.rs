@@ -102,6 +102,11 @@ pub(crate) struct ApiArgs {
     /// Run a queued job.
     #[arg(long, value_name = "JOB")]
     pub(crate) run: Option<String>,
+    /// Worker: run the API's queued jobs (submitted with --no-run), oldest first, one after
+    /// another, until none is left; each job's description goes to stdout as a JSON line.
+    /// Workers on one database never run the same job twice.
+    #[arg(long, conflicts_with_all = ["run", "describe", "cancel", "list", "request"])]
+    pub(crate) work: bool,
     /// Describe a job.
     #[arg(long, value_name = "JOB")]
     pub(crate) describe: Option<String>,

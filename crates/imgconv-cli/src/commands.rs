@@ -603,12 +603,15 @@ fn read_metadata(path: &Path) -> Result<serde_json::Value, Error> {
 /// `imgconv export --api ...`: the provider's response on stdout (its HTTP status and headers
 /// on stderr), then, for a new job, the job run to its end. Exit 0 when the answer is a
 /// success and the job (if run) completed; 1 when the API answered an error; 6 when the job
-/// failed; 130 when it was cancelled.
+/// failed; 130 when it was cancelled. `--work` runs queued jobs instead (see [`work`]).
 pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
     use imgconv_export::api::{Api, Context};
     use imgconv_export::jobs::{JobState, JobStore};
     let api: Api = a.api.parse()?;
     let mut store = JobStore::open(&a.db)?;
+    if a.work {
+        return work(api, &store);
+    }
     let reply = if let Some(id) = &a.describe {
         api.describe(&store, id)
     } else if let Some(id) = &a.cancel {
@@ -708,6 +711,25 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             6
         }
     })
+}
+
+/// `imgconv export --api API --work`: run the API's queued jobs until none is left. Exit 0
+/// when the queue is empty (jobs that failed are recorded as failed), 130 on Ctrl-C, which
+/// cancels the running job and leaves the rest queued.
+fn work(api: imgconv_export::api::Api, store: &imgconv_export::jobs::JobStore) -> CmdResult {
+    use std::io::Write as _;
+    let cancel = CancelToken::new();
+    install_signal_handler(&cancel);
+    while let Some(job) = store.run_next(api.name(), None, &cancel)? {
+        let reply = api.describe(store, &job.id);
+        println!("{}", serde_json::to_string(&reply.body).unwrap_or_default());
+        let _ = std::io::stdout().flush();
+        eprintln!("imgconv: export job {}: {}", job.id, job.message);
+        if cancel.is_cancelled() {
+            return Ok(130);
+        }
+    }
+    Ok(0)
 }
 
 #[cfg(test)]

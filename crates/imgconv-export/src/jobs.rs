@@ -454,6 +454,45 @@ impl JobStore {
         credentials: Option<Credentials>,
         cancel: &CancelToken,
     ) -> Result<Job> {
+        if !self.claim(id)? {
+            return self.get(id);
+        }
+        self.run_claimed(id, credentials, cancel)
+    }
+
+    /// Claim the provider's oldest queued job and run it to its end, as [`JobStore::run`]
+    /// does; `None` when no job of the provider is queued. Processes that call this on one
+    /// database at once never run the same job twice: a job goes to whoever claims it first.
+    /// A worker calls this until it answers `None`.
+    pub fn run_next(
+        &self,
+        provider: &str,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Option<Job>> {
+        loop {
+            let next: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT id FROM jobs WHERE provider = ?1 AND state = 'queued' \
+                     ORDER BY created, rowid LIMIT 1",
+                    params![provider],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some(id) = next else {
+                return Ok(None);
+            };
+            // Another worker may have taken it since: then look again.
+            if self.claim(&id)? {
+                return self.run_claimed(&id, credentials, cancel).map(Some);
+            }
+        }
+    }
+
+    /// Mark a queued job active and this process its runner; false when it is not queued.
+    fn claim(&self, id: &str) -> Result<bool> {
         let pid = std::process::id();
         let claimed = self
             .conn
@@ -463,9 +502,16 @@ impl JobStore {
                 params![id, pid, start_time(pid), now()],
             )
             .map_err(db_err)?;
-        if claimed == 0 {
-            return self.get(id);
-        }
+        Ok(claimed == 1)
+    }
+
+    /// Run a job this process has claimed.
+    fn run_claimed(
+        &self,
+        id: &str,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Job> {
         let job = self.get(id)?;
         let cancel = cancel.clone();
         let db = Connection::open(&self.path).map_err(db_err)?;
@@ -786,6 +832,83 @@ mod tests {
         assert!(j.result.is_none());
         // Cancelling a finished job is refused.
         assert!(s.cancel("j1").is_err());
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    #[test]
+    fn workers_run_queued_jobs_oldest_first_and_never_twice() -> Result<()> {
+        let path = db("workers");
+        let dir = std::env::temp_dir().join(format!("imgconv-workers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("temp dir", e))?;
+        let source = dir.join("in.raw");
+        std::fs::write(&source, vec![7u8; 3 << 20]).map_err(|e| Error::io("source", e))?;
+        let job = |name: &str| JobSpec {
+            source: source.clone(),
+            target: TargetSpec::Folder {
+                dir: dir.clone(),
+                name: format!("{name}.raw"),
+                base_url: "http://h/".into(),
+            },
+            ..spec()
+        };
+        let r = serde_json::json!({});
+        let mut s = JobStore::open(&path)?;
+        for (i, id) in ["a1", "a2", "a3", "a4", "a5", "a6", "gone"]
+            .iter()
+            .enumerate()
+        {
+            s.submit("aws", id, None, "f", &job(id), &r)?;
+            // Submitted one second apart, a1 the oldest.
+            s.conn
+                .execute(
+                    "UPDATE jobs SET created = created - ?2 WHERE id = ?1",
+                    params![id, 100 - i as i64],
+                )
+                .map_err(db_err)?;
+        }
+        s.submit("oci", "other", None, "f", &job("other"), &r)?;
+        s.cancel("gone")?;
+        let never = CancelToken::new();
+        // One worker: the oldest queued job first.
+        let first = s.run_next("aws", None, &never)?.expect("a queued job");
+        assert_eq!(
+            (first.id.as_str(), first.state),
+            ("a1", JobState::Completed)
+        );
+        // Two workers on the same database share out the rest, each job once.
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || -> Result<Vec<String>> {
+                    let store = JobStore::open(&path)?;
+                    let never = CancelToken::new();
+                    let mut ran = vec![];
+                    while let Some(j) = store.run_next("aws", None, &never)? {
+                        assert_eq!(j.state, JobState::Completed, "{}", j.message);
+                        ran.push(j.id);
+                    }
+                    Ok(ran)
+                })
+            })
+            .collect();
+        let mut ran = vec![];
+        for w in workers {
+            ran.extend(w.join().expect("worker")?);
+        }
+        ran.sort();
+        assert_eq!(ran, ["a2", "a3", "a4", "a5", "a6"]);
+        assert!(s.run_next("aws", None, &never)?.is_none());
+        // The cancelled job and the other provider's job were not run.
+        assert_eq!(s.get("gone")?.state, JobState::Cancelled);
+        assert_eq!(s.get("other")?.state, JobState::Queued);
+        assert!(!dir.join("gone.raw").exists() && !dir.join("other.raw").exists());
+        for id in ["a1", "a2", "a6"] {
+            let out = std::fs::read(dir.join(format!("{id}.raw"))).map_err(|e| Error::io(id, e))?;
+            assert!(out.len() == 3 << 20 && out.iter().all(|&b| b == 7), "{id}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(&path);
         Ok(())
     }

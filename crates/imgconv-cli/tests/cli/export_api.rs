@@ -732,3 +732,81 @@ fn oci_exports_its_own_format_through_a_pre_authenticated_request() {
         assert!(out.stdout.is_empty(), "{which}: no answer on a usage error");
     }
 }
+
+#[test]
+fn queued_jobs_run_later_by_id_or_by_a_worker() {
+    let dir = scratch("api-worker");
+    let src = mixed_source(&dir);
+    let store = dir.join("bs");
+    std::fs::create_dir_all(&store).expect("folder");
+    // Three ZStack exports answered and left queued.
+    let mut jobs = vec![];
+    for uuid in [
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+        "33333333333333333333333333333333",
+    ] {
+        let mut req = read_json(&request("zstack-export-image.json"));
+        req["exportImageFromBackupStorage"]["imageUuid"] = uuid.into();
+        let req = write(&dir, &format!("{uuid}.json"), &req);
+        let (code, body, err) = answer(
+            api(&dir, "zstack")
+                .arg("--request")
+                .arg(&req)
+                .arg("--image")
+                .arg(&src)
+                .arg("--publish-dir")
+                .arg(&store)
+                .args(["--publish-url", "http://172.20.0.5:8000/export", "--no-run"]),
+        );
+        assert_eq!(code, 0, "{body} {err}");
+        let location = body["location"].as_str().expect("location");
+        jobs.push(location.rsplit('/').next().expect("job uuid").to_string());
+    }
+    assert!(entries(&store).is_empty(), "--no-run converted nothing");
+    let (_, r, err) = answer(api(&dir, "zstack").args(["--describe", &jobs[0]]));
+    assert!(
+        err.contains("status: 202"),
+        "still running as ZStack sees it: {err}"
+    );
+    assert!(r.get("imageUrl").is_none(), "{r}");
+    // One by its id...
+    let (code, r, err) = answer(api(&dir, "zstack").args(["--run", &jobs[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        r["imageUrl"],
+        "http://172.20.0.5:8000/export/22222222222222222222222222222222.qcow2"
+    );
+    // ...the rest by a worker, oldest first, one JSON line each; then nothing is left.
+    let out = api(&dir, "zstack").arg("--work").output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let urls: Vec<&str> = lines
+        .iter()
+        .map(|l| l["imageUrl"].as_str().expect("imageUrl"))
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "http://172.20.0.5:8000/export/11111111111111111111111111111111.qcow2",
+            "http://172.20.0.5:8000/export/33333333333333333333333333333333.qcow2"
+        ]
+    );
+    for (line, uuid) in lines.iter().zip(["1111", "3333"]) {
+        let file = store.join(format!("{}.qcow2", uuid.repeat(8)));
+        assert_eq!(line["exportMd5Sum"], md5sum(&file));
+        assert_eq!(qemu_compare_formats(&src, "raw", &file, "qcow2"), 0);
+    }
+    let out = api(&dir, "zstack").arg("--work").output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.is_empty(), "an empty queue runs nothing");
+    // A worker takes no request of its own.
+    let out = api(&dir, "zstack")
+        .args(["--work", "--list"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
