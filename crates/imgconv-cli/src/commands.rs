@@ -580,24 +580,30 @@ pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
     Ok(0)
 }
 
-/// An OCI `image_metadata.json` given with `--image-metadata`: a JSON object.
-fn read_metadata(path: &Path) -> Result<serde_json::Value, Error> {
+/// A JSON file an option names (`what` says which, in errors): missing → not found (3),
+/// not JSON → invalid argument (2).
+fn read_json_file(path: &Path, what: &str) -> Result<serde_json::Value, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::new(
             imgconv::ErrorKind::NotFound,
-            format!("reading the image metadata: {e}"),
+            format!("reading the {what}: {e}"),
         )
         .with_path(path)
     })?;
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(v) if v.is_object() => Ok(v),
-        Ok(_) => {
-            Err(Error::invalid_argument("the image metadata is not a JSON object").with_path(path))
-        }
-        Err(e) => Err(
-            Error::invalid_argument(format!("the image metadata is not JSON: {e}")).with_path(path),
-        ),
+    serde_json::from_str(&text).map_err(|e| {
+        Error::invalid_argument(format!("the {what} is not JSON: {e}")).with_path(path)
+    })
+}
+
+/// An OCI `image_metadata.json` given with `--image-metadata`: a JSON object.
+fn read_metadata(path: &Path) -> Result<serde_json::Value, Error> {
+    let v = read_json_file(path, "image metadata")?;
+    if !v.is_object() {
+        return Err(
+            Error::invalid_argument("the image metadata is not a JSON object").with_path(path),
+        );
     }
+    Ok(v)
 }
 
 /// `imgconv export --api ...`: the provider's response on stdout (its HTTP status and headers
@@ -633,16 +639,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
         let Some(image) = &a.image else {
             return Err(Error::invalid_argument("--request needs --image PATH").into());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(
-                imgconv::ErrorKind::NotFound,
-                format!("reading the request: {e}"),
-            )
-            .with_path(path)
-        })?;
-        let request: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::invalid_argument(format!("the request is not JSON: {e}")).with_path(path)
-        })?;
+        let request = read_json_file(path, "request")?;
         let mut headers = std::collections::BTreeMap::new();
         for h in &a.header {
             let (k, v) = h.split_once(':').ok_or_else(|| {
