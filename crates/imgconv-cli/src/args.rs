@@ -74,10 +74,11 @@ pub(crate) struct ApiArgs {
     #[arg(long, value_name = "NAME:VALUE")]
     pub(crate) header: Vec<String>,
     /// S3-compatible endpoint for bucket destinations (default: $AWS_ENDPOINT_URL_S3,
-    /// $AWS_ENDPOINT_URL).
+    /// $AWS_ENDPOINT_URL, the profile's endpoint_url in ~/.aws/config).
     #[arg(long, value_name = "URL")]
     pub(crate) endpoint: Option<String>,
-    /// Signing region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1).
+    /// Signing region (default: $AWS_REGION, $AWS_DEFAULT_REGION, the profile's region in
+    /// ~/.aws/config, or us-east-1).
     #[arg(long, value_name = "REGION")]
     pub(crate) region: Option<String>,
     /// Where EVS images go: s3://BUCKET/PREFIX.
@@ -208,11 +209,12 @@ pub(crate) struct ConvertArgs {
 #[command(next_help_heading = "Export to object storage")]
 pub(crate) struct ExportArgs {
     /// S3-compatible endpoint for s3://, obs:// and oci:// outputs (default:
-    /// $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, and for s3:// https://s3.REGION.amazonaws.com).
+    /// $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, the profile's endpoint_url in ~/.aws/config,
+    /// and for s3:// https://s3.REGION.amazonaws.com).
     #[arg(long, value_name = "URL")]
     pub(crate) endpoint: Option<String>,
-    /// Region that requests are signed for (default: $AWS_REGION, $AWS_DEFAULT_REGION or
-    /// us-east-1).
+    /// Region that requests are signed for (default: $AWS_REGION, $AWS_DEFAULT_REGION, the
+    /// profile's region in ~/.aws/config, or us-east-1).
     #[arg(long, value_name = "REGION")]
     pub(crate) region: Option<String>,
     /// Address buckets as BUCKET.endpoint instead of endpoint/BUCKET.

@@ -93,20 +93,23 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The signing region: the flag, else `$AWS_REGION`, `$AWS_DEFAULT_REGION`, `us-east-1`.
+/// The signing region: the flag, else `$AWS_REGION`, `$AWS_DEFAULT_REGION`, the profile's
+/// `region` in the shared config file, `us-east-1`.
 fn region(flag: Option<&str>) -> String {
     flag.map(str::to_string)
         .or_else(|| env_var("AWS_REGION"))
         .or_else(|| env_var("AWS_DEFAULT_REGION"))
+        .or_else(|| imgconv_export::profile_setting("region"))
         .unwrap_or_else(|| "us-east-1".into())
 }
 
-/// The S3-compatible endpoint: the flag, else `$AWS_ENDPOINT_URL_S3`, else
-/// `$AWS_ENDPOINT_URL` (the variables the AWS CLI and SDKs read for the same purpose).
+/// The S3-compatible endpoint: the flag, else `$AWS_ENDPOINT_URL_S3`, `$AWS_ENDPOINT_URL`,
+/// the profile's `endpoint_url` in the shared config file (where the AWS CLI and SDKs look).
 fn endpoint(flag: Option<&str>) -> Option<String> {
     flag.map(str::to_string)
         .or_else(|| env_var("AWS_ENDPOINT_URL_S3"))
         .or_else(|| env_var("AWS_ENDPOINT_URL"))
+        .or_else(|| imgconv_export::profile_setting("endpoint_url"))
 }
 
 fn s3_config(e: &ExportArgs, scheme: &str, force: bool) -> Result<S3Config, Error> {

@@ -1,8 +1,11 @@
 //! Credentials from the usual places: the environment (`AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), else the shared credentials file
-//! (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`, profile `AWS_PROFILE` or
-//! `default`). Secrets are never printed: `Debug` shows the access key id only.
+//! (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`), else the shared config file
+//! (`AWS_CONFIG_FILE`, default `~/.aws/config`), in profile `AWS_PROFILE` or `default`.
+//! The config file's profile may also give `region` and `endpoint_url` ([`profile_setting`]).
+//! Secrets are never printed: `Debug` shows the access key id only.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use imgconv::{Error, ErrorKind, Result};
@@ -56,7 +59,6 @@ impl Credentials {
 
     /// From the environment, else from the shared credentials file.
     pub fn from_env() -> Result<Credentials> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let (Some(a), Some(s)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
             return Ok(Credentials::new(
                 &a,
@@ -64,47 +66,84 @@ impl Credentials {
                 var("AWS_SESSION_TOKEN").as_deref(),
             ));
         }
-        let path = var("AWS_SHARED_CREDENTIALS_FILE")
-            .or_else(|| var("HOME").map(|h| format!("{h}/.aws/credentials")));
-        let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
-        let text = path.and_then(|p| std::fs::read_to_string(p).ok());
-        text.and_then(|t| parse_profile(&t, &profile))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!(
-                        "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give \
-                     profile '{profile}' in the shared credentials file"
-                    ),
-                )
-            })
+        let profile = profile_name();
+        [
+            shared_file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+            shared_file("AWS_CONFIG_FILE", "config"),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|text| parse_profile(&text, &profile))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give \
+                     profile '{profile}' in the shared credentials or config file"
+                ),
+            )
+        })
     }
 }
 
-/// The keys of `[profile]` in an INI-style credentials file.
-fn parse_profile(text: &str, profile: &str) -> Option<Credentials> {
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `AWS_PROFILE`, else `default`.
+fn profile_name() -> String {
+    var("AWS_PROFILE").unwrap_or_else(|| "default".into())
+}
+
+/// The text of a shared file: the one `variable` names, else `~/.aws/NAME`.
+fn shared_file(variable: &str, name: &str) -> Option<String> {
+    let path = var(variable).or_else(|| var("HOME").map(|h| format!("{h}/.aws/{name}")))?;
+    std::fs::read_to_string(path).ok()
+}
+
+/// A setting of the profile (`AWS_PROFILE`, else `default`) in the shared config file
+/// (`AWS_CONFIG_FILE`, default `~/.aws/config`): `region`, `endpoint_url`, ...
+pub fn profile_setting(key: &str) -> Option<String> {
+    let text = shared_file("AWS_CONFIG_FILE", "config")?;
+    section(&text, &profile_name())
+        .remove(key)
+        .filter(|v| !v.is_empty())
+}
+
+/// The settings of `[profile]` (or `[profile NAME]`, as config files name them) in an
+/// INI-style file; the first section of that name wins, as the AWS CLI reads them.
+fn section(text: &str, profile: &str) -> BTreeMap<String, String> {
     let mut inside = false;
-    let (mut a, mut s, mut t) = (None, None, None);
+    let mut seen = false;
+    let mut values = BTreeMap::new();
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') && line.ends_with(']') {
             let name = line[1..line.len() - 1].trim();
-            inside = name == profile || name == format!("profile {profile}");
+            let ours = name == profile || name == format!("profile {profile}");
+            inside = ours && !seen;
+            seen |= ours;
             continue;
         }
-        if !inside {
+        if !inside || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
         if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim().to_string();
-            match k.trim() {
-                "aws_access_key_id" => a = Some(v),
-                "aws_secret_access_key" => s = Some(v),
-                "aws_session_token" => t = Some(v),
-                _ => {}
-            }
+            values.insert(k.trim().to_string(), v.trim().to_string());
         }
     }
-    Some(Credentials::new(&a?, &s?, t.as_deref()))
+    values
+}
+
+/// The keys of `[profile]` in an INI-style credentials or config file.
+fn parse_profile(text: &str, profile: &str) -> Option<Credentials> {
+    let mut v = section(text, profile);
+    let a = v.remove("aws_access_key_id")?;
+    let s = v.remove("aws_secret_access_key")?;
+    Some(Credentials::new(
+        &a,
+        &s,
+        v.remove("aws_session_token").as_deref(),
+    ))
 }
 
 #[cfg(test)]
@@ -122,5 +161,22 @@ mod tests {
         let o = parse_profile(text, "other").expect("other");
         assert!(!format!("{o:?}").contains("T0KEN-VALUE"));
         assert!(parse_profile(text, "missing").is_none());
+    }
+
+    #[test]
+    fn config_files_name_profiles_with_a_prefix_and_carry_settings() {
+        let text = "# comment\n[default]\nregion = eu-west-1\n\
+                    [profile obs]\nregion=cn-north-4\nendpoint_url = https://obs.example\n\
+                    aws_access_key_id = AK\naws_secret_access_key = SK\n\
+                    [profile obs]\nregion = later-section-ignored\n";
+        assert_eq!(section(text, "default")["region"], "eu-west-1");
+        let obs = section(text, "obs");
+        assert_eq!(obs["region"], "cn-north-4");
+        assert_eq!(obs["endpoint_url"], "https://obs.example");
+        assert_eq!(
+            parse_profile(text, "obs").map(|c| c.access_key),
+            Some("AK".into())
+        );
+        assert!(parse_profile(text, "default").is_none(), "no keys there");
     }
 }

@@ -34,7 +34,7 @@ mod par;
 mod parts;
 mod s3;
 
-pub use credentials::Credentials;
+pub use credentials::{profile_setting, Credentials};
 pub use export::{export, export_oci_archive, Exported, Target};
 pub use oci::default_metadata as oci_image_metadata;
 pub use par::{ParConfig, ParSink, ParUrl, PAR_MAX_PART_SIZE};

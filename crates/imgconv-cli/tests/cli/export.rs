@@ -130,7 +130,27 @@ fn exports_to_s3_in_each_format_match_their_digests_and_the_source() {
         .arg(&small)
         .arg("obs://exports/general.vhd")
         .env("AWS_ENDPOINT_URL", server.endpoint()));
-    for key in ["flag.vhd", "general.vhd"] {
+    // No keys in the environment: keys, region and endpoint from a profile of the shared
+    // config file, as the AWS CLI keeps them.
+    let config = dir.join("aws-config");
+    std::fs::write(
+        &config,
+        format!(
+            "[default]\nregion = eu-west-1\n[profile export]\nregion = us-east-1\n\
+             endpoint_url = {}\naws_access_key_id = {ACCESS_KEY}\n\
+             aws_secret_access_key = {SECRET_KEY}\n",
+            server.endpoint()
+        ),
+    )
+    .expect("config");
+    ok(with_keys()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_PROFILE", "export")
+        .arg(&small)
+        .arg("s3://exports/profile.vhd"));
+    for key in ["flag.vhd", "general.vhd", "profile.vhd"] {
         let path = dir.join(key);
         std::fs::write(&path, server.download(key).expect("object")).expect("write");
         assert_eq!(

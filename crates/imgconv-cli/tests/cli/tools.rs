@@ -16,12 +16,13 @@ pub fn imgconv() -> Command {
 }
 
 /// `imgconv` with the given keys as the only AWS settings of its environment: no session
-/// token, profile, credentials file, region or endpoint leaks in from the caller's.
+/// token, profile, shared file, region or endpoint leaks in from the caller's.
 pub fn imgconv_with_keys(access_key: &str, secret_key: &str) -> Command {
     let mut c = imgconv();
     c.env("AWS_ACCESS_KEY_ID", access_key)
         .env("AWS_SECRET_ACCESS_KEY", secret_key)
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_CONFIG_FILE", "/nonexistent");
     for name in [
         "AWS_SESSION_TOKEN",
         "AWS_PROFILE",
