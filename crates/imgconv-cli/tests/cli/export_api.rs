@@ -810,3 +810,79 @@ fn queued_jobs_run_later_by_id_or_by_a_worker() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn ctrl_c_stops_a_worker_and_leaves_the_rest_queued() {
+    let dir = scratch("api-worker-cancel");
+    let src = big_source(&dir);
+    let s3 = S3Server::start("api-worker-cancel");
+    s3.create_bucket("amzn-s3-demo-export-bucket");
+    let before = s3.files();
+    let proxy = stalling_proxy(&s3, 3);
+    let mut tasks = vec![];
+    for _ in 0..2 {
+        let (code, body, err) = answer(
+            api(&dir, "aws")
+                .arg("--request")
+                .arg(request("aws-export-image.json"))
+                .arg("--image")
+                .arg(&src)
+                .args(["--endpoint", &proxy.endpoint(), "--no-run"]),
+        );
+        assert_eq!(code, 0, "{body} {err}");
+        tasks.push(
+            body["ExportImageTaskId"]
+                .as_str()
+                .expect("task")
+                .to_string(),
+        );
+    }
+    let worker = api(&dir, "aws")
+        .arg("--work")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while !proxy
+        .records()
+        .iter()
+        .any(|r| r.target.contains("partNumber=2"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "part 2 never came"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(tool("kill", &["-INT", &worker.id().to_string()])
+        .status
+        .success());
+    let out = worker.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let status = |task: &str| {
+        let (_, d, _) = answer(api(&dir, "aws").args(["--describe", task]));
+        d["ExportImageTasks"][0]["Status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(
+        status(&tasks[0]),
+        "deleted",
+        "the oldest job ran and was cancelled"
+    );
+    assert_eq!(s3.files(), before, "no object and no pending upload");
+    // The next worker runs the job left queued, and only that one.
+    let out = api(&dir, "aws").arg("--work").output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert_eq!(status(&tasks[0]), "deleted");
+    assert_eq!(status(&tasks[1]), "completed");
+    let key = format!("exports/{}.vmdk", tasks[1]);
+    let bytes = s3
+        .download_from("amzn-s3-demo-export-bucket", &key)
+        .expect("the second job's object");
+    same_content(&dir, &src, "second.vmdk", &bytes, "vmdk");
+}
