@@ -148,6 +148,19 @@ impl FaultProxy {
             .map(|r| r.clone())
             .unwrap_or_default()
     }
+
+    /// Wait until a request whose target contains `needle` (say `partNumber=2`) has come;
+    /// panics after 30 s.
+    pub fn wait_for(&self, needle: &str) {
+        let started = std::time::Instant::now();
+        while !self.records().iter().any(|r| r.target.contains(needle)) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "no request for {needle} came"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 fn fault_for(s: &Shared, req: &Request) -> Option<Fault> {

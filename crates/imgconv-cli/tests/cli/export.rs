@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imgconv_testkit::{Fault, FaultProxy, ParServer, Rule, S3Server, ACCESS_KEY, SECRET_KEY};
 
@@ -276,18 +276,7 @@ fn an_interrupted_export_leaves_no_object_and_no_upload() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let started = Instant::now();
-    while !proxy
-        .records()
-        .iter()
-        .any(|r| r.target.contains("partNumber=3"))
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "part 3 never came"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proxy.wait_for("partNumber=3");
     let pid = child.id().to_string();
     assert!(tool("kill", &["-INT", &pid]).status.success());
     let out = child.wait_with_output().expect("wait");

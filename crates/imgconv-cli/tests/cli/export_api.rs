@@ -503,17 +503,7 @@ fn stalled_export(dir: &Path, src: &Path, proxy: &FaultProxy) -> (std::process::
             "{text}"
         );
     };
-    while !proxy
-        .records()
-        .iter()
-        .any(|r| r.target.contains("partNumber=2"))
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "part 2 never came"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proxy.wait_for("partNumber=2");
     (child, task)
 }
 
@@ -843,18 +833,7 @@ fn ctrl_c_stops_a_worker_and_leaves_the_rest_queued() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let started = Instant::now();
-    while !proxy
-        .records()
-        .iter()
-        .any(|r| r.target.contains("partNumber=2"))
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "part 2 never came"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proxy.wait_for("partNumber=2");
     assert!(tool("kill", &["-INT", &worker.id().to_string()])
         .status
         .success());
