@@ -44,6 +44,23 @@ pub(crate) enum Command {
                             convert when imgconv itself cannot proceed."
     )]
     Export(ApiArgs),
+    /// Run the export service: the AWS, OCI, Huawei IMS/EVS and ZStack export APIs over HTTP.
+    #[command(
+        after_help = "The configuration file (TOML) names the address, the job store, the \
+                      object storage, the images and the callers' keys: see the README's \
+                      \"Run the export service\". SIGTERM or SIGINT stops accepting, puts the \
+                      running exports back in the queue and exits 0. Exit codes: 2 a bad \
+                      configuration, 6 the address or job store cannot be used."
+    )]
+    Serve(ServeArgs),
+}
+
+/// `imgconv serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
 }
 
 /// `imgconv export --api ...`.
@@ -121,7 +138,7 @@ pub(crate) struct ApiArgs {
 
 /// Names of the subcommands, for telling the short form `imgconv IN OUT` apart.
 pub(crate) const SUBCOMMANDS: &[&str] =
-    &["convert", "info", "compare", "measure", "export", "help"];
+    &["convert", "info", "compare", "measure", "export", "serve", "help"];
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

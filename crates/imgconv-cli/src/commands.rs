@@ -680,6 +680,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             publish: a.publish_dir.clone().zip(a.publish_url.clone()),
             in_use: a.in_use,
             oci_metadata,
+            ..Context::default()
         };
         api.submit(&mut store, &ctx, &request)
     };

@@ -20,6 +20,10 @@ fn main() -> ExitCode {
         Command::Compare(a) => commands::compare(a),
         Command::Measure(a) => commands::measure(a),
         Command::Export(a) => commands::export_api(a),
+        Command::Serve(a) => imgconv_server::Config::load(&a.config)
+            .and_then(imgconv_server::run)
+            .map(|()| 0)
+            .map_err(commands::Failure::from),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

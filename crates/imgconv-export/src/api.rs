@@ -90,6 +90,11 @@ pub struct Context {
     /// For OCI's own format: the image's `image_metadata.json` (its launch options, OS),
     /// which the request does not carry; `None` writes [`crate::oci_image_metadata`].
     pub oci_metadata: Option<Value>,
+    /// The object storage keys (a dry run checks them); `None`: the environment's.
+    pub credentials: Option<crate::Credentials>,
+    /// For EVS: a folder to make the new image in (it is registered in the store's image
+    /// catalogue under the answered `image_id`), instead of an object in [`Context::bucket`].
+    pub image_store: Option<PathBuf>,
 }
 
 /// An answer: HTTP status, body, and the job to run (a new one).
@@ -152,7 +157,8 @@ impl Api {
             (Api::Aws, ErrorKind::NotFound) => (400, "InvalidExportImageTaskId.NotFound"),
             (Api::Aws, ErrorKind::InvalidArgument) => (400, "IncorrectState"),
             (Api::Aws, _) => (500, "InternalError"),
-            (Api::Oci, ErrorKind::AlreadyExists) => (409, "IncorrectState"),
+            // Not IncorrectState: the SDK retries that one for minutes.
+            (Api::Oci, ErrorKind::AlreadyExists) => (409, "InvalidatedRetryToken"),
             (Api::Oci, ErrorKind::NotFound) => (404, "NotAuthorizedOrNotFound"),
             (Api::Oci, ErrorKind::InvalidArgument) => (409, "IncorrectState"),
             (Api::Oci, _) => (500, "InternalServerError"),
@@ -420,7 +426,10 @@ fn aws_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         } = &spec.target
         {
             let checked = crate::S3Config::new(endpoint, region).and_then(|c| {
-                let creds = crate::Credentials::from_env()?;
+                let creds = match &ctx.credentials {
+                    Some(c) => c.clone(),
+                    None => crate::Credentials::from_env()?,
+                };
                 let to = crate::S3Location {
                     bucket: bucket.clone(),
                     key: key.clone(),
@@ -520,7 +529,7 @@ fn oci_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         if m != &etag && m != "*" {
             return Err(ApiError {
                 status: 412,
-                code: "PreconditionFailed".into(),
+                code: "NoEtagMatch".into(),
                 message: "The if-match header does not match the image's current etag".into(),
             });
         }
@@ -748,7 +757,7 @@ fn huawei_job(job: &Job, job_type: &str) -> Value {
         "status": status,
         "begin_time": rfc3339(job.created),
         "end_time": if job.state.is_final() { rfc3339(job.updated) } else { String::new() },
-        "entities": {},
+        "entities": { "process_percent": f64::from(job.progress) / 100.0 },
     });
     if let Some(id) = job.request.get("image_id") {
         v["entities"]["image_id"] = id.clone();
@@ -820,19 +829,35 @@ fn evs_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         ));
     }
     let size = image_size(ctx).map_err(|e| bad("EVS.2024", e.message()))?;
-    let (bucket, prefix) = ctx.bucket.clone().ok_or_else(|| ApiError {
-        status: 500,
-        code: "EVS.5400".into(),
-        message: "no image bucket is configured for this service".into(),
-    })?;
     let image_id = uuid_text(&random_uuid(UuidLayout::BigEndian));
-    let key = format!("{prefix}{image_id}.{disk_format}");
+    let file = format!("{image_id}.{disk_format}");
+    let target = match (&ctx.image_store, &ctx.bucket) {
+        (Some(dir), _) => TargetSpec::Folder {
+            dir: dir.clone(),
+            name: file.clone(),
+            base_url: url::Url::from_directory_path(dir)
+                .map(|u| u.to_string())
+                .map_err(|()| ApiError {
+                    status: 500,
+                    code: "EVS.5400".into(),
+                    message: "the image store must be an absolute folder".into(),
+                })?,
+        },
+        (None, Some((bucket, prefix))) => s3_target(ctx, bucket, &format!("{prefix}{file}"))?,
+        (None, None) => {
+            return Err(ApiError {
+                status: 500,
+                code: "EVS.5400".into(),
+                message: "no image bucket is configured for this service".into(),
+            })
+        }
+    };
     let spec = JobSpec {
         source: ctx.source.clone(),
         format: fmt.name().into(),
         writer_options: vec![],
         compress: false,
-        target: s3_target(ctx, &bucket, &key)?,
+        target,
         oci_archive: false,
         oci_metadata: None,
     };
@@ -843,13 +868,25 @@ fn evs_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply,
         "disk_format": disk_format,
         "container_format": container,
         "size": size.div_ceil(1 << 30),
-        "volume_type": "SATA",
+        "volume_type": {
+            "id": "0c4f0fe4-3e8b-4a2f-8c5a-1d6f0c1b2a3e",
+            "name": "SATA",
+            "description": "",
+            "extra_specs": {},
+            "is_public": true,
+            "qos_specs_id": null,
+        },
         "display_description": "",
     });
     if let Some(os) = str_field(body, "__os_type") {
         echo["__os_type"] = json!(os);
     }
     let (job, new) = submit_job(Api::HuaweiEvs, store, &image_id, None, req, &spec, &echo)?;
+    if let (Some(dir), true) = (&ctx.image_store, new) {
+        store
+            .register_image(&image_id, name, &dir.join(&file), fmt.name(), &job.id)
+            .map_err(|e| Api::HuaweiEvs.error_of(&e))?;
+    }
     let mut out = job.request.clone();
     out["status"] = json!("uploading");
     out["updated_at"] = json!(rfc3339(job.updated));
@@ -891,7 +928,12 @@ fn zstack_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Rep
         code: "SYS.1006".into(),
         message: "the backup storage has no published folder configured".into(),
     })?;
-    let id = uuid_text(&random_uuid(UuidLayout::BigEndian)).replace('-', "");
+    // ZStack clients name their API job (X-Job-UUID, 32 hex digits); else one is made.
+    let id = match ctx.headers.get("x-job-uuid") {
+        Some(u) if u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit()) => u.to_lowercase(),
+        Some(_) => return Err(bad("SYS.1007", "X-Job-UUID must be 32 hexadecimal digits")),
+        None => uuid_text(&random_uuid(UuidLayout::BigEndian)).replace('-', ""),
+    };
     let spec = JobSpec {
         source: ctx.source.clone(),
         format: fmt.name().into(),
@@ -906,7 +948,10 @@ fn zstack_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Rep
         oci_metadata: None,
     };
     let echo = json!({ "imageUuid": image, "exportFormat": format });
-    let (job, new) = submit_job(Api::Zstack, store, &id, None, req, &spec, &echo)?;
+    // The job's UUID doubles as its idempotency token: a client that sends it again gets
+    // the same job.
+    let token = ctx.headers.get("x-job-uuid").map(|_| id.clone());
+    let (job, new) = submit_job(Api::Zstack, store, &id, token.as_deref(), req, &spec, &echo)?;
     let mut reply = reply_for(
         &job,
         new,

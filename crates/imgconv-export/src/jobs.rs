@@ -11,6 +11,17 @@
 //! token with the same request returns the same job, with a different request it is a
 //! conflict. Cancelling an active job sets a flag that the running process polls; it aborts
 //! the upload and marks the job `cancelled`.
+//!
+//! A store opened with [`Recovery::Requeue`] (what `imgconv serve` does) puts a dead
+//! process's job back in the queue instead, after aborting its upload, until the job has been
+//! attempted [`MAX_ATTEMPTS`] times; and with [`StoreOptions::interrupt_requeues`] a job whose
+//! runner is stopped (the service shutting down) goes back to the queue rather than to
+//! `cancelled`.
+//!
+//! The schema carries a version (`PRAGMA user_version`); [`JobStore::open`] migrates an older
+//! database forward in one transaction. Version 1: jobs and tokens. Version 2: a job's
+//! attempt count, and the image catalogue (images that exports made, such as Huawei EVS's
+//! `os-volume_upload_image`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,7 +111,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    fn name(self) -> &'static str {
+    /// The state's name, as stored.
+    pub fn name(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
             JobState::Active => "active",
@@ -167,6 +179,8 @@ pub struct Job {
     pub created: u64,
     /// Seconds since the epoch.
     pub updated: u64,
+    /// How many times a runner has started it.
+    pub attempts: u32,
 }
 
 /// What a submission answers besides errors.
@@ -187,10 +201,61 @@ impl Submitted {
     }
 }
 
+/// How many times a job is started before an interruption fails it for good.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// What opening a store does with the jobs of a process that died while running them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// Mark them failed (`interrupted: ...`): the command line's one-shot jobs.
+    #[default]
+    Fail,
+    /// Put them back in the queue (their upload aborted first) while they have had fewer
+    /// than [`MAX_ATTEMPTS`] attempts: a service's jobs, which its workers run again.
+    Requeue,
+}
+
+/// How a store behaves.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// What happens to the jobs of dead processes.
+    pub recovery: Recovery,
+    /// The keys for the object storage jobs upload to, and that aborting a dead job's upload
+    /// uses (default: the environment's).
+    pub credentials: Option<Credentials>,
+    /// A job stopped by its runner's cancel token (not by [`JobStore::cancel`]) goes back to
+    /// the queue instead of to `cancelled`: a service that shuts down hands its running jobs
+    /// to the next start.
+    pub interrupt_requeues: bool,
+}
+
+/// An image that an export made (registered when the job is submitted, usable once the job
+/// has completed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageRecord {
+    /// The image's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The file it is (or will be) stored in.
+    pub path: PathBuf,
+    /// Its format's name.
+    pub disk_format: String,
+    /// The job that makes it.
+    pub job_id: String,
+    /// The job's state: the image is usable when it is `Completed`.
+    pub state: JobState,
+    /// Its size in bytes, once made.
+    pub size: Option<u64>,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
 /// The job database.
 pub struct JobStore {
     conn: Connection,
     path: PathBuf,
+    options: StoreOptions,
 }
 
 fn now() -> u64 {
@@ -216,7 +281,11 @@ pub fn fingerprint(value: &serde_json::Value) -> String {
     crate::hex(&Sha256::digest(value.to_string().as_bytes()))
 }
 
-const SCHEMA: &str = "
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1: jobs and client tokens.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     provider TEXT NOT NULL,
@@ -243,16 +312,77 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 ";
 
+/// Version 2: attempts per job; the catalogue of images that exports make.
+const SCHEMA_V2: &str = "
+ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    disk_format TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+";
+
+/// Bring the database to [`SCHEMA_VERSION`], one version at a time, in one transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "job database: schema version {version} is newer than this imgconv's \
+                 ({SCHEMA_VERSION})"
+            ),
+        ));
+    }
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1).map_err(db_err)?;
+    }
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2).map_err(db_err)?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
+}
+
 impl JobStore {
     /// Open (or create) the database at `path`, and mark failed the jobs whose process is gone.
     pub fn open(path: impl AsRef<Path>) -> Result<JobStore> {
+        JobStore::open_with(path, StoreOptions::default())
+    }
+
+    /// Open (or create) the database at `path`, migrating it to [`SCHEMA_VERSION`], and
+    /// recover the jobs whose process is gone as `options` say.
+    pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<JobStore> {
         let path = path.as_ref().to_path_buf();
-        let conn = Connection::open(&path).map_err(db_err)?;
+        let mut conn = Connection::open(&path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
-        let store = JobStore { conn, path };
+        migrate(&mut conn)?;
+        let store = JobStore {
+            conn,
+            path,
+            options,
+        };
         store.recover()?;
         Ok(store)
+    }
+
+    /// The credentials jobs use: the store's, else the environment's.
+    fn credentials(&self) -> Result<Credentials> {
+        match &self.options.credentials {
+            Some(c) => Ok(c.clone()),
+            None => Credentials::from_env(),
+        }
     }
 
     /// The database file.
@@ -264,19 +394,26 @@ impl JobStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, runner_pid, runner_start, upload, spec FROM jobs \
+                "SELECT id, runner_pid, runner_start, upload, spec, attempts FROM jobs \
                  WHERE state = 'active'",
             )
             .map_err(db_err)?;
-        type Row = (String, Option<u32>, Option<u64>, Option<String>, String);
+        type Row = (String, Option<u32>, Option<u64>, Option<String>, String, u32);
         let rows: Vec<Row> = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(db_err)?
             .collect::<std::result::Result<_, _>>()
             .map_err(db_err)?;
-        for (id, pid, started, upload, spec) in rows {
+        for (id, pid, started, upload, spec, attempts) in rows {
             let alive = match (pid, started) {
                 (Some(p), Some(s)) => start_time(p) == Some(s),
                 _ => false,
@@ -290,7 +427,8 @@ impl JobStore {
             );
             if let Some(upload) = upload {
                 let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
-                match spec.map(|s| abort_upload(&s.target, &upload)) {
+                let creds = self.credentials();
+                match spec.map(|s| creds.and_then(|c| abort_upload(&s.target, &upload, c))) {
                     Some(Ok(())) => message.push_str("; its pending upload was aborted"),
                     Some(Err(e)) => message.push_str(&format!(
                         "; its pending upload {upload} could not be aborted ({})",
@@ -298,6 +436,24 @@ impl JobStore {
                     )),
                     None => {}
                 }
+            }
+            if self.options.recovery == Recovery::Requeue && attempts < MAX_ATTEMPTS {
+                self.conn
+                    .execute(
+                        "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
+                         runner_pid = NULL, runner_start = NULL, message = ?2, updated = ?3 \
+                         WHERE id = ?1 AND state = 'active'",
+                        params![
+                            id,
+                            format!("requeued (attempt {attempts} of {MAX_ATTEMPTS}): {message}"),
+                            now()
+                        ],
+                    )
+                    .map_err(db_err)?;
+                continue;
+            }
+            if self.options.recovery == Recovery::Requeue {
+                message = format!("{message} (after {attempts} attempts)");
             }
             self.conn
                 .execute(
@@ -376,7 +532,7 @@ impl JobStore {
         self.conn
             .query_row(
                 "SELECT id, provider, state, cancel_requested, progress, message, spec, request, \
-                 result, created, updated FROM jobs WHERE id = ?1",
+                 result, created, updated, attempts FROM jobs WHERE id = ?1",
                 params![id],
                 row_to_job,
             )
@@ -391,7 +547,7 @@ impl JobStore {
             .conn
             .prepare(
                 "SELECT id, provider, state, cancel_requested, progress, message, spec, request, \
-                 result, created, updated FROM jobs WHERE provider = ?1 \
+                 result, created, updated, attempts FROM jobs WHERE provider = ?1 \
                  ORDER BY created DESC, id",
             )
             .map_err(db_err)?;
@@ -401,6 +557,80 @@ impl JobStore {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(db_err)?;
         Ok(jobs)
+    }
+
+    /// Record the image that job `job_id` makes, stored at `path`.
+    pub fn register_image(
+        &self,
+        id: &str,
+        name: &str,
+        path: &Path,
+        disk_format: &str,
+        job_id: &str,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO images (id, name, path, disk_format, job_id, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id,
+                    name,
+                    path.to_string_lossy(),
+                    disk_format,
+                    job_id,
+                    now()
+                ],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// An image that an export made, with the state of the job that makes it; `None` when
+    /// no such image was registered.
+    pub fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
+        let row: Option<(String, String, String, String, String, u64)> = self
+            .conn
+            .query_row(
+                "SELECT id, name, path, disk_format, job_id, created FROM images WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some((id, name, path, disk_format, job_id, created)) = row else {
+            return Ok(None);
+        };
+        let job = self.get(&job_id)?;
+        Ok(Some(ImageRecord {
+            id,
+            name,
+            path: PathBuf::from(path),
+            disk_format,
+            job_id,
+            state: job.state,
+            size: job.result.map(|r| r.size),
+            created,
+        }))
+    }
+
+    /// How many jobs each provider has in each state.
+    pub fn counts(&self) -> Result<Vec<(String, JobState, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    JobState::parse(&r.get::<_, String>(1)?),
+                    r.get::<_, u64>(2)?,
+                ))
+            })
+            .map_err(db_err)?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        Ok(rows)
     }
 
     /// Ask a job to stop. A queued job is cancelled at once; an active one when its process
@@ -470,12 +700,31 @@ impl JobStore {
         credentials: Option<Credentials>,
         cancel: &CancelToken,
     ) -> Result<Option<Job>> {
+        self.run_next_of(Some(provider), credentials, cancel)
+    }
+
+    /// Like [`JobStore::run_next`], for the oldest queued job of any provider: a service's
+    /// workers.
+    pub fn run_next_any(
+        &self,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Option<Job>> {
+        self.run_next_of(None, credentials, cancel)
+    }
+
+    fn run_next_of(
+        &self,
+        provider: Option<&str>,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Option<Job>> {
         loop {
             let next: Option<String> = self
                 .conn
                 .query_row(
-                    "SELECT id FROM jobs WHERE provider = ?1 AND state = 'queued' \
-                     ORDER BY created, rowid LIMIT 1",
+                    "SELECT id FROM jobs WHERE (?1 IS NULL OR provider = ?1) \
+                     AND state = 'queued' ORDER BY created, rowid LIMIT 1",
                     params![provider],
                     |r| r.get(0),
                 )
@@ -498,7 +747,8 @@ impl JobStore {
             .conn
             .execute(
                 "UPDATE jobs SET state = 'active', message = 'converting', runner_pid = ?2, \
-                 runner_start = ?3, updated = ?4 WHERE id = ?1 AND state = 'queued'",
+                 runner_start = ?3, updated = ?4, attempts = attempts + 1 \
+                 WHERE id = ?1 AND state = 'queued'",
                 params![id, pid, start_time(pid), now()],
             )
             .map_err(db_err)?;
@@ -513,7 +763,9 @@ impl JobStore {
         cancel: &CancelToken,
     ) -> Result<Job> {
         let job = self.get(id)?;
-        let cancel = cancel.clone();
+        // The job's own token: tripped by a recorded cancellation or by the runner's token.
+        let outer = cancel.clone();
+        let cancel = CancelToken::new();
         let db = Connection::open(&self.path).map_err(db_err)?;
         db.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
         let progress = DbProgress {
@@ -526,10 +778,11 @@ impl JobStore {
         // doing (converting, or waiting for its last parts).
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
-            let (path, id, cancel, stop) = (
+            let (path, id, cancel, outer, stop) = (
                 self.path.clone(),
                 id.to_string(),
                 cancel.clone(),
+                outer.clone(),
                 stop.clone(),
             );
             std::thread::spawn(move || {
@@ -538,6 +791,10 @@ impl JobStore {
                 };
                 let _ = db.busy_timeout(Duration::from_secs(10));
                 while !stop.load(Ordering::Relaxed) {
+                    if outer.is_cancelled() {
+                        cancel.cancel();
+                        return;
+                    }
                     let asked = db
                         .query_row(
                             "SELECT cancel_requested FROM jobs WHERE id = ?1",
@@ -569,6 +826,10 @@ impl JobStore {
                 }
             }))
         };
+        let credentials = match credentials {
+            Some(c) => Some(c),
+            None => self.options.credentials.clone(),
+        };
         let outcome = run_spec(&job.spec, credentials, &progress, &cancel, recorder);
         stop.store(true, Ordering::Relaxed);
         let _ = watcher.join();
@@ -584,7 +845,22 @@ impl JobStore {
                     .map_err(db_err)?;
             }
             Err(e) if e.kind() == ErrorKind::Cancelled => {
-                self.set(id, JobState::Cancelled, "cancelled")?;
+                let asked = self.get(id)?.cancel_requested;
+                if !asked && outer.is_cancelled() && self.options.interrupt_requeues {
+                    // The runner stopped (a service shutting down): the next start runs it
+                    // again. Its upload was aborted when the export stopped.
+                    self.conn
+                        .execute(
+                            "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
+                             runner_pid = NULL, runner_start = NULL, attempts = \
+                             MAX(attempts - 1, 0), message = 'requeued: the service stopped', \
+                             updated = ?2 WHERE id = ?1",
+                            params![id, now()],
+                        )
+                        .map_err(db_err)?;
+                } else {
+                    self.set(id, JobState::Cancelled, "cancelled")?;
+                }
             }
             Err(e) => self.set(id, JobState::Failed, &e.to_string())?,
         }
@@ -616,6 +892,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
             .map_err(bad)?,
         created: r.get(9)?,
         updated: r.get(10)?,
+        attempts: r.get(11)?,
     })
 }
 
@@ -653,7 +930,7 @@ impl Progress for DbProgress {
 }
 
 /// Abort the multipart upload `upload` of a job's target.
-fn abort_upload(target: &TargetSpec, upload: &str) -> Result<()> {
+fn abort_upload(target: &TargetSpec, upload: &str, credentials: Credentials) -> Result<()> {
     match target {
         TargetSpec::S3 {
             endpoint,
@@ -662,7 +939,7 @@ fn abort_upload(target: &TargetSpec, upload: &str) -> Result<()> {
             key,
         } => crate::S3Sink::abort_upload(
             &S3Config::new(endpoint, region)?.retries(2),
-            Credentials::from_env()?,
+            credentials,
             &S3Location {
                 bucket: bucket.clone(),
                 key: key.clone(),

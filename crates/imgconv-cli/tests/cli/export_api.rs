@@ -276,7 +276,7 @@ fn each_provider_rejects_bad_requests_in_its_own_error_shape() {
             "--header",
             "if-match:not-the-etag",
         ],
-        "PreconditionFailed",
+        "NoEtagMatch",
     ));
     let mut v = read_json(&request("huawei-ims-export.json"));
     v["is_quick_export"] = true.into();
@@ -472,7 +472,7 @@ fn tokens_make_requests_idempotent_and_dry_runs_upload_nothing() {
     let changed = write(&dir, "oci-other.json", &changed);
     let (c, body, _) = oci("retry-1", &changed);
     assert_eq!(c, 1);
-    assert_eq!(body["code"], "IncorrectState", "{body}");
+    assert_eq!(body["code"], "InvalidatedRetryToken", "{body}");
 }
 
 /// Start an AWS export through a proxy that stalls part 2, and wait until it is under way;

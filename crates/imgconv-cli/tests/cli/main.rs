@@ -7,6 +7,7 @@ mod export_api;
 mod failures;
 mod qcow2;
 mod raw;
+mod serve;
 mod tools;
 mod vdi;
 mod vhd;

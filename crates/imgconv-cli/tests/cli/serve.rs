@@ -1,0 +1,651 @@
+//! `imgconv serve` driven by the providers' own SDKs (boto3, oci, huaweicloudsdkims,
+//! huaweicloudsdkevs 3.0.69; installed by the README's test command into `target/sdk-venv`)
+//! and by ZStack's raw HTTP, with the exports going to a local S3-compatible server and read
+//! back with qemu-img; signatures refused; hostile requests; kill -9 and SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imgconv_export::jobs::{JobState, JobStore};
+use imgconv_testkit::{free_port, Fault, FaultProxy, Rule, S3Server, ACCESS_KEY, SECRET_KEY};
+use serde_json::{json, Value};
+
+use crate::tools::*;
+
+const AMI: &str = "ami-0abcdef1234567890";
+const OCI_IMAGE: &str = "ocid1.image.oc1..aaaaexample";
+const HW_IMAGE: &str = "d164b5df-1bc3-4c3f-893e-3e471fd16e64";
+const BROKEN_IMAGE: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+const VOLUME: &str = "5bd5a8e0-7a1b-4c47-a1f8-c0a9fd0cae34";
+const PROJECT: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+const BACKUP_STORAGE: &str = "3f1c8d2a9b7e4c6d8e0f1a2b3c4d5e6f";
+const AWS_KEY: &str = "AKIDEXAMPLE";
+const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+const HW_AK: &str = "HWAKEXAMPLE0123456789";
+const HW_SK: &str = "hw-secret-key-example-0123456789";
+const TENANCY: &str = "ocid1.tenancy.oc1..t";
+const USER: &str = "ocid1.user.oc1..u";
+const ZS_PASSWORD: &str = "password";
+
+/// The SDKs' Python (`$IMGCONV_SDK_PYTHON`, else the test command's venv).
+fn python() -> PathBuf {
+    let p = std::env::var_os("IMGCONV_SDK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/sdk-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: the README's test command installs the providers' SDKs there",
+        p.display()
+    );
+    p
+}
+
+/// Run a scenario of `tests/sdk/clients.py`; what it saw.
+fn sdk(scenario: &str, args: &Value) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/clients.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(scenario)
+        .arg(args.to_string())
+        .output()
+        .expect("run the SDK client");
+    assert!(
+        out.status.success(),
+        "{scenario} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client's JSON")
+}
+
+/// A running `imgconv serve`; killed when dropped.
+struct Served {
+    child: Option<Child>,
+    port: u16,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Everything a test's service needs: folder, images, keys, storage.
+struct Setup {
+    dir: PathBuf,
+    src: PathBuf,
+    s3: S3Server,
+    oci_key: PathBuf,
+    fingerprint: String,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = scratch(name);
+    let src = mixed_source(&dir);
+    qemu_make(&src, "qcow2", "cluster_size=65536", &dir.join("web.qcow2"));
+    // An image that cannot be read: its exports fail.
+    std::fs::write(dir.join("broken.qcow2"), b"QFI\xfbnot really a qcow2 image").expect("broken");
+    let s3 = S3Server::start(name);
+    let keys = sdk(
+        "oci_keys",
+        &json!({ "private": dir.join("oci.pem"), "public": dir.join("oci_public.pem") }),
+    );
+    Setup {
+        fingerprint: keys["fingerprint"].as_str().expect("fingerprint").to_string(),
+        oci_key: dir.join("oci.pem"),
+        dir,
+        src,
+        s3,
+    }
+}
+
+impl Setup {
+    fn config(&self, port: u16, storage: &str) -> String {
+        let d = self.dir.display();
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+db = "jobs.sqlite"
+workers = 1
+request_timeout_secs = 3
+
+[storage]
+endpoint = "{storage}"
+region = "us-east-1"
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+
+[images]
+"{AMI}" = "{d}/web.qcow2"
+"{OCI_IMAGE}" = "{d}/web.qcow2"
+"{HW_IMAGE}" = "{d}/web.qcow2"
+"{BROKEN_IMAGE}" = "{d}/broken.qcow2"
+"big" = "{d}/big.raw"
+
+[volumes]
+"{VOLUME}" = "{d}/src.raw"
+
+[huawei]
+project_id = "{PROJECT}"
+image_store = "uploaded"
+
+[oci]
+namespace = "mynamespace"
+compartment_id = "ocid1.compartment.oc1..example"
+
+[zstack]
+backup_storage_uuid = "{BACKUP_STORAGE}"
+publish_dir = "export"
+
+[[callers]]
+api = "aws"
+access_key_id = "{AWS_KEY}"
+secret_access_key = "{AWS_SECRET}"
+
+[[callers]]
+api = "oci"
+key_id = "{TENANCY}/{USER}/{fp}"
+public_key_file = "oci_public.pem"
+
+[[callers]]
+api = "huawei"
+access_key = "{HW_AK}"
+secret_key = "{HW_SK}"
+
+[[callers]]
+api = "zstack"
+account = "admin"
+password_sha512 = "{pw}"
+"#,
+            fp = self.fingerprint,
+            pw = sha512_hex(ZS_PASSWORD),
+        )
+    }
+
+    /// Start the service with its storage at `storage`.
+    fn serve(&self, storage: &str) -> Served {
+        let port = free_port();
+        let config = self.dir.join("serve.toml");
+        std::fs::write(&config, self.config(port, storage)).expect("config");
+        let mut s = Served {
+            child: None,
+            port,
+            config,
+            dir: self.dir.clone(),
+        };
+        s.start();
+        s
+    }
+
+    /// The SDK clients' arguments.
+    fn args(&self, served: &Served, more: Value) -> Value {
+        let mut a = json!({
+            "endpoint": served.url(),
+            "s3": self.s3.endpoint(),
+            "s3_key": ACCESS_KEY,
+            "s3_secret": SECRET_KEY,
+            "key": AWS_KEY,
+            "secret": AWS_SECRET,
+            "bucket": "exports",
+            "ak": HW_AK,
+            "sk": HW_SK,
+            "project": PROJECT,
+            "volume": VOLUME,
+            "tenancy": TENANCY,
+            "user": USER,
+            "fingerprint": self.fingerprint,
+            "key_file": self.oci_key,
+            "namespace": "mynamespace",
+            "account": "admin",
+            "password": ZS_PASSWORD,
+            "bs": BACKUP_STORAGE,
+            "broken": BROKEN_IMAGE,
+        });
+        if let (Some(o), Value::Object(m)) = (a.as_object_mut(), more) {
+            o.extend(m);
+        }
+        a
+    }
+
+    /// The object (or file) at `path` reads back as the source, as `format`.
+    fn same(&self, path: &Path, format: &str) {
+        assert_eq!(
+            qemu_compare_formats(&self.src, "raw", path, format),
+            0,
+            "{} differs from the source",
+            path.display()
+        );
+    }
+
+    fn store(&self) -> JobStore {
+        JobStore::open(self.dir.join("jobs.sqlite")).expect("job store")
+    }
+}
+
+fn sha512_hex(s: &str) -> String {
+    let out = Command::new("sha512sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("stdin").write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("sha512sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_string()
+}
+
+impl Served {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join(format!("serve-{}.log", self.port)))
+            .expect("log");
+        let child = imgconv()
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start imgconv serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = raw(self.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("imgconv serve did not answer /healthz: {}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("serve-{}.log", self.port))).unwrap_or_default()
+    }
+
+    fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        c.wait().expect("wait")
+    }
+}
+
+/// One raw HTTP exchange; (status, body).
+fn raw(port: u16, request: &[u8]) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    s.write_all(request).ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Storage files that are neither objects nor their metadata: pending uploads.
+fn uploads(s3: &S3Server) -> Vec<String> {
+    s3.files()
+        .into_iter()
+        .filter(|f| f.contains("upload") || f.contains(".part"))
+        .collect()
+}
+
+#[test]
+fn boto3_exports_vmdk_raw_and_vhd_that_read_back_with_tokens_and_dry_runs() {
+    let s = setup("serve-aws");
+    let served = s.serve(&s.s3.endpoint());
+    for (format, qemu) in [("VMDK", "vmdk"), ("RAW", "raw"), ("VHD", "vpc")] {
+        let out = s.dir.join(format!("aws.{qemu}"));
+        let r = sdk("aws_export", &s.args(&served, json!({ "format": format, "image": AMI, "out": out })));
+        assert_eq!(r["status"], "completed", "{r}");
+        s.same(&out, qemu);
+    }
+    let before = s.s3.files();
+    let r = sdk("aws_idempotent", &s.args(&served, json!({ "image": AMI })));
+    assert_eq!(r["first"], r["second"], "{r}");
+    assert_eq!(r["dry_run"], "DryRunOperation", "{r}");
+    let added: Vec<_> = s.s3.files().into_iter().filter(|f| !before.contains(f)).collect();
+    assert!(added.iter().all(|f| f.contains("idem/")), "one task's object only: {added:?}");
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+}
+
+#[test]
+fn boto3_cancels_an_active_task_leaving_no_object_and_no_upload() {
+    let s = setup("serve-aws-cancel");
+    std::fs::write(s.dir.join("big.raw"), noise(3, 24 * MIB as usize)).expect("big image");
+    let before = s.s3.files();
+    // The storage answers part 2 only after a long pause: the export stays active.
+    let proxy = FaultProxy::start(
+        s.s3.port(),
+        vec![Rule::always("PUT", "partNumber=2", Fault::Stall(Duration::from_secs(20)))],
+    );
+    let served = s.serve(&proxy.endpoint());
+    let r = sdk("aws_cancel", &s.args(&served, json!({ "image": "big" })));
+    assert_eq!(r["status"], "deleted", "{r}");
+    // The abort reached the storage once the stalled request ended.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while proxy.in_progress() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        proxy.records().iter().any(|r| r.method == "DELETE"),
+        "the multipart upload was aborted"
+    );
+    let left: Vec<_> = s
+        .s3
+        .files()
+        .into_iter()
+        .filter(|f| !before.contains(f) && !f.contains(".tmp."))
+        .collect();
+    assert!(left.is_empty(), "no object, no upload: {left:?}");
+}
+
+#[test]
+fn oci_sdk_exports_by_tuple_and_uri_with_etags_and_retry_tokens() {
+    let s = setup("serve-oci");
+    let served = s.serve(&s.s3.endpoint());
+    let out = s.dir.join("oci.out");
+    let r = sdk("oci_export", &s.args(&served, json!({ "image": OCI_IMAGE, "out": out })));
+    assert_eq!(r["tuple"]["status"], "SUCCEEDED", "{r}");
+    assert_eq!(r["uri"]["status"], "SUCCEEDED", "{r}");
+    s.same(&s.dir.join("oci.out.tuple"), "qcow2");
+    s.same(&s.dir.join("oci.out.uri"), "vmdk");
+    assert_eq!(r["if_match"], json!([412, "NoEtagMatch"]), "{r}");
+    assert_eq!(r["retry_same"], true, "{r}");
+    assert_eq!(r["retry_conflict"], json!([409, "InvalidatedRetryToken"]), "{r}");
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+}
+
+#[test]
+fn huawei_sdks_export_an_image_and_a_volume_made_into_one() {
+    let s = setup("serve-huawei");
+    let served = s.serve(&s.s3.endpoint());
+    let out = s.dir.join("hw.out");
+    let r = sdk("huawei_export", &s.args(&served, json!({ "image": HW_IMAGE, "out": out })));
+    s.same(&s.dir.join("hw.out.ims"), "qcow2");
+    s.same(&s.dir.join("hw.out.evs"), "vpc");
+    let states = r["states"].as_array().expect("states");
+    assert!(states.contains(&json!("active")), "{r}");
+    // The new image lives in the image store, as qcow2.
+    let made = s.dir.join("uploaded").join(format!("{}.qcow2", r["new_image"].as_str().expect("id")));
+    s.same(&made, "qcow2");
+}
+
+#[test]
+fn zstack_exports_into_the_published_folder_and_failures_poll_as_503() {
+    let s = setup("serve-zstack");
+    let served = s.serve(&s.s3.endpoint());
+    let out = s.dir.join("zs.qcow2");
+    let r = sdk("zstack_export", &s.args(&served, json!({ "image": HW_IMAGE, "out": out })));
+    assert_eq!(r["ok"]["status"], 200, "{r}");
+    let url = r["ok"]["body"]["imageUrl"].as_str().expect("imageUrl");
+    assert!(url.starts_with(&format!("{}/export/", served.url())), "{url}");
+    assert_eq!(r["md5_matches"], true, "{r}");
+    s.same(&out, "qcow2");
+    assert_eq!(r["range"][0], 206, "{r}");
+    assert_eq!(r["range"][1], true, "{r}");
+    assert_eq!(r["head"], json!([200, true]), "{r}");
+    assert_eq!(r["broken"]["status"], 503, "{r}");
+    assert!(r["broken"]["body"]["error"]["details"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
+}
+
+#[test]
+fn bad_signatures_get_each_providers_authentication_error_and_queue_nothing() {
+    let s = setup("serve-auth");
+    let served = s.serve(&s.s3.endpoint());
+    let a = s.args(&served, json!({ "image": AMI }));
+    let aws = sdk("aws_auth", &a);
+    assert_eq!(aws["wrong_secret"], json!([403, "SignatureDoesNotMatch"]), "{aws}");
+    assert_eq!(aws["tampered"], json!([403, "SignatureDoesNotMatch"]), "{aws}");
+    assert_eq!(aws["stale"], json!([403, "RequestExpired"]), "{aws}");
+    let oci = sdk("oci_auth", &s.args(&served, json!({ "image": OCI_IMAGE })));
+    for case in ["wrong_key", "tampered", "stale"] {
+        assert_eq!(oci[case], json!([401, "NotAuthenticated"]), "{case}: {oci}");
+    }
+    let hw = sdk("huawei_auth", &s.args(&served, json!({ "image": HW_IMAGE })));
+    for case in ["wrong_secret", "tampered", "stale"] {
+        assert_eq!(hw[case], json!([401, "APIGW.0301"]), "{case}: {hw}");
+    }
+    let zs = sdk("zstack_auth", &s.args(&served, json!({ "image": HW_IMAGE })));
+    for case in ["wrong_password", "no_session", "unknown_session"] {
+        assert_eq!(zs[case], json!([401, "ID.1001"]), "{case}: {zs}");
+    }
+    let store = s.store();
+    for p in ["aws", "oci", "huawei-ims", "huawei-evs", "zstack"] {
+        assert!(store.list(p).expect("list").is_empty(), "{p} has jobs");
+    }
+}
+
+#[test]
+fn hostile_requests_get_errors_in_each_providers_shape_and_the_server_lives() {
+    let s = setup("serve-hostile");
+    let served = s.serve(&s.s3.endpoint());
+    let big = "x".repeat(2 << 20);
+    let post = |path: &str, ctype: &str, body: &str, extra: &str| -> Vec<u8> {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let get = |path: &str, extra: &str| -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n").into_bytes()
+    };
+    let put = |path: &str, body: &str, extra: &str| -> Vec<u8> {
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let form = "application/x-www-form-urlencoded";
+    let aws_auth = "Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host;x-amz-date, Signature=00\r\nX-Amz-Date: 20260101T000000Z\r\n";
+    let oci_auth = "Authorization: Signature keyId=\"a/b/c\",signature=\"AAAA\",headers=\"date (request-target) host\"\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\n";
+    let hw_auth = "Authorization: SDK-HMAC-SHA256 Access=HWAKEXAMPLE0123456789, SignedHeaders=host;x-sdk-date, Signature=00\r\nX-Sdk-Date: 20260101T000000Z\r\n";
+    let zs_auth = "Authorization: OAuth 00000000000000000000000000000000\r\n";
+    // (name, request, provider: how its errors look)
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("aws no auth", post("/", form, "Action=ExportImage&Version=2016-11-15", ""), "aws"),
+        ("aws bad signature", post("/", form, "Action=ExportImage", aws_auth), "aws"),
+        ("aws garbage auth", post("/", form, "Action=ExportImage", "Authorization: AWS4-HMAC-SHA256 \u{1}\r\n"), "aws"),
+        ("aws unknown action", post("/", form, "Action=Nope", aws_auth), "aws"),
+        ("aws bad form", post("/", form, "%%%&&&==%ZZ", aws_auth), "aws"),
+        ("aws not utf-8", post("/", form, "Action=\u{fffd}", aws_auth), "aws"),
+        ("aws oversized", post("/", form, &big, ""), "aws"),
+        ("aws truncated", format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\nConnection: close\r\n\r\nAction=Export").into_bytes(), "aws"),
+        ("oci no auth", post("/20160918/images/x/actions/export", "application/json", "{}", ""), "oci"),
+        ("oci bad auth", post("/20160918/images/x/actions/export", "application/json", "{}", oci_auth), "oci"),
+        ("oci malformed sig", post("/20160918/images/x/actions/export", "application/json", "{}", "Authorization: Signature keyId=\"unterminated\r\n"), "oci"),
+        ("oci dotdot", get("/20160918/images/..%2F..%2Fetc%2Fpasswd", oci_auth), "oci"),
+        ("oci nul", get("/20160918/workRequests/a%00b", oci_auth), "oci"),
+        ("oci bad json", post("/20160918/images/x/actions/export", "application/json", "{\"destinationType\":", oci_auth), "oci"),
+        ("oci oversized", post("/20160918/images/x/actions/export", "application/json", &big, ""), "oci"),
+        ("oci unknown path", get("/20160918/nothing/here", ""), "oci"),
+        ("huawei no auth", post("/v1/cloudimages/x/file", "application/json", "{}", ""), "huawei"),
+        ("huawei bad auth", post("/v1/cloudimages/x/file", "application/json", "{}", hw_auth), "huawei"),
+        ("huawei dotdot", get(&format!("/v1/{PROJECT}/jobs/..%2F..%2Fjobs.sqlite"), hw_auth), "huawei"),
+        ("huawei nul", get("/v1/cloudimages/job/%00", hw_auth), "huawei"),
+        ("huawei bad json", post("/v1/cloudimages/x/file", "application/json", "[1,2", hw_auth), "huawei"),
+        ("huawei oversized", post(&format!("/v2/{PROJECT}/volumes/v/action"), "application/json", &big, ""), "huawei"),
+        ("zstack bad login json", put("/zstack/v1/accounts/login", "{\"logInByAccount\":", ""), "zstack"),
+        ("zstack login missing fields", put("/zstack/v1/accounts/login", "{\"logInByAccount\":{}}", ""), "zstack"),
+        ("zstack login not an object", put("/zstack/v1/accounts/login", "42", ""), "zstack"),
+        ("zstack no session", put(&format!("/zstack/v1/backup-storage/{BACKUP_STORAGE}/actions"), "{}", ""), "zstack"),
+        ("zstack bad session", put(&format!("/zstack/v1/backup-storage/{BACKUP_STORAGE}/actions"), "{}", zs_auth), "zstack"),
+        ("zstack dotdot job", get("/zstack/v1/api-jobs/..%2F..", zs_auth), "zstack"),
+        ("zstack oversized", put("/zstack/v1/accounts/login", &big, ""), "zstack"),
+        ("zstack unknown", get("/zstack/v1/nothing", ""), "zstack"),
+        ("export dotdot", get("/export/..%2Fjobs.sqlite", ""), "files"),
+        ("export traversal", get("/export/../serve.toml", ""), "files"),
+    ];
+    assert!(cases.len() >= 30);
+    for (name, req, provider) in &cases {
+        let Some((status, body)) = raw(served.port, req) else {
+            panic!("{name}: no answer");
+        };
+        assert!((400..500).contains(&status), "{name}: {status} {body}");
+        let shaped = match *provider {
+            "aws" => body.contains("<Response><Errors><Error><Code>") && body.contains("<RequestID>"),
+            "oci" => serde_json::from_str::<Value>(&body).is_ok_and(|v| v["code"].is_string() && v["message"].is_string()),
+            "huawei" => serde_json::from_str::<Value>(&body).is_ok_and(|v| {
+                v["error"]["code"].is_string() || v["error_code"].is_string()
+            }),
+            "zstack" => serde_json::from_str::<Value>(&body).is_ok_and(|v| v["error"]["code"].is_string()),
+            _ => !body.contains("listen") && !body.contains("SQLite"),
+        };
+        assert!(shaped, "{name}: not in the provider's error shape: {status} {body}");
+    }
+    // A client that sends half a request and waits is cut off; others are still served.
+    let mut slow = TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").expect("half a head");
+    assert_eq!(
+        raw(served.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map(|r| r.0),
+        Some(200)
+    );
+    let store = s.store();
+    for p in ["aws", "oci", "huawei-ims", "huawei-evs", "zstack"] {
+        assert!(store.list(p).expect("list").is_empty(), "{p} has jobs");
+    }
+}
+
+/// Submit a VMDK export of the big image through boto3 without waiting; its task id.
+fn submit_big(s: &Setup, served: &Served) -> String {
+    let code = r#"
+import sys, json
+sys.path.insert(0, sys.argv[2])
+import clients
+a = json.loads(sys.argv[1])
+r = clients.ec2_client(a).export_image(DiskImageFormat="VMDK", ImageId="big",
+    S3ExportLocation={"S3Bucket": "exports", "S3Prefix": "crash/"})
+print(r["ExportImageTaskId"])
+"#;
+    let out = Command::new(python())
+        .args(["-c", code])
+        .arg(s.args(served, json!({})).to_string())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk"))
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Wait until the job is active (converting).
+fn wait_active(s: &Setup, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if s.store().get(id).is_ok_and(|j| j.state == JobState::Active) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("job {id} never started");
+}
+
+fn wait_completed(s: &Setup, served: &Served, id: &str) -> String {
+    let r = sdk("aws_wait_completed", &s.args(served, json!({ "task": id })));
+    r["status"].as_str().expect("status").to_string()
+}
+
+#[test]
+fn a_killed_server_runs_its_export_again_after_a_restart() {
+    let s = setup("serve-kill");
+    std::fs::write(s.dir.join("big.raw"), noise(5, 24 * MIB as usize)).expect("big image");
+    let proxy = FaultProxy::start(
+        s.s3.port(),
+        vec![Rule::always("PUT", "partNumber=2", Fault::Stall(Duration::from_secs(5)))],
+    );
+    let mut served = s.serve(&proxy.endpoint());
+    let id = submit_big(&s, &served);
+    wait_active(&s, &id);
+    proxy.wait_for("partNumber=2");
+    served.signal("-KILL");
+    // Back, with the storage answering at once: the job is queued again and completes.
+    let mut again = s.serve(&s.s3.endpoint());
+    assert_eq!(wait_completed(&s, &again, &id), "completed");
+    let job = s.store().get(&id).expect("job");
+    assert_eq!(job.attempts, 2, "{job:?}");
+    let key = format!("crash/{id}.vmdk");
+    let object = s.s3.download(&key).expect("the object");
+    let out = s.dir.join("crash.vmdk");
+    std::fs::write(&out, object).expect("write");
+    let big = s.dir.join("big.raw");
+    assert_eq!(qemu_compare_formats(&big, "raw", &out, "vmdk"), 0);
+    // The first attempt's upload was aborted (once its stalled part ended); none is left.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.in_progress() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+    assert_eq!(again.signal("-TERM").code(), Some(0));
+}
+
+#[test]
+fn sigterm_requeues_the_running_export_exits_0_and_the_next_start_finishes_it() {
+    let s = setup("serve-term");
+    std::fs::write(s.dir.join("big.raw"), noise(7, 24 * MIB as usize)).expect("big image");
+    let proxy = FaultProxy::start(
+        s.s3.port(),
+        vec![Rule::always("PUT", "partNumber=2", Fault::Stall(Duration::from_secs(4)))],
+    );
+    let mut served = s.serve(&proxy.endpoint());
+    let id = submit_big(&s, &served);
+    wait_active(&s, &id);
+    let t = Instant::now();
+    assert_eq!(served.signal("-TERM").code(), Some(0), "{}", served.log());
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    let job = s.store().get(&id).expect("job");
+    assert_eq!(job.state, JobState::Queued, "{job:?}");
+    let again = s.serve(&s.s3.endpoint());
+    assert_eq!(wait_completed(&s, &again, &id), "completed");
+    let out = s.dir.join("term.vmdk");
+    std::fs::write(&out, s.s3.download(&format!("crash/{id}.vmdk")).expect("object")).expect("write");
+    assert_eq!(qemu_compare_formats(&s.dir.join("big.raw"), "raw", &out, "vmdk"), 0);
+}
+
+#[test]
+fn health_metrics_and_a_json_log_line_per_request() {
+    let s = setup("serve-ops");
+    let mut served = s.serve(&s.s3.endpoint());
+    let out = s.dir.join("ops.raw");
+    sdk("aws_export", &s.args(&served, json!({ "format": "RAW", "image": AMI, "out": out })));
+    let (status, metrics) = raw(served.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "imgconv_jobs{provider=\"aws\",state=\"completed\"} 1",
+        "imgconv_http_requests_total{provider=\"aws\",status=\"200\"}",
+        "imgconv_export_duration_seconds_count 1",
+        "imgconv_exported_bytes_total ",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+    assert_eq!(served.signal("-TERM").code(), Some(0));
+    let log = served.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "request")
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    assert!(lines.iter().all(|l| l["fields"]["request_id"].is_string() && l["fields"]["status"].is_number()), "{log}");
+}

@@ -1,0 +1,519 @@
+"""The providers' own SDKs (boto3, oci, huaweicloudsdkims, huaweicloudsdkevs) and ZStack's
+raw HTTP, pointed at `imgconv serve`. Called by the Rust tests as
+
+    python clients.py SCENARIO '{json arguments}'
+
+Each scenario prints one JSON object on stdout: what it saw. It raises (exit 1) when the
+service answers otherwise than the scenario requires.
+"""
+
+import base64
+import datetime
+import hashlib
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+WAIT = 180  # seconds any export may take in the tests
+
+
+def s3_client(a):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=a["s3"],
+        region_name="us-east-1",
+        aws_access_key_id=a["s3_key"],
+        aws_secret_access_key=a["s3_secret"],
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def download(a, bucket, key, out):
+    s3_client(a).download_file(bucket, key, out)
+    return out
+
+
+def ec2_client(a, secret=None):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "ec2",
+        endpoint_url=a["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=a["key"],
+        aws_secret_access_key=secret or a["secret"],
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def aws_wait(ec2, task_id, states):
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        t = ec2.describe_export_image_tasks(ExportImageTaskIds=[task_id])["ExportImageTasks"][0]
+        if t["Status"] in states:
+            return t
+        time.sleep(0.2)
+    raise SystemExit(f"task {task_id} did not reach {states}")
+
+
+def aws_export(a):
+    """export_image, describe until completed, download the object with boto3's S3 client."""
+    ec2 = ec2_client(a)
+    r = ec2.export_image(
+        DiskImageFormat=a["format"],
+        ImageId=a["image"],
+        S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "exports/"},
+        Description="imgconv serve test",
+        TagSpecifications=[
+            {"ResourceType": "export-image-task", "Tags": [{"Key": "team", "Value": "images"}]}
+        ],
+    )
+    tid = r["ExportImageTaskId"]
+    assert tid.startswith("export-ami-") and len(tid) == len("export-ami-") + 17, tid
+    assert r["Status"] == "active", r
+    assert r["S3ExportLocation"]["S3Bucket"] == a["bucket"], r
+    assert r["Tags"] == [{"Key": "team", "Value": "images"}], r
+    t = aws_wait(ec2, tid, ["completed", "deleted"])
+    assert t["Status"] == "completed", t
+    key = f"exports/{tid}.{a['format'].lower()}"
+    download(a, a["bucket"], key, a["out"])
+    # Listing pages with MaxResults and NextToken.
+    page = ec2.describe_export_image_tasks(MaxResults=1)
+    assert len(page["ExportImageTasks"]) == 1, page
+    return {"task": tid, "key": key, "status": t["Status"], "next": page.get("NextToken")}
+
+
+def aws_wait_completed(a):
+    t = aws_wait(ec2_client(a), a["task"], ["completed", "deleted"])
+    return {"status": t["Status"], "message": t.get("StatusMessage")}
+
+
+def aws_idempotent(a):
+    """The same ClientToken twice: one task. A dry run: DryRunOperation."""
+    from botocore.exceptions import ClientError
+
+    ec2 = ec2_client(a)
+    args = dict(
+        DiskImageFormat="RAW",
+        ImageId=a["image"],
+        S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "idem/"},
+        ClientToken="token-1234",
+    )
+    first = ec2.export_image(**args)["ExportImageTaskId"]
+    second = ec2.export_image(**args)["ExportImageTaskId"]
+    assert first == second, (first, second)
+    try:
+        ec2.export_image(DryRun=True, **{k: v for k, v in args.items() if k != "ClientToken"})
+        raise SystemExit("a dry run answered success")
+    except ClientError as e:
+        dry = e.response["Error"]["Code"]
+    aws_wait(ec2, first, ["completed"])
+    return {"first": first, "second": second, "dry_run": dry}
+
+
+def aws_cancel(a):
+    """cancel_export_task on an active task: it ends deleted."""
+    ec2 = ec2_client(a)
+    tid = ec2.export_image(
+        DiskImageFormat="VMDK",
+        ImageId=a["image"],
+        S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "cancel/"},
+    )["ExportImageTaskId"]
+    # Wait until it converts (the test's storage stalls part 2).
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        t = ec2.describe_export_image_tasks(ExportImageTaskIds=[tid])["ExportImageTasks"][0]
+        if t.get("StatusMessage") == "converting":
+            break
+        time.sleep(0.1)
+    ec2.cancel_export_task(ExportTaskId=tid)
+    t = aws_wait(ec2, tid, ["deleted", "completed"])
+    return {"task": tid, "status": t["Status"]}
+
+
+def aws_auth(a):
+    """Wrong secret, tampered body, stale clock: each raises the SDK's ClientError."""
+    import botocore.auth
+    from botocore.exceptions import ClientError
+
+    args = dict(
+        DiskImageFormat="RAW",
+        ImageId=a["image"],
+        S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "auth/"},
+    )
+    codes = {}
+    try:
+        ec2_client(a, secret="not-the-secret").export_image(**args)
+    except ClientError as e:
+        codes["wrong_secret"] = (e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"])
+    tampered = ec2_client(a)
+
+    def tamper(request, **_):
+        request.body = request.body.replace(b"auth%2F", b"evil%2F")
+
+    tampered.meta.events.register("before-send.ec2.ExportImage", tamper)
+    try:
+        tampered.export_image(**args)
+    except ClientError as e:
+        codes["tampered"] = (e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"])
+    real = botocore.auth.get_current_datetime
+    botocore.auth.get_current_datetime = lambda *x, **k: real(*x, **k) - datetime.timedelta(minutes=20)
+    try:
+        ec2_client(a).export_image(**args)
+    except ClientError as e:
+        codes["stale"] = (e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"])
+    finally:
+        botocore.auth.get_current_datetime = real
+    return codes
+
+
+def oci_keys(a):
+    """An API signing key pair: the private key's file, the public key's, and the key id."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with open(a["private"], "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+    pub = key.public_key()
+    with open(a["public"], "wb") as f:
+        f.write(pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    fp = ":".join(f"{b:02x}" for b in hashlib.md5(der).digest())
+    return {"fingerprint": fp}
+
+
+def oci_config(a):
+    return {
+        "user": a["user"],
+        "tenancy": a["tenancy"],
+        "fingerprint": a["fingerprint"],
+        "key_file": a["key_file"],
+        "region": "us-ashburn-1",
+    }
+
+
+def oci_compute(a, signer=None):
+    import oci
+
+    kwargs = {"service_endpoint": a["endpoint"], "retry_strategy": oci.retry.NoneRetryStrategy()}
+    if signer is not None:
+        kwargs["signer"] = signer
+    return oci.core.ComputeClient(oci_config(a), **kwargs)
+
+
+def oci_export(a):
+    """export_image by tuple and by URI, each waited for with the composite operation."""
+    import oci
+
+    compute = oci_compute(a)
+    wr = oci.work_requests.WorkRequestClient(oci_config(a), service_endpoint=a["endpoint"])
+    composite = oci.core.ComputeClientCompositeOperations(compute, work_request_client=wr)
+    out = {}
+    tuple_details = oci.core.models.ExportImageViaObjectStorageTupleDetails(
+        bucket_name=a["bucket"], namespace_name=a["namespace"], object_name="oci/by-tuple.qcow2", export_format="QCOW2"
+    )
+    uri_details = oci.core.models.ExportImageViaObjectStorageUriDetails(
+        destination_uri=f"https://objectstorage.us-ashburn-1.oraclecloud.com/n/{a['namespace']}/b/{a['bucket']}/o/oci/by-uri.vmdk",
+        export_format="VMDK",
+    )
+    for name, details, key in [("tuple", tuple_details, "oci/by-tuple.qcow2"), ("uri", uri_details, "oci/by-uri.vmdk")]:
+        r = composite.export_image_and_wait_for_work_request(
+            a["image"],
+            details,
+            work_request_states=["SUCCEEDED", "FAILED"],
+            waiter_kwargs={"max_wait_seconds": WAIT, "max_interval_seconds": 1},
+        )
+        assert r.data.status == "SUCCEEDED", r.data
+        assert r.data.percent_complete == 100.0, r.data
+        download(a, a["bucket"], key, f"{a['out']}.{name}")
+        out[name] = {"status": r.data.status, "key": key}
+    img = compute.get_image(a["image"]).data
+    out["image_state"] = img.lifecycle_state
+    # if-match that is not the image's etag: 412 NoEtagMatch.
+    try:
+        compute.export_image(a["image"], tuple_details, if_match="not-the-etag")
+        raise SystemExit("a wrong if-match was accepted")
+    except oci.exceptions.ServiceError as e:
+        out["if_match"] = [e.status, e.code]
+    # The same opc-retry-token: the same work request.
+    d = oci.core.models.ExportImageViaObjectStorageTupleDetails(
+        bucket_name=a["bucket"], namespace_name=a["namespace"], object_name="oci/retry.qcow2", export_format="QCOW2"
+    )
+    w1 = compute.export_image(a["image"], d, opc_retry_token="retry-token-1").headers["opc-work-request-id"]
+    w2 = compute.export_image(a["image"], d, opc_retry_token="retry-token-1").headers["opc-work-request-id"]
+    out["retry_same"] = w1 == w2
+    d.object_name = "oci/other.qcow2"
+    try:
+        compute.export_image(a["image"], d, opc_retry_token="retry-token-1")
+        raise SystemExit("a reused retry token with another request was accepted")
+    except oci.exceptions.ServiceError as e:
+        out["retry_conflict"] = [e.status, e.code]
+    oci.wait_until(wr, wr.get_work_request(w1), "status", "SUCCEEDED", max_wait_seconds=WAIT, max_interval_seconds=1)
+    return out
+
+
+def oci_auth(a):
+    """Wrong key, tampered body, stale date: ServiceError 401 each."""
+    import oci
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    details = oci.core.models.ExportImageViaObjectStorageTupleDetails(
+        bucket_name=a["bucket"], namespace_name=a["namespace"], object_name="oci/auth.qcow2", export_format="QCOW2"
+    )
+    out = {}
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    wrong = oci.signer.Signer(a["tenancy"], a["user"], a["fingerprint"], None, private_key_content=other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode())
+    good = oci.signer.Signer(a["tenancy"], a["user"], a["fingerprint"], a["key_file"])
+
+    class Tamper:
+        def __call__(self, request, **kw):
+            good(request, **kw)
+            request.body = request.body.replace(b"auth.qcow2", b"evil.qcow2")
+            return request
+
+    class Stale:
+        def __call__(self, request, **kw):
+            then = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=20)
+            request.headers["date"] = then.strftime("%a, %d %b %Y %H:%M:%S GMT")
+            return good(request, **kw)
+
+    for name, signer in [("wrong_key", wrong), ("tampered", Tamper()), ("stale", Stale())]:
+        try:
+            oci_compute(a, signer=signer).export_image(a["image"], details)
+            raise SystemExit(f"{name}: accepted")
+        except oci.exceptions.ServiceError as e:
+            out[name] = [e.status, e.code]
+    return out
+
+
+def huawei_clients(a, sk=None, handler=None):
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.http.http_config import HttpConfig
+    from huaweicloudsdkevs.v2 import EvsClient
+    from huaweicloudsdkims.v2 import ImsClient
+
+    creds = BasicCredentials(a["ak"], sk or a["sk"], a["project"])
+    config = HttpConfig.get_default_config()
+    config.retry_times = 0
+    ims = ImsClient.new_builder().with_credentials(creds).with_endpoints([a["endpoint"]]).with_http_config(config)
+    evs = EvsClient.new_builder().with_credentials(creds).with_endpoint(a["endpoint"]).with_http_config(config)
+    if handler is not None:
+        ims = ims.with_http_handler(handler)
+        evs = evs.with_http_handler(handler)
+    return ims.build(), evs.build()
+
+
+def huawei_wait(ims, job_id):
+    from huaweicloudsdkims.v2 import ShowJobRequest, ShowJobProgressRequest
+
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        j = ims.show_job(ShowJobRequest(job_id=job_id))
+        if j.status in ("SUCCESS", "FAIL"):
+            p = ims.show_job_progress(ShowJobProgressRequest(job_id=job_id))
+            assert p.status == j.status, (p, j)
+            return j
+        time.sleep(0.2)
+    raise SystemExit(f"job {job_id} did not end")
+
+
+def huawei_export(a):
+    """IMS ExportImage → ShowJob until SUCCESS; EVS CinderExportToImage → the new image active
+    → exported through IMS."""
+    from huaweicloudsdkevs.v2 import (
+        CinderExportToImageOption,
+        CinderExportToImageRequest,
+        CinderExportToImageRequestBody,
+    )
+    from huaweicloudsdkims.v2 import ExportImageRequest, ExportImageRequestBody, ListImagesRequest
+
+    ims, evs = huawei_clients(a)
+    r = ims.export_image(ExportImageRequest(
+        image_id=a["image"], body=ExportImageRequestBody(bucket_url=f"{a['bucket']}:ims/image.qcow2", file_format="qcow2")))
+    j = huawei_wait(ims, r.job_id)
+    assert j.status == "SUCCESS", j
+    download(a, a["bucket"], "ims/image.qcow2", a["out"] + ".ims")
+    up = evs.cinder_export_to_image(CinderExportToImageRequest(
+        volume_id=a["volume"],
+        body=CinderExportToImageRequestBody(os_volume_upload_image=CinderExportToImageOption(
+            image_name="data-volume-image", disk_format="qcow2", container_format="bare", force=False))))
+    info = up.os_volume_upload_image
+    assert info.status == "uploading", info
+    assert info.volume_type.name, info
+    new_image = info.image_id
+    deadline = time.time() + WAIT
+    states = []
+    while time.time() < deadline:
+        imgs = ims.list_images(ListImagesRequest(id=new_image)).images
+        states.append(imgs[0].status if imgs else None)
+        if states[-1] == "active":
+            break
+        time.sleep(0.2)
+    assert states[-1] == "active", states
+    r = ims.export_image(ExportImageRequest(
+        image_id=new_image, body=ExportImageRequestBody(bucket_url=f"{a['bucket']}:evs/volume.vhd", file_format="vhd")))
+    j = huawei_wait(ims, r.job_id)
+    assert j.status == "SUCCESS", j
+    download(a, a["bucket"], "evs/volume.vhd", a["out"] + ".evs")
+    return {"ims_job": j.job_id, "new_image": new_image, "states": sorted(set(s for s in states if s))}
+
+
+def huawei_auth(a):
+    """Wrong SK, tampered body, stale X-Sdk-Date: ClientRequestException 401 each."""
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+    from huaweicloudsdkcore.http.http_handler import HttpHandler
+    from huaweicloudsdkims.v2 import ExportImageRequest, ExportImageRequestBody
+
+    req = ExportImageRequest(image_id=a["image"], body=ExportImageRequestBody(
+        bucket_url=f"{a['bucket']}:auth/x.qcow2", file_format="qcow2"))
+    out = {}
+
+    def tamper(request, **_):
+        request.body = request.body.replace(b"auth/x", b"evil/x")
+
+    def stale(request, **_):
+        pass
+
+    cases = [("wrong_secret", huawei_clients(a, sk="not-the-secret")[0]),
+             ("tampered", huawei_clients(a, handler=HttpHandler().add_request_handler(tamper))[0])]
+    for name, ims in cases:
+        try:
+            ims.export_image(req)
+            raise SystemExit(f"{name}: accepted")
+        except ClientRequestException as e:
+            out[name] = [e.status_code, e.error_code]
+    # The signer keeps an X-Sdk-Date the request already has.
+    import huaweicloudsdkcore.signer.signer as signer_module
+
+    real = signer_module.Signer._process_header_time
+
+    def old_time(request):
+        then = datetime.datetime.utcnow() - datetime.timedelta(minutes=20)
+        request.header_params["X-Sdk-Date"] = then.strftime("%Y%m%dT%H%M%SZ")
+        return real(request)
+
+    signer_module.Signer._process_header_time = staticmethod(old_time)
+    try:
+        huawei_clients(a)[0].export_image(req)
+        raise SystemExit("stale: accepted")
+    except ClientRequestException as e:
+        out["stale"] = [e.status_code, e.error_code]
+    finally:
+        signer_module.Signer._process_header_time = real
+    return out
+
+
+def http(method, url, body=None, headers=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def zstack_login(a, password=None):
+    pw = hashlib.sha512((password or a["password"]).encode()).hexdigest()
+    return http("PUT", a["endpoint"] + "/zstack/v1/accounts/login",
+                {"logInByAccount": {"accountName": a["account"], "password": pw}})
+
+
+def zstack_export(a):
+    """Login, export, poll the absolute location to 200, download imageUrl (whole and by
+    Range); a failing export polls as 503."""
+    status, _, body = zstack_login(a)
+    assert status == 200, body
+    session = json.loads(body)["inventory"]["uuid"]
+    auth = {"Authorization": f"OAuth {session}"}
+    out = {}
+    for name, image, fmt in [("ok", a["image"], "qcow2"), ("broken", a["broken"], "raw")]:
+        job = hashlib.md5(name.encode() + str(time.time()).encode()).hexdigest()
+        status, _, body = http("PUT", f"{a['endpoint']}/zstack/v1/backup-storage/{a['bs']}/actions",
+                               {"exportImageFromBackupStorage": {"imageUuid": image, "exportFormat": fmt}, "systemTags": []},
+                               {**auth, "X-Job-UUID": job})
+        assert status == 202, (status, body)
+        location = json.loads(body)["location"]
+        assert location.startswith("http://"), location
+        deadline = time.time() + WAIT
+        while time.time() < deadline:
+            status, _, body = http("GET", location, headers=auth)
+            if status != 202:
+                break
+            time.sleep(0.2)
+        out[name] = {"status": status, "body": json.loads(body)}
+    result = out["ok"]["body"]
+    status, _, data = http("GET", result["imageUrl"])
+    assert status == 200, status
+    with open(a["out"], "wb") as f:
+        f.write(data)
+    out["md5_matches"] = hashlib.md5(data).hexdigest() == result["exportMd5Sum"]
+    status, headers, part = http("GET", result["imageUrl"], headers={"Range": "bytes=100-1123"})
+    out["range"] = [status, part == data[100:1124], headers.get("Content-Range")]
+    status, headers, _ = http("HEAD", result["imageUrl"])
+    out["head"] = [status, headers.get("Content-Length") == str(len(data))]
+    return out
+
+
+def zstack_auth(a):
+    """Wrong password: 401; no session, an unknown session: 401."""
+    out = {}
+    status, _, body = zstack_login(a, password="not-the-password")
+    out["wrong_password"] = [status, json.loads(body)["error"]["code"]]
+    req = {"exportImageFromBackupStorage": {"imageUuid": a["image"], "exportFormat": "qcow2"}}
+    url = f"{a['endpoint']}/zstack/v1/backup-storage/{a['bs']}/actions"
+    for name, headers in [("no_session", {}), ("unknown_session", {"Authorization": "OAuth " + "0" * 32})]:
+        status, _, body = http("PUT", url, req, headers)
+        out[name] = [status, json.loads(body)["error"]["code"]]
+    return out
+
+
+def poll_load(a):
+    """`clients` threads poll `url` (GET, signed as AWS) for `seconds`; latencies."""
+    import threading
+
+    ec2 = [ec2_client(a) for _ in range(a["clients"])]
+    lat, failures = [], []
+    stop = time.time() + a["seconds"]
+
+    def run(c):
+        while time.time() < stop:
+            t = time.perf_counter()
+            try:
+                c.describe_export_image_tasks(ExportImageTaskIds=[a["task"]])
+                lat.append(time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001 - every failure is counted
+                failures.append(str(e))
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in ec2]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    lat.sort()
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+    return {"requests": len(lat), "failures": len(failures), "p50": p(0.5), "p99": p(0.99), "first_failure": failures[:1]}
+
+
+if __name__ == "__main__":
+    scenario, args = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps(globals()[scenario](args)))

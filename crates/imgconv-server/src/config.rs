@@ -1,0 +1,200 @@
+//! The service's configuration file (TOML). Relative paths are relative to the file's folder.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use imgconv::{Error, Result};
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, `127.0.0.1:8787`.
+    pub listen: SocketAddr,
+    /// The absolute base URL clients reach this service at (ZStack job locations and image
+    /// URLs are built on it).
+    pub public_url: String,
+    /// The job store (an SQLite file).
+    pub db: PathBuf,
+    /// Exports that run at once.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// PEM certificate chain: with `tls_key`, the service speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted, bytes (default 1 MiB).
+    #[serde(default = "max_body")]
+    pub max_body: usize,
+    /// Seconds a client has to send a whole request (default 30).
+    #[serde(default = "request_timeout")]
+    pub request_timeout_secs: u64,
+    /// The object storage exports go to.
+    pub storage: Storage,
+    /// Image ids the APIs name, and the disk files they stand for.
+    #[serde(default)]
+    pub images: BTreeMap<String, PathBuf>,
+    /// EVS volume ids, and the disk files they stand for.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, PathBuf>,
+    /// Huawei IMS and EVS settings.
+    pub huawei: Option<Huawei>,
+    /// OCI settings.
+    pub oci: Option<Oci>,
+    /// ZStack settings.
+    pub zstack: Option<Zstack>,
+    /// Who may call.
+    #[serde(default)]
+    pub callers: Vec<Caller>,
+}
+
+fn one() -> usize {
+    1
+}
+fn max_body() -> usize {
+    1 << 20
+}
+fn request_timeout() -> u64 {
+    30
+}
+fn session_timeout() -> u64 {
+    7200
+}
+
+/// An S3-compatible object storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Endpoint URL.
+    pub endpoint: String,
+    /// Signing region.
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+/// Huawei Cloud settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Huawei {
+    /// The project id in the APIs' paths.
+    pub project_id: String,
+    /// Where EVS `os-volume_upload_image` writes the images it makes.
+    pub image_store: PathBuf,
+}
+
+/// OCI settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oci {
+    /// The Object Storage namespace that `[storage]` serves.
+    pub namespace: String,
+    /// The compartment the images are in.
+    pub compartment_id: String,
+}
+
+/// ZStack settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zstack {
+    /// The backup storage's UUID in the API's path.
+    pub backup_storage_uuid: String,
+    /// The folder exports go to, served at `public_url` + `/export/`.
+    pub publish_dir: PathBuf,
+    /// Seconds a login session lasts (default 7200).
+    #[serde(default = "session_timeout")]
+    pub session_timeout_secs: u64,
+}
+
+/// One caller's keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "api", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Caller {
+    /// AWS SigV4 keys.
+    Aws {
+        /// Access key id.
+        access_key_id: String,
+        /// Secret access key.
+        secret_access_key: String,
+    },
+    /// An OCI API signing key.
+    Oci {
+        /// `TENANCY/USER/FINGERPRINT`.
+        key_id: String,
+        /// The PEM public key.
+        public_key_file: PathBuf,
+    },
+    /// Huawei AK/SK (IMS and EVS).
+    Huawei {
+        /// Access key.
+        access_key: String,
+        /// Secret key.
+        secret_key: String,
+    },
+    /// A ZStack account.
+    Zstack {
+        /// Account name.
+        account: String,
+        /// Hex SHA-512 of the password, as ZStack clients send it.
+        password_sha512: String,
+    },
+}
+
+impl Config {
+    /// Read and check the file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(path.display().to_string(), e))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, &base)
+    }
+
+    /// Parse a configuration; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config> {
+        let mut c: Config = toml::from_str(text)
+            .map_err(|e| Error::invalid_argument(format!("configuration: {e}")))?;
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut c.db);
+        c.tls_cert.as_mut().map(abs);
+        c.tls_key.as_mut().map(abs);
+        c.images.values_mut().for_each(abs);
+        c.volumes.values_mut().for_each(abs);
+        if let Some(h) = &mut c.huawei {
+            abs(&mut h.image_store);
+        }
+        if let Some(z) = &mut c.zstack {
+            abs(&mut z.publish_dir);
+        }
+        for caller in &mut c.callers {
+            if let Caller::Oci {
+                public_key_file, ..
+            } = caller
+            {
+                abs(public_key_file);
+            }
+        }
+        if c.workers == 0 {
+            return Err(Error::invalid_argument("configuration: workers must be at least 1"));
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return Err(Error::invalid_argument(
+                "configuration: tls_cert and tls_key go together",
+            ));
+        }
+        url::Url::parse(&c.public_url)
+            .map_err(|e| Error::invalid_argument(format!("configuration: public_url: {e}")))?;
+        c.public_url = c.public_url.trim_end_matches('/').to_string();
+        Ok(c)
+    }
+}

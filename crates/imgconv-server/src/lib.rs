@@ -1,0 +1,407 @@
+//! imgconv-server: `imgconv serve`, the cloud export-image APIs over HTTP.
+//!
+//! One process answers AWS EC2 (`ExportImage`, `DescribeExportImageTasks`,
+//! `CancelExportTask`; the Query protocol with XML answers), OCI Compute (`ExportImage`,
+//! `GetWorkRequest`, `GetImage`), Huawei IMS (image export, job queries, image list) and EVS
+//! (`os-volume_upload_image`), and ZStack (`ExportImageFromBackupStorage` and its API jobs),
+//! each in its provider's wire format and error shape, with its provider's request signature
+//! verified. Exports are queued in the job store (`imgconv-export`'s jobs) and run by worker
+//! threads; the HTTP side only translates.
+//!
+//! ```no_run
+//! # fn main() -> imgconv::Result<()> {
+//! let config = imgconv_server::Config::load(std::path::Path::new("serve.toml"))?;
+//! // Blocks until SIGTERM or SIGINT; running exports go back to the queue.
+//! imgconv_server::run(config)
+//! # }
+//! ```
+//!
+//! A service that has its own router mounts [`router`] on a [`Service`] and runs
+//! [`Service::start_workers`] itself.
+
+mod auth;
+mod aws;
+mod config;
+mod huawei;
+mod metrics;
+mod oci;
+mod wire;
+mod workers;
+mod zstack;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use imgconv::{CancelToken, Error, ErrorKind, Result};
+use imgconv_export::jobs::{JobStore, Recovery, StoreOptions};
+use imgconv_export::Credentials;
+use openssl::pkey::{PKey, Public};
+
+pub use auth::{verify_huawei, verify_oci, verify_sigv4, AuthError, Signed, MAX_SKEW};
+pub use config::{Caller, Config, Huawei, Oci, Storage, Zstack};
+pub use wire::Wire;
+pub use workers::Workers;
+
+use crate::metrics::Metrics;
+
+/// The providers the service speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Provider {
+    /// AWS EC2.
+    Aws,
+    /// OCI Compute.
+    Oci,
+    /// Huawei IMS and EVS.
+    Huawei,
+    /// ZStack.
+    Zstack,
+    /// Health, metrics and anything that names no provider.
+    Service,
+}
+
+impl Provider {
+    /// The label used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Aws => "aws",
+            Provider::Oci => "oci",
+            Provider::Huawei => "huawei",
+            Provider::Zstack => "zstack",
+            Provider::Service => "service",
+        }
+    }
+
+    /// The provider a path belongs to.
+    fn of(method: &Method, path: &str) -> Provider {
+        if path == "/" && (method == Method::POST || method == Method::GET) {
+            Provider::Aws
+        } else if path.starts_with("/20160918/") {
+            Provider::Oci
+        } else if path.starts_with("/v1/") || path.starts_with("/v2/") {
+            Provider::Huawei
+        } else if path.starts_with("/zstack/") {
+            Provider::Zstack
+        } else {
+            Provider::Service
+        }
+    }
+}
+
+/// A ZStack login session.
+#[derive(Debug, Clone)]
+struct Session {
+    account: String,
+    expires: u64,
+}
+
+/// The service: configuration, callers' keys, the job store, sessions and counters.
+pub struct Service {
+    config: Config,
+    store: Mutex<JobStore>,
+    credentials: Credentials,
+    oci_keys: BTreeMap<String, PKey<Public>>,
+    sessions: Mutex<HashMap<String, Session>>,
+    metrics: Metrics,
+    wake: (Mutex<u64>, Condvar),
+    stopping: AtomicBool,
+    cancel: CancelToken,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("listen", &self.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Open the job store (queuing again the exports of a process that died) and load the
+    /// callers' keys.
+    pub fn new(config: Config) -> Result<Arc<Service>> {
+        let credentials = Credentials::new(
+            &config.storage.access_key_id,
+            &config.storage.secret_access_key,
+            None,
+        );
+        let store = JobStore::open_with(&config.db, store_options(&credentials))?;
+        let mut oci_keys = BTreeMap::new();
+        for c in &config.callers {
+            if let Caller::Oci {
+                key_id,
+                public_key_file,
+            } = c
+            {
+                let pem = std::fs::read(public_key_file)
+                    .map_err(|e| Error::io(public_key_file.display().to_string(), e))?;
+                let key = PKey::public_key_from_pem(&pem).map_err(|e| {
+                    Error::invalid_argument(format!(
+                        "{}: not a PEM public key: {e}",
+                        public_key_file.display()
+                    ))
+                })?;
+                oci_keys.insert(key_id.clone(), key);
+            }
+        }
+        for dir in [
+            config.huawei.as_ref().map(|h| &h.image_store),
+            config.zstack.as_ref().map(|z| &z.publish_dir),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+        }
+        Ok(Arc::new(Service {
+            config,
+            store: Mutex::new(store),
+            credentials,
+            oci_keys,
+            sessions: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            wake: (Mutex::new(0), Condvar::new()),
+            stopping: AtomicBool::new(false),
+            cancel: CancelToken::new(),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Run a closure on the job store.
+    fn with_store<T>(&self, f: impl FnOnce(&mut JobStore) -> T) -> T {
+        let mut guard = match self.store.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Tell the workers a job was queued.
+    fn notify(&self) {
+        let (lock, cv) = &self.wake;
+        if let Ok(mut n) = lock.lock() {
+            *n += 1;
+        }
+        cv.notify_all();
+    }
+
+    /// Stop: no new jobs start, and running exports stop and go back to the queue.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        self.wake.1.notify_all();
+    }
+
+    fn secret(&self, pick: impl Fn(&Caller) -> Option<(&str, &str)>, key: &str) -> Option<&str> {
+        self.config
+            .callers
+            .iter()
+            .filter_map(pick)
+            .find(|(k, _)| *k == key)
+            .map(|(_, s)| s)
+    }
+}
+
+fn store_options(credentials: &Credentials) -> StoreOptions {
+    StoreOptions {
+        recovery: Recovery::Requeue,
+        credentials: Some(credentials.clone()),
+        interrupt_requeues: true,
+    }
+}
+
+/// The service's routes: the providers' APIs, `/healthz`, `/metrics`, and the ZStack export
+/// folder under `/export/`.
+pub fn router(service: Arc<Service>) -> Router {
+    let mut r = Router::new();
+    if let Some(z) = &service.config.zstack {
+        r = r.nest_service("/export", tower_http::services::ServeDir::new(&z.publish_dir));
+    }
+    r.fallback(handle).with_state(service)
+}
+
+/// One request: read (bounded in size and time), verified, answered in its provider's shape.
+async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let provider = Provider::of(&parts.method, &path);
+    let request_id = wire::request_id(provider, &parts.headers);
+    let limit = svc.config.max_body;
+    let timeout = Duration::from_secs(svc.config.request_timeout_secs);
+    let body = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
+    let answer = match body {
+        Err(_) => wire::error(provider, &request_id, 408, "RequestTimeout", "the request body did not arrive in time"),
+        Ok(Err(_)) => wire::error(
+            provider,
+            &request_id,
+            413,
+            "RequestEntityTooLarge",
+            &format!("the request body is larger than {limit} bytes or was cut off"),
+        ),
+        Ok(Ok(bytes)) => {
+            let svc2 = svc.clone();
+            let (method, headers, rid) = (parts.method.clone(), parts.headers.clone(), request_id.clone());
+            let (p, q) = (path.clone(), query.clone());
+            let joined = tokio::task::spawn_blocking(move || {
+                let req = wire::Incoming {
+                    method: &method,
+                    path: &p,
+                    query: &q,
+                    headers: &headers,
+                    body: &bytes,
+                    request_id: &rid,
+                };
+                dispatch(&svc2, provider, &req)
+            })
+            .await;
+            joined.unwrap_or_else(|_| {
+                wire::error(provider, &request_id, 500, "InternalError", "the request could not be handled")
+            })
+        }
+    };
+    svc.metrics.request(provider, answer.status);
+    tracing::info!(
+        request_id = %request_id,
+        provider = provider.name(),
+        method = %parts.method,
+        path = %path,
+        status = answer.status,
+        millis = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    answer.into_response()
+}
+
+fn dispatch(svc: &Service, provider: Provider, req: &wire::Incoming<'_>) -> Wire {
+    match provider {
+        Provider::Aws => aws::handle(svc, req),
+        Provider::Oci => oci::handle(svc, req),
+        Provider::Huawei => huawei::handle(svc, req),
+        Provider::Zstack => zstack::handle(svc, req),
+        Provider::Service => match (req.method.as_str(), req.path) {
+            ("GET" | "HEAD", "/healthz") => Wire::text(200, "ok\n"),
+            ("GET", "/metrics") => Wire {
+                content_type: "text/plain; version=0.0.4".into(),
+                ..Wire::text(200, &svc.metrics.render(svc))
+            },
+            _ => Wire::json(404, &serde_json::json!({ "error": "not found" })),
+        },
+    }
+}
+
+impl IntoResponse for Wire {
+    fn into_response(self) -> Response {
+        let mut b = Response::builder()
+            .status(StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+            .header("content-type", self.content_type);
+        for (k, v) in self.headers {
+            b = b.header(k, v);
+        }
+        b.body(Body::from(self.body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+}
+
+/// Headers' values by lower-case name (the first of each).
+fn header_map(h: &HeaderMap) -> BTreeMap<String, String> {
+    h.iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// Serve `config` until SIGTERM or SIGINT: answer the APIs, run exports on the workers.
+/// On a signal it stops accepting, puts the running exports back in the queue (their uploads
+/// aborted) and returns.
+pub fn run(config: Config) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMGCONV_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("async runtime", e))?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
+    let listen = config.listen;
+    let service = Service::new(config)?;
+    let workers = service.start_workers();
+    let app = router(service.clone());
+    let handle = axum_server::Handle::new();
+    let outcome = runtime.block_on(async {
+        let h = handle.clone();
+        let svc = service.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: no new requests; running exports go back to the queue");
+            svc.stop();
+            h.graceful_shutdown(Some(Duration::from_secs(3)));
+        });
+        let make = app.into_make_service();
+        match tls {
+            Some((cert, key)) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                    .await
+                    .map_err(|e| Error::io(cert.display().to_string(), e))?;
+                let mut server = axum_server::bind_rustls(listen, tls).handle(handle.clone());
+                configure(server.http_builder());
+                server.serve(make).await
+            }
+            None => {
+                let mut server = axum_server::bind(listen).handle(handle.clone());
+                configure(server.http_builder());
+                server.serve(make).await
+            }
+        }
+        .map_err(|e| Error::io(format!("listening on {listen}"), e))
+    });
+    service.stop();
+    workers.join(Duration::from_secs(8));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
+}
+
+/// Slow clients: headers must arrive within 10 seconds.
+fn configure(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// An error of the library as an API error code (used by the providers' modules).
+fn is_not_found(e: &Error) -> bool {
+    e.kind() == ErrorKind::NotFound
+}

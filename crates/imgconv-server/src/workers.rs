@@ -1,0 +1,87 @@
+//! The worker threads: each claims the oldest queued export and runs it on the engine's own
+//! threads; the HTTP side never waits for one.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use imgconv_export::jobs::JobStore;
+
+use crate::{store_options, Service};
+
+/// The running workers.
+#[derive(Debug)]
+pub struct Workers(Vec<JoinHandle<()>>);
+
+impl Workers {
+    /// Wait for the workers to end (after [`Service::stop`]), at most `within`.
+    pub fn join(self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for h in self.0 {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Service {
+    /// Start the configured number of workers.
+    pub fn start_workers(self: &Arc<Self>) -> Workers {
+        Workers(
+            (0..self.config.workers)
+                .map(|n| {
+                    let svc = self.clone();
+                    std::thread::Builder::new()
+                        .name(format!("export-worker-{n}"))
+                        .spawn(move || work(&svc))
+                        .unwrap_or_else(|e| panic!("cannot start a worker thread: {e}"))
+                })
+                .collect(),
+        )
+    }
+}
+
+fn work(svc: &Service) {
+    let store = match JobStore::open_with(&svc.config.db, store_options(&svc.credentials)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "worker cannot open the job store");
+            return;
+        }
+    };
+    let mut seen = 0;
+    while !svc.stopping.load(Ordering::SeqCst) {
+        let started = Instant::now();
+        match store.run_next_any(None, &svc.cancel) {
+            Ok(Some(job)) => {
+                let bytes = job.result.as_ref().map(|r| r.size).unwrap_or(0);
+                svc.metrics.export(job.state.name(), started.elapsed(), bytes);
+                tracing::info!(
+                    job = %job.id,
+                    provider = %job.provider,
+                    state = job.state.name(),
+                    attempts = job.attempts,
+                    message = %job.message,
+                    "export ended"
+                );
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "worker could not run a job"),
+        }
+        // Nothing queued: wait for a submission (or look again in a second).
+        let (lock, cv) = &svc.wake;
+        if let Ok(n) = lock.lock() {
+            if *n == seen && !svc.stopping.load(Ordering::SeqCst) {
+                let _ = cv.wait_timeout(n, Duration::from_secs(1)).map(|(n, _)| seen = *n);
+            } else {
+                seen = *n;
+            }
+        }
+    }
+}

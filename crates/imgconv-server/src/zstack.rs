@@ -1,0 +1,202 @@
+//! ZStack, as its Java `ZSClient` speaks it:
+//!
+//! - `PUT /zstack/v1/accounts/login` with `{"logInByAccount":{"accountName","password"}}` (the
+//!   password as hex SHA-512) → a session (`inventory.uuid`) that expires;
+//! - `PUT /zstack/v1/backup-storage/{uuid}/actions` with `Authorization: OAuth <session>`,
+//!   `X-Job-UUID` and `{"exportImageFromBackupStorage":{...}}` → 202 and the API job's
+//!   absolute `location`;
+//! - `GET` of that location: 202 while the export runs, 200 `{"imageUrl","exportMd5Sum"}` when
+//!   done, 503 with the error when it failed;
+//! - `DELETE /zstack/v1/accounts/sessions/{uuid}`: log out.
+//!
+//! The exported file is served at `imageUrl` (`public_url/export/NAME`, GET, HEAD and Range).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use imgconv::clock::rfc3339;
+use imgconv::ids::{random_uuid, uuid_text, UuidLayout};
+use imgconv_export::api::{Api, Context};
+use serde_json::{json, Value};
+
+use crate::auth::same_secret;
+use crate::wire::{error, Incoming, Wire};
+use crate::{header_map, Caller, Provider, Service, Session};
+
+/// Sessions kept at once, at most (a login past it drops the expired ones, then is refused).
+const MAX_SESSIONS: usize = 10_000;
+
+fn err(req: &Incoming<'_>, status: u16, code: &str, message: &str) -> Wire {
+    error(Provider::Zstack, req.request_id, status, code, message)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
+    let Some(z) = &svc.config.zstack else {
+        return err(req, 404, "SYS.1001", "ZStack is not configured on this service");
+    };
+    let Some(seg) = req.segments("/zstack/v1/") else {
+        return err(req, 404, "SYS.1001", "no such API");
+    };
+    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    if let ("PUT", ["accounts", "login"]) = (req.method.as_str(), seg.as_slice()) {
+        return login(svc, req, z.session_timeout_secs);
+    }
+    let session = match session_of(svc, req) {
+        Ok(s) => s,
+        Err(w) => return w,
+    };
+    match (req.method.as_str(), seg.as_slice()) {
+        ("PUT", ["backup-storage", bs, "actions"]) if *bs == z.backup_storage_uuid => {
+            export(svc, req)
+        }
+        ("GET", ["api-jobs", id]) => poll(svc, req, id),
+        ("DELETE", ["accounts", "sessions", id]) => {
+            if let Ok(mut s) = svc.sessions.lock() {
+                if s.get(*id).is_some_and(|x| x.account == session.account) {
+                    s.remove(*id);
+                }
+            }
+            Wire::json(200, &json!({}))
+        }
+        _ => err(req, 404, "SYS.1001", "no such API"),
+    }
+}
+
+fn body(req: &Incoming<'_>) -> Result<Value, Wire> {
+    match serde_json::from_slice(req.body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(err(req, 400, "SYS.1007", "the request body is not a JSON object")),
+    }
+}
+
+fn login(svc: &Service, req: &Incoming<'_>, timeout: u64) -> Wire {
+    let b = match body(req) {
+        Ok(b) => b,
+        Err(w) => return w,
+    };
+    let p = &b["logInByAccount"];
+    let (Some(name), Some(password)) = (p["accountName"].as_str(), p["password"].as_str()) else {
+        return err(req, 400, "SYS.1007", "logInByAccount needs accountName and password");
+    };
+    let ok = svc.config.callers.iter().any(|c| match c {
+        Caller::Zstack {
+            account,
+            password_sha512,
+        } => account == name && same_secret(&password_sha512.to_ascii_lowercase(), &password.to_ascii_lowercase()),
+        _ => false,
+    });
+    if !ok {
+        return err(req, 401, "ID.1001", "wrong account name or password");
+    }
+    let t = now();
+    let uuid = uuid_text(&random_uuid(UuidLayout::BigEndian)).replace('-', "");
+    let Ok(mut sessions) = svc.sessions.lock() else {
+        return err(req, 503, "SYS.1006", "sessions are unavailable");
+    };
+    if sessions.len() >= MAX_SESSIONS {
+        sessions.retain(|_, s| s.expires > t);
+        if sessions.len() >= MAX_SESSIONS {
+            return err(req, 503, "SYS.1006", "too many sessions");
+        }
+    }
+    sessions.insert(
+        uuid.clone(),
+        Session {
+            account: name.to_string(),
+            expires: t + timeout,
+        },
+    );
+    let account_uuid = imgconv_export::jobs::fingerprint(&json!(name))[..32].to_string();
+    Wire::json(
+        200,
+        &json!({ "inventory": {
+            "uuid": uuid,
+            "accountUuid": account_uuid,
+            "userUuid": account_uuid,
+            "expiredDate": rfc3339(t + timeout),
+            "createDate": rfc3339(t),
+        }}),
+    )
+}
+
+fn session_of(svc: &Service, req: &Incoming<'_>) -> Result<Session, Wire> {
+    let denied = |m: &str| err(req, 401, "ID.1001", m);
+    let token = req
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("OAuth "))
+        .ok_or_else(|| denied("the request has no session (Authorization: OAuth <session uuid>)"))?;
+    let Ok(mut sessions) = svc.sessions.lock() else {
+        return Err(denied("sessions are unavailable"));
+    };
+    match sessions.get(token.trim()) {
+        Some(s) if s.expires > now() => Ok(s.clone()),
+        Some(_) => {
+            sessions.remove(token.trim());
+            Err(denied("the session has expired; log in again"))
+        }
+        None => Err(denied("the session does not exist or has expired")),
+    }
+}
+
+fn export(svc: &Service, req: &Incoming<'_>) -> Wire {
+    let b = match body(req) {
+        Ok(b) => b,
+        Err(w) => return w,
+    };
+    let Some(image) = b["exportImageFromBackupStorage"]["imageUuid"].as_str() else {
+        return err(req, 400, "SYS.1007", "exportImageFromBackupStorage.imageUuid is required");
+    };
+    let Some(source) = svc.config.images.get(image) else {
+        return err(req, 404, "SYS.1007", &format!("the image {image} is not on this backup storage"));
+    };
+    let Some(z) = &svc.config.zstack else {
+        return err(req, 404, "SYS.1001", "ZStack is not configured on this service");
+    };
+    let ctx = Context {
+        source: source.clone(),
+        headers: header_map(req.headers),
+        publish: Some((z.publish_dir.clone(), format!("{}/export/", svc.config.public_url))),
+        ..Context::default()
+    };
+    let reply = svc.with_store(|s| Api::Zstack.submit(s, &ctx, &b));
+    if reply.run.is_some() {
+        svc.notify();
+    }
+    if reply.status >= 300 {
+        let e = &reply.body["error"];
+        return err(
+            req,
+            reply.status,
+            e["code"].as_str().unwrap_or("SYS.1006"),
+            e["description"].as_str().unwrap_or(""),
+        );
+    }
+    Wire::json(202, &absolute(svc, reply.body))
+}
+
+/// A relative `location` made absolute: ZSClient follows it as it is.
+fn absolute(svc: &Service, mut body: Value) -> Value {
+    if let Some(l) = body["location"].as_str().filter(|l| l.starts_with('/')) {
+        body["location"] = json!(format!("{}{l}", svc.config.public_url));
+    }
+    body
+}
+
+fn poll(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
+    match svc.with_store(|s| s.get(id)) {
+        Ok(j) if j.provider == Api::Zstack.name() => {}
+        _ => return err(req, 404, "SYS.1001", &format!("no API job {id}")),
+    }
+    let reply = svc.with_store(|s| Api::Zstack.describe(s, id));
+    if reply.body.get("error").is_some() {
+        // A failed export polls as 503 with its error, as ZStack answers it.
+        return Wire::json(503, &reply.body);
+    }
+    Wire::json(reply.status, &absolute(svc, reply.body))
+}
