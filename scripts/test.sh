@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh machine: installs what the tests need if it is missing
 # (qemu-utils for the qemu-img oracle, libyal's python3-libqcow, python3-libvmdk and python3-libvhdi, e2fsprogs for chattr and mke2fs, the OpenSSL headers the
 # CLI's MD5 builds against, a C compiler, tar and kill for the export tests, and the s3s-fs
-# S3-compatible server from crates.io), then format, lint, unit, integration and doc tests.
+# S3-compatible server from crates.io; the providers' Python SDKs into a venv), then format, lint, unit, integration and doc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The providers' SDKs that the export service's tests are clients with, in a venv.
+sdk_venv="$PWD/target/sdk-venv"
+sdk_pkgs=(boto3==1.44.8 oci==2.189.0 huaweicloudsdkcore==3.1.219 huaweicloudsdkims==3.1.219
+  huaweicloudsdkevs==3.0.69)
+if ! "$sdk_venv/bin/python" -c 'import boto3, oci, huaweicloudsdkims, huaweicloudsdkevs' >/dev/null 2>&1; then
+  echo "installing: ${sdk_pkgs[*]} (PyPI, into target/sdk-venv)" >&2
+  if ! python3 -m venv "$sdk_venv" >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv
+    rm -rf "$sdk_venv"
+    python3 -m venv "$sdk_venv"
+  fi
+  "$sdk_venv/bin/pip" install -q --disable-pip-version-check "${sdk_pkgs[@]}"
+fi
+export IMGCONV_SDK_PYTHON="$sdk_venv/bin/python"
 
 # The S3-compatible server the export tests upload to (checks SigV4 signatures).
 export PATH="$PWD/target/tools/bin:$PATH"

@@ -137,8 +137,9 @@ pub(crate) struct ApiArgs {
 }
 
 /// Names of the subcommands, for telling the short form `imgconv IN OUT` apart.
-pub(crate) const SUBCOMMANDS: &[&str] =
-    &["convert", "info", "compare", "measure", "export", "serve", "help"];
+pub(crate) const SUBCOMMANDS: &[&str] = &[
+    "convert", "info", "compare", "measure", "export", "serve", "help",
+];
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

@@ -398,7 +398,14 @@ impl JobStore {
                  WHERE state = 'active'",
             )
             .map_err(db_err)?;
-        type Row = (String, Option<u32>, Option<u64>, Option<String>, String, u32);
+        type Row = (
+            String,
+            Option<u32>,
+            Option<u64>,
+            Option<String>,
+            String,
+            u32,
+        );
         let rows: Vec<Row> = stmt
             .query_map([], |r| {
                 Ok((
@@ -572,14 +579,7 @@ impl JobStore {
             .execute(
                 "INSERT INTO images (id, name, path, disk_format, job_id, created) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    id,
-                    name,
-                    path.to_string_lossy(),
-                    disk_format,
-                    job_id,
-                    now()
-                ],
+                params![id, name, path.to_string_lossy(), disk_format, job_id, now()],
             )
             .map_err(db_err)?;
         Ok(())
@@ -593,7 +593,16 @@ impl JobStore {
             .query_row(
                 "SELECT id, name, path, disk_format, job_id, created FROM images WHERE id = ?1",
                 params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()
             .map_err(db_err)?;

@@ -164,7 +164,9 @@ fn hmac256(key: &[u8], data: &[u8]) -> Vec<u8> {
 fn uri_encode(input: &[u8], keep_slash: bool) -> String {
     let mut out = String::with_capacity(input.len());
     for &b in input {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (keep_slash && b == b'/')
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (keep_slash && b == b'/')
         {
             out.push(b as char);
         } else {
@@ -235,7 +237,9 @@ pub fn verify_sigv4<'k>(
     };
     let scope: Vec<&str> = credential.split('/').collect();
     let [key, date, region, svc, "aws4_request"] = scope.as_slice() else {
-        return Err(AuthError::Missing("the credential scope is malformed".into()));
+        return Err(AuthError::Missing(
+            "the credential scope is malformed".into(),
+        ));
     };
     if *svc != service {
         return Err(AuthError::BadSignature(format!(
@@ -257,7 +261,9 @@ pub fn verify_sigv4<'k>(
     }
     let names: Vec<&str> = signed.split(';').collect();
     if !names.contains(&"host") {
-        return Err(AuthError::BadSignature("the Host header must be signed".into()));
+        return Err(AuthError::BadSignature(
+            "the Host header must be signed".into(),
+        ));
     }
     let mut headers = String::new();
     for n in &names {
@@ -306,9 +312,9 @@ pub fn verify_huawei<'k>(
     let auth = req
         .header("authorization")
         .ok_or_else(|| AuthError::Missing("the request is not signed (no Authorization)".into()))?;
-    let rest = auth.strip_prefix("SDK-HMAC-SHA256 ").ok_or_else(|| {
-        AuthError::Missing("only SDK-HMAC-SHA256 signatures are accepted".into())
-    })?;
+    let rest = auth
+        .strip_prefix("SDK-HMAC-SHA256 ")
+        .ok_or_else(|| AuthError::Missing("only SDK-HMAC-SHA256 signatures are accepted".into()))?;
     let p = auth_params(rest);
     let (Some(access), Some(signed), Some(signature)) =
         (p.get("Access"), p.get("SignedHeaders"), p.get("Signature"))
@@ -397,10 +403,14 @@ pub fn verify_oci<'k>(
     let p = quoted_params(rest)
         .ok_or_else(|| AuthError::Missing("the Signature parameters are malformed".into()))?;
     let (Some(key_id), Some(signature)) = (p.get("keyId"), p.get("signature")) else {
-        return Err(AuthError::Missing("the Signature lacks keyId or signature".into()));
+        return Err(AuthError::Missing(
+            "the Signature lacks keyId or signature".into(),
+        ));
     };
     if p.get("algorithm").is_some_and(|a| a != "rsa-sha256") {
-        return Err(AuthError::Missing("only rsa-sha256 signatures are accepted".into()));
+        return Err(AuthError::Missing(
+            "only rsa-sha256 signatures are accepted".into(),
+        ));
     }
     let names: Vec<String> = p
         .get("headers")
@@ -427,8 +437,8 @@ pub fn verify_oci<'k>(
             )));
         }
     }
-    let key = key_of(key_id)
-        .ok_or_else(|| AuthError::UnknownKey("the key id is not known".into()))?;
+    let key =
+        key_of(key_id).ok_or_else(|| AuthError::UnknownKey("the key id is not known".into()))?;
     if has_body {
         let digest = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(req.body));
         if req.header("x-content-sha256") != Some(digest.as_str()) {
@@ -455,9 +465,9 @@ pub fn verify_oci<'k>(
                 req.method.as_str().to_ascii_lowercase()
             ));
         } else {
-            let v = req
-                .header_values(n)
-                .ok_or_else(|| AuthError::BadSignature(format!("the signed header {n} is missing")))?;
+            let v = req.header_values(n).ok_or_else(|| {
+                AuthError::BadSignature(format!("the signed header {n} is missing"))
+            })?;
             lines.push(format!("{n}: {v}"));
         }
     }
@@ -500,7 +510,13 @@ mod tests {
         assert_eq!(parse_compact_time("19700101T000000Z"), Some(0));
         assert_eq!(parse_compact_time("20000301T000000Z"), Some(951_868_800));
         assert_eq!(parse_compact_time("20150830T123600Z"), Some(1_440_938_160));
-        for bad in ["", "20150830T123600", "2015083OT123600Z", "20151330T123600Z", "２０15"] {
+        for bad in [
+            "",
+            "20150830T123600",
+            "2015083OT123600Z",
+            "20151330T123600Z",
+            "２０15",
+        ] {
             assert_eq!(parse_compact_time(bad), None, "{bad}");
         }
     }
@@ -509,8 +525,18 @@ mod tests {
     #[test]
     fn sigv4_matches_the_reference_example() {
         let mut h = HeaderMap::new();
-        h.insert("host", "example.amazonaws.com".parse().unwrap_or_else(|_| unreachable!()));
-        h.insert("x-amz-date", "20150830T123600Z".parse().unwrap_or_else(|_| unreachable!()));
+        h.insert(
+            "host",
+            "example.amazonaws.com"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        h.insert(
+            "x-amz-date",
+            "20150830T123600Z"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
         h.insert(
             "authorization",
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
@@ -540,7 +566,9 @@ mod tests {
 
     #[test]
     fn quoted_parameters_parse() {
-        let p = quoted_params(r#"algorithm="rsa-sha256",headers="date host",keyId="a/b/c",signature="x+y/=",version="1""#);
+        let p = quoted_params(
+            r#"algorithm="rsa-sha256",headers="date host",keyId="a/b/c",signature="x+y/=",version="1""#,
+        );
         let p = p.unwrap_or_default();
         assert_eq!(p.get("keyId").map(String::as_str), Some("a/b/c"));
         assert_eq!(p.get("signature").map(String::as_str), Some("x+y/="));

@@ -48,14 +48,24 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
         req.query.as_bytes()
     };
     if std::str::from_utf8(text).is_err() {
-        return err(req, 400, "MalformedQueryString", "the request's form is not UTF-8");
+        return err(
+            req,
+            400,
+            "MalformedQueryString",
+            "the request's form is not UTF-8",
+        );
     }
     let form: BTreeMap<String, String> = form_urlencoded::parse(text)
         .take(MAX_FIELDS + 1)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if form.len() > MAX_FIELDS {
-        return err(req, 400, "InvalidParameterCombination", "too many parameters");
+        return err(
+            req,
+            400,
+            "InvalidParameterCombination",
+            "too many parameters",
+        );
     }
     match form.get("Action").map(String::as_str) {
         Some("ExportImage") => export_image(svc, req, &form),
@@ -67,12 +77,20 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
             "InvalidAction",
             &format!("The action {other} is not valid for this web service."),
         ),
-        None => err(req, 400, "MissingAction", "The request must contain the parameter Action"),
+        None => err(
+            req,
+            400,
+            "MissingAction",
+            "The request must contain the parameter Action",
+        ),
     }
 }
 
 /// `Prefix.N.rest` values, by N in order.
-fn indexed<'a>(form: &'a BTreeMap<String, String>, prefix: &str) -> BTreeMap<u32, Vec<(&'a str, &'a str)>> {
+fn indexed<'a>(
+    form: &'a BTreeMap<String, String>,
+    prefix: &str,
+) -> BTreeMap<u32, Vec<(&'a str, &'a str)>> {
     let mut out: BTreeMap<u32, Vec<(&str, &str)>> = BTreeMap::new();
     for (k, v) in form {
         let Some(rest) = k.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) else {
@@ -89,7 +107,13 @@ fn indexed<'a>(form: &'a BTreeMap<String, String>, prefix: &str) -> BTreeMap<u32
 /// The form as the JSON request the export module takes.
 fn request_of(form: &BTreeMap<String, String>) -> Value {
     let mut r = serde_json::Map::new();
-    for name in ["DiskImageFormat", "ImageId", "Description", "ClientToken", "RoleName"] {
+    for name in [
+        "DiskImageFormat",
+        "ImageId",
+        "Description",
+        "ClientToken",
+        "RoleName",
+    ] {
         if let Some(v) = form.get(name) {
             r.insert(name.into(), json!(v));
         }
@@ -98,7 +122,10 @@ fn request_of(form: &BTreeMap<String, String>) -> Value {
         r.insert("DryRun".into(), json!(true));
     }
     let mut loc = serde_json::Map::new();
-    for (f, name) in [("S3ExportLocation.S3Bucket", "S3Bucket"), ("S3ExportLocation.S3Prefix", "S3Prefix")] {
+    for (f, name) in [
+        ("S3ExportLocation.S3Bucket", "S3Bucket"),
+        ("S3ExportLocation.S3Prefix", "S3Prefix"),
+    ] {
         if let Some(v) = form.get(f) {
             loc.insert(name.into(), json!(v));
         }
@@ -116,7 +143,12 @@ fn request_of(form: &BTreeMap<String, String>) -> Value {
             let tags: Vec<Value> = indexed(&sub, "Tag")
                 .into_values()
                 .map(|t| {
-                    let get = |n: &str| t.iter().find(|(k, _)| *k == n).map(|(_, v)| *v).unwrap_or("");
+                    let get = |n: &str| {
+                        t.iter()
+                            .find(|(k, _)| *k == n)
+                            .map(|(_, v)| *v)
+                            .unwrap_or("")
+                    };
                     json!({ "Key": get("Key"), "Value": get("Value") })
                 })
                 .collect();
@@ -131,7 +163,10 @@ fn request_of(form: &BTreeMap<String, String>) -> Value {
 
 fn context(svc: &Service) -> Context {
     Context {
-        endpoint: Some((svc.config.storage.endpoint.clone(), svc.config.storage.region.clone())),
+        endpoint: Some((
+            svc.config.storage.endpoint.clone(),
+            svc.config.storage.region.clone(),
+        )),
         credentials: Some(svc.credentials.clone()),
         ..Context::default()
     }
@@ -140,7 +175,12 @@ fn context(svc: &Service) -> Context {
 fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) -> Wire {
     let request = request_of(form);
     let Some(image) = form.get("ImageId") else {
-        return err(req, 400, "MissingParameter", "The request must contain the parameter ImageId");
+        return err(
+            req,
+            400,
+            "MissingParameter",
+            "The request must contain the parameter ImageId",
+        );
     };
     let Some(source) = svc.config.images.get(image) else {
         return err(
@@ -234,20 +274,35 @@ fn describe(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) 
         None => 1000,
         Some(Ok(n)) if (1..=500).contains(&n) => n,
         Some(_) => {
-            return err(req, 400, "InvalidParameterValue", "MaxResults must be from 1 to 500")
+            return err(
+                req,
+                400,
+                "InvalidParameterValue",
+                "MaxResults must be from 1 to 500",
+            )
         }
     };
     let start = match form.get("NextToken").map(|t| t.parse::<usize>()) {
         None => 0,
         Some(Ok(n)) => n,
-        Some(Err(_)) => return err(req, 400, "InvalidParameterValue", "The NextToken is not valid"),
+        Some(Err(_)) => {
+            return err(
+                req,
+                400,
+                "InvalidParameterValue",
+                "The NextToken is not valid",
+            )
+        }
     };
     let tasks: Result<Vec<Value>, Wire> = if ids.is_empty() {
         let reply = svc.with_store(|s| Api::Aws.list(s));
         if reply.status != 200 {
             return api_error(req, &reply.status, &reply.body);
         }
-        Ok(reply.body["ExportImageTasks"].as_array().cloned().unwrap_or_default())
+        Ok(reply.body["ExportImageTasks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     } else {
         ids.iter()
             .map(|id| {
@@ -286,7 +341,12 @@ fn describe(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) 
 
 fn cancel(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) -> Wire {
     let Some(id) = form.get("ExportTaskId") else {
-        return err(req, 400, "MissingParameter", "The request must contain the parameter ExportTaskId");
+        return err(
+            req,
+            400,
+            "MissingParameter",
+            "The request must contain the parameter ExportTaskId",
+        );
     };
     let reply = svc.with_store(|s| Api::Aws.cancel(s, id));
     if reply.status != 200 {

@@ -147,8 +147,8 @@ pub enum Caller {
 impl Config {
     /// Read and check the file at `path`.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(path.display().to_string(), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), e))?;
         let base = path
             .parent()
             .map(Path::to_path_buf)
@@ -185,7 +185,9 @@ impl Config {
             }
         }
         if c.workers == 0 {
-            return Err(Error::invalid_argument("configuration: workers must be at least 1"));
+            return Err(Error::invalid_argument(
+                "configuration: workers must be at least 1",
+            ));
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             return Err(Error::invalid_argument(

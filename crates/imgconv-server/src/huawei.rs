@@ -52,7 +52,12 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
 
 fn route(svc: &Service, req: &Incoming<'_>) -> Wire {
     let Some(seg) = req.segments("/") else {
-        return err(req, 404, "APIGW.0101", "The API does not exist or has not been published");
+        return err(
+            req,
+            404,
+            "APIGW.0101",
+            "The API does not exist or has not been published",
+        );
     };
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
     let project = svc.config.huawei.as_ref().map(|h| h.project_id.as_str());
@@ -64,14 +69,24 @@ fn route(svc: &Service, req: &Incoming<'_>) -> Wire {
         ("POST", ["v2", p, "volumes", volume, "action"]) if Some(*p) == project => {
             evs_upload(svc, req, volume)
         }
-        _ => err(req, 404, "APIGW.0101", "The API does not exist or has not been published"),
+        _ => err(
+            req,
+            404,
+            "APIGW.0101",
+            "The API does not exist or has not been published",
+        ),
     }
 }
 
 fn json_body(req: &Incoming<'_>) -> Result<Value, Wire> {
     match serde_json::from_slice(req.body) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        _ => Err(err(req, 400, "IMG.0001", "the request body is not a JSON object")),
+        _ => Err(err(
+            req,
+            400,
+            "IMG.0001",
+            "the request body is not a JSON object",
+        )),
     }
 }
 
@@ -84,7 +99,10 @@ fn image_source(svc: &Service, id: &str) -> Result<PathBuf, (u16, String)> {
         Ok(Some(img)) if img.state == JobState::Completed => Ok(img.path),
         Ok(Some(img)) => Err((
             400,
-            format!("the image {id} is not active (its upload is {})", img.state.name()),
+            format!(
+                "the image {id} is not active (its upload is {})",
+                img.state.name()
+            ),
         )),
         _ => Err((404, format!("the image {id} does not exist"))),
     }
@@ -95,14 +113,22 @@ fn context(svc: &Service, req: &Incoming<'_>, source: PathBuf, path_id: &str) ->
         source,
         path_id: Some(path_id.to_string()),
         headers: header_map(req.headers),
-        endpoint: Some((svc.config.storage.endpoint.clone(), svc.config.storage.region.clone())),
+        endpoint: Some((
+            svc.config.storage.endpoint.clone(),
+            svc.config.storage.region.clone(),
+        )),
         credentials: Some(svc.credentials.clone()),
         image_store: svc.config.huawei.as_ref().map(|h| h.image_store.clone()),
         ..Context::default()
     }
 }
 
-fn submitted(svc: &Service, req: &Incoming<'_>, reply: imgconv_export::api::Reply, ok: u16) -> Wire {
+fn submitted(
+    svc: &Service,
+    req: &Incoming<'_>,
+    reply: imgconv_export::api::Reply,
+    ok: u16,
+) -> Wire {
     if reply.run.is_some() {
         svc.notify();
     }
@@ -136,20 +162,39 @@ fn job_of(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
     let job = match svc.with_store(|s| s.get(id)) {
         Ok(j) => j,
         Err(e) if is_not_found(&e) => {
-            return err(req, 404, "IMG.0040", &format!("the job {id} does not exist"))
+            return err(
+                req,
+                404,
+                "IMG.0040",
+                &format!("the job {id} does not exist"),
+            )
         }
         Err(e) => return err(req, 500, "IMG.0001", e.message()),
     };
     let api = match job.provider.as_str() {
         "huawei-ims" => Api::HuaweiIms,
         "huawei-evs" => Api::HuaweiEvs,
-        _ => return err(req, 404, "IMG.0040", &format!("the job {id} does not exist")),
+        _ => {
+            return err(
+                req,
+                404,
+                "IMG.0040",
+                &format!("the job {id} does not exist"),
+            )
+        }
     };
     let reply = svc.with_store(|s| api.describe(s, id));
     Wire::json(reply.status, &reply.body)
 }
 
-fn image_view(id: &str, name: &str, status: &str, format: &str, size: Option<u64>, created: u64) -> Value {
+fn image_view(
+    id: &str,
+    name: &str,
+    status: &str,
+    format: &str,
+    size: Option<u64>,
+    created: u64,
+) -> Value {
     json!({
         "id": id,
         "name": name,
@@ -186,7 +231,14 @@ fn list_images(svc: &Service, req: &Incoming<'_>) -> Wire {
                 JobState::Completed => "active",
                 JobState::Failed | JobState::Cancelled => "killed",
             };
-            images.push(image_view(&img.id, &img.name, status, &img.disk_format, img.size, img.created));
+            images.push(image_view(
+                &img.id,
+                &img.name,
+                status,
+                &img.disk_format,
+                img.size,
+                img.created,
+            ));
         }
     }
     Wire::json(200, &json!({ "images": images }))
@@ -194,11 +246,23 @@ fn list_images(svc: &Service, req: &Incoming<'_>) -> Wire {
 
 fn evs_upload(svc: &Service, req: &Incoming<'_>, volume: &str) -> Wire {
     let Some(source) = svc.config.volumes.get(volume).cloned() else {
-        return err(req, 404, "EVS.5404", &format!("the volume {volume} does not exist"));
+        return err(
+            req,
+            404,
+            "EVS.5404",
+            &format!("the volume {volume} does not exist"),
+        );
     };
     let body = match json_body(req) {
         Ok(b) => b,
-        Err(_) => return err(req, 400, "EVS.2024", "the request body is not a JSON object"),
+        Err(_) => {
+            return err(
+                req,
+                400,
+                "EVS.2024",
+                "the request body is not a JSON object",
+            )
+        }
     };
     let ctx = context(svc, req, source, volume);
     let reply = svc.with_store(|s| Api::HuaweiEvs.submit(s, &ctx, &body));

@@ -225,7 +225,10 @@ fn store_options(credentials: &Credentials) -> StoreOptions {
 pub fn router(service: Arc<Service>) -> Router {
     let mut r = Router::new();
     if let Some(z) = &service.config.zstack {
-        r = r.nest_service("/export", tower_http::services::ServeDir::new(&z.publish_dir));
+        r = r.nest_service(
+            "/export",
+            tower_http::services::ServeDir::new(&z.publish_dir),
+        );
     }
     r.fallback(handle).with_state(service)
 }
@@ -242,7 +245,13 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
     let timeout = Duration::from_secs(svc.config.request_timeout_secs);
     let body = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
     let answer = match body {
-        Err(_) => wire::error(provider, &request_id, 408, "RequestTimeout", "the request body did not arrive in time"),
+        Err(_) => wire::error(
+            provider,
+            &request_id,
+            408,
+            "RequestTimeout",
+            "the request body did not arrive in time",
+        ),
         Ok(Err(_)) => wire::error(
             provider,
             &request_id,
@@ -252,7 +261,11 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
         ),
         Ok(Ok(bytes)) => {
             let svc2 = svc.clone();
-            let (method, headers, rid) = (parts.method.clone(), parts.headers.clone(), request_id.clone());
+            let (method, headers, rid) = (
+                parts.method.clone(),
+                parts.headers.clone(),
+                request_id.clone(),
+            );
             let (p, q) = (path.clone(), query.clone());
             let joined = tokio::task::spawn_blocking(move || {
                 let req = wire::Incoming {
@@ -267,7 +280,13 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
             })
             .await;
             joined.unwrap_or_else(|_| {
-                wire::error(provider, &request_id, 500, "InternalError", "the request could not be handled")
+                wire::error(
+                    provider,
+                    &request_id,
+                    500,
+                    "InternalError",
+                    "the request could not be handled",
+                )
             })
         }
     };
@@ -317,7 +336,12 @@ impl IntoResponse for Wire {
 /// Headers' values by lower-case name (the first of each).
 fn header_map(h: &HeaderMap) -> BTreeMap<String, String> {
     h.iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+        .filter_map(|(k, v)| {
+            Some((
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().ok()?.to_string(),
+            ))
+        })
         .collect()
 }
 
@@ -390,7 +414,10 @@ fn configure(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::Tok
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -8,7 +8,9 @@ use std::time::Duration;
 use crate::{Provider, Service};
 
 /// Upper bounds of the export duration histogram, seconds.
-const BUCKETS: [f64; 10] = [1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0];
+const BUCKETS: [f64; 10] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
+];
 
 #[derive(Default)]
 struct Inner {
@@ -57,7 +59,10 @@ impl Metrics {
     /// The text a scrape gets.
     pub(crate) fn render(&self, svc: &Service) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP imgconv_jobs Export jobs in the store, by provider and state.");
+        let _ = writeln!(
+            out,
+            "# HELP imgconv_jobs Export jobs in the store, by provider and state."
+        );
         let _ = writeln!(out, "# TYPE imgconv_jobs gauge");
         if let Ok(counts) = svc.with_store(|s| s.counts()) {
             for (provider, state, n) in counts {
@@ -69,7 +74,10 @@ impl Metrics {
             }
         }
         self.with(|m| {
-            let _ = writeln!(out, "# HELP imgconv_http_requests_total Requests answered, by provider and status.");
+            let _ = writeln!(
+                out,
+                "# HELP imgconv_http_requests_total Requests answered, by provider and status."
+            );
             let _ = writeln!(out, "# TYPE imgconv_http_requests_total counter");
             for ((p, status), n) in &m.requests {
                 let _ = writeln!(
@@ -78,15 +86,24 @@ impl Metrics {
                     p.name()
                 );
             }
-            let _ = writeln!(out, "# HELP imgconv_exported_bytes_total Bytes of completed exports.");
+            let _ = writeln!(
+                out,
+                "# HELP imgconv_exported_bytes_total Bytes of completed exports."
+            );
             let _ = writeln!(out, "# TYPE imgconv_exported_bytes_total counter");
             let _ = writeln!(out, "imgconv_exported_bytes_total {}", m.bytes);
-            let _ = writeln!(out, "# HELP imgconv_exports_total Exports run by this process, by outcome.");
+            let _ = writeln!(
+                out,
+                "# HELP imgconv_exports_total Exports run by this process, by outcome."
+            );
             let _ = writeln!(out, "# TYPE imgconv_exports_total counter");
             for (outcome, n) in &m.exports {
                 let _ = writeln!(out, "imgconv_exports_total{{outcome=\"{outcome}\"}} {n}");
             }
-            let _ = writeln!(out, "# HELP imgconv_export_duration_seconds How long exports ran.");
+            let _ = writeln!(
+                out,
+                "# HELP imgconv_export_duration_seconds How long exports ran."
+            );
             let _ = writeln!(out, "# TYPE imgconv_export_duration_seconds histogram");
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
@@ -96,7 +113,10 @@ impl Metrics {
                 );
             }
             let total = m.buckets[BUCKETS.len()];
-            let _ = writeln!(out, "imgconv_export_duration_seconds_bucket{{le=\"+Inf\"}} {total}");
+            let _ = writeln!(
+                out,
+                "imgconv_export_duration_seconds_bucket{{le=\"+Inf\"}} {total}"
+            );
             let _ = writeln!(out, "imgconv_export_duration_seconds_sum {}", m.seconds);
             let _ = writeln!(out, "imgconv_export_duration_seconds_count {total}");
         });

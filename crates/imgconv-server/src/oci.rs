@@ -60,7 +60,14 @@ fn export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
     };
     let body: Value = match serde_json::from_slice(req.body) {
         Ok(v @ Value::Object(_)) => v,
-        _ => return err(req, 400, "InvalidParameter", "the body is not an ExportImageDetails JSON object"),
+        _ => {
+            return err(
+                req,
+                400,
+                "InvalidParameter",
+                "the body is not an ExportImageDetails JSON object",
+            )
+        }
     };
     // The namespace the request names must be the one the storage serves.
     let ns = svc.config.oci.as_ref().map(|o| o.namespace.as_str());
@@ -75,7 +82,12 @@ fn export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
             (p.next() == Some("n")).then(|| p.next().map(str::to_string))?
         });
     if let (Some(named), Some(ns)) = (named.as_deref(), ns) {
-        if named != ns && !body.get("destinationUri").and_then(Value::as_str).is_some_and(|u| u.contains("/p/")) {
+        if named != ns
+            && !body
+                .get("destinationUri")
+                .and_then(Value::as_str)
+                .is_some_and(|u| u.contains("/p/"))
+        {
             return err(
                 req,
                 400,
@@ -88,7 +100,10 @@ fn export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
         source: source.clone(),
         path_id: Some(id.to_string()),
         headers: header_map(req.headers),
-        endpoint: Some((svc.config.storage.endpoint.clone(), svc.config.storage.region.clone())),
+        endpoint: Some((
+            svc.config.storage.endpoint.clone(),
+            svc.config.storage.region.clone(),
+        )),
         credentials: Some(svc.credentials.clone()),
         ..Context::default()
     };
@@ -132,8 +147,9 @@ fn image(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
     }
     let exporting = svc.with_store(|s| {
         s.list("oci").map(|jobs| {
-            jobs.iter()
-                .any(|j| j.request["imageId"] == id && !j.state.is_final() && j.state != JobState::Failed)
+            jobs.iter().any(|j| {
+                j.request["imageId"] == id && !j.state.is_final() && j.state != JobState::Failed
+            })
         })
     });
     let state = if exporting.unwrap_or(false) {

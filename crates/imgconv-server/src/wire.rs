@@ -138,7 +138,13 @@ pub(crate) fn esc(s: &str) -> String {
 }
 
 /// An error in `provider`'s own shape.
-pub(crate) fn error(provider: Provider, request_id: &str, status: u16, code: &str, message: &str) -> Wire {
+pub(crate) fn error(
+    provider: Provider,
+    request_id: &str,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> Wire {
     match provider {
         Provider::Aws => Wire::xml(
             status,

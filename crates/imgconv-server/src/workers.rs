@@ -60,7 +60,8 @@ fn work(svc: &Service) {
         match store.run_next_any(None, &svc.cancel) {
             Ok(Some(job)) => {
                 let bytes = job.result.as_ref().map(|r| r.size).unwrap_or(0);
-                svc.metrics.export(job.state.name(), started.elapsed(), bytes);
+                svc.metrics
+                    .export(job.state.name(), started.elapsed(), bytes);
                 tracing::info!(
                     job = %job.id,
                     provider = %job.provider,
@@ -78,7 +79,9 @@ fn work(svc: &Service) {
         let (lock, cv) = &svc.wake;
         if let Ok(n) = lock.lock() {
             if *n == seen && !svc.stopping.load(Ordering::SeqCst) {
-                let _ = cv.wait_timeout(n, Duration::from_secs(1)).map(|(n, _)| seen = *n);
+                let _ = cv
+                    .wait_timeout(n, Duration::from_secs(1))
+                    .map(|(n, _)| seen = *n);
             } else {
                 seen = *n;
             }

@@ -38,7 +38,12 @@ fn now() -> u64 {
 
 pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
     let Some(z) = &svc.config.zstack else {
-        return err(req, 404, "SYS.1001", "ZStack is not configured on this service");
+        return err(
+            req,
+            404,
+            "SYS.1001",
+            "ZStack is not configured on this service",
+        );
     };
     let Some(seg) = req.segments("/zstack/v1/") else {
         return err(req, 404, "SYS.1001", "no such API");
@@ -71,7 +76,12 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
 fn body(req: &Incoming<'_>) -> Result<Value, Wire> {
     match serde_json::from_slice(req.body) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        _ => Err(err(req, 400, "SYS.1007", "the request body is not a JSON object")),
+        _ => Err(err(
+            req,
+            400,
+            "SYS.1007",
+            "the request body is not a JSON object",
+        )),
     }
 }
 
@@ -82,13 +92,24 @@ fn login(svc: &Service, req: &Incoming<'_>, timeout: u64) -> Wire {
     };
     let p = &b["logInByAccount"];
     let (Some(name), Some(password)) = (p["accountName"].as_str(), p["password"].as_str()) else {
-        return err(req, 400, "SYS.1007", "logInByAccount needs accountName and password");
+        return err(
+            req,
+            400,
+            "SYS.1007",
+            "logInByAccount needs accountName and password",
+        );
     };
     let ok = svc.config.callers.iter().any(|c| match c {
         Caller::Zstack {
             account,
             password_sha512,
-        } => account == name && same_secret(&password_sha512.to_ascii_lowercase(), &password.to_ascii_lowercase()),
+        } => {
+            account == name
+                && same_secret(
+                    &password_sha512.to_ascii_lowercase(),
+                    &password.to_ascii_lowercase(),
+                )
+        }
         _ => false,
     });
     if !ok {
@@ -130,7 +151,9 @@ fn session_of(svc: &Service, req: &Incoming<'_>) -> Result<Session, Wire> {
     let token = req
         .header("authorization")
         .and_then(|a| a.strip_prefix("OAuth "))
-        .ok_or_else(|| denied("the request has no session (Authorization: OAuth <session uuid>)"))?;
+        .ok_or_else(|| {
+            denied("the request has no session (Authorization: OAuth <session uuid>)")
+        })?;
     let Ok(mut sessions) = svc.sessions.lock() else {
         return Err(denied("sessions are unavailable"));
     };
@@ -150,18 +173,36 @@ fn export(svc: &Service, req: &Incoming<'_>) -> Wire {
         Err(w) => return w,
     };
     let Some(image) = b["exportImageFromBackupStorage"]["imageUuid"].as_str() else {
-        return err(req, 400, "SYS.1007", "exportImageFromBackupStorage.imageUuid is required");
+        return err(
+            req,
+            400,
+            "SYS.1007",
+            "exportImageFromBackupStorage.imageUuid is required",
+        );
     };
     let Some(source) = svc.config.images.get(image) else {
-        return err(req, 404, "SYS.1007", &format!("the image {image} is not on this backup storage"));
+        return err(
+            req,
+            404,
+            "SYS.1007",
+            &format!("the image {image} is not on this backup storage"),
+        );
     };
     let Some(z) = &svc.config.zstack else {
-        return err(req, 404, "SYS.1001", "ZStack is not configured on this service");
+        return err(
+            req,
+            404,
+            "SYS.1001",
+            "ZStack is not configured on this service",
+        );
     };
     let ctx = Context {
         source: source.clone(),
         headers: header_map(req.headers),
-        publish: Some((z.publish_dir.clone(), format!("{}/export/", svc.config.public_url))),
+        publish: Some((
+            z.publish_dir.clone(),
+            format!("{}/export/", svc.config.public_url),
+        )),
         ..Context::default()
     };
     let reply = svc.with_store(|s| Api::Zstack.submit(s, &ctx, &b));
