@@ -14,6 +14,7 @@ Ratios are the numbers to read: absolute times on a shared machine are noise.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -475,6 +476,30 @@ def export_pair(t, img, size, runs, out_dir, server_cpus, client_cpus, placement
         shutil.rmtree(root, ignore_errors=True)
 
 
+def case_serve(t, img, size, work, runs):
+    """The same streamOptimized VMDK export through `imgconv serve` (boto3's ExportImage, timed
+    to the poll that sees it completed) and through the command line, to the same local S3
+    server, run alternately; then 20 clients polling while an export runs."""
+    py = ROOT / "target" / "sdk-venv" / "bin" / "python"
+    if not py.exists():
+        sys.exit("the SDKs' venv is needed: run scripts/test.sh once")
+    out = subprocess.run([str(py), str(ROOT / "benches" / "serve_bench.py"), json.dumps(
+        {"bin": str(BIN), "img": img, "runs": runs, "work": str(work), "s3s_fs": s3s_fs()})],
+        capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)
+    case = "RAW -> VMDK streamOptimized, export service"
+    t.add(case, "imgconv IN s3://exports/cli/out.vmdk (s3s-fs on 127.0.0.1)", r["cli"], size, None,
+          f"fastest {r['cli_min']:.2f} s")
+    t.add(case, "boto3 export_image -> imgconv serve -> s3s-fs, until describe says completed",
+          r["service"], size, r["cli"], f"fastest {r['service_min']:.2f} s")
+    load = r["load"]
+    t.rows.append(("export service under polling", "20 boto3 clients polling DescribeExportImageTasks "
+                   "while an export runs", "", "", "",
+                   f"{load['requests']} requests, {load['failures']} failed, p50 "
+                   f"{load['p50'] * 1000:.1f} ms, p99 {load['p99'] * 1000:.1f} ms"))
+    print(f"#   pollers: {load}", file=sys.stderr)
+
+
 def case_memory(t, work, sizes, realistic):
     images = [(realistic, "realistic")] if realistic.exists() else []
     for size in sizes:
@@ -497,8 +522,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
-    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,vdi,vhd,export,memory",
-                    help="raw, digest, qcow2, vmdk, vdi, vhd, export, memory")
+    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,vdi,vhd,export,serve,memory",
+                    help="raw, digest, qcow2, vmdk, vdi, vhd, export, serve, memory")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
                     help="where outputs are written (default: --work); a tmpfs such as "
@@ -518,7 +543,7 @@ def main():
     cases = set(args.cases.split(","))
     t = Table()
     img = work / f"realistic-{args.size}.raw"
-    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "export"}:
+    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "export", "serve"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -538,6 +563,8 @@ def main():
         if "export" in cases:
             need("/usr/bin/time", "time")
             case_export(t, str(img), size, work, args.runs, out_dir)
+        if "serve" in cases:
+            case_serve(t, str(img), size, work, args.runs)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)
