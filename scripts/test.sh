@@ -14,6 +14,9 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v gzip >/dev/null 2>&1 || missing+=(gzip)
 command -v tar >/dev/null 2>&1 || missing+=(tar)
+# The export service's tests: a certificate for HTTPS, and a client that checks it.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 # The tests run kill(1) itself, not the shell's builtin.
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
 # A C compiler for the bundled SQLite and OpenSSL bindings.

@@ -8,7 +8,10 @@ use imgconv::{
 };
 use serde_json::json;
 
-use imgconv_export::{Credentials, ParConfig, ParUrl, S3Config, S3Location, Target};
+use imgconv_export::destination::{
+    folder_target, parse_remote, resolve_endpoint, resolve_region, Remote, UploadSettings,
+};
+use imgconv_export::Target;
 
 use crate::args::{
     ApiArgs, CompareArgs, ConvertArgs, ExportArgs, InfoArgs, MeasureArgs, OutputMode, ProgressMode,
@@ -59,205 +62,76 @@ fn writer_options(specs: &[String]) -> Result<WriterOptions, Error> {
     Ok(opts)
 }
 
-/// An upload destination named where the output path goes.
-enum Remote {
-    S3(S3Location),
-    Par(ParUrl),
-}
-
-fn remote(output: &Path) -> Result<Option<Remote>, Error> {
-    let Some(text) = output.to_str() else {
-        return Ok(None);
-    };
-    if ["s3://", "obs://", "oci://"]
-        .iter()
-        .any(|p| text.starts_with(p))
-    {
-        return Ok(Some(Remote::S3(S3Location::parse(text)?)));
-    }
-    if ParUrl::looks_like(text) {
-        return Ok(Some(Remote::Par(ParUrl::parse(text)?)));
-    }
-    if text.starts_with("http://") || text.starts_with("https://") {
-        return Err(Error::invalid_argument(
-            "an http(s) output must be an OCI pre-authenticated request URL \
-             (.../p/TOKEN/n/NS/b/BUCKET/o/OBJECT); for other buckets use s3://BUCKET/KEY \
-             with --endpoint",
-        ));
-    }
-    Ok(None)
-}
-
-/// A variable of the environment, unless it is unset or empty.
-fn env_var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// The signing region: the flag, else `$AWS_REGION`, `$AWS_DEFAULT_REGION`, the profile's
-/// `region` in the shared config file, `us-east-1`.
-fn region(flag: Option<&str>) -> String {
-    flag.map(str::to_string)
-        .or_else(|| env_var("AWS_REGION"))
-        .or_else(|| env_var("AWS_DEFAULT_REGION"))
-        .or_else(|| imgconv_export::profile_setting("region"))
-        .unwrap_or_else(|| "us-east-1".into())
-}
-
-/// The S3-compatible endpoint: the flag, else `$AWS_ENDPOINT_URL_S3`, `$AWS_ENDPOINT_URL`,
-/// the profile's `endpoint_url` in the shared config file (where the AWS CLI and SDKs look).
-fn endpoint(flag: Option<&str>) -> Option<String> {
-    flag.map(str::to_string)
-        .or_else(|| env_var("AWS_ENDPOINT_URL_S3"))
-        .or_else(|| env_var("AWS_ENDPOINT_URL"))
-        .or_else(|| imgconv_export::profile_setting("endpoint_url"))
-}
-
-fn s3_config(e: &ExportArgs, scheme: &str, force: bool) -> Result<S3Config, Error> {
-    let region = region(e.region.as_deref());
-    let endpoint = match (endpoint(e.endpoint.as_deref()), scheme) {
-        (Some(ep), _) => ep,
-        (None, "s3") => format!("https://s3.{region}.amazonaws.com"),
-        (None, _) => {
-            return Err(Error::invalid_argument(format!(
-                "{scheme}:// needs --endpoint or $AWS_ENDPOINT_URL_S3 (OBS: https://obs.REGION.myhuaweicloud.com; \
-                 OCI: https://NAMESPACE.compat.objectstorage.REGION.oraclecloud.com)"
-            )))
-        }
-    };
-    let mut c = transfer(
-        S3Config::new(&endpoint, &region)?.overwrite(force),
-        e,
-        S3Config::part_size,
-        S3Config::parallel_parts,
-        S3Config::retries,
-    )?;
-    if e.virtual_hosted {
-        c = c.virtual_hosted();
-    }
-    if e.no_crc32c {
-        c = c.without_crc32c();
-    }
-    Ok(c)
-}
-
-fn par_config(e: &ExportArgs) -> Result<ParConfig, Error> {
-    if e.endpoint.is_some() || e.region.is_some() || e.virtual_hosted || e.no_crc32c {
-        return Err(Error::invalid_argument(
-            "--endpoint, --region, --virtual-hosted and --no-crc32c apply to s3:// outputs, \
-             not to a pre-authenticated request URL",
-        ));
-    }
-    transfer(
-        ParConfig::new(),
-        e,
-        ParConfig::part_size,
-        ParConfig::parallel_parts,
-        ParConfig::retries,
-    )
-}
-
-/// Apply --part-size, --parallel-parts and --retries through a config's own setters.
-fn transfer<C>(
-    mut c: C,
-    e: &ExportArgs,
-    part_size: fn(C, u64) -> Result<C, Error>,
-    parallel: fn(C, usize) -> C,
-    retries: fn(C, u32) -> C,
-) -> Result<C, Error> {
-    if let Some(p) = &e.part_size {
-        c = part_size(c, imgconv::formats::options::parse_size(p)?)?;
-    }
-    if let Some(n) = e.parallel_parts {
-        c = parallel(c, n);
-    }
-    if let Some(n) = e.retries {
-        c = retries(c, n);
-    }
-    Ok(c)
+/// The upload settings the flags give.
+fn upload_settings(e: &ExportArgs, force: bool) -> Result<UploadSettings, Error> {
+    Ok(UploadSettings {
+        endpoint: e.endpoint.clone(),
+        region: e.region.clone(),
+        virtual_hosted: e.virtual_hosted,
+        no_crc32c: e.no_crc32c,
+        part_size: e
+            .part_size
+            .as_deref()
+            .map(imgconv::formats::options::parse_size)
+            .transpose()?,
+        parallel_parts: e.parallel_parts,
+        retries: e.retries,
+        overwrite: force,
+    })
 }
 
 /// The export target the arguments name, if any, and the name whose extension tells the
 /// output format.
 fn target(a: &ConvertArgs) -> Result<(Option<Target>, PathBuf), Error> {
     let e = &a.export;
-    match remote(&a.output_path)? {
-        Some(Remote::S3(location)) => {
-            if e.publish_url.is_some() {
-                return Err(Error::invalid_argument(
-                    "--publish-url applies to a file output, not to a bucket",
-                ));
-            }
-            let scheme = a
-                .output_path
-                .to_str()
-                .and_then(|t| t.split_once("://"))
-                .map(|(s, _)| s)
-                .unwrap_or("s3");
-            let config = s3_config(e, scheme, a.force)?;
-            let name = PathBuf::from(&location.key);
-            let credentials = Credentials::from_env()?;
-            Ok((
-                Some(Target::S3 {
-                    config,
-                    credentials,
-                    location,
-                }),
-                name,
-            ))
+    if let Some(remote) = parse_remote(&a.output_path)? {
+        if e.publish_url.is_some() {
+            return Err(Error::invalid_argument(
+                "--publish-url applies to a file output, not to a bucket",
+            ));
         }
-        Some(Remote::Par(url)) => {
-            if e.publish_url.is_some() {
-                return Err(Error::invalid_argument(
-                    "--publish-url applies to a file output, not to a bucket",
-                ));
-            }
-            let config = par_config(e)?;
-            let name = PathBuf::from(url.object());
-            Ok((Some(Target::Par { config, url }), name))
+        if matches!(remote, Remote::Par(_))
+            && (e.endpoint.is_some() || e.region.is_some() || e.virtual_hosted || e.no_crc32c)
+        {
+            return Err(Error::invalid_argument(
+                "--endpoint, --region, --virtual-hosted and --no-crc32c apply to s3:// outputs, \
+                 not to a pre-authenticated request URL",
+            ));
         }
-        None => {
-            if e.upload_options_given() {
-                return Err(Error::invalid_argument(
-                    "--endpoint, --region, --virtual-hosted, --part-size, --parallel-parts, \
-                     --retries, --no-crc32c and --scratch-dir apply to s3://, obs://, oci:// \
-                     and pre-authenticated request outputs",
-                ));
+        if let Remote::S3 { scheme, .. } = &remote {
+            if scheme != "s3" && resolve_endpoint(e.endpoint.as_deref()).is_none() {
+                return Err(Error::invalid_argument(format!(
+                    "{scheme}:// needs --endpoint or $AWS_ENDPOINT_URL_S3 (OBS: \
+                     https://obs.REGION.myhuaweicloud.com; OCI: \
+                     https://NAMESPACE.compat.objectstorage.REGION.oraclecloud.com)"
+                )));
             }
-            let Some(base) = &e.publish_url else {
-                return Ok((None, a.output_path.clone()));
-            };
-            if a.output_path.as_os_str() == "-" {
-                return Err(Error::invalid_argument(
-                    "--publish-url needs a file output, not stdout",
-                ));
-            }
-            let base_url = url::Url::parse(base)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| {
-                    Error::invalid_argument(format!("--publish-url '{base}' is not an http(s) URL"))
-                })?;
-            let name = a
-                .output_path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| Error::invalid_argument("the output needs a UTF-8 file name"))?
-                .to_string();
-            let dir = match a.output_path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            Ok((
-                Some(Target::Folder {
-                    dir,
-                    name,
-                    base_url,
-                    overwrite: a.force,
-                }),
-                a.output_path.clone(),
-            ))
         }
+        let name = remote.name();
+        let target = upload_settings(e, a.force)?.target(remote)?;
+        return Ok((Some(target), name));
     }
+    if e.upload_options_given() {
+        return Err(Error::invalid_argument(
+            "--endpoint, --region, --virtual-hosted, --part-size, --parallel-parts, \
+             --retries, --no-crc32c and --scratch-dir apply to s3://, obs://, oci:// \
+             and pre-authenticated request outputs",
+        ));
+    }
+    let Some(base) = &e.publish_url else {
+        return Ok((None, a.output_path.clone()));
+    };
+    if a.output_path.as_os_str() == "-" {
+        return Err(Error::invalid_argument(
+            "--publish-url needs a file output, not stdout",
+        ));
+    }
+    let target = folder_target(&a.output_path, base, a.force).map_err(|_| {
+        Error::invalid_argument(format!(
+            "--publish-url '{base}' is not an http(s) URL, or the output has no UTF-8 file name"
+        ))
+    })?;
+    Ok((Some(target), a.output_path.clone()))
 }
 
 fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
@@ -650,7 +524,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             })?;
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
-        let region = region(a.region.as_deref());
+        let region = resolve_region(a.region.as_deref());
         let bucket = match &a.bucket {
             Some(b) => {
                 let rest = b.strip_prefix("s3://").ok_or_else(|| {
@@ -675,7 +549,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             source: image.clone(),
             path_id: a.image_id.clone(),
             headers,
-            endpoint: endpoint(a.endpoint.as_deref()).map(|e| (e, region)),
+            endpoint: resolve_endpoint(a.endpoint.as_deref()).map(|e| (e, region)),
             bucket,
             publish: a.publish_dir.clone().zip(a.publish_url.clone()),
             in_use: a.in_use,

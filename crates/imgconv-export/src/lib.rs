@@ -27,6 +27,7 @@
 
 pub mod api;
 mod credentials;
+pub mod destination;
 mod export;
 pub mod jobs;
 mod oci;

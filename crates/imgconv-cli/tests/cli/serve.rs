@@ -774,3 +774,68 @@ fn health_metrics_and_a_json_log_line_per_request() {
         "{log}"
     );
 }
+
+#[test]
+fn with_a_certificate_and_key_the_service_speaks_https() {
+    let s = setup("serve-tls");
+    let made = tool(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            path_str(&s.dir.join("key.pem")),
+            "-out",
+            path_str(&s.dir.join("cert.pem")),
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let port = free_port();
+    let config = s.dir.join("serve.toml");
+    let text = s.config(port, &s.s3.endpoint()).replace(
+        "public_url = \"http://",
+        "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\npublic_url = \"https://",
+    );
+    std::fs::write(&config, text).expect("config");
+    let mut served = Served {
+        child: Some(
+            imgconv()
+                .args(["serve", "--config"])
+                .arg(&config)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("serve"),
+        ),
+        port,
+        config,
+        dir: s.dir.clone(),
+    };
+    let cert = s.dir.join("cert.pem");
+    let url = format!("https://127.0.0.1:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = tool("curl", &["-s", "--cacert", path_str(&cert), &url]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no HTTPS answer: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Plain HTTP on the same port gets no answer of the API.
+    let plain = raw(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(plain.as_ref().is_none_or(|(status, _)| *status != 200), "{plain:?}");
+    assert_eq!(served.signal("-TERM").code(), Some(0));
+}

@@ -1,0 +1,188 @@
+//! AWS EC2 `ExportImage`: validation, the export task, and its states (active, completed,
+//! deleting, deleted).
+
+use imgconv::Format;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::jobs::{Job, JobSpec, JobState, JobStore, TargetSpec};
+
+pub(super) fn aws_submit(
+    store: &mut JobStore,
+    ctx: &Context,
+    req: &Value,
+) -> Result<Reply, ApiError> {
+    let format = str_field(req, "DiskImageFormat").ok_or_else(|| {
+        bad(
+            "MissingParameter",
+            "The request must contain the parameter DiskImageFormat",
+        )
+    })?;
+    let (fmt, ext, opts): (Format, &str, Vec<String>) = match format {
+        "VMDK" => (Format::Vmdk, "vmdk", vec!["subformat=streamOptimized".into()]),
+        "RAW" => (Format::Raw, "raw", vec![]),
+        "VHD" => (Format::Vhd, "vhd", vec![]),
+        other => {
+            return Err(bad(
+                "InvalidParameterValue",
+                format!("Value ({other}) for parameter DiskImageFormat is invalid. Valid values: VMDK, RAW, VHD"),
+            ))
+        }
+    };
+    let image_id = str_field(req, "ImageId").ok_or_else(|| {
+        bad(
+            "MissingParameter",
+            "The request must contain the parameter ImageId",
+        )
+    })?;
+    let loc = req.get("S3ExportLocation").ok_or_else(|| {
+        bad(
+            "MissingParameter",
+            "The request must contain the parameter S3ExportLocation",
+        )
+    })?;
+    let bucket = str_field(loc, "S3Bucket").ok_or_else(|| {
+        bad(
+            "MissingParameter",
+            "The request must contain the parameter S3ExportLocation.S3Bucket",
+        )
+    })?;
+    let prefix = str_field(loc, "S3Prefix").unwrap_or("");
+    let description = str_field(req, "Description").unwrap_or("");
+    if description.chars().count() > 255 {
+        return Err(bad(
+            "InvalidParameterValue",
+            "Value for parameter Description is invalid. The maximum length is 255 characters.",
+        ));
+    }
+    let id = format!("export-ami-{}", hex_id(17));
+    let key = format!("{prefix}{id}.{ext}");
+    let spec = JobSpec {
+        source: ctx.source.clone(),
+        format: fmt.name().into(),
+        writer_options: opts,
+        compress: false,
+        target: s3_target(ctx, bucket, &key)?,
+        oci_archive: false,
+        oci_metadata: None,
+    };
+    let tags: Vec<Value> = req
+        .get("TagSpecifications")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| str_field(t, "ResourceType") == Some("export-image-task"))
+        .flat_map(|t| {
+            t.get("Tags")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut echo = json!({
+        "Description": description,
+        "DiskImageFormat": format,
+        "ImageId": image_id,
+        "S3ExportLocation": loc,
+        "Tags": tags,
+    });
+    if let Some(role) = str_field(req, "RoleName") {
+        echo["RoleName"] = json!(role);
+    }
+    if req.get("DryRun").and_then(Value::as_bool) == Some(true) {
+        // Validate what can be without uploading: the image opens, the bucket exists and the
+        // keys are accepted.
+        let size = image_size(ctx).map_err(|e| bad("InvalidParameterValue", e.message()))?;
+        if fmt != Format::Vmdk {
+            // The output is planned as the export would plan it (VMDK has no measure).
+            let reader = imgconv::open_image(&ctx.source, None)
+                .map_err(|e| bad("InvalidParameterValue", e.message()))?;
+            imgconv::measure(
+                &*reader,
+                &imgconv::ConvertOptions::new(fmt),
+                &imgconv::CancelToken::new(),
+            )
+            .map_err(|e| bad("InvalidParameterValue", e.message()))?;
+        }
+        if let TargetSpec::S3 {
+            endpoint,
+            region,
+            bucket,
+            key,
+        } = &spec.target
+        {
+            let checked = crate::S3Config::new(endpoint, region).and_then(|c| {
+                let creds = match &ctx.credentials {
+                    Some(c) => c.clone(),
+                    None => crate::Credentials::from_env()?,
+                };
+                let to = crate::S3Location {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                };
+                crate::S3Sink::create(&c, creds, &to, size).map(drop)
+            });
+            match checked {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(bad(
+                        "InvalidParameterValue",
+                        format!("The given S3 bucket ({bucket}) does not exist."),
+                    ))
+                }
+                Err(e) => {
+                    return Err(ApiError {
+                        status: 403,
+                        code: "UnauthorizedOperation".into(),
+                        message: e.message().to_string(),
+                    })
+                }
+            }
+        }
+        return Err(ApiError {
+            status: 412,
+            code: "DryRunOperation".into(),
+            message: "Request would have succeeded, but DryRun flag is set.".into(),
+        });
+    }
+    let mut canonical = req.clone();
+    if let Some(o) = canonical.as_object_mut() {
+        o.remove("ClientToken");
+    }
+    let (job, new) = submit_job(
+        Api::Aws,
+        store,
+        &id,
+        str_field(req, "ClientToken"),
+        &canonical,
+        &spec,
+        &echo,
+    )?;
+    let mut body = job.request.clone();
+    body["ExportImageTaskId"] = json!(job.id);
+    body["Progress"] = json!(job.progress.to_string());
+    body["Status"] = json!("active");
+    body["StatusMessage"] = json!("validating");
+    Ok(reply_for(&job, new, body))
+}
+
+pub(super) fn aws_describe(job: &Job) -> Value {
+    let (status, message) = match (job.state, job.cancel_requested) {
+        (JobState::Queued, _) => ("active", "validating".to_string()),
+        (JobState::Active, true) => ("deleting", "cancelling".to_string()),
+        (JobState::Active, false) => ("active", "converting".to_string()),
+        (JobState::Completed, _) => ("completed", String::new()),
+        (JobState::Cancelled, _) => ("deleted", "Task was cancelled.".to_string()),
+        (JobState::Failed, _) => ("deleted", job.message.clone()),
+    };
+    let mut t = job.request.clone();
+    t["ExportImageTaskId"] = json!(job.id);
+    t["Status"] = json!(status);
+    if !message.is_empty() {
+        t["StatusMessage"] = json!(message);
+    }
+    if job.state == JobState::Active || job.state == JobState::Queued {
+        t["Progress"] = json!(job.progress.to_string());
+    }
+    json!({ "ExportImageTasks": [t] })
+}

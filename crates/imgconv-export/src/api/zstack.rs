@@ -1,0 +1,87 @@
+//! ZStack `ExportImageFromBackupStorage`: an API job whose result is the published file's
+//! `imageUrl` and `exportMd5Sum`.
+
+use imgconv::ids::{random_uuid, uuid_text, UuidLayout};
+use imgconv::Format;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::jobs::{Job, JobSpec, JobState, JobStore, TargetSpec};
+
+pub(super) fn zstack_submit(
+    store: &mut JobStore,
+    ctx: &Context,
+    req: &Value,
+) -> Result<Reply, ApiError> {
+    let params = req.get("exportImageFromBackupStorage").ok_or_else(|| {
+        bad(
+            "SYS.1007",
+            "the request body needs exportImageFromBackupStorage",
+        )
+    })?;
+    let image =
+        str_field(params, "imageUuid").ok_or_else(|| bad("SYS.1007", "imageUuid is required"))?;
+    let format = str_field(params, "exportFormat").unwrap_or("qcow2");
+    let fmt = match format {
+        "qcow2" => Format::Qcow2,
+        "raw" => Format::Raw,
+        "vmdk" => Format::Vmdk,
+        "vhd" => Format::Vhd,
+        "vdi" => Format::Vdi,
+        other => {
+            return Err(bad(
+                "SYS.1007",
+                format!("exportFormat '{other}' is not one of qcow2, raw, vmdk, vhd, vdi"),
+            ))
+        }
+    };
+    let (dir, base) = ctx.publish.clone().ok_or_else(|| ApiError {
+        status: 503,
+        code: "SYS.1006".into(),
+        message: "the backup storage has no published folder configured".into(),
+    })?;
+    // ZStack clients name their API job (X-Job-UUID, 32 hex digits); else one is made.
+    let id = match ctx.headers.get("x-job-uuid") {
+        Some(u) if u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit()) => u.to_lowercase(),
+        Some(_) => return Err(bad("SYS.1007", "X-Job-UUID must be 32 hexadecimal digits")),
+        None => uuid_text(&random_uuid(UuidLayout::BigEndian)).replace('-', ""),
+    };
+    let spec = JobSpec {
+        source: ctx.source.clone(),
+        format: fmt.name().into(),
+        writer_options: vec![],
+        compress: false,
+        target: TargetSpec::Folder {
+            dir,
+            name: format!("{image}.{format}"),
+            base_url: base,
+        },
+        oci_archive: false,
+        oci_metadata: None,
+    };
+    let echo = json!({ "imageUuid": image, "exportFormat": format });
+    // The job's UUID doubles as its idempotency token: a client that sends it again gets
+    // the same job.
+    let token = ctx.headers.get("x-job-uuid").map(|_| id.clone());
+    let (job, new) = submit_job(Api::Zstack, store, &id, token.as_deref(), req, &spec, &echo)?;
+    let mut reply = reply_for(
+        &job,
+        new,
+        json!({ "location": format!("/zstack/v1/api-jobs/{}", job.id) }),
+    );
+    reply.status = 202;
+    Ok(reply)
+}
+
+pub(super) fn zstack_result(job: &Job) -> Value {
+    match (&job.state, &job.result) {
+        (JobState::Completed, Some(r)) => json!({
+            "imageUrl": r.location,
+            "exportMd5Sum": r.md5,
+        }),
+        (JobState::Failed | JobState::Cancelled, _) => json!({
+            "error": { "code": "SYS.1006", "description": "the export failed", "details": job.message }
+        }),
+        _ => json!({ "location": format!("/zstack/v1/api-jobs/{}", job.id) }),
+    }
+}

@@ -1,0 +1,352 @@
+//! Running a job: claiming it, the export with progress written to the store, cancellation
+//! through the store, and the outcome recorded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use imgconv::{
+    open_image, CancelToken, ConvertOptions, Error, ErrorKind, Format, Progress, Result,
+    WriterOptions,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::model::*;
+use super::store::{db_err, now, start_time, JobStore};
+use crate::{export, Credentials, ParConfig, ParUrl, S3Config, S3Location, Target};
+
+impl JobStore {
+    /// Run a queued job in this process to its end; the job as it ended. `credentials` are
+    /// used for S3 targets (else the environment's). Tripping `cancel` (a signal handler, say)
+    /// cancels the job as [`JobStore::cancel`] does.
+    pub fn run(
+        &self,
+        id: &str,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Job> {
+        if !self.claim(id)? {
+            return self.get(id);
+        }
+        self.run_claimed(id, credentials, cancel)
+    }
+
+    /// Claim the provider's oldest queued job and run it to its end, as [`JobStore::run`]
+    /// does; `None` when no job of the provider is queued. Processes that call this on one
+    /// database at once never run the same job twice: a job goes to whoever claims it first.
+    /// A worker calls this until it answers `None`.
+    pub fn run_next(
+        &self,
+        provider: &str,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Option<Job>> {
+        self.run_next_of(Some(provider), credentials, cancel)
+    }
+
+    /// Like [`JobStore::run_next`], for the oldest queued job of any provider: a service's
+    /// workers.
+    pub fn run_next_any(
+        &self,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Option<Job>> {
+        self.run_next_of(None, credentials, cancel)
+    }
+
+    fn run_next_of(
+        &self,
+        provider: Option<&str>,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Option<Job>> {
+        loop {
+            // A stopped runner claims nothing more.
+            if cancel.is_cancelled() {
+                return Ok(None);
+            }
+            let next: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT id FROM jobs WHERE (?1 IS NULL OR provider = ?1) \
+                     AND state = 'queued' ORDER BY created, rowid LIMIT 1",
+                    params![provider],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some(id) = next else {
+                return Ok(None);
+            };
+            // Another worker may have taken it since: then look again.
+            if self.claim(&id)? {
+                return self.run_claimed(&id, credentials, cancel).map(Some);
+            }
+        }
+    }
+
+    /// Mark a queued job active and this process its runner; false when it is not queued.
+    fn claim(&self, id: &str) -> Result<bool> {
+        let pid = std::process::id();
+        let claimed = self
+            .conn
+            .execute(
+                "UPDATE jobs SET state = 'active', message = 'converting', runner_pid = ?2, \
+                 runner_start = ?3, updated = ?4, attempts = attempts + 1 \
+                 WHERE id = ?1 AND state = 'queued'",
+                params![id, pid, start_time(pid), now()],
+            )
+            .map_err(db_err)?;
+        Ok(claimed == 1)
+    }
+
+    /// Run a job this process has claimed.
+    fn run_claimed(
+        &self,
+        id: &str,
+        credentials: Option<Credentials>,
+        cancel: &CancelToken,
+    ) -> Result<Job> {
+        let job = self.get(id)?;
+        // The job's own token: tripped by a recorded cancellation or by the runner's token.
+        let outer = cancel.clone();
+        let cancel = CancelToken::new();
+        let db = Connection::open(&self.path).map_err(db_err)?;
+        db.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+        let progress = DbProgress {
+            db: Mutex::new((db, 0, Instant::now())),
+            id: id.to_string(),
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        };
+        // A watcher trips the token when a cancellation is recorded, whatever the export is
+        // doing (converting, or waiting for its last parts).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (path, id, cancel, outer, stop) = (
+                self.path.clone(),
+                id.to_string(),
+                cancel.clone(),
+                outer.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let Ok(db) = Connection::open(&path) else {
+                    return;
+                };
+                let _ = db.busy_timeout(Duration::from_secs(10));
+                while !stop.load(Ordering::Relaxed) {
+                    if outer.is_cancelled() {
+                        cancel.cancel();
+                        return;
+                    }
+                    let asked = db
+                        .query_row(
+                            "SELECT cancel_requested FROM jobs WHERE id = ?1",
+                            params![id],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .map(|v| v != 0)
+                        .unwrap_or(false);
+                    if asked {
+                        cancel.cancel();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        // The upload's handle goes into the job, so that a later process can abort it if this
+        // one dies.
+        let recorder = {
+            let db = Mutex::new(Connection::open(&self.path).map_err(db_err)?);
+            let id = id.to_string();
+            crate::UploadHook(std::sync::Arc::new(move |upload: &str| {
+                if let Ok(db) = db.lock() {
+                    let _ = db.busy_timeout(Duration::from_secs(10));
+                    let _ = db.execute(
+                        "UPDATE jobs SET upload = ?2 WHERE id = ?1",
+                        params![id, upload],
+                    );
+                }
+            }))
+        };
+        let credentials = match credentials {
+            Some(c) => Some(c),
+            None => self.options.credentials.clone(),
+        };
+        let outcome = run_spec(&job.spec, credentials, &progress, &cancel, recorder);
+        stop.store(true, Ordering::Relaxed);
+        let _ = watcher.join();
+        match outcome {
+            Ok(r) => {
+                let text = serde_json::to_string(&r).unwrap_or_default();
+                self.conn
+                    .execute(
+                        "UPDATE jobs SET state = 'completed', progress = 100, message = \
+                         'completed', result = ?2, updated = ?3 WHERE id = ?1",
+                        params![id, text, now()],
+                    )
+                    .map_err(db_err)?;
+            }
+            Err(e) if e.kind() == ErrorKind::Cancelled => {
+                let asked = self.get(id)?.cancel_requested;
+                if !asked && outer.is_cancelled() && self.options.interrupt_requeues {
+                    // The runner stopped (a service shutting down): the next start runs it
+                    // again. Its upload was aborted when the export stopped.
+                    self.conn
+                        .execute(
+                            "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
+                             runner_pid = NULL, runner_start = NULL, attempts = \
+                             MAX(attempts - 1, 0), message = 'requeued: the service stopped', \
+                             updated = ?2 WHERE id = ?1",
+                            params![id, now()],
+                        )
+                        .map_err(db_err)?;
+                } else {
+                    self.set(id, JobState::Cancelled, "cancelled")?;
+                }
+            }
+            Err(e) => self.set(id, JobState::Failed, &e.to_string())?,
+        }
+        self.get(id)
+    }
+}
+
+/// Progress into the database (at most every whole percent or second).
+struct DbProgress {
+    db: Mutex<(Connection, u8, Instant)>,
+    id: String,
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Progress for DbProgress {
+    fn start(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    fn advance(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let total = self.total.load(Ordering::Relaxed).max(1);
+        // The last percent is kept for the end of the upload.
+        let pct = ((done.min(total) * 99) / total) as u8;
+        let Ok(mut db) = self.db.lock() else {
+            return;
+        };
+        if pct == db.1 && db.2.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        db.1 = pct;
+        db.2 = Instant::now();
+        let _ = db.0.execute(
+            "UPDATE jobs SET progress = ?2, updated = ?3 WHERE id = ?1",
+            params![self.id, pct, now()],
+        );
+    }
+}
+
+/// Abort the multipart upload `upload` of a job's target.
+pub(super) fn abort_upload(
+    target: &TargetSpec,
+    upload: &str,
+    credentials: Credentials,
+) -> Result<()> {
+    match target {
+        TargetSpec::S3 {
+            endpoint,
+            region,
+            bucket,
+            key,
+        } => crate::S3Sink::abort_upload(
+            &S3Config::new(endpoint, region)?.retries(2),
+            credentials,
+            &S3Location {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            },
+            upload,
+        ),
+        TargetSpec::Par { url } => {
+            crate::ParSink::abort_upload(
+                &ParConfig::new().retries(2),
+                &ParUrl::parse(url)?,
+                upload,
+            );
+            Ok(())
+        }
+        TargetSpec::Folder { .. } => Ok(()),
+    }
+}
+
+fn run_spec(
+    spec: &JobSpec,
+    credentials: Option<Credentials>,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+    recorder: crate::UploadHook,
+) -> Result<JobResult> {
+    let format: Format = spec.format.parse()?;
+    let mut options = ConvertOptions::new(format);
+    let mut wo = WriterOptions::new();
+    for o in &spec.writer_options {
+        wo.extend(o)?;
+    }
+    options.writer_options = wo;
+    options.compress = spec.compress;
+    let target = match &spec.target {
+        TargetSpec::S3 {
+            endpoint,
+            region,
+            bucket,
+            key,
+        } => Target::S3 {
+            config: S3Config::new(endpoint, region)?.on_upload_started(recorder),
+            credentials: match credentials {
+                Some(c) => c,
+                None => Credentials::from_env()?,
+            },
+            location: S3Location {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            },
+        },
+        TargetSpec::Par { url } => Target::Par {
+            config: ParConfig::new().on_upload_started(recorder),
+            url: ParUrl::parse(url)?,
+        },
+        TargetSpec::Folder {
+            dir,
+            name,
+            base_url,
+        } => Target::Folder {
+            dir: dir.clone(),
+            name: name.clone(),
+            base_url: url::Url::parse(base_url)
+                .map_err(|e| Error::invalid_argument(format!("base URL: {e}")))?,
+            overwrite: false,
+        },
+    };
+    let reader = open_image(&spec.source, None)?;
+    let scratch = std::env::temp_dir();
+    let done = if spec.oci_archive {
+        crate::export_oci_archive(
+            &*reader,
+            &target,
+            &spec
+                .oci_metadata
+                .clone()
+                .unwrap_or_else(crate::oci_image_metadata),
+            progress,
+            cancel,
+        )?
+    } else {
+        export(&*reader, &target, &options, &scratch, progress, cancel)?
+    };
+    Ok(JobResult {
+        location: done.location,
+        size: done.size,
+        md5: done.md5,
+        sha256: done.sha256,
+    })
+}
