@@ -483,6 +483,19 @@ def zstack_auth(a):
     return out
 
 
+def zstack_expiry(a):
+    """A session works, then (its lifetime is one second here) no longer does."""
+    status, _, body = zstack_login(a)
+    assert status == 200, body
+    auth = {"Authorization": "OAuth " + json.loads(body)["inventory"]["uuid"]}
+    url = f"{a['endpoint']}/zstack/v1/backup-storage/{a['bs']}/actions"
+    req = {"exportImageFromBackupStorage": {"imageUuid": a["image"], "exportFormat": "raw"}}
+    fresh, _, _ = http("PUT", url, req, auth)
+    time.sleep(2.1)
+    status, _, body = http("PUT", url, req, auth)
+    return {"fresh": fresh, "expired": [status, json.loads(body)["error"]["code"]]}
+
+
 def poll_load(a):
     """`clients` threads poll `url` (GET, signed as AWS) for `seconds`; latencies."""
     import threading

@@ -528,6 +528,82 @@ mod tests {
         Ok(())
     }
 
+    /// Mark a job active under a process that does not exist.
+    fn die(s: &JobStore, id: &str) -> Result<()> {
+        s.conn
+            .execute(
+                "UPDATE jobs SET state = 'active', attempts = attempts + 1, \
+                 runner_pid = 999999999, runner_start = 1 WHERE id = ?1",
+                params![id],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_service_requeues_a_dead_processs_job_until_its_third_attempt() -> Result<()> {
+        let path = db("requeue");
+        let service = || {
+            JobStore::open_with(
+                &path,
+                StoreOptions {
+                    recovery: Recovery::Requeue,
+                    ..StoreOptions::default()
+                },
+            )
+        };
+        let mut s = service()?;
+        s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
+        for attempt in 1..MAX_ATTEMPTS {
+            die(&s, "j1")?;
+            s = service()?;
+            let j = s.get("j1")?;
+            assert_eq!(j.state, JobState::Queued, "attempt {attempt}: {j:?}");
+            assert_eq!(j.attempts, attempt);
+            assert!(j.message.contains("requeued"), "{}", j.message);
+        }
+        die(&s, "j1")?;
+        let j = service()?.get("j1")?;
+        assert_eq!(j.state, JobState::Failed, "{j:?}");
+        assert!(j.message.contains("after 3 attempts"), "{}", j.message);
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_jobs() -> Result<()> {
+        let path = db("migrate");
+        {
+            let conn = Connection::open(&path).map_err(db_err)?;
+            conn.execute_batch(SCHEMA_V1).map_err(db_err)?;
+            conn.execute(
+                "INSERT INTO jobs (id, provider, state, spec, request, created, updated) \
+                 VALUES ('old', 'aws', 'completed', ?1, '{}', 1, 2)",
+                params![serde_json::to_string(&spec()).unwrap_or_default()],
+            )
+            .map_err(db_err)?;
+        }
+        let s = JobStore::open(&path)?;
+        let version: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err)?;
+        assert_eq!(version, SCHEMA_VERSION);
+        let j = s.get("old")?;
+        assert_eq!((j.state, j.attempts), (JobState::Completed, 0));
+        assert!(s.image("nothing")?.is_none());
+        drop(s);
+        // Opening again changes nothing; a newer schema is refused.
+        JobStore::open(&path)?;
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("PRAGMA user_version = 99"))
+            .map_err(db_err)?;
+        let newer = JobStore::open(&path).err().map(|e| e.kind());
+        assert_eq!(newer, Some(ErrorKind::Unsupported));
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
     #[test]
     fn active_jobs_of_a_dead_process_fail_on_the_next_open() -> Result<()> {
         let path = db("recover");
