@@ -121,16 +121,12 @@ impl UploadSettings {
                 )))
             }
         };
-        let mut c = S3Config::new(&endpoint, &region)?.overwrite(self.overwrite);
-        if let Some(p) = self.part_size {
-            c = c.part_size(p)?;
-        }
-        if let Some(n) = self.parallel_parts {
-            c = c.parallel_parts(n);
-        }
-        if let Some(n) = self.retries {
-            c = c.retries(n);
-        }
+        let mut c = self.transfer(
+            S3Config::new(&endpoint, &region)?.overwrite(self.overwrite),
+            S3Config::part_size,
+            S3Config::parallel_parts,
+            S3Config::retries,
+        )?;
         if self.virtual_hosted {
             c = c.virtual_hosted();
         }
@@ -142,15 +138,30 @@ impl UploadSettings {
 
     /// The configuration for an OCI pre-authenticated request.
     pub fn par_config(&self) -> Result<ParConfig> {
-        let mut c = ParConfig::new();
+        self.transfer(
+            ParConfig::new(),
+            ParConfig::part_size,
+            ParConfig::parallel_parts,
+            ParConfig::retries,
+        )
+    }
+
+    /// Apply the part size, parts in flight and retries through a config's own setters.
+    fn transfer<C>(
+        &self,
+        mut c: C,
+        part_size: fn(C, u64) -> Result<C>,
+        parallel: fn(C, usize) -> C,
+        retries: fn(C, u32) -> C,
+    ) -> Result<C> {
         if let Some(p) = self.part_size {
-            c = c.part_size(p)?;
+            c = part_size(c, p)?;
         }
         if let Some(n) = self.parallel_parts {
-            c = c.parallel_parts(n);
+            c = parallel(c, n);
         }
         if let Some(n) = self.retries {
-            c = c.retries(n);
+            c = retries(c, n);
         }
         Ok(c)
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use imgconv_export::api::{Api, Context};
+use imgconv_export::api::Api;
 use serde_json::{json, Value};
 
 use crate::auth::{verify_sigv4, AuthError};
@@ -161,17 +161,6 @@ fn request_of(form: &BTreeMap<String, String>) -> Value {
     Value::Object(r)
 }
 
-fn context(svc: &Service) -> Context {
-    Context {
-        endpoint: Some((
-            svc.config.storage.endpoint.clone(),
-            svc.config.storage.region.clone(),
-        )),
-        credentials: Some(svc.credentials.clone()),
-        ..Context::default()
-    }
-}
-
 fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) -> Wire {
     let request = request_of(form);
     let Some(image) = form.get("ImageId") else {
@@ -190,10 +179,7 @@ fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, Strin
             &format!("The image id '[{image}]' does not exist"),
         );
     };
-    let ctx = Context {
-        source: source.clone(),
-        ..context(svc)
-    };
+    let ctx = svc.context(source, None, req.headers);
     let reply = svc.with_store(|s| Api::Aws.submit(s, &ctx, &request));
     if reply.run.is_some() {
         svc.notify();

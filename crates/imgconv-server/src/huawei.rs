@@ -9,13 +9,13 @@
 use std::path::PathBuf;
 
 use imgconv::clock::rfc3339;
-use imgconv_export::api::{Api, Context};
+use imgconv_export::api::Api;
 use imgconv_export::jobs::JobState;
 use serde_json::{json, Value};
 
 use crate::auth::verify_huawei;
 use crate::wire::{error, Incoming, Wire};
-use crate::{header_map, is_not_found, Caller, Provider, Service};
+use crate::{is_not_found, Caller, Provider, Service};
 
 fn err(req: &Incoming<'_>, status: u16, code: &str, message: &str) -> Wire {
     error(Provider::Huawei, req.request_id, status, code, message)
@@ -108,21 +108,6 @@ fn image_source(svc: &Service, id: &str) -> Result<PathBuf, (u16, String)> {
     }
 }
 
-fn context(svc: &Service, req: &Incoming<'_>, source: PathBuf, path_id: &str) -> Context {
-    Context {
-        source,
-        path_id: Some(path_id.to_string()),
-        headers: header_map(req.headers),
-        endpoint: Some((
-            svc.config.storage.endpoint.clone(),
-            svc.config.storage.region.clone(),
-        )),
-        credentials: Some(svc.credentials.clone()),
-        image_store: svc.config.huawei.as_ref().map(|h| h.image_store.clone()),
-        ..Context::default()
-    }
-}
-
 fn submitted(
     svc: &Service,
     req: &Incoming<'_>,
@@ -153,7 +138,7 @@ fn ims_export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
         Ok(b) => b,
         Err(w) => return w,
     };
-    let ctx = context(svc, req, source, id);
+    let ctx = svc.context(&source, Some(id), req.headers);
     let reply = svc.with_store(|s| Api::HuaweiIms.submit(s, &ctx, &body));
     submitted(svc, req, reply, 200)
 }
@@ -264,7 +249,7 @@ fn evs_upload(svc: &Service, req: &Incoming<'_>, volume: &str) -> Wire {
             )
         }
     };
-    let ctx = context(svc, req, source, volume);
+    let ctx = svc.context(&source, Some(volume), req.headers);
     let reply = svc.with_store(|s| Api::HuaweiEvs.submit(s, &ctx, &body));
     submitted(svc, req, reply, 202)
 }

@@ -186,6 +186,28 @@ impl Service {
         f(&mut guard)
     }
 
+    /// What the export module needs to know beyond the request: the source, the path's id,
+    /// the headers, and where the storage is.
+    fn context(
+        &self,
+        source: &std::path::Path,
+        path_id: Option<&str>,
+        headers: &HeaderMap,
+    ) -> imgconv_export::api::Context {
+        imgconv_export::api::Context {
+            source: source.to_path_buf(),
+            path_id: path_id.map(str::to_string),
+            headers: header_map(headers),
+            endpoint: Some((
+                self.config.storage.endpoint.clone(),
+                self.config.storage.region.clone(),
+            )),
+            credentials: Some(self.credentials.clone()),
+            image_store: self.config.huawei.as_ref().map(|h| h.image_store.clone()),
+            ..imgconv_export::api::Context::default()
+        }
+    }
+
     /// Tell the workers a job was queued.
     fn notify(&self) {
         let (lock, cv) = &self.wake;

@@ -2,13 +2,13 @@
 //! `GET /20160918/workRequests/{id}` and `GET /20160918/images/{id}`, with HTTP signatures.
 
 use imgconv::clock::rfc3339;
-use imgconv_export::api::{Api, Context};
+use imgconv_export::api::Api;
 use imgconv_export::jobs::JobState;
 use serde_json::{json, Value};
 
 use crate::auth::verify_oci;
 use crate::wire::{error, Incoming, Wire};
-use crate::{header_map, Provider, Service};
+use crate::{Provider, Service};
 
 fn err(req: &Incoming<'_>, status: u16, code: &str, message: &str) -> Wire {
     error(Provider::Oci, req.request_id, status, code, message)
@@ -96,17 +96,7 @@ fn export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
             );
         }
     }
-    let ctx = Context {
-        source: source.clone(),
-        path_id: Some(id.to_string()),
-        headers: header_map(req.headers),
-        endpoint: Some((
-            svc.config.storage.endpoint.clone(),
-            svc.config.storage.region.clone(),
-        )),
-        credentials: Some(svc.credentials.clone()),
-        ..Context::default()
-    };
+    let ctx = svc.context(source, Some(id), req.headers);
     let reply = svc.with_store(|s| Api::Oci.submit(s, &ctx, &body));
     if reply.run.is_some() {
         svc.notify();

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::auth::same_secret;
 use crate::wire::{error, Incoming, Wire};
-use crate::{header_map, Caller, Provider, Service, Session};
+use crate::{Caller, Provider, Service, Session};
 
 /// Sessions kept at once, at most (a login past it drops the expired ones, then is refused).
 const MAX_SESSIONS: usize = 10_000;
@@ -58,7 +58,7 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
     };
     match (req.method.as_str(), seg.as_slice()) {
         ("PUT", ["backup-storage", bs, "actions"]) if *bs == z.backup_storage_uuid => {
-            export(svc, req)
+            export(svc, req, z)
         }
         ("GET", ["api-jobs", id]) => poll(svc, req, id),
         ("DELETE", ["accounts", "sessions", id]) => {
@@ -167,7 +167,7 @@ fn session_of(svc: &Service, req: &Incoming<'_>) -> Result<Session, Wire> {
     }
 }
 
-fn export(svc: &Service, req: &Incoming<'_>) -> Wire {
+fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack) -> Wire {
     let b = match body(req) {
         Ok(b) => b,
         Err(w) => return w,
@@ -188,22 +188,12 @@ fn export(svc: &Service, req: &Incoming<'_>) -> Wire {
             &format!("the image {image} is not on this backup storage"),
         );
     };
-    let Some(z) = &svc.config.zstack else {
-        return err(
-            req,
-            404,
-            "SYS.1001",
-            "ZStack is not configured on this service",
-        );
-    };
     let ctx = Context {
-        source: source.clone(),
-        headers: header_map(req.headers),
         publish: Some((
             z.publish_dir.clone(),
             format!("{}/export/", svc.config.public_url),
         )),
-        ..Context::default()
+        ..svc.context(source, None, req.headers)
     };
     let reply = svc.with_store(|s| Api::Zstack.submit(s, &ctx, &b));
     if reply.run.is_some() {

@@ -358,19 +358,9 @@ fn boto3_exports_vmdk_raw_and_vhd_that_read_back_with_tokens_and_dry_runs() {
 #[test]
 fn boto3_cancels_an_active_task_leaving_no_object_and_no_upload() {
     let s = setup("serve-aws-cancel");
-    std::fs::write(s.dir.join("big.raw"), noise(3, 24 * MIB as usize)).expect("big image");
     let before = s.s3.files();
-    // The storage answers part 2 only after a long pause: the export stays active.
-    let proxy = FaultProxy::start(
-        s.s3.port(),
-        vec![Rule::first(
-            "PUT",
-            "partNumber=2",
-            vec![Fault::Stall(Duration::from_secs(20))],
-        )],
-    );
-    let served = s.serve(&proxy.endpoint());
-    let id = submit_big(&s, &served);
+    // The storage holds part 2 for a long while: the export stays active.
+    let (proxy, served, id) = stalled_export(&s, 3, Duration::from_secs(20));
     proxy.wait_for("partNumber=2");
     let r = sdk("aws_cancel", &s.args(&served, json!({ "task": id })));
     assert_eq!(r["before"], "active", "{r}");
@@ -657,45 +647,62 @@ fn wait_completed(s: &Setup, served: &Served, id: &str) -> String {
     r["status"].as_str().expect("status").to_string()
 }
 
-#[test]
-fn a_killed_server_runs_its_export_again_after_a_restart() {
-    let s = setup("serve-kill");
-    std::fs::write(s.dir.join("big.raw"), noise(5, 24 * MIB as usize)).expect("big image");
+/// A 24 MiB image of noise as image `big`, storage behind a proxy that holds the first part 2
+/// for `stall`, the service started on it, and a VMDK export of `big` under way.
+fn stalled_export(s: &Setup, seed: u64, stall: Duration) -> (FaultProxy, Served, String) {
+    std::fs::write(s.dir.join("big.raw"), noise(seed, 24 * MIB as usize)).expect("big image");
     let proxy = FaultProxy::start(
         s.s3.port(),
         vec![Rule::first(
             "PUT",
             "partNumber=2",
-            vec![Fault::Stall(Duration::from_secs(5))],
+            vec![Fault::Stall(stall)],
         )],
     );
-    let mut served = s.serve(&proxy.endpoint());
-    let id = submit_big(&s, &served);
-    wait_active(&s, &id);
-    proxy.wait_for("partNumber=2");
-    served.signal("-KILL");
-    // The dead process's requests end at the storage (s3s-fs, unlike S3, takes parts of an
-    // upload that was aborted, so one landing after the recovery's abort would stay).
+    let served = s.serve(&proxy.endpoint());
+    let id = submit_big(s, &served);
+    wait_active(s, &id);
+    (proxy, served, id)
+}
+
+/// Wait until the proxy has no request under way (30 s at most).
+fn drained(proxy: &FaultProxy) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while proxy.in_progress() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The object of export `id` reads back as the big image.
+fn same_as_big(s: &Setup, id: &str) {
+    let out = s.dir.join(format!("{id}.vmdk"));
+    let object =
+        s.s3.download(&format!("crash/{id}.vmdk"))
+            .expect("the object");
+    std::fs::write(&out, object).expect("write");
+    assert_eq!(
+        qemu_compare_formats(&s.dir.join("big.raw"), "raw", &out, "vmdk"),
+        0
+    );
+}
+
+#[test]
+fn a_killed_server_runs_its_export_again_after_a_restart() {
+    let s = setup("serve-kill");
+    let (proxy, mut served, id) = stalled_export(&s, 5, Duration::from_secs(5));
+    proxy.wait_for("partNumber=2");
+    served.signal("-KILL");
+    // The dead process's requests end at the storage (s3s-fs, unlike S3, takes parts of an
+    // upload that was aborted, so one landing after the recovery's abort would stay).
+    drained(&proxy);
     // Back, with the storage answering at once: the job is queued again and completes.
     let mut again = s.serve(&s.s3.endpoint());
     assert_eq!(wait_completed(&s, &again, &id), "completed");
     let job = s.store().get(&id).expect("job");
     assert_eq!(job.attempts, 2, "{job:?}");
-    let key = format!("crash/{id}.vmdk");
-    let object = s.s3.download(&key).expect("the object");
-    let out = s.dir.join("crash.vmdk");
-    std::fs::write(&out, object).expect("write");
-    let big = s.dir.join("big.raw");
-    assert_eq!(qemu_compare_formats(&big, "raw", &out, "vmdk"), 0);
-    // The first attempt's upload was aborted (once its stalled part ended); none is left.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while proxy.in_progress() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    same_as_big(&s, &id);
+    // The first attempt's upload was aborted; none is left.
+    drained(&proxy);
     assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
     assert_eq!(again.signal("-TERM").code(), Some(0));
 }
@@ -703,18 +710,7 @@ fn a_killed_server_runs_its_export_again_after_a_restart() {
 #[test]
 fn sigterm_requeues_the_running_export_exits_0_and_the_next_start_finishes_it() {
     let s = setup("serve-term");
-    std::fs::write(s.dir.join("big.raw"), noise(7, 24 * MIB as usize)).expect("big image");
-    let proxy = FaultProxy::start(
-        s.s3.port(),
-        vec![Rule::first(
-            "PUT",
-            "partNumber=2",
-            vec![Fault::Stall(Duration::from_secs(4))],
-        )],
-    );
-    let mut served = s.serve(&proxy.endpoint());
-    let id = submit_big(&s, &served);
-    wait_active(&s, &id);
+    let (_proxy, mut served, id) = stalled_export(&s, 7, Duration::from_secs(4));
     let t = Instant::now();
     assert_eq!(served.signal("-TERM").code(), Some(0), "{}", served.log());
     assert!(
@@ -726,16 +722,7 @@ fn sigterm_requeues_the_running_export_exits_0_and_the_next_start_finishes_it() 
     assert_eq!(job.state, JobState::Queued, "{job:?}");
     let again = s.serve(&s.s3.endpoint());
     assert_eq!(wait_completed(&s, &again, &id), "completed");
-    let out = s.dir.join("term.vmdk");
-    std::fs::write(
-        &out,
-        s.s3.download(&format!("crash/{id}.vmdk")).expect("object"),
-    )
-    .expect("write");
-    assert_eq!(
-        qemu_compare_formats(&s.dir.join("big.raw"), "raw", &out, "vmdk"),
-        0
-    );
+    same_as_big(&s, &id);
 }
 
 #[test]
