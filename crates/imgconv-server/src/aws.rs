@@ -55,10 +55,7 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
             "the request's form is not UTF-8",
         );
     }
-    let form: BTreeMap<String, String> = form_urlencoded::parse(text)
-        .take(MAX_FIELDS + 1)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let form = form(text);
     if form.len() > MAX_FIELDS {
         return err(
             req,
@@ -86,6 +83,14 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
     }
 }
 
+/// A form's fields (one more than [`MAX_FIELDS`] at most, so that too many can be told).
+pub(crate) fn form(text: &[u8]) -> BTreeMap<String, String> {
+    form_urlencoded::parse(text)
+        .take(MAX_FIELDS + 1)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 /// `Prefix.N.rest` values, by N in order.
 fn indexed<'a>(
     form: &'a BTreeMap<String, String>,
@@ -105,7 +110,7 @@ fn indexed<'a>(
 }
 
 /// The form as the JSON request the export module takes.
-fn request_of(form: &BTreeMap<String, String>) -> Value {
+pub(crate) fn request_of(form: &BTreeMap<String, String>) -> Value {
     let mut r = serde_json::Map::new();
     for name in [
         "DiskImageFormat",

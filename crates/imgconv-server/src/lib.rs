@@ -22,6 +22,8 @@
 mod auth;
 mod aws;
 mod config;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod huawei;
 mod metrics;
 mod oci;
