@@ -50,7 +50,8 @@ pub(crate) enum Command {
                       object storage, the images and the callers' keys: see the README's \
                       \"Run the export service\". SIGTERM or SIGINT stops accepting, puts the \
                       running exports back in the queue and exits 0. Exit codes: 2 a bad \
-                      configuration, 6 the address or job store cannot be used."
+                      configuration, 3 no configuration file, 6 the address or job store \
+                      cannot be used."
     )]
     Serve(ServeArgs),
 }
