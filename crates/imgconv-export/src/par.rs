@@ -54,6 +54,12 @@ impl ParConfig {
         self
     }
 
+    /// Ask `gate` right before the object is published; its error aborts the upload instead.
+    pub fn before_publish(mut self, gate: crate::PublishGate) -> Self {
+        self.transfer.before_publish = Some(gate);
+        self
+    }
+
     /// Attempts after the first for each request.
     pub fn retries(mut self, n: u32) -> Self {
         self.transfer = self.transfer.retries(n);

@@ -30,6 +30,19 @@ impl std::fmt::Debug for UploadHook {
     }
 }
 
+/// Asked right before an object is published (the multipart upload completed, or the single
+/// PUT sent): an error stops the publication and aborts the upload. A job runner uses it to
+/// check that it still holds the job's lease, so that a runner that lost its job never
+/// publishes an object.
+#[derive(Clone)]
+pub struct PublishGate(pub Arc<dyn Fn() -> Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for PublishGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PublishGate")
+    }
+}
+
 /// How parts are cut and sent, whatever the protocol.
 #[derive(Debug, Clone)]
 pub(crate) struct Transfer {
@@ -40,6 +53,7 @@ pub(crate) struct Transfer {
     pub(crate) retries: u32,
     pub(crate) timeout: Duration,
     pub(crate) on_upload: Option<UploadHook>,
+    pub(crate) before_publish: Option<PublishGate>,
 }
 
 impl Transfer {
@@ -53,6 +67,7 @@ impl Transfer {
             retries: 5,
             timeout: Duration::from_secs(120),
             on_upload: None,
+            before_publish: None,
         }
     }
 
@@ -276,6 +291,7 @@ pub(crate) struct PartSink<B: Backend> {
     upload: Option<Upload>,
     cancel: CancelToken,
     on_upload: Option<UploadHook>,
+    before_publish: Option<PublishGate>,
 }
 
 impl<B: Backend> PartSink<B> {
@@ -302,6 +318,7 @@ impl<B: Backend> PartSink<B> {
             upload: None,
             cancel: CancelToken::new(),
             on_upload: transfer.on_upload.clone(),
+            before_publish: transfer.before_publish.clone(),
         }
     }
 
@@ -387,9 +404,17 @@ impl<B: Backend> PartSink<B> {
         Ok(())
     }
 
+    fn gate(&self) -> Result<()> {
+        match &self.before_publish {
+            Some(g) => (g.0)(),
+            None => Ok(()),
+        }
+    }
+
     fn finish_upload(&mut self) -> Result<()> {
         if self.upload.is_none() {
             // Small enough for one request.
+            self.gate()?;
             return self.backend.put_whole(&self.buf);
         }
         if !self.buf.is_empty() {
@@ -413,6 +438,7 @@ impl<B: Backend> PartSink<B> {
                     if parts.len() != usize::from(self.next_part - 1) {
                         return Err(Error::new(ErrorKind::Io, "a part was not uploaded"));
                     }
+                    self.gate()?;
                     self.backend.complete(&upload.id, &parts)
                 }),
         };

@@ -111,6 +111,12 @@ impl S3Config {
         self
     }
 
+    /// Ask `gate` right before the object is published; its error aborts the upload instead.
+    pub fn before_publish(mut self, gate: crate::PublishGate) -> Self {
+        self.transfer.before_publish = Some(gate);
+        self
+    }
+
     /// Leave out the `x-amz-checksum-crc32c` headers, for S3-compatible services that reject
     /// them (the parts keep their `Content-MD5`).
     pub fn without_crc32c(mut self) -> Self {

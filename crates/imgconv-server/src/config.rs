@@ -31,6 +31,11 @@ pub struct Config {
     /// Seconds a client has to send a whole request (default 30).
     #[serde(default = "request_timeout")]
     pub request_timeout_secs: u64,
+    /// Seconds a worker holds a job without renewing its lease (default 30; renewed every
+    /// third of it). A job whose lease lapses (its instance died or stalled) is taken over by
+    /// any instance on the same job store.
+    #[serde(default = "lease")]
+    pub lease_secs: u64,
     /// The object storage exports go to.
     pub storage: Storage,
     /// Image ids the APIs name, and the disk files they stand for.
@@ -57,6 +62,9 @@ fn max_body() -> usize {
     1 << 20
 }
 fn request_timeout() -> u64 {
+    30
+}
+fn lease() -> u64 {
     30
 }
 fn session_timeout() -> u64 {
@@ -183,6 +191,11 @@ impl Config {
             {
                 abs(public_key_file);
             }
+        }
+        if c.lease_secs < 3 {
+            return Err(Error::invalid_argument(
+                "configuration: lease_secs must be at least 3",
+            ));
         }
         if c.workers == 0 {
             return Err(Error::invalid_argument(

@@ -133,7 +133,7 @@ impl Service {
             &config.storage.secret_access_key,
             None,
         );
-        let store = JobStore::open_with(&config.db, store_options(&credentials))?;
+        let store = JobStore::open_with(&config.db, store_options(&config, &credentials))?;
         let mut oci_keys = BTreeMap::new();
         for c in &config.callers {
             if let Caller::Oci {
@@ -236,11 +236,12 @@ impl Service {
     }
 }
 
-fn store_options(credentials: &Credentials) -> StoreOptions {
+fn store_options(config: &Config, credentials: &Credentials) -> StoreOptions {
     StoreOptions {
         recovery: Recovery::Requeue,
         credentials: Some(credentials.clone()),
         interrupt_requeues: true,
+        lease: Some(Duration::from_secs(config.lease_secs)),
     }
 }
 

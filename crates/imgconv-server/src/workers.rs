@@ -47,15 +47,22 @@ impl Service {
 }
 
 fn work(svc: &Service) {
-    let store = match JobStore::open_with(&svc.config.db, store_options(&svc.credentials)) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "worker cannot open the job store");
-            return;
-        }
-    };
+    let store =
+        match JobStore::open_with(&svc.config.db, store_options(&svc.config, &svc.credentials)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "worker cannot open the job store");
+                return;
+            }
+        };
     let mut seen = 0;
     while !svc.stopping.load(Ordering::SeqCst) {
+        // Jobs whose runner (here or on another instance) stopped renewing its lease.
+        match store.reclaim_expired() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(jobs = n, "took back jobs whose lease lapsed"),
+            Err(e) => tracing::error!(error = %e, "could not take back lapsed jobs"),
+        }
         let started = Instant::now();
         match store.run_next_any(None, &svc.cancel) {
             Ok(Some(job)) => {

@@ -151,6 +151,8 @@ pub struct Job {
     pub updated: u64,
     /// How many times a runner has started it.
     pub attempts: u32,
+    /// The process id of its runner while it is active (on the lease holder's host).
+    pub runner_pid: Option<u32>,
 }
 
 /// What a submission answers besides errors.
@@ -197,6 +199,11 @@ pub struct StoreOptions {
     /// the queue instead of to `cancelled`: a service that shuts down hands its running jobs
     /// to the next start.
     pub interrupt_requeues: bool,
+    /// Runners hold their job by a lease of this length, renewed by a heartbeat every third
+    /// of it; a job whose lease lapsed goes back to the queue ([`super::JobStore::reclaim_expired`])
+    /// and its old runner can no longer write to it or publish its object. `None`: no lease
+    /// (a dead runner is found by its process id only, on this host).
+    pub lease: Option<Duration>,
 }
 
 /// An image that an export made (registered when the job is submitted, usable once the job

@@ -12,7 +12,7 @@ use imgconv::{
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::model::*;
-use super::store::{db_err, now, start_time, JobStore};
+use super::store::{db_err, host, now, now_ms, start_time, JobStore};
 use crate::{export, Credentials, ParConfig, ParUrl, S3Config, S3Location, Target};
 
 impl JobStore {
@@ -25,10 +25,10 @@ impl JobStore {
         credentials: Option<Credentials>,
         cancel: &CancelToken,
     ) -> Result<Job> {
-        if !self.claim(id)? {
+        let Some(token) = self.claim(id)? else {
             return self.get(id);
-        }
-        self.run_claimed(id, credentials, cancel)
+        };
+        self.run_claimed(id, token, credentials, cancel)
     }
 
     /// Claim the provider's oldest queued job and run it to its end, as [`JobStore::run`]
@@ -79,31 +79,53 @@ impl JobStore {
                 return Ok(None);
             };
             // Another worker may have taken it since: then look again.
-            if self.claim(&id)? {
-                return self.run_claimed(&id, credentials, cancel).map(Some);
+            if let Some(token) = self.claim(&id)? {
+                return self.run_claimed(&id, token, credentials, cancel).map(Some);
             }
         }
     }
 
-    /// Mark a queued job active and this process its runner; false when it is not queued.
-    fn claim(&self, id: &str) -> Result<bool> {
+    /// Mark a queued job active, this process its runner (with a lease when the store has
+    /// leases); its attempt number, the fencing token every later write carries. `None` when
+    /// it is not queued (another runner took it).
+    pub(super) fn claim(&self, id: &str) -> Result<Option<u32>> {
         let pid = std::process::id();
-        let claimed = self
-            .conn
-            .execute(
+        let lease_until = self.options.lease.map(|l| now_ms() + l.as_millis() as i64);
+        self.conn
+            .query_row(
                 "UPDATE jobs SET state = 'active', message = 'converting', runner_pid = ?2, \
-                 runner_start = ?3, updated = ?4, attempts = attempts + 1 \
-                 WHERE id = ?1 AND state = 'queued'",
-                params![id, pid, start_time(pid), now()],
+                 runner_start = ?3, updated = ?4, attempts = attempts + 1, lease_until = ?5, \
+                 lease_owner = ?6 WHERE id = ?1 AND state = 'queued' RETURNING attempts",
+                params![id, pid, start_time(pid), now(), lease_until, host()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// Write an outcome of attempt `token`; nothing when the job is no longer that attempt's.
+    pub(super) fn set_fenced(
+        &self,
+        id: &str,
+        token: u32,
+        state: JobState,
+        message: &str,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = ?3, message = ?4, updated = ?5, lease_until = NULL \
+                 WHERE id = ?1 AND attempts = ?2 AND state = 'active'",
+                params![id, token, state.name(), message, now()],
             )
             .map_err(db_err)?;
-        Ok(claimed == 1)
+        Ok(())
     }
 
     /// Run a job this process has claimed.
     fn run_claimed(
         &self,
         id: &str,
+        token: u32,
         credentials: Option<Credentials>,
         cancel: &CancelToken,
     ) -> Result<Job> {
@@ -116,26 +138,46 @@ impl JobStore {
         let progress = DbProgress {
             db: Mutex::new((db, 0, Instant::now())),
             id: id.to_string(),
+            token,
             total: AtomicU64::new(0),
             done: AtomicU64::new(0),
         };
         // A watcher trips the token when a cancellation is recorded, whatever the export is
         // doing (converting, or waiting for its last parts).
+        // With leases it is also the heartbeat: it renews the lease every third of it, and a
+        // renewal that finds the job no longer this attempt's (reclaimed) stops the export.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lease = self.options.lease;
         let watcher = {
-            let (path, id, cancel, outer, stop) = (
+            let (path, id, cancel, outer, stop, lost) = (
                 self.path.clone(),
                 id.to_string(),
                 cancel.clone(),
                 outer.clone(),
                 stop.clone(),
+                lost.clone(),
             );
             std::thread::spawn(move || {
                 let Ok(db) = Connection::open(&path) else {
                     return;
                 };
                 let _ = db.busy_timeout(Duration::from_secs(10));
+                let mut renewed = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(lease) = lease.filter(|l| renewed.elapsed() >= *l / 3) {
+                        renewed = Instant::now();
+                        let held = db.execute(
+                            "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND attempts = ?2 \
+                             AND state = 'active'",
+                            params![id, token, now_ms() + lease.as_millis() as i64],
+                        );
+                        if held == Ok(0) {
+                            lost.store(true, Ordering::SeqCst);
+                            cancel.cancel();
+                            return;
+                        }
+                    }
                     if outer.is_cancelled() {
                         cancel.cancel();
                         return;
@@ -165,8 +207,8 @@ impl JobStore {
                 if let Ok(db) = db.lock() {
                     let _ = db.busy_timeout(Duration::from_secs(10));
                     let _ = db.execute(
-                        "UPDATE jobs SET upload = ?2 WHERE id = ?1",
-                        params![id, upload],
+                        "UPDATE jobs SET upload = ?2 WHERE id = ?1 AND attempts = ?3",
+                        params![id, upload, token],
                     );
                 }
             }))
@@ -175,17 +217,53 @@ impl JobStore {
             Some(c) => Some(c),
             None => self.options.credentials.clone(),
         };
-        let outcome = run_spec(&job.spec, credentials, &progress, &cancel, recorder);
+        // Right before the object is published: still this attempt's job, with time left on
+        // its lease (a third of it, so that no reclaim can come before the publication).
+        let gate = {
+            let db = Mutex::new(Connection::open(&self.path).map_err(db_err)?);
+            let id = id.to_string();
+            crate::PublishGate(std::sync::Arc::new(move || {
+                let db = db
+                    .lock()
+                    .map_err(|_| Error::new(ErrorKind::Io, "job database lock"))?;
+                let _ = db.busy_timeout(Duration::from_secs(10));
+                let (state, attempts, until): (String, u32, Option<i64>) = db
+                    .query_row(
+                        "SELECT state, attempts, lease_until FROM jobs WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .map_err(db_err)?;
+                let margin = lease.map(|l| l.as_millis() as i64 / 3).unwrap_or(0);
+                let held = state == "active"
+                    && attempts == token
+                    && (lease.is_none() || until.is_some_and(|u| u > now_ms() + margin));
+                if held {
+                    Ok(())
+                } else {
+                    Err(Error::new(
+                        ErrorKind::Cancelled,
+                        "the job was taken over by another runner; nothing is published",
+                    ))
+                }
+            }))
+        };
+        let outcome = run_spec(&job.spec, credentials, &progress, &cancel, recorder, gate);
         stop.store(true, Ordering::Relaxed);
         let _ = watcher.join();
+        if lost.load(Ordering::SeqCst) {
+            // Reclaimed: the job is another attempt's now; this one writes nothing.
+            return self.get(id);
+        }
         match outcome {
             Ok(r) => {
                 let text = serde_json::to_string(&r).unwrap_or_default();
                 self.conn
                     .execute(
                         "UPDATE jobs SET state = 'completed', progress = 100, message = \
-                         'completed', result = ?2, updated = ?3 WHERE id = ?1",
-                        params![id, text, now()],
+                         'completed', result = ?2, updated = ?3, lease_until = NULL \
+                         WHERE id = ?1 AND attempts = ?4 AND state = 'active'",
+                        params![id, text, now(), token],
                     )
                     .map_err(db_err)?;
             }
@@ -199,15 +277,16 @@ impl JobStore {
                             "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
                              runner_pid = NULL, runner_start = NULL, attempts = \
                              MAX(attempts - 1, 0), message = 'requeued: the service stopped', \
-                             updated = ?2 WHERE id = ?1",
-                            params![id, now()],
+                             lease_until = NULL, lease_owner = NULL, updated = ?2 \
+                             WHERE id = ?1 AND attempts = ?3 AND state = 'active'",
+                            params![id, now(), token],
                         )
                         .map_err(db_err)?;
                 } else {
-                    self.set(id, JobState::Cancelled, "cancelled")?;
+                    self.set_fenced(id, token, JobState::Cancelled, "cancelled")?;
                 }
             }
-            Err(e) => self.set(id, JobState::Failed, &e.to_string())?,
+            Err(e) => self.set_fenced(id, token, JobState::Failed, &e.to_string())?,
         }
         self.get(id)
     }
@@ -217,6 +296,7 @@ impl JobStore {
 struct DbProgress {
     db: Mutex<(Connection, u8, Instant)>,
     id: String,
+    token: u32,
     total: AtomicU64,
     done: AtomicU64,
 }
@@ -240,8 +320,9 @@ impl Progress for DbProgress {
         db.1 = pct;
         db.2 = Instant::now();
         let _ = db.0.execute(
-            "UPDATE jobs SET progress = ?2, updated = ?3 WHERE id = ?1",
-            params![self.id, pct, now()],
+            "UPDATE jobs SET progress = ?2, updated = ?3 WHERE id = ?1 AND attempts = ?4 \
+             AND state = 'active'",
+            params![self.id, pct, now(), self.token],
         );
     }
 }
@@ -285,6 +366,7 @@ fn run_spec(
     progress: &dyn Progress,
     cancel: &CancelToken,
     recorder: crate::UploadHook,
+    gate: crate::PublishGate,
 ) -> Result<JobResult> {
     let format: Format = spec.format.parse()?;
     let mut options = ConvertOptions::new(format);
@@ -301,7 +383,9 @@ fn run_spec(
             bucket,
             key,
         } => Target::S3 {
-            config: S3Config::new(endpoint, region)?.on_upload_started(recorder),
+            config: S3Config::new(endpoint, region)?
+                .on_upload_started(recorder)
+                .before_publish(gate),
             credentials: match credentials {
                 Some(c) => c,
                 None => Credentials::from_env()?,
@@ -312,7 +396,9 @@ fn run_spec(
             },
         },
         TargetSpec::Par { url } => Target::Par {
-            config: ParConfig::new().on_upload_started(recorder),
+            config: ParConfig::new()
+                .on_upload_started(recorder)
+                .before_publish(gate),
             url: ParUrl::parse(url)?,
         },
         TargetSpec::Folder {

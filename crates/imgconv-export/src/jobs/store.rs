@@ -37,7 +37,7 @@ pub(super) fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1: jobs and client tokens.
 const SCHEMA_V1: &str = "
@@ -80,6 +80,27 @@ CREATE TABLE images (
 );
 ";
 
+/// Version 3: leases (until when, in milliseconds since the epoch, and the holder's host).
+const SCHEMA_V3: &str = "
+ALTER TABLE jobs ADD COLUMN lease_until INTEGER;
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+";
+
+/// Milliseconds since the epoch.
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// This host's name (lease holders are named by it).
+pub(super) fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 /// Bring the database to [`SCHEMA_VERSION`], one version at a time, in one transaction.
 fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn
@@ -102,6 +123,9 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
     if version < 2 {
         tx.execute_batch(SCHEMA_V2).map_err(db_err)?;
+    }
+    if version < 3 {
+        tx.execute_batch(SCHEMA_V3).map_err(db_err)?;
     }
     if version < SCHEMA_VERSION {
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
@@ -150,7 +174,7 @@ impl JobStore {
             .conn
             .prepare(
                 "SELECT id, runner_pid, runner_start, upload, spec, attempts FROM jobs \
-                 WHERE state = 'active'",
+                 WHERE state = 'active' AND (lease_owner IS NULL OR lease_owner = ?1)",
             )
             .map_err(db_err)?;
         type Row = (
@@ -162,7 +186,7 @@ impl JobStore {
             u32,
         );
         let rows: Vec<Row> = stmt
-            .query_map([], |r| {
+            .query_map(params![host()], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -228,6 +252,61 @@ impl JobStore {
         Ok(())
     }
 
+    /// Put back in the queue (or fail, after [`MAX_ATTEMPTS`]) every active job whose lease
+    /// has lapsed, after aborting the upload its runner had started; how many. Any process
+    /// may call this; each job is reclaimed once, and its old runner's writes are refused from
+    /// then on (they carry its attempt number).
+    pub fn reclaim_expired(&self) -> Result<usize> {
+        let t = now_ms();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, upload, spec, attempts FROM jobs WHERE state = 'active' \
+                 AND lease_until IS NOT NULL AND lease_until < ?1",
+            )
+            .map_err(db_err)?;
+        type Row = (String, Option<String>, String, u32);
+        let rows: Vec<Row> = stmt
+            .query_map(params![t], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(db_err)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(db_err)?;
+        let mut n = 0;
+        for (id, upload, spec, attempts) in rows {
+            let mut message = format!("the runner's lease lapsed during attempt {attempts}");
+            if let Some(upload) = upload {
+                let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
+                let creds = self.credentials();
+                if let Some(Err(e)) =
+                    spec.map(|s| creds.and_then(|c| abort_upload(&s.target, &upload, c)))
+                {
+                    message.push_str(&format!(
+                        "; its upload could not be aborted ({})",
+                        e.message()
+                    ));
+                }
+            }
+            let state = if attempts >= MAX_ATTEMPTS {
+                "failed"
+            } else {
+                "queued"
+            };
+            n += self
+                .conn
+                .execute(
+                    "UPDATE jobs SET state = ?3, message = ?4, progress = 0, upload = NULL, \
+                     runner_pid = NULL, runner_start = NULL, lease_until = NULL, \
+                     lease_owner = NULL, updated = ?5 WHERE id = ?1 AND attempts = ?2 \
+                     AND state = 'active' AND lease_until < ?6",
+                    params![id, attempts, state, message, now(), t],
+                )
+                .map_err(db_err)?;
+        }
+        Ok(n)
+    }
+
     /// Submit a job, honouring `token` as the APIs define idempotency. `request` is what the
     /// responses echo; `fingerprint` tells requests apart under one token.
     pub fn submit(
@@ -240,7 +319,11 @@ impl JobStore {
         request: &serde_json::Value,
     ) -> Result<Submitted> {
         let t = now();
-        let tx = self.conn.transaction().map_err(db_err)?;
+        // Immediate: two submissions with one token, from two processes, are serialised.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         if let Some(token) = token {
             let found: Option<(String, String, u64)> = tx
                 .query_row(
@@ -294,7 +377,7 @@ impl JobStore {
         self.conn
             .query_row(
                 "SELECT id, provider, state, cancel_requested, progress, message, spec, request, \
-                 result, created, updated, attempts FROM jobs WHERE id = ?1",
+                 result, created, updated, attempts, runner_pid FROM jobs WHERE id = ?1",
                 params![id],
                 row_to_job,
             )
@@ -309,7 +392,7 @@ impl JobStore {
             .conn
             .prepare(
                 "SELECT id, provider, state, cancel_requested, progress, message, spec, request, \
-                 result, created, updated, attempts FROM jobs WHERE provider = ?1 \
+                 result, created, updated, attempts, runner_pid FROM jobs WHERE provider = ?1 \
                  ORDER BY created DESC, id",
             )
             .map_err(db_err)?;
@@ -428,16 +511,6 @@ impl JobStore {
         }
         self.get(id)
     }
-
-    pub(super) fn set(&self, id: &str, state: JobState, message: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE jobs SET state = ?2, message = ?3, updated = ?4 WHERE id = ?1",
-                params![id, state.name(), message, now()],
-            )
-            .map_err(db_err)?;
-        Ok(())
-    }
 }
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
@@ -465,6 +538,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         created: r.get(9)?,
         updated: r.get(10)?,
         attempts: r.get(11)?,
+        runner_pid: r.get(12)?,
     })
 }
 
@@ -566,6 +640,56 @@ mod tests {
         let j = service()?.get("j1")?;
         assert_eq!(j.state, JobState::Failed, "{j:?}");
         assert!(j.message.contains("after 3 attempts"), "{}", j.message);
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_reclaimed_once_and_its_old_runner_is_fenced() -> Result<()> {
+        let path = db("lease");
+        let leased = StoreOptions {
+            recovery: Recovery::Requeue,
+            lease: Some(Duration::from_secs(3)),
+            ..StoreOptions::default()
+        };
+        let mut s = JobStore::open_with(&path, leased.clone())?;
+        s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
+        let first = s.claim("j1")?;
+        assert_eq!(first, Some(1));
+        assert_eq!(s.claim("j1")?, None, "claimed once");
+        // The lease is in force: nothing to reclaim, from this store or another.
+        let other = JobStore::open_with(&path, leased.clone())?;
+        assert_eq!(other.reclaim_expired()?, 0);
+        // It lapses (its runner stalled): another store takes it back once.
+        s.conn
+            .execute("UPDATE jobs SET lease_until = lease_until - 10000", [])
+            .map_err(db_err)?;
+        assert_eq!(other.reclaim_expired()?, 1);
+        assert_eq!(s.reclaim_expired()?, 0);
+        let j = other.get("j1")?;
+        assert_eq!((j.state, j.attempts), (JobState::Queued, 1), "{j:?}");
+        assert!(j.message.contains("lease lapsed"), "{}", j.message);
+        // Claimed again: the old runner's outcome no longer lands.
+        assert_eq!(other.claim("j1")?, Some(2));
+        s.set_fenced("j1", 1, JobState::Failed, "stale")?;
+        assert_eq!(other.get("j1")?.state, JobState::Active);
+        other.set_fenced("j1", 2, JobState::Cancelled, "cancelled")?;
+        assert_eq!(other.get("j1")?.state, JobState::Cancelled);
+        // A job that lapses on its third attempt fails.
+        s.submit("aws", "j2", None, "f", &spec(), &serde_json::json!({}))?;
+        for _ in 0..MAX_ATTEMPTS {
+            assert!(s.claim("j2")?.is_some());
+            s.conn
+                .execute("UPDATE jobs SET lease_until = 0 WHERE id = 'j2'", [])
+                .map_err(db_err)?;
+            s.reclaim_expired()?;
+        }
+        let j = s.get("j2")?;
+        assert_eq!(
+            (j.state, j.attempts),
+            (JobState::Failed, MAX_ATTEMPTS),
+            "{j:?}"
+        );
         let _ = std::fs::remove_file(&path);
         Ok(())
     }
