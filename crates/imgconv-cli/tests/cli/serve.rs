@@ -177,9 +177,20 @@ password_sha512 = "{pw}"
 
     /// Start the service with its storage at `storage`.
     fn serve(&self, storage: &str) -> Served {
+        self.serve_named("serve", storage, "")
+    }
+
+    /// Start an instance whose configuration is `NAME.toml` (instances in one folder share
+    /// the job store, the image store and the published folder), with `extra` settings.
+    fn serve_named(&self, name: &str, storage: &str, extra: &str) -> Served {
         let port = free_port();
-        let config = self.dir.join("serve.toml");
-        std::fs::write(&config, self.config(port, storage)).expect("config");
+        let config = self.dir.join(format!("{name}.toml"));
+        let text = self.config(port, storage).replacen(
+            "workers = 1\n",
+            &format!("workers = 1\n{extra}"),
+            1,
+        );
+        std::fs::write(&config, text).expect("config");
         let mut s = Served {
             child: None,
             port,
@@ -284,6 +295,19 @@ impl Served {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("serve-{}.log", self.port)))
             .unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Send a signal and leave the process be (SIGSTOP, SIGCONT).
+    fn nudge(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
     }
 
     fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
@@ -858,4 +882,83 @@ fn zstack_sessions_expire() {
     );
     assert_eq!(r["fresh"], 202, "{r}");
     assert_eq!(r["expired"], json!([401, "ID.1001"]), "{r}");
+}
+
+/// Two instances on one job store, the storage behind a proxy that holds the first part 2 for
+/// `stall`; the export of `big` under way, and which instance runs it.
+fn fleet(s: &Setup, stall: Duration) -> (FaultProxy, Served, Served, String, bool) {
+    std::fs::write(s.dir.join("big.raw"), noise(11, 24 * MIB as usize)).expect("big image");
+    let proxy = FaultProxy::start(
+        s.s3.port(),
+        vec![Rule::first(
+            "PUT",
+            "partNumber=2",
+            vec![Fault::Stall(stall)],
+        )],
+    );
+    let a = s.serve_named("a", &proxy.endpoint(), "lease_secs = 3\n");
+    let b = s.serve_named("b", &proxy.endpoint(), "lease_secs = 3\n");
+    let id = submit_big(s, &a);
+    wait_active(s, &id);
+    proxy.wait_for("partNumber=2");
+    let runner = s.store().get(&id).expect("job").runner_pid;
+    let a_runs = runner == Some(a.pid());
+    assert!(a_runs || runner == Some(b.pid()), "{runner:?}");
+    (proxy, a, b, id, a_runs)
+}
+
+#[test]
+fn a_stalled_instance_is_fenced_and_another_takes_over_its_export() {
+    let s = setup("serve-fence");
+    let (proxy, a, b, id, a_runs) = fleet(&s, Duration::from_secs(8));
+    let (stalled, other) = if a_runs { (&a, &b) } else { (&b, &a) };
+    // Stopped past its lease: the other instance takes the job back and completes it.
+    stalled.nudge("-STOP");
+    assert_eq!(wait_completed(&s, other, &id), "completed");
+    stalled.nudge("-CONT");
+    // The resumed instance finds its lease gone: it stops, publishes nothing, writes nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    drained(&proxy);
+    let job = s.store().get(&id).expect("job");
+    assert_eq!(
+        (job.state, job.attempts),
+        (JobState::Completed, 2),
+        "{job:?}"
+    );
+    same_as_big(&s, &id);
+    let completions = proxy
+        .records()
+        .iter()
+        .filter(|r| r.method == "POST" && r.target.contains("uploadId="))
+        .count();
+    assert_eq!(completions, 1, "the object was published once");
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+}
+
+#[test]
+fn a_killed_instances_export_completes_on_another_after_the_lease() {
+    let s = setup("serve-fleet-kill");
+    let (proxy, mut a, mut b, id, a_runs) = fleet(&s, Duration::from_secs(6));
+    let (dead, alive) = if a_runs { (&mut a, &b) } else { (&mut b, &a) };
+    dead.signal("-KILL");
+    assert_eq!(wait_completed(&s, alive, &id), "completed");
+    let job = s.store().get(&id).expect("job");
+    assert_eq!(job.attempts, 2, "{job:?}");
+    same_as_big(&s, &id);
+    drained(&proxy);
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+}
+
+#[test]
+fn a_cancel_reaches_the_instance_running_the_export_and_one_token_makes_one_job() {
+    let s = setup("serve-fleet-cancel");
+    let (_proxy, a, b, id, a_runs) = fleet(&s, Duration::from_secs(20));
+    let other = if a_runs { &b } else { &a };
+    let r = sdk("aws_cancel", &s.args(other, json!({ "task": id })));
+    assert_eq!(r["status"], "deleted", "{r}");
+    let r = sdk(
+        "aws_same_token_concurrently",
+        &s.args(&a, json!({ "image": AMI, "endpoints": [a.url(), b.url()] })),
+    );
+    assert_eq!(r["ids"][0], r["ids"][1], "{r}");
 }

@@ -130,6 +130,26 @@ def aws_cancel(a):
     return {"before": before["Status"], "status": t["Status"]}
 
 
+def aws_same_token_concurrently(a):
+    """The same ClientToken sent at once to each of `endpoints`: the task ids."""
+    import threading
+
+    ids = [None] * len(a["endpoints"])
+    clients_ = [ec2_client({**a, "endpoint": e}) for e in a["endpoints"]]
+    go = threading.Barrier(len(clients_))
+
+    def send(i):
+        go.wait()
+        ids[i] = clients_[i].export_image(
+            DiskImageFormat="RAW", ImageId=a["image"], ClientToken="same-token-everywhere",
+            S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "token/"})["ExportImageTaskId"]
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(clients_))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return {"ids": ids}
+
+
 def aws_auth(a):
     """Wrong secret, tampered body, stale clock: each raises the SDK's ClientError."""
     import botocore.auth
