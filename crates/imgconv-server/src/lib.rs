@@ -31,7 +31,7 @@ mod wire;
 mod workers;
 mod zstack;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -96,20 +96,12 @@ impl Provider {
     }
 }
 
-/// A ZStack login session.
-#[derive(Debug, Clone)]
-struct Session {
-    account: String,
-    expires: u64,
-}
-
-/// The service: configuration, callers' keys, the job store, sessions and counters.
+/// The service: configuration, callers' keys, the job store and counters.
 pub struct Service {
     config: Config,
     store: Mutex<JobStore>,
     credentials: Credentials,
     oci_keys: BTreeMap<String, PKey<Public>>,
-    sessions: Mutex<HashMap<String, Session>>,
     metrics: Metrics,
     wake: (Mutex<u64>, Condvar),
     stopping: AtomicBool,
@@ -166,7 +158,6 @@ impl Service {
             store: Mutex::new(store),
             credentials,
             oci_keys,
-            sessions: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             wake: (Mutex::new(0), Condvar::new()),
             stopping: AtomicBool::new(false),

@@ -20,10 +20,7 @@ use serde_json::{json, Value};
 
 use crate::auth::same_secret;
 use crate::wire::{error, Incoming, Wire};
-use crate::{Caller, Provider, Service, Session};
-
-/// Sessions kept at once, at most (a login past it drops the expired ones, then is refused).
-const MAX_SESSIONS: usize = 10_000;
+use crate::{Caller, Provider, Service};
 
 fn err(req: &Incoming<'_>, status: u16, code: &str, message: &str) -> Wire {
     error(Provider::Zstack, req.request_id, status, code, message)
@@ -52,8 +49,8 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
     if let ("PUT", ["accounts", "login"]) = (req.method.as_str(), seg.as_slice()) {
         return login(svc, req, z.session_timeout_secs);
     }
-    let session = match session_of(svc, req) {
-        Ok(s) => s,
+    let account = match session_of(svc, req) {
+        Ok(a) => a,
         Err(w) => return w,
     };
     match (req.method.as_str(), seg.as_slice()) {
@@ -62,12 +59,10 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
         }
         ("GET", ["api-jobs", id]) => poll(svc, req, id),
         ("DELETE", ["accounts", "sessions", id]) => {
-            if let Ok(mut s) = svc.sessions.lock() {
-                if s.get(*id).is_some_and(|x| x.account == session.account) {
-                    s.remove(*id);
-                }
+            match svc.with_store(|s| s.delete_session(id, &account)) {
+                Ok(()) => Wire::json(200, &json!({})),
+                Err(e) => err(req, 503, "SYS.1006", e.message()),
             }
-            Wire::json(200, &json!({}))
         }
         _ => err(req, 404, "SYS.1001", "no such API"),
     }
@@ -117,22 +112,9 @@ fn login(svc: &Service, req: &Incoming<'_>, timeout: u64) -> Wire {
     }
     let t = now();
     let uuid = uuid_text(&random_uuid(UuidLayout::BigEndian)).replace('-', "");
-    let Ok(mut sessions) = svc.sessions.lock() else {
-        return err(req, 503, "SYS.1006", "sessions are unavailable");
-    };
-    if sessions.len() >= MAX_SESSIONS {
-        sessions.retain(|_, s| s.expires > t);
-        if sessions.len() >= MAX_SESSIONS {
-            return err(req, 503, "SYS.1006", "too many sessions");
-        }
+    if let Err(e) = svc.with_store(|s| s.create_session(&uuid, name, t + timeout)) {
+        return err(req, 503, "SYS.1006", e.message());
     }
-    sessions.insert(
-        uuid.clone(),
-        Session {
-            account: name.to_string(),
-            expires: t + timeout,
-        },
-    );
     let account_uuid = imgconv_export::jobs::fingerprint(&json!(name))[..32].to_string();
     Wire::json(
         200,
@@ -146,7 +128,9 @@ fn login(svc: &Service, req: &Incoming<'_>, timeout: u64) -> Wire {
     )
 }
 
-fn session_of(svc: &Service, req: &Incoming<'_>) -> Result<Session, Wire> {
+/// The account of the request's session (`Authorization: OAuth <session uuid>`), which
+/// any instance on the same job store knows.
+fn session_of(svc: &Service, req: &Incoming<'_>) -> Result<String, Wire> {
     let denied = |m: &str| err(req, 401, "ID.1001", m);
     let token = req
         .header("authorization")
@@ -154,16 +138,12 @@ fn session_of(svc: &Service, req: &Incoming<'_>) -> Result<Session, Wire> {
         .ok_or_else(|| {
             denied("the request has no session (Authorization: OAuth <session uuid>)")
         })?;
-    let Ok(mut sessions) = svc.sessions.lock() else {
-        return Err(denied("sessions are unavailable"));
-    };
-    match sessions.get(token.trim()) {
-        Some(s) if s.expires > now() => Ok(s.clone()),
-        Some(_) => {
-            sessions.remove(token.trim());
-            Err(denied("the session has expired; log in again"))
-        }
-        None => Err(denied("the session does not exist or has expired")),
+    match svc.with_store(|s| s.session(token.trim())) {
+        Ok(Some(account)) => Ok(account),
+        Ok(None) => Err(denied(
+            "the session does not exist or has expired; log in again",
+        )),
+        Err(e) => Err(err(req, 503, "SYS.1006", e.message())),
     }
 }
 

@@ -962,3 +962,23 @@ fn a_cancel_reaches_the_instance_running_the_export_and_one_token_makes_one_job(
     );
     assert_eq!(r["ids"][0], r["ids"][1], "{r}");
 }
+
+#[test]
+fn zstack_sessions_are_known_to_every_instance_on_the_store() {
+    let s = setup("serve-zstack-fleet");
+    let a = s.serve_named("a", &s.s3.endpoint(), "");
+    let b = s.serve_named("b", &s.s3.endpoint(), "");
+    let out = s.dir.join("zs-fleet.raw");
+    let r = sdk(
+        "zstack_across",
+        &s.args(
+            &a,
+            json!({ "image": HW_IMAGE, "out": out, "endpoints": [a.url(), b.url()] }),
+        ),
+    );
+    assert_eq!(r["poll"], 200, "{r}");
+    assert_eq!(r["download"], 200, "{r}");
+    assert_eq!(r["md5_matches"], true, "{r}");
+    assert_eq!(r["after_logout"], 401, "{r}");
+    s.same(&out, "raw");
+}

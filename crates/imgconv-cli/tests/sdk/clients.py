@@ -516,6 +516,35 @@ def zstack_expiry(a):
     return {"fresh": fresh, "expired": [status, json.loads(body)["error"]["code"]]}
 
 
+def zstack_across(a):
+    """Log in on the first instance, export through the second, poll through the first, log
+    out on the first: the second no longer knows the session."""
+    first, second = a["endpoints"]
+    status, _, body = zstack_login({**a, "endpoint": first})
+    assert status == 200, body
+    session = json.loads(body)["inventory"]["uuid"]
+    auth = {"Authorization": f"OAuth {session}"}
+    job = hashlib.md5(str(time.time()).encode()).hexdigest()
+    req = {"exportImageFromBackupStorage": {"imageUuid": a["image"], "exportFormat": "raw"}}
+    status, _, body = http("PUT", f"{second}/zstack/v1/backup-storage/{a['bs']}/actions", req,
+                           {**auth, "X-Job-UUID": job})
+    assert status == 202, (status, body)
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        status, _, body = http("GET", f"{first}/zstack/v1/api-jobs/{job}", headers=auth)
+        if status != 202:
+            break
+        time.sleep(0.2)
+    result = json.loads(body)
+    status_dl, _, data = http("GET", result["imageUrl"])
+    with open(a["out"], "wb") as f:
+        f.write(data)
+    http("DELETE", f"{first}/zstack/v1/accounts/sessions/{session}", headers=auth)
+    after, _, _ = http("GET", f"{second}/zstack/v1/api-jobs/{job}", headers=auth)
+    return {"poll": status, "download": status_dl, "after_logout": after,
+            "md5_matches": hashlib.md5(data).hexdigest() == result["exportMd5Sum"]}
+
+
 def poll_load(a):
     """`clients` threads poll `url` (GET, signed as AWS) for `seconds`; latencies."""
     import threading

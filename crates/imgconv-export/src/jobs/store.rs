@@ -37,7 +37,7 @@ pub(super) fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1: jobs and client tokens.
 const SCHEMA_V1: &str = "
@@ -86,6 +86,16 @@ ALTER TABLE jobs ADD COLUMN lease_until INTEGER;
 ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
 ";
 
+/// Version 4: login sessions (ZStack's), kept in the store so that every instance knows them.
+/// Only a hash of each session's id is stored.
+const SCHEMA_V4: &str = "
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    expires INTEGER NOT NULL
+);
+";
+
 /// Milliseconds since the epoch.
 pub(super) fn now_ms() -> i64 {
     SystemTime::now()
@@ -99,6 +109,11 @@ pub(super) fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The stored form of a session id.
+fn session_hash(id: &str) -> String {
+    fingerprint(&serde_json::Value::String(id.to_string()))
 }
 
 /// Bring the database to [`SCHEMA_VERSION`], one version at a time, in one transaction.
@@ -126,6 +141,9 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
     if version < 3 {
         tx.execute_batch(SCHEMA_V3).map_err(db_err)?;
+    }
+    if version < 4 {
+        tx.execute_batch(SCHEMA_V4).map_err(db_err)?;
     }
     if version < SCHEMA_VERSION {
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
@@ -458,6 +476,44 @@ impl JobStore {
             size: job.result.map(|r| r.size),
             created,
         }))
+    }
+
+    /// Record a login session `id` of `account`, valid until `expires` (seconds since the
+    /// epoch); sessions that have expired are dropped.
+    pub fn create_session(&self, id: &str, account: &str, expires: u64) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM sessions WHERE expires <= ?1", params![now()])
+            .map_err(db_err)?;
+        self.conn
+            .execute(
+                "INSERT INTO sessions (id_hash, account, expires) VALUES (?1, ?2, ?3)",
+                params![session_hash(id), account, expires],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The account of a session that has not expired.
+    pub fn session(&self, id: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT account FROM sessions WHERE id_hash = ?1 AND expires > ?2",
+                params![session_hash(id), now()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// End a session of `account`.
+    pub fn delete_session(&self, id: &str, account: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM sessions WHERE id_hash = ?1 AND account = ?2",
+                params![session_hash(id), account],
+            )
+            .map_err(db_err)?;
+        Ok(())
     }
 
     /// How many jobs each provider has in each state.
