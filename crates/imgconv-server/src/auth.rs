@@ -212,6 +212,18 @@ fn auth_params(text: &str) -> BTreeMap<&str, &str> {
         .collect()
 }
 
+/// The `Authorization` header's text after `scheme` (`AWS4-HMAC-SHA256 `, ...).
+fn authorization<'a>(
+    req: &'a Signed<'_>,
+    scheme: &str,
+    refusal: &str,
+) -> Result<&'a str, AuthError> {
+    req.header("authorization")
+        .ok_or_else(|| AuthError::Missing("the request is not signed (no Authorization)".into()))?
+        .strip_prefix(scheme)
+        .ok_or_else(|| AuthError::Missing(refusal.into()))
+}
+
 /// Verify an AWS SigV4 request for `service`; `secret_of` answers an access key's secret.
 /// Answers the access key.
 pub fn verify_sigv4<'k>(
@@ -219,12 +231,11 @@ pub fn verify_sigv4<'k>(
     service: &str,
     secret_of: impl Fn(&str) -> Option<&'k str>,
 ) -> Result<String, AuthError> {
-    let auth = req
-        .header("authorization")
-        .ok_or_else(|| AuthError::Missing("the request is not signed (no Authorization)".into()))?;
-    let rest = auth.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| {
-        AuthError::Missing("only AWS4-HMAC-SHA256 signatures are accepted".into())
-    })?;
+    let rest = authorization(
+        req,
+        "AWS4-HMAC-SHA256 ",
+        "only AWS4-HMAC-SHA256 signatures are accepted",
+    )?;
     let p = auth_params(rest);
     let (Some(credential), Some(signed), Some(signature)) = (
         p.get("Credential"),
@@ -309,12 +320,11 @@ pub fn verify_huawei<'k>(
     req: &Signed<'_>,
     secret_of: impl Fn(&str) -> Option<&'k str>,
 ) -> Result<String, AuthError> {
-    let auth = req
-        .header("authorization")
-        .ok_or_else(|| AuthError::Missing("the request is not signed (no Authorization)".into()))?;
-    let rest = auth
-        .strip_prefix("SDK-HMAC-SHA256 ")
-        .ok_or_else(|| AuthError::Missing("only SDK-HMAC-SHA256 signatures are accepted".into()))?;
+    let rest = authorization(
+        req,
+        "SDK-HMAC-SHA256 ",
+        "only SDK-HMAC-SHA256 signatures are accepted",
+    )?;
     let p = auth_params(rest);
     let (Some(access), Some(signed), Some(signature)) =
         (p.get("Access"), p.get("SignedHeaders"), p.get("Signature"))
@@ -394,12 +404,11 @@ pub fn verify_oci<'k>(
     req: &Signed<'_>,
     key_of: impl Fn(&str) -> Option<&'k openssl::pkey::PKey<openssl::pkey::Public>>,
 ) -> Result<String, AuthError> {
-    let auth = req
-        .header("authorization")
-        .ok_or_else(|| AuthError::Missing("the request is not signed (no Authorization)".into()))?;
-    let rest = auth
-        .strip_prefix("Signature ")
-        .ok_or_else(|| AuthError::Missing("the Authorization header is not a Signature".into()))?;
+    let rest = authorization(
+        req,
+        "Signature ",
+        "the Authorization header is not a Signature",
+    )?;
     let p = quoted_params(rest)
         .ok_or_else(|| AuthError::Missing("the Signature parameters are malformed".into()))?;
     let (Some(key_id), Some(signature)) = (p.get("keyId"), p.get("signature")) else {
