@@ -71,10 +71,11 @@ pub(crate) struct ApiArgs {
     /// zstack.
     #[arg(long, value_name = "API")]
     pub(crate) api: String,
-    /// The job database (SQLite), kept across runs.
+    /// The job database, kept across runs: an SQLite file, or a PostgreSQL URL
+    /// (postgres://USER:PASSWORD@HOST:PORT/DBNAME) shared with other hosts.
     #[arg(
         long,
-        value_name = "FILE",
+        value_name = "FILE|URL",
         env = "IMGCONV_JOBS_DB",
         default_value = "imgconv-jobs.sqlite"
     )]

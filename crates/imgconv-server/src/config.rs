@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use imgconv::{Error, Result};
+use imgconv_export::jobs::StoreLocation;
 use serde::Deserialize;
 
 /// The whole configuration.
@@ -16,8 +17,9 @@ pub struct Config {
     /// The absolute base URL clients reach this service at (ZStack job locations and image
     /// URLs are built on it).
     pub public_url: String,
-    /// The job store (an SQLite file).
-    pub db: PathBuf,
+    /// The job store: an SQLite file (one host), or a PostgreSQL URL
+    /// `postgres://USER:PASSWORD@HOST:PORT/DBNAME` that a fleet of instances shares.
+    pub db: String,
     /// Exports that run at once.
     #[serde(default = "one")]
     pub workers: usize,
@@ -173,7 +175,11 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        abs(&mut c.db);
+        if let StoreLocation::Sqlite(p) = StoreLocation::parse(&c.db) {
+            if p.is_relative() {
+                c.db = base.join(p).to_string_lossy().into_owned();
+            }
+        }
         c.tls_cert.as_mut().map(abs);
         c.tls_key.as_mut().map(abs);
         c.images.values_mut().for_each(abs);

@@ -125,7 +125,7 @@ impl Service {
             &config.storage.secret_access_key,
             None,
         );
-        let store = JobStore::open_with(&config.db, store_options(&config, &credentials))?;
+        let store = JobStore::open_with(config.db.as_str(), store_options(&config, &credentials))?;
         let mut oci_keys = BTreeMap::new();
         for c in &config.callers {
             if let Caller::Oci {

@@ -47,14 +47,22 @@ impl Service {
 }
 
 fn work(svc: &Service) {
-    let store =
-        match JobStore::open_with(&svc.config.db, store_options(&svc.config, &svc.credentials)) {
-            Ok(s) => s,
+    // The store may be out of reach for a while (a database restarting): try again.
+    let store = loop {
+        match JobStore::open_with(
+            svc.config.db.as_str(),
+            store_options(&svc.config, &svc.credentials),
+        ) {
+            Ok(s) => break s,
             Err(e) => {
-                tracing::error!(error = %e, "worker cannot open the job store");
-                return;
+                tracing::error!(error = %e, "worker cannot open the job store; retrying");
+                if svc.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(2));
             }
-        };
+        }
+    };
     let mut seen = 0;
     while !svc.stopping.load(Ordering::SeqCst) {
         // Jobs whose runner (here or on another instance) stopped renewing its lease.

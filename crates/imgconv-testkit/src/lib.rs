@@ -7,14 +7,17 @@
 //!   `x-amz-checksum-crc32c`;
 //! - [`ParServer`] implements OCI Object Storage pre-authenticated requests: a plain PUT, and
 //!   the multipart protocol (`opc-multipart: true`, parts to `<accessUri><partNum>`, commit by
-//!   POST, abort by DELETE).
+//!   POST, abort by DELETE);
+//! - [`pg_database`] makes a fresh database on the test command's PostgreSQL cluster.
 
 mod http;
 mod par;
+mod pg;
 mod proxy;
 mod s3;
 
 pub use par::ParServer;
+pub use pg::{pg_database, PG_URL_VAR};
 pub use proxy::{Fault, FaultProxy, Record, Rule};
 pub use s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imgconv_export::jobs::{JobState, JobStore};
+use imgconv_export::jobs::{JobState, JobStore, StoreLocation};
 use imgconv_testkit::{free_port, Fault, FaultProxy, Rule, S3Server, ACCESS_KEY, SECRET_KEY};
 use serde_json::{json, Value};
 
@@ -87,9 +87,22 @@ struct Setup {
     s3: S3Server,
     oci_key: PathBuf,
     fingerprint: String,
+    /// The `db` setting: `jobs.sqlite` in the folder, or a database on the test cluster.
+    db: String,
+}
+
+/// The job store a test's instances share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 fn setup(name: &str) -> Setup {
+    setup_on(name, Backend::Sqlite)
+}
+
+fn setup_on(name: &str, backend: Backend) -> Setup {
     let dir = scratch(name);
     let src = mixed_source(&dir);
     qemu_make(&src, "qcow2", "cluster_size=65536", &dir.join("web.qcow2"));
@@ -106,6 +119,10 @@ fn setup(name: &str) -> Setup {
             .expect("fingerprint")
             .to_string(),
         oci_key: dir.join("oci.pem"),
+        db: match backend {
+            Backend::Sqlite => "jobs.sqlite".into(),
+            Backend::Postgres => imgconv_testkit::pg_database(name),
+        },
         dir,
         src,
         s3,
@@ -118,7 +135,7 @@ impl Setup {
         format!(
             r#"listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
-db = "jobs.sqlite"
+db = "{db}"
 workers = 1
 request_timeout_secs = 3
 
@@ -172,6 +189,7 @@ password_sha512 = "{pw}"
 "#,
             fp = self.fingerprint,
             pw = sha512_hex(ZS_PASSWORD),
+            db = self.db,
         )
     }
 
@@ -242,7 +260,11 @@ password_sha512 = "{pw}"
     }
 
     fn store(&self) -> JobStore {
-        JobStore::open(self.dir.join("jobs.sqlite")).expect("job store")
+        let location = match StoreLocation::parse(&self.db) {
+            StoreLocation::Sqlite(p) => StoreLocation::Sqlite(self.dir.join(p)),
+            pg => pg,
+        };
+        JobStore::open(location).expect("job store")
     }
 }
 
@@ -909,7 +931,16 @@ fn fleet(s: &Setup, stall: Duration) -> (FaultProxy, Served, Served, String, boo
 
 #[test]
 fn a_stalled_instance_is_fenced_and_another_takes_over_its_export() {
-    let s = setup("serve-fence");
+    stalled_instance_fenced(Backend::Sqlite);
+}
+
+#[test]
+fn on_postgres_a_stalled_instance_is_fenced_and_another_takes_over_its_export() {
+    stalled_instance_fenced(Backend::Postgres);
+}
+
+fn stalled_instance_fenced(backend: Backend) {
+    let s = setup_on(&format!("serve-fence-{backend:?}"), backend);
     let (proxy, a, b, id, a_runs) = fleet(&s, Duration::from_secs(8));
     let (stalled, other) = if a_runs { (&a, &b) } else { (&b, &a) };
     // Stopped past its lease: the other instance takes the job back and completes it.
@@ -937,7 +968,16 @@ fn a_stalled_instance_is_fenced_and_another_takes_over_its_export() {
 
 #[test]
 fn a_killed_instances_export_completes_on_another_after_the_lease() {
-    let s = setup("serve-fleet-kill");
+    killed_instance_taken_over(Backend::Sqlite);
+}
+
+#[test]
+fn on_postgres_a_killed_instances_export_completes_on_another_after_the_lease() {
+    killed_instance_taken_over(Backend::Postgres);
+}
+
+fn killed_instance_taken_over(backend: Backend) {
+    let s = setup_on(&format!("serve-fleet-kill-{backend:?}"), backend);
     let (proxy, mut a, mut b, id, a_runs) = fleet(&s, Duration::from_secs(6));
     let (dead, alive) = if a_runs { (&mut a, &b) } else { (&mut b, &a) };
     dead.signal("-KILL");
@@ -951,7 +991,16 @@ fn a_killed_instances_export_completes_on_another_after_the_lease() {
 
 #[test]
 fn a_cancel_reaches_the_instance_running_the_export_and_one_token_makes_one_job() {
-    let s = setup("serve-fleet-cancel");
+    cancel_across_and_one_token(Backend::Sqlite);
+}
+
+#[test]
+fn on_postgres_a_cancel_reaches_the_instance_running_the_export_and_one_token_makes_one_job() {
+    cancel_across_and_one_token(Backend::Postgres);
+}
+
+fn cancel_across_and_one_token(backend: Backend) {
+    let s = setup_on(&format!("serve-fleet-cancel-{backend:?}"), backend);
     let (_proxy, a, b, id, a_runs) = fleet(&s, Duration::from_secs(20));
     let other = if a_runs { &b } else { &a };
     let r = sdk("aws_cancel", &s.args(other, json!({ "task": id })));
@@ -965,7 +1014,16 @@ fn a_cancel_reaches_the_instance_running_the_export_and_one_token_makes_one_job(
 
 #[test]
 fn zstack_sessions_are_known_to_every_instance_on_the_store() {
-    let s = setup("serve-zstack-fleet");
+    zstack_sessions_shared(Backend::Sqlite);
+}
+
+#[test]
+fn on_postgres_zstack_sessions_are_known_to_every_instance_on_the_store() {
+    zstack_sessions_shared(Backend::Postgres);
+}
+
+fn zstack_sessions_shared(backend: Backend) {
+    let s = setup_on(&format!("serve-zstack-fleet-{backend:?}"), backend);
     let a = s.serve_named("a", &s.s3.endpoint(), "");
     let b = s.serve_named("b", &s.s3.endpoint(), "");
     let out = s.dir.join("zs-fleet.raw");
@@ -981,4 +1039,66 @@ fn zstack_sessions_are_known_to_every_instance_on_the_store() {
     assert_eq!(r["md5_matches"], true, "{r}");
     assert_eq!(r["after_logout"], 401, "{r}");
     s.same(&out, "raw");
+}
+
+#[test]
+fn on_postgres_three_instances_run_24_exports_from_every_api_once_each() {
+    let s = setup_on("serve-pg-three", Backend::Postgres);
+    // Every request to the storage passes a proxy that records it.
+    let proxy = FaultProxy::start(s.s3.port(), vec![]);
+    let instances: Vec<Served> = ["a", "b", "c"]
+        .iter()
+        .map(|n| s.serve_named(n, &proxy.endpoint(), "lease_secs = 5\n"))
+        .collect();
+    let out = s.dir.join("fleet");
+    std::fs::create_dir_all(&out).expect("out");
+    let endpoints: Vec<String> = instances.iter().map(Served::url).collect();
+    let r = sdk(
+        "fleet_round_robin",
+        &s.args(
+            &instances[0],
+            json!({ "image": AMI, "oci_image": OCI_IMAGE, "hw_image": HW_IMAGE,
+                    "endpoints": endpoints, "count": 24, "out": out }),
+        ),
+    );
+    let exports = r["exports"].as_array().expect("exports");
+    assert_eq!(exports.len(), 24, "{r}");
+    // Every poll through every instance saw the same final state.
+    for e in exports {
+        let seen = e["seen"].as_array().expect("seen");
+        assert_eq!(seen.len(), 3, "{e}");
+        assert!(seen.iter().all(|v| *v == seen[0]), "{e}");
+        s.same(
+            Path::new(e["file"].as_str().expect("file")),
+            e["format"].as_str().expect("format"),
+        );
+    }
+    // Each job ran once (one attempt) and its object was published once.
+    let store = s.store();
+    let mut jobs = vec![];
+    for p in ["aws", "oci", "huawei-ims"] {
+        jobs.extend(store.list(p).expect("list"));
+    }
+    assert_eq!(jobs.len(), 24);
+    assert!(
+        jobs.iter()
+            .all(|j| j.state == JobState::Completed && j.attempts == 1),
+        "{jobs:?}"
+    );
+    let records = proxy.records();
+    for e in exports {
+        let key = e["key"].as_str().expect("key");
+        let publications = records
+            .iter()
+            .filter(|rec| rec.target.contains(key))
+            .filter(|rec| {
+                (rec.method == "POST" && rec.target.contains("uploadId="))
+                    || (rec.method == "PUT" && !rec.target.contains("partNumber="))
+            })
+            .count();
+        assert_eq!(publications, 1, "{key} published {publications} times");
+    }
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+    let runners: std::collections::BTreeSet<_> = jobs.iter().map(|j| j.runner_pid).collect();
+    eprintln!("24 exports ran on {} instances", runners.len());
 }

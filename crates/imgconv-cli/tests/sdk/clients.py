@@ -570,6 +570,66 @@ def poll_load(a):
     return {"requests": len(lat), "failures": len(failures), "p50": p(0.5), "p99": p(0.99), "first_failure": failures[:1]}
 
 
+def fleet_round_robin(a):
+    """`count` exports, each sent to the next of `endpoints` and the next API in turn (EC2
+    RAW, OCI QCOW2, IMS VHD); each polled through every instance until it ends, the final
+    states compared across instances; the objects downloaded into `out`."""
+    import oci
+    from huaweicloudsdkims.v2 import ExportImageRequest, ExportImageRequestBody, ShowJobRequest
+
+    jobs = []
+    for i in range(a["count"]):
+        endpoint = a["endpoints"][i % len(a["endpoints"])]
+        api = ["aws", "oci", "huawei"][(i // len(a["endpoints"])) % 3]
+        e = {**a, "endpoint": endpoint}
+        if api == "aws":
+            r = ec2_client(e).export_image(
+                DiskImageFormat="RAW", ImageId=a["image"],
+                S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": f"fleet/aws-{i}/"})
+            job = r["ExportImageTaskId"]
+            key, fmt = f"fleet/aws-{i}/{job}.raw", "raw"
+        elif api == "oci":
+            d = oci.core.models.ExportImageViaObjectStorageTupleDetails(
+                bucket_name=a["bucket"], namespace_name=a["namespace"],
+                object_name=f"fleet/oci-{i}.qcow2", export_format="QCOW2")
+            job = oci_compute(e).export_image(a["oci_image"], d).headers["opc-work-request-id"]
+            key, fmt = f"fleet/oci-{i}.qcow2", "qcow2"
+        else:
+            ims, _ = huawei_clients(e)
+            job = ims.export_image(ExportImageRequest(image_id=a["hw_image"], body=ExportImageRequestBody(
+                bucket_url=f"{a['bucket']}:fleet/hw-{i}.vhd", file_format="vhd"))).job_id
+            key, fmt = f"fleet/hw-{i}.vhd", "vpc"
+        jobs.append({"api": api, "job": job, "key": key, "format": fmt, "sent_to": endpoint})
+
+    def status(api, endpoint, job):
+        e = {**a, "endpoint": endpoint}
+        if api == "aws":
+            return ec2_client(e).describe_export_image_tasks(ExportImageTaskIds=[job])["ExportImageTasks"][0]["Status"]
+        if api == "oci":
+            wr = oci.work_requests.WorkRequestClient(oci_config(e), service_endpoint=endpoint)
+            return wr.get_work_request(job).data.status
+        ims, _ = huawei_clients(e)
+        return ims.show_job(ShowJobRequest(job_id=job)).status
+
+    ended = {"aws": ("completed", "deleted"), "oci": ("SUCCEEDED", "FAILED", "CANCELED"), "huawei": ("SUCCESS", "FAIL")}
+    deadline = time.time() + WAIT
+    n = 0
+    for j in jobs:
+        while True:
+            # Each poll goes to the next instance.
+            st = status(j["api"], a["endpoints"][n % len(a["endpoints"])], j["job"])
+            n += 1
+            if st in ended[j["api"]]:
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"{j} did not end")
+            time.sleep(0.1)
+        j["seen"] = [status(j["api"], ep, j["job"]) for ep in a["endpoints"]]
+        j["file"] = f"{a['out']}/{j['key'].replace('/', '_')}"
+        download(a, a["bucket"], j["key"], j["file"])
+    return {"exports": jobs}
+
+
 if __name__ == "__main__":
     scenario, args = sys.argv[1], json.loads(sys.argv[2])
     print(json.dumps(globals()[scenario](args)))

@@ -23,10 +23,12 @@
 //! attempt count, and the image catalogue (images that exports made, such as Huawei EVS's
 //! `os-volume_upload_image`).
 
+mod db;
 mod model;
 mod runner;
 mod store;
 
+pub use db::StoreLocation;
 pub use model::{
     fingerprint, ImageRecord, Job, JobResult, JobSpec, JobState, Recovery, StoreOptions, Submitted,
     TargetSpec, MAX_ATTEMPTS, TOKEN_LIFETIME,

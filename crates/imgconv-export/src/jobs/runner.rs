@@ -5,15 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::db::{vals, Db};
+use super::model::*;
+use super::store::{host, now, now_ms, start_time, JobStore};
+use crate::{export, Credentials, ParConfig, ParUrl, S3Config, S3Location, Target};
 use imgconv::{
     open_image, CancelToken, ConvertOptions, Error, ErrorKind, Format, Progress, Result,
     WriterOptions,
 };
-use rusqlite::{params, Connection, OptionalExtension};
-
-use super::model::*;
-use super::store::{db_err, host, now, now_ms, start_time, JobStore};
-use crate::{export, Credentials, ParConfig, ParUrl, S3Config, S3Location, Target};
 
 impl JobStore {
     /// Run a queued job in this process to its end; the job as it ended. `credentials` are
@@ -60,29 +59,46 @@ impl JobStore {
         credentials: Option<Credentials>,
         cancel: &CancelToken,
     ) -> Result<Option<Job>> {
-        loop {
-            // A stopped runner claims nothing more.
-            if cancel.is_cancelled() {
-                return Ok(None);
-            }
-            let next: Option<String> = self
-                .conn
-                .query_row(
-                    "SELECT id FROM jobs WHERE (?1 IS NULL OR provider = ?1) \
-                     AND state = 'queued' ORDER BY created, rowid LIMIT 1",
-                    params![provider],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db_err)?;
-            let Some(id) = next else {
-                return Ok(None);
-            };
-            // Another worker may have taken it since: then look again.
-            if let Some(token) = self.claim(&id)? {
-                return self.run_claimed(&id, token, credentials, cancel).map(Some);
-            }
+        // A stopped runner claims nothing more.
+        if cancel.is_cancelled() {
+            return Ok(None);
         }
+        // The oldest queued job, claimed in one statement. PostgreSQL locks the row it
+        // picks and skips rows that other workers' claims hold.
+        let dialect = self.db.dialect();
+        let pid = std::process::id();
+        let claimed = self.db.query_opt(
+            &format!(
+                "UPDATE jobs SET state = 'active', message = 'converting', runner_pid = ?2, \
+                 runner_start = ?3, updated = ?4, attempts = attempts + 1, \
+                 lease_until = ?5, lease_owner = ?6 WHERE state = 'queued' AND id = (\
+                 SELECT id FROM jobs WHERE (CAST(?1 AS TEXT) IS NULL OR provider = ?1) \
+                 AND state = 'queued' ORDER BY created, {} LIMIT 1{}) \
+                 RETURNING id, attempts",
+                dialect.fifo(),
+                dialect.skip_locked()
+            ),
+            vals![
+                provider,
+                pid,
+                start_time(pid),
+                now(),
+                self.lease_until(),
+                host()
+            ],
+        )?;
+        // None: nothing queued (or, on PostgreSQL, all of it being claimed by others).
+        let Some(row) = claimed else {
+            return Ok(None);
+        };
+        let id: String = row.get(0)?;
+        let token: u32 = row.get(1)?;
+        self.run_claimed(&id, token, credentials, cancel).map(Some)
+    }
+
+    /// Until when a claim made now holds, in milliseconds (with leases).
+    fn lease_until(&self) -> Option<i64> {
+        self.options.lease.map(|l| now_ms() + l.as_millis() as i64)
     }
 
     /// Mark a queued job active, this process its runner (with a lease when the store has
@@ -90,17 +106,15 @@ impl JobStore {
     /// it is not queued (another runner took it).
     pub(super) fn claim(&self, id: &str) -> Result<Option<u32>> {
         let pid = std::process::id();
-        let lease_until = self.options.lease.map(|l| now_ms() + l.as_millis() as i64);
-        self.conn
-            .query_row(
+        self.db
+            .query_opt(
                 "UPDATE jobs SET state = 'active', message = 'converting', runner_pid = ?2, \
                  runner_start = ?3, updated = ?4, attempts = attempts + 1, lease_until = ?5, \
                  lease_owner = ?6 WHERE id = ?1 AND state = 'queued' RETURNING attempts",
-                params![id, pid, start_time(pid), now(), lease_until, host()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)
+                vals![id, pid, start_time(pid), now(), self.lease_until(), host()],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
     }
 
     /// Write an outcome of attempt `token`; nothing when the job is no longer that attempt's.
@@ -111,13 +125,11 @@ impl JobStore {
         state: JobState,
         message: &str,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE jobs SET state = ?3, message = ?4, updated = ?5, lease_until = NULL \
-                 WHERE id = ?1 AND attempts = ?2 AND state = 'active'",
-                params![id, token, state.name(), message, now()],
-            )
-            .map_err(db_err)?;
+        self.db.execute(
+            "UPDATE jobs SET state = ?3, message = ?4, updated = ?5, lease_until = NULL \
+             WHERE id = ?1 AND attempts = ?2 AND state = 'active'",
+            vals![id, token, state.name(), message, now()],
+        )?;
         Ok(())
     }
 
@@ -133,10 +145,8 @@ impl JobStore {
         // The job's own token: tripped by a recorded cancellation or by the runner's token.
         let outer = cancel.clone();
         let cancel = CancelToken::new();
-        let db = Connection::open(&self.path).map_err(db_err)?;
-        db.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
         let progress = DbProgress {
-            db: Mutex::new((db, 0, Instant::now())),
+            db: Mutex::new((self.connect()?, 0, Instant::now())),
             id: id.to_string(),
             token,
             total: AtomicU64::new(0),
@@ -150,8 +160,8 @@ impl JobStore {
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lease = self.options.lease;
         let watcher = {
-            let (path, id, cancel, outer, stop, lost) = (
-                self.path.clone(),
+            let (location, id, cancel, outer, stop, lost) = (
+                self.location.clone(),
                 id.to_string(),
                 cancel.clone(),
                 outer.clone(),
@@ -159,10 +169,9 @@ impl JobStore {
                 lost.clone(),
             );
             std::thread::spawn(move || {
-                let Ok(db) = Connection::open(&path) else {
+                let Ok(db) = Db::open(&location) else {
                     return;
                 };
-                let _ = db.busy_timeout(Duration::from_secs(10));
                 let mut renewed = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     if let Some(lease) = lease.filter(|l| renewed.elapsed() >= *l / 3) {
@@ -170,9 +179,9 @@ impl JobStore {
                         let held = db.execute(
                             "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND attempts = ?2 \
                              AND state = 'active'",
-                            params![id, token, now_ms() + lease.as_millis() as i64],
+                            vals![&id, token, now_ms() + lease.as_millis() as i64],
                         );
-                        if held == Ok(0) {
+                        if matches!(held, Ok(0)) {
                             lost.store(true, Ordering::SeqCst);
                             cancel.cancel();
                             return;
@@ -183,13 +192,14 @@ impl JobStore {
                         return;
                     }
                     let asked = db
-                        .query_row(
+                        .query_opt(
                             "SELECT cancel_requested FROM jobs WHERE id = ?1",
-                            params![id],
-                            |r| r.get::<_, i64>(0),
+                            vals![&id],
                         )
-                        .map(|v| v != 0)
-                        .unwrap_or(false);
+                        .ok()
+                        .flatten()
+                        .and_then(|r| r.get::<i64>(0).ok())
+                        .is_some_and(|v| v != 0);
                     if asked {
                         cancel.cancel();
                         return;
@@ -201,14 +211,13 @@ impl JobStore {
         // The upload's handle goes into the job, so that a later process can abort it if this
         // one dies.
         let recorder = {
-            let db = Mutex::new(Connection::open(&self.path).map_err(db_err)?);
+            let db = Mutex::new(self.connect()?);
             let id = id.to_string();
             crate::UploadHook(std::sync::Arc::new(move |upload: &str| {
                 if let Ok(db) = db.lock() {
-                    let _ = db.busy_timeout(Duration::from_secs(10));
                     let _ = db.execute(
                         "UPDATE jobs SET upload = ?2 WHERE id = ?1 AND attempts = ?3",
-                        params![id, upload, token],
+                        vals![&id, upload, token],
                     );
                 }
             }))
@@ -220,20 +229,20 @@ impl JobStore {
         // Right before the object is published: still this attempt's job, with time left on
         // its lease (a third of it, so that no reclaim can come before the publication).
         let gate = {
-            let db = Mutex::new(Connection::open(&self.path).map_err(db_err)?);
+            let db = Mutex::new(self.connect()?);
             let id = id.to_string();
             crate::PublishGate(std::sync::Arc::new(move || {
                 let db = db
                     .lock()
                     .map_err(|_| Error::new(ErrorKind::Io, "job database lock"))?;
-                let _ = db.busy_timeout(Duration::from_secs(10));
-                let (state, attempts, until): (String, u32, Option<i64>) = db
-                    .query_row(
+                let row = db
+                    .query_opt(
                         "SELECT state, attempts, lease_until FROM jobs WHERE id = ?1",
-                        params![id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .map_err(db_err)?;
+                        vals![&id],
+                    )?
+                    .ok_or_else(|| Error::new(ErrorKind::NotFound, "the job is gone"))?;
+                let (state, attempts, until): (String, u32, Option<i64>) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
                 let margin = lease.map(|l| l.as_millis() as i64 / 3).unwrap_or(0);
                 let held = state == "active"
                     && attempts == token
@@ -258,30 +267,26 @@ impl JobStore {
         match outcome {
             Ok(r) => {
                 let text = serde_json::to_string(&r).unwrap_or_default();
-                self.conn
-                    .execute(
-                        "UPDATE jobs SET state = 'completed', progress = 100, message = \
-                         'completed', result = ?2, updated = ?3, lease_until = NULL \
-                         WHERE id = ?1 AND attempts = ?4 AND state = 'active'",
-                        params![id, text, now(), token],
-                    )
-                    .map_err(db_err)?;
+                self.db.execute(
+                    "UPDATE jobs SET state = 'completed', progress = 100, message = \
+                     'completed', result = ?2, updated = ?3, lease_until = NULL \
+                     WHERE id = ?1 AND attempts = ?4 AND state = 'active'",
+                    vals![id, text, now(), token],
+                )?;
             }
             Err(e) if e.kind() == ErrorKind::Cancelled => {
                 let asked = self.get(id)?.cancel_requested;
                 if !asked && outer.is_cancelled() && self.options.interrupt_requeues {
                     // The runner stopped (a service shutting down): the next start runs it
                     // again. Its upload was aborted when the export stopped.
-                    self.conn
-                        .execute(
-                            "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
-                             runner_pid = NULL, runner_start = NULL, attempts = \
-                             MAX(attempts - 1, 0), message = 'requeued: the service stopped', \
-                             lease_until = NULL, lease_owner = NULL, updated = ?2 \
-                             WHERE id = ?1 AND attempts = ?3 AND state = 'active'",
-                            params![id, now(), token],
-                        )
-                        .map_err(db_err)?;
+                    self.db.execute(
+                        "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
+                         runner_pid = NULL, runner_start = NULL, attempts = CASE WHEN \
+                         attempts > 0 THEN attempts - 1 ELSE 0 END, message = 'requeued: the \
+                         service stopped', lease_until = NULL, lease_owner = NULL, \
+                         updated = ?2 WHERE id = ?1 AND attempts = ?3 AND state = 'active'",
+                        vals![id, now(), token],
+                    )?;
                 } else {
                     self.set_fenced(id, token, JobState::Cancelled, "cancelled")?;
                 }
@@ -294,7 +299,7 @@ impl JobStore {
 
 /// Progress into the database (at most every whole percent or second).
 struct DbProgress {
-    db: Mutex<(Connection, u8, Instant)>,
+    db: Mutex<(Db, u8, Instant)>,
     id: String,
     token: u32,
     total: AtomicU64,
@@ -322,7 +327,7 @@ impl Progress for DbProgress {
         let _ = db.0.execute(
             "UPDATE jobs SET progress = ?2, updated = ?3 WHERE id = ?1 AND attempts = ?4 \
              AND state = 'active'",
-            params![self.id, pct, now(), self.token],
+            vals![&self.id, pct, now(), self.token],
         );
     }
 }

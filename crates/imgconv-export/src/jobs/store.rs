@@ -1,21 +1,30 @@
-//! The SQLite job store: schema and migrations, submission with client tokens, queries,
-//! cancellation, the image catalogue, and recovery of dead processes' jobs.
+//! The job store: schema and migrations (SQLite or PostgreSQL), submission with client
+//! tokens, queries, cancellation, the image catalogue, sessions, and recovery of dead
+//! processes' and lapsed leases' jobs.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use imgconv::{Error, ErrorKind, Result};
-use rusqlite::{params, Connection, OptionalExtension};
 
+use super::db::{vals, Db, Dialect, Row, StoreLocation};
 use super::model::*;
 use super::runner::abort_upload;
 use crate::Credentials;
 
 /// The job database.
 pub struct JobStore {
-    pub(super) conn: Connection,
-    pub(super) path: PathBuf,
+    pub(super) db: Db,
+    pub(super) location: StoreLocation,
     pub(super) options: StoreOptions,
+}
+
+impl std::fmt::Debug for JobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(super) fn now() -> u64 {
@@ -23,10 +32,6 @@ pub(super) fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-pub(super) fn db_err(e: rusqlite::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("job database: {e}"))
 }
 
 /// This process's start time in clock ticks since boot (with the pid, it names the process).
@@ -96,6 +101,68 @@ CREATE TABLE sessions (
 );
 ";
 
+/// SQLite's migrations: the statements that bring version N-1 to N.
+const SQLITE_STEPS: [(i64, &str); 4] = [
+    (1, SCHEMA_V1),
+    (2, SCHEMA_V2),
+    (3, SCHEMA_V3),
+    (4, SCHEMA_V4),
+];
+
+/// PostgreSQL's schema at version 4 (PostgreSQL stores start there). Integers are `BIGINT`;
+/// `seq` keeps submission order within a second; the queue index serves claims.
+const PG_V4: &str = "
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    seq BIGSERIAL NOT NULL,
+    provider TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cancel_requested BIGINT NOT NULL DEFAULT 0,
+    progress BIGINT NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    spec TEXT NOT NULL,
+    request TEXT NOT NULL,
+    result TEXT,
+    upload TEXT,
+    runner_pid BIGINT,
+    runner_start BIGINT,
+    created BIGINT NOT NULL,
+    updated BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    lease_until BIGINT,
+    lease_owner TEXT
+);
+CREATE INDEX jobs_queue ON jobs (state, created, seq);
+CREATE TABLE tokens (
+    provider TEXT NOT NULL,
+    token TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (provider, token)
+);
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    disk_format TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    created BIGINT NOT NULL
+);
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    expires BIGINT NOT NULL
+);
+";
+
+/// PostgreSQL's migrations, as SQLite's.
+const PG_STEPS: [(i64, &str); 1] = [(4, PG_V4)];
+
+/// The key of the advisory lock that serialises migrations of a PostgreSQL store (instances
+/// of a fleet that start at once migrate it once).
+const PG_MIGRATION_LOCK: i64 = 0x696d_6763_6f6e_7601;
+
 /// Milliseconds since the epoch.
 pub(super) fn now_ms() -> i64 {
     SystemTime::now()
@@ -116,62 +183,95 @@ fn session_hash(id: &str) -> String {
     fingerprint(&serde_json::Value::String(id.to_string()))
 }
 
-/// Bring the database to [`SCHEMA_VERSION`], one version at a time, in one transaction.
-fn migrate(conn: &mut Connection) -> Result<()> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(db_err)?;
-    let version: i64 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(db_err)?;
-    if version > SCHEMA_VERSION {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "job database: schema version {version} is newer than this imgconv's \
-                 ({SCHEMA_VERSION})"
-            ),
-        ));
+/// The schema version a database records (0: none yet).
+pub(super) fn schema_version(db: &Db) -> Result<i64> {
+    match db.dialect() {
+        Dialect::Sqlite => db
+            .query_opt("PRAGMA user_version", &[])?
+            .map(|r| r.get(0))
+            .unwrap_or(Ok(0)),
+        Dialect::Postgres => {
+            db.batch("CREATE TABLE IF NOT EXISTS imgconv_schema (version BIGINT NOT NULL)")?;
+            db.query_opt("SELECT MAX(version) FROM imgconv_schema", &[])?
+                .map(|r| r.get::<Option<i64>>(0).map(|v| v.unwrap_or(0)))
+                .unwrap_or(Ok(0))
+        }
     }
-    if version < 1 {
-        tx.execute_batch(SCHEMA_V1).map_err(db_err)?;
-    }
-    if version < 2 {
-        tx.execute_batch(SCHEMA_V2).map_err(db_err)?;
-    }
-    if version < 3 {
-        tx.execute_batch(SCHEMA_V3).map_err(db_err)?;
-    }
-    if version < 4 {
-        tx.execute_batch(SCHEMA_V4).map_err(db_err)?;
-    }
-    if version < SCHEMA_VERSION {
-        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            .map_err(db_err)?;
-    }
-    tx.commit().map_err(db_err)
 }
 
+/// Bring the database to [`SCHEMA_VERSION`], one version at a time, in one transaction.
+fn migrate(db: &Db) -> Result<()> {
+    db.transaction(|tx| {
+        if tx.dialect() == Dialect::Postgres {
+            tx.execute("SELECT pg_advisory_xact_lock(?1)", vals![PG_MIGRATION_LOCK])?;
+        }
+        let version = schema_version(tx)?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "job database: schema version {version} is newer than this imgconv's \
+                     ({SCHEMA_VERSION})"
+                ),
+            ));
+        }
+        let steps: &[(i64, &str)] = match tx.dialect() {
+            Dialect::Sqlite => &SQLITE_STEPS,
+            Dialect::Postgres => &PG_STEPS,
+        };
+        for (to, sql) in steps {
+            if version < *to {
+                tx.batch(sql)?;
+            }
+        }
+        if version < SCHEMA_VERSION {
+            match tx.dialect() {
+                Dialect::Sqlite => tx.batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?,
+                Dialect::Postgres => {
+                    tx.execute("DELETE FROM imgconv_schema", &[])?;
+                    tx.execute(
+                        "INSERT INTO imgconv_schema (version) VALUES (?1)",
+                        vals![SCHEMA_VERSION],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The columns [`row_to_job`] reads.
+const JOB_COLUMNS: &str = "id, provider, state, cancel_requested, progress, message, spec, \
+                           request, result, created, updated, attempts, runner_pid";
+
 impl JobStore {
-    /// Open (or create) the database at `path`, and mark failed the jobs whose process is gone.
-    pub fn open(path: impl AsRef<Path>) -> Result<JobStore> {
-        JobStore::open_with(path, StoreOptions::default())
+    /// Open (or create) the store at `location` (a SQLite file, or a `postgres://` URL),
+    /// and mark failed the jobs whose process is gone.
+    pub fn open(location: impl Into<StoreLocation>) -> Result<JobStore> {
+        JobStore::open_with(location, StoreOptions::default())
     }
 
-    /// Open (or create) the database at `path`, migrating it to [`SCHEMA_VERSION`], and
+    /// Open (or create) the store at `location`, migrating it to [`SCHEMA_VERSION`], and
     /// recover the jobs whose process is gone as `options` say.
-    pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<JobStore> {
-        let path = path.as_ref().to_path_buf();
-        let mut conn = Connection::open(&path).map_err(db_err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
-        migrate(&mut conn)?;
+    pub fn open_with(
+        location: impl Into<StoreLocation>,
+        options: StoreOptions,
+    ) -> Result<JobStore> {
+        let location = location.into();
+        let db = Db::open(&location)?;
+        migrate(&db)?;
         let store = JobStore {
-            conn,
-            path,
+            db,
+            location,
             options,
         };
         store.recover()?;
         Ok(store)
+    }
+
+    /// A new connection to the same database (a runner's helper threads each have one).
+    pub(super) fn connect(&self) -> Result<Db> {
+        Db::open(&self.location)
     }
 
     /// The credentials jobs use: the store's, else the environment's.
@@ -182,42 +282,24 @@ impl JobStore {
         }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store lives.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
     }
 
     fn recover(&self) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, runner_pid, runner_start, upload, spec, attempts FROM jobs \
-                 WHERE state = 'active' AND (lease_owner IS NULL OR lease_owner = ?1)",
-            )
-            .map_err(db_err)?;
-        type Row = (
-            String,
-            Option<u32>,
-            Option<u64>,
-            Option<String>,
-            String,
-            u32,
-        );
-        let rows: Vec<Row> = stmt
-            .query_map(params![host()], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .map_err(db_err)?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err)?;
-        for (id, pid, started, upload, spec, attempts) in rows {
+        let rows = self.db.query(
+            "SELECT id, runner_pid, runner_start, upload, spec, attempts FROM jobs \
+             WHERE state = 'active' AND (lease_owner IS NULL OR lease_owner = ?1)",
+            vals![host()],
+        )?;
+        for row in rows {
+            let id: String = row.get(0)?;
+            let pid: Option<u32> = row.get(1)?;
+            let started: Option<u64> = row.get(2)?;
+            let upload: Option<String> = row.get(3)?;
+            let spec: String = row.get(4)?;
+            let attempts: u32 = row.get(5)?;
             let alive = match (pid, started) {
                 (Some(p), Some(s)) => start_time(p) == Some(s),
                 _ => false,
@@ -242,30 +324,28 @@ impl JobStore {
                 }
             }
             if self.options.recovery == Recovery::Requeue && attempts < MAX_ATTEMPTS {
-                self.conn
-                    .execute(
-                        "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
-                         runner_pid = NULL, runner_start = NULL, message = ?2, updated = ?3 \
-                         WHERE id = ?1 AND state = 'active'",
-                        params![
-                            id,
-                            format!("requeued (attempt {attempts} of {MAX_ATTEMPTS}): {message}"),
-                            now()
-                        ],
-                    )
-                    .map_err(db_err)?;
+                self.db.execute(
+                    "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
+                     runner_pid = NULL, runner_start = NULL, lease_until = NULL, \
+                     lease_owner = NULL, message = ?2, updated = ?3 \
+                     WHERE id = ?1 AND state = 'active' AND attempts = ?4",
+                    vals![
+                        &id,
+                        format!("requeued (attempt {attempts} of {MAX_ATTEMPTS}): {message}"),
+                        now(),
+                        attempts
+                    ],
+                )?;
                 continue;
             }
             if self.options.recovery == Recovery::Requeue {
                 message = format!("{message} (after {attempts} attempts)");
             }
-            self.conn
-                .execute(
-                    "UPDATE jobs SET state = 'failed', message = ?2, updated = ?3 \
-                     WHERE id = ?1 AND state = 'active'",
-                    params![id, message, now()],
-                )
-                .map_err(db_err)?;
+            self.db.execute(
+                "UPDATE jobs SET state = 'failed', message = ?2, updated = ?3, \
+                 lease_until = NULL WHERE id = ?1 AND state = 'active' AND attempts = ?4",
+                vals![&id, message, now(), attempts],
+            )?;
         }
         Ok(())
     }
@@ -276,23 +356,17 @@ impl JobStore {
     /// then on (they carry its attempt number).
     pub fn reclaim_expired(&self) -> Result<usize> {
         let t = now_ms();
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, upload, spec, attempts FROM jobs WHERE state = 'active' \
-                 AND lease_until IS NOT NULL AND lease_until < ?1",
-            )
-            .map_err(db_err)?;
-        type Row = (String, Option<String>, String, u32);
-        let rows: Vec<Row> = stmt
-            .query_map(params![t], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .map_err(db_err)?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err)?;
+        let rows = self.db.query(
+            "SELECT id, upload, spec, attempts FROM jobs WHERE state = 'active' \
+             AND lease_until IS NOT NULL AND lease_until < ?1",
+            vals![t],
+        )?;
         let mut n = 0;
-        for (id, upload, spec, attempts) in rows {
+        for row in rows {
+            let id: String = row.get(0)?;
+            let upload: Option<String> = row.get(1)?;
+            let spec: String = row.get(2)?;
+            let attempts: u32 = row.get(3)?;
             let mut message = format!("the runner's lease lapsed during attempt {attempts}");
             if let Some(upload) = upload {
                 let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
@@ -311,22 +385,20 @@ impl JobStore {
             } else {
                 "queued"
             };
-            n += self
-                .conn
-                .execute(
-                    "UPDATE jobs SET state = ?3, message = ?4, progress = 0, upload = NULL, \
-                     runner_pid = NULL, runner_start = NULL, lease_until = NULL, \
-                     lease_owner = NULL, updated = ?5 WHERE id = ?1 AND attempts = ?2 \
-                     AND state = 'active' AND lease_until < ?6",
-                    params![id, attempts, state, message, now(), t],
-                )
-                .map_err(db_err)?;
+            n += self.db.execute(
+                "UPDATE jobs SET state = ?3, message = ?4, progress = 0, upload = NULL, \
+                 runner_pid = NULL, runner_start = NULL, lease_until = NULL, \
+                 lease_owner = NULL, updated = ?5 WHERE id = ?1 AND attempts = ?2 \
+                 AND state = 'active' AND lease_until < ?6",
+                vals![&id, attempts, state, message, now(), t],
+            )?;
         }
         Ok(n)
     }
 
     /// Submit a job, honouring `token` as the APIs define idempotency. `request` is what the
-    /// responses echo; `fingerprint` tells requests apart under one token.
+    /// responses echo; `fingerprint` tells requests apart under one token. The database
+    /// enforces one job per provider and token, however many processes submit at once.
     pub fn submit(
         &mut self,
         provider: &str,
@@ -337,89 +409,76 @@ impl JobStore {
         request: &serde_json::Value,
     ) -> Result<Submitted> {
         let t = now();
-        // Immediate: two submissions with one token, from two processes, are serialised.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db_err)?;
-        if let Some(token) = token {
-            let found: Option<(String, String, u64)> = tx
-                .query_row(
-                    "SELECT fingerprint, job_id, created FROM tokens \
-                     WHERE provider = ?1 AND token = ?2",
-                    params![provider, token],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
-                .map_err(db_err)?;
-            if let Some((fp, job_id, created)) = found {
-                if t.saturating_sub(created) < TOKEN_LIFETIME.as_secs() {
+        let spec_text = serde_json::to_string(spec)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("job spec: {e}")))?;
+        let existing = self.db.transaction(|tx| {
+            if let Some(token) = token {
+                // Take the token (or the place of an expired one). A concurrent submission
+                // with the same token waits here for this one's outcome and then finds it.
+                let expired_before = t.saturating_sub(TOKEN_LIFETIME.as_secs());
+                let took = tx.execute(
+                    "INSERT INTO tokens (provider, token, fingerprint, job_id, created) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (provider, token) DO UPDATE SET \
+                     fingerprint = excluded.fingerprint, job_id = excluded.job_id, \
+                     created = excluded.created WHERE tokens.created <= ?6",
+                    vals![provider, token, fingerprint, id, t, expired_before],
+                )?;
+                if took == 0 {
+                    let row = tx
+                        .query_opt(
+                            "SELECT fingerprint, job_id FROM tokens \
+                             WHERE provider = ?1 AND token = ?2",
+                            vals![provider, token],
+                        )?
+                        .ok_or_else(|| Error::new(ErrorKind::Io, "job database: token lost"))?;
+                    let (fp, job_id): (String, String) = (row.get(0)?, row.get(1)?);
                     if fp != fingerprint {
                         return Err(Error::new(
                             ErrorKind::AlreadyExists,
                             "the client token was already used with a different request",
                         ));
                     }
-                    drop(tx);
-                    return Ok(Submitted::Existing(self.get(&job_id)?));
+                    return Ok(Some(job_id));
                 }
-                tx.execute(
-                    "DELETE FROM tokens WHERE provider = ?1 AND token = ?2",
-                    params![provider, token],
-                )
-                .map_err(db_err)?;
             }
-        }
-        let spec_text = serde_json::to_string(spec)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("job spec: {e}")))?;
-        tx.execute(
-            "INSERT INTO jobs (id, provider, state, spec, request, created, updated) \
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?5)",
-            params![id, provider, spec_text, request.to_string(), t],
-        )
-        .map_err(db_err)?;
-        if let Some(token) = token {
             tx.execute(
-                "INSERT INTO tokens (provider, token, fingerprint, job_id, created) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![provider, token, fingerprint, id, t],
-            )
-            .map_err(db_err)?;
+                "INSERT INTO jobs (id, provider, state, spec, request, created, updated) \
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?5)",
+                vals![id, provider, &spec_text, request.to_string(), t],
+            )?;
+            Ok(None)
+        })?;
+        match existing {
+            Some(job_id) => Ok(Submitted::Existing(self.get(&job_id)?)),
+            None => Ok(Submitted::New(self.get(id)?)),
         }
-        tx.commit().map_err(db_err)?;
-        Ok(Submitted::New(self.get(id)?))
     }
 
     /// One job.
     pub fn get(&self, id: &str) -> Result<Job> {
-        self.conn
-            .query_row(
-                "SELECT id, provider, state, cancel_requested, progress, message, spec, request, \
-                 result, created, updated, attempts, runner_pid FROM jobs WHERE id = ?1",
-                params![id],
-                row_to_job,
-            )
-            .optional()
-            .map_err(db_err)?
+        self.db
+            .query_opt(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                vals![id],
+            )?
+            .map(|r| row_to_job(&r))
+            .transpose()?
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no export job '{id}'")))
     }
 
     /// The jobs of a provider, newest first.
     pub fn list(&self, provider: &str) -> Result<Vec<Job>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, provider, state, cancel_requested, progress, message, spec, request, \
-                 result, created, updated, attempts, runner_pid FROM jobs WHERE provider = ?1 \
-                 ORDER BY created DESC, id",
-            )
-            .map_err(db_err)?;
-        let jobs = stmt
-            .query_map(params![provider], row_to_job)
-            .map_err(db_err)?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(db_err)?;
-        Ok(jobs)
+        self.db
+            .query(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ?1 \
+                     ORDER BY created DESC, id"
+                ),
+                vals![provider],
+            )?
+            .iter()
+            .map(row_to_job)
+            .collect()
     }
 
     /// Record the image that job `job_id` makes, stored at `path`.
@@ -431,158 +490,128 @@ impl JobStore {
         disk_format: &str,
         job_id: &str,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO images (id, name, path, disk_format, job_id, created) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, name, path.to_string_lossy(), disk_format, job_id, now()],
-            )
-            .map_err(db_err)?;
+        self.db.execute(
+            "INSERT INTO images (id, name, path, disk_format, job_id, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            vals![
+                id,
+                name,
+                path.to_string_lossy().into_owned(),
+                disk_format,
+                job_id,
+                now()
+            ],
+        )?;
         Ok(())
     }
 
     /// An image that an export made, with the state of the job that makes it; `None` when
     /// no such image was registered.
     pub fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
-        let row: Option<(String, String, String, String, String, u64)> = self
-            .conn
-            .query_row(
-                "SELECT id, name, path, disk_format, job_id, created FROM images WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(db_err)?;
-        let Some((id, name, path, disk_format, job_id, created)) = row else {
+        let Some(row) = self.db.query_opt(
+            "SELECT id, name, path, disk_format, job_id, created FROM images WHERE id = ?1",
+            vals![id],
+        )?
+        else {
             return Ok(None);
         };
+        let job_id: String = row.get(4)?;
         let job = self.get(&job_id)?;
         Ok(Some(ImageRecord {
-            id,
-            name,
-            path: PathBuf::from(path),
-            disk_format,
+            id: row.get(0)?,
+            name: row.get(1)?,
+            path: PathBuf::from(row.get::<String>(2)?),
+            disk_format: row.get(3)?,
             job_id,
             state: job.state,
             size: job.result.map(|r| r.size),
-            created,
+            created: row.get(5)?,
         }))
     }
 
     /// Record a login session `id` of `account`, valid until `expires` (seconds since the
     /// epoch); sessions that have expired are dropped.
     pub fn create_session(&self, id: &str, account: &str, expires: u64) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM sessions WHERE expires <= ?1", params![now()])
-            .map_err(db_err)?;
-        self.conn
-            .execute(
-                "INSERT INTO sessions (id_hash, account, expires) VALUES (?1, ?2, ?3)",
-                params![session_hash(id), account, expires],
-            )
-            .map_err(db_err)?;
+        self.db
+            .execute("DELETE FROM sessions WHERE expires <= ?1", vals![now()])?;
+        self.db.execute(
+            "INSERT INTO sessions (id_hash, account, expires) VALUES (?1, ?2, ?3)",
+            vals![session_hash(id), account, expires],
+        )?;
         Ok(())
     }
 
     /// The account of a session that has not expired.
     pub fn session(&self, id: &str) -> Result<Option<String>> {
-        self.conn
-            .query_row(
+        self.db
+            .query_opt(
                 "SELECT account FROM sessions WHERE id_hash = ?1 AND expires > ?2",
-                params![session_hash(id), now()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)
+                vals![session_hash(id), now()],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
     }
 
     /// End a session of `account`.
     pub fn delete_session(&self, id: &str, account: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "DELETE FROM sessions WHERE id_hash = ?1 AND account = ?2",
-                params![session_hash(id), account],
-            )
-            .map_err(db_err)?;
+        self.db.execute(
+            "DELETE FROM sessions WHERE id_hash = ?1 AND account = ?2",
+            vals![session_hash(id), account],
+        )?;
         Ok(())
     }
 
     /// How many jobs each provider has in each state.
     pub fn counts(&self) -> Result<Vec<(String, JobState, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state")
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    JobState::parse(&r.get::<_, String>(1)?),
-                    r.get::<_, u64>(2)?,
-                ))
-            })
-            .map_err(db_err)?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(db_err)?;
-        Ok(rows)
+        self.db
+            .query(
+                "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, JobState::parse(&r.get::<String>(1)?), r.get(2)?)))
+            .collect()
     }
 
     /// Ask a job to stop. A queued job is cancelled at once; an active one when its process
     /// next looks (the upload is aborted first). A finished job cannot be cancelled.
     pub fn cancel(&self, id: &str) -> Result<Job> {
-        let job = self.get(id)?;
-        match job.state {
-            JobState::Queued => {
-                self.conn
-                    .execute(
-                        "UPDATE jobs SET state = 'cancelled', message = 'cancelled', \
-                         updated = ?2 WHERE id = ?1",
-                        params![id, now()],
-                    )
-                    .map_err(db_err)?;
-            }
-            JobState::Active => {
-                self.conn
-                    .execute(
-                        "UPDATE jobs SET cancel_requested = 1, updated = ?2 WHERE id = ?1",
-                        params![id, now()],
-                    )
-                    .map_err(db_err)?;
-            }
-            _ => {
+        // One statement each: a job claimed in between is asked to stop, not left running.
+        let queued = self.db.execute(
+            "UPDATE jobs SET state = 'cancelled', message = 'cancelled', updated = ?2 \
+             WHERE id = ?1 AND state = 'queued'",
+            vals![id, now()],
+        )?;
+        if queued == 0 {
+            let active = self.db.execute(
+                "UPDATE jobs SET cancel_requested = 1, updated = ?2 \
+                 WHERE id = ?1 AND state = 'active'",
+                vals![id, now()],
+            )?;
+            if active == 0 {
+                let job = self.get(id)?;
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
                     format!("export job '{id}' has already ended ({})", job.state.name()),
-                ))
+                ));
             }
         }
         self.get(id)
     }
 }
 
-fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+fn row_to_job(r: &Row) -> Result<Job> {
     let spec: String = r.get(6)?;
     let request: String = r.get(7)?;
     let result: Option<String> = r.get(8)?;
     let state: String = r.get(2)?;
     let progress: i64 = r.get(4)?;
-    let bad = |e: serde_json::Error| {
-        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
-    };
+    let bad = |e: serde_json::Error| Error::new(ErrorKind::Io, format!("job database: {e}"));
     Ok(Job {
         id: r.get(0)?,
         provider: r.get(1)?,
         state: JobState::parse(&state),
-        cancel_requested: r.get::<_, i64>(3)? != 0,
+        cancel_requested: r.get::<i64>(3)? != 0,
         progress: progress.clamp(0, 100) as u8,
         message: r.get(5)?,
         spec: serde_json::from_str(&spec).map_err(bad)?,
@@ -602,6 +631,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 mod tests {
     use super::*;
     use imgconv::CancelToken;
+    use std::time::Duration;
 
     fn spec() -> JobSpec {
         JobSpec {
@@ -619,17 +649,57 @@ mod tests {
         }
     }
 
-    fn db(name: &str) -> PathBuf {
+    fn sqlite(name: &str) -> StoreLocation {
         let p =
             std::env::temp_dir().join(format!("imgconv-jobs-{name}-{}.sqlite", std::process::id()));
         let _ = std::fs::remove_file(&p);
-        p
+        StoreLocation::Sqlite(p)
     }
 
-    #[test]
-    fn tokens_expire_after_a_day() -> Result<()> {
-        let path = db("tokens");
-        let mut s = JobStore::open(&path)?;
+    fn postgres(name: &str) -> StoreLocation {
+        StoreLocation::Postgres(imgconv_testkit::pg_database(name))
+    }
+
+    fn cleanup(loc: &StoreLocation) {
+        if let StoreLocation::Sqlite(p) = loc {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Each test runs on both backends.
+    macro_rules! on_both {
+        ($($name:ident),* $(,)?) => {
+            mod on_sqlite {
+                $(#[test]
+                fn $name() -> imgconv::Result<()> {
+                    let loc = super::sqlite(stringify!($name));
+                    super::$name(&loc)?;
+                    super::cleanup(&loc);
+                    Ok(())
+                })*
+            }
+            mod on_postgres {
+                $(#[test]
+                fn $name() -> imgconv::Result<()> {
+                    super::$name(&super::postgres(stringify!($name)))
+                })*
+            }
+        };
+    }
+
+    on_both!(
+        tokens_expire_after_a_day,
+        one_token_sent_at_once_from_many_connections_makes_one_job,
+        a_service_requeues_a_dead_processs_job_until_its_third_attempt,
+        a_lapsed_lease_is_reclaimed_once_and_its_old_runner_is_fenced,
+        a_newer_schema_is_refused_and_opening_again_changes_nothing,
+        active_jobs_of_a_dead_process_fail_on_the_next_open,
+        workers_run_queued_jobs_oldest_first_and_never_twice,
+        sessions_and_images_are_shared_by_every_connection,
+    );
+
+    fn tokens_expire_after_a_day(loc: &StoreLocation) -> Result<()> {
+        let mut s = JobStore::open(loc)?;
         let r = serde_json::json!({});
         assert!(matches!(
             s.submit("aws", "a", Some("t"), "f1", &spec(), &r)?,
@@ -641,41 +711,74 @@ mod tests {
         }
         let e = s.submit("aws", "c", Some("t"), "f2", &spec(), &r).err();
         assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::AlreadyExists));
+        // The refused submission left no job behind.
+        assert_eq!(
+            s.get("c").err().map(|e| e.kind()),
+            Some(ErrorKind::NotFound)
+        );
         // Other providers have their own tokens.
         assert!(matches!(
             s.submit("oci", "d", Some("t"), "f2", &spec(), &r)?,
             Submitted::New(_)
         ));
         // A day later the token names nothing.
-        s.conn
-            .execute("UPDATE tokens SET created = created - 86401", [])
-            .map_err(db_err)?;
+        s.db.execute("UPDATE tokens SET created = created - 86401", &[])?;
         match s.submit("aws", "e", Some("t"), "f2", &spec(), &r)? {
             Submitted::New(j) => assert_eq!(j.id, "e"),
             other => panic!("{other:?}"),
         }
-        let _ = std::fs::remove_file(&path);
+        match s.submit("aws", "f", Some("t"), "f2", &spec(), &r)? {
+            Submitted::Existing(j) => assert_eq!(j.id, "e"),
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    }
+
+    fn one_token_sent_at_once_from_many_connections_makes_one_job(
+        loc: &StoreLocation,
+    ) -> Result<()> {
+        JobStore::open(loc)?;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let submitters: Vec<_> = (0..8)
+            .map(|n| {
+                let (loc, barrier) = (loc.clone(), barrier.clone());
+                std::thread::spawn(move || -> Result<String> {
+                    let mut s = JobStore::open(&loc)?;
+                    barrier.wait();
+                    let r = serde_json::json!({});
+                    let id = format!("job{n}");
+                    match s.submit("aws", &id, Some("same"), "f", &spec(), &r)? {
+                        Submitted::New(j) | Submitted::Existing(j) => Ok(j.id),
+                    }
+                })
+            })
+            .collect();
+        let ids: Vec<String> = submitters
+            .into_iter()
+            .map(|h| h.join().expect("submitter"))
+            .collect::<Result<_>>()?;
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        let s = JobStore::open(loc)?;
+        assert_eq!(s.list("aws")?.len(), 1);
         Ok(())
     }
 
     /// Mark a job active under a process that does not exist.
     fn die(s: &JobStore, id: &str) -> Result<()> {
-        s.conn
-            .execute(
-                "UPDATE jobs SET state = 'active', attempts = attempts + 1, \
-                 runner_pid = 999999999, runner_start = 1 WHERE id = ?1",
-                params![id],
-            )
-            .map_err(db_err)?;
+        s.db.execute(
+            "UPDATE jobs SET state = 'active', attempts = attempts + 1, \
+             runner_pid = 999999999, runner_start = 1 WHERE id = ?1",
+            vals![id],
+        )?;
         Ok(())
     }
 
-    #[test]
-    fn a_service_requeues_a_dead_processs_job_until_its_third_attempt() -> Result<()> {
-        let path = db("requeue");
+    fn a_service_requeues_a_dead_processs_job_until_its_third_attempt(
+        loc: &StoreLocation,
+    ) -> Result<()> {
         let service = || {
             JobStore::open_with(
-                &path,
+                loc,
                 StoreOptions {
                     recovery: Recovery::Requeue,
                     ..StoreOptions::default()
@@ -696,30 +799,27 @@ mod tests {
         let j = service()?.get("j1")?;
         assert_eq!(j.state, JobState::Failed, "{j:?}");
         assert!(j.message.contains("after 3 attempts"), "{}", j.message);
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 
-    #[test]
-    fn a_lapsed_lease_is_reclaimed_once_and_its_old_runner_is_fenced() -> Result<()> {
-        let path = db("lease");
+    fn a_lapsed_lease_is_reclaimed_once_and_its_old_runner_is_fenced(
+        loc: &StoreLocation,
+    ) -> Result<()> {
         let leased = StoreOptions {
             recovery: Recovery::Requeue,
             lease: Some(Duration::from_secs(3)),
             ..StoreOptions::default()
         };
-        let mut s = JobStore::open_with(&path, leased.clone())?;
+        let mut s = JobStore::open_with(loc, leased.clone())?;
         s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
         let first = s.claim("j1")?;
         assert_eq!(first, Some(1));
         assert_eq!(s.claim("j1")?, None, "claimed once");
         // The lease is in force: nothing to reclaim, from this store or another.
-        let other = JobStore::open_with(&path, leased.clone())?;
+        let other = JobStore::open_with(loc, leased.clone())?;
         assert_eq!(other.reclaim_expired()?, 0);
         // It lapses (its runner stalled): another store takes it back once.
-        s.conn
-            .execute("UPDATE jobs SET lease_until = lease_until - 10000", [])
-            .map_err(db_err)?;
+        s.db.execute("UPDATE jobs SET lease_until = lease_until - 10000", &[])?;
         assert_eq!(other.reclaim_expired()?, 1);
         assert_eq!(s.reclaim_expired()?, 0);
         let j = other.get("j1")?;
@@ -735,9 +835,7 @@ mod tests {
         s.submit("aws", "j2", None, "f", &spec(), &serde_json::json!({}))?;
         for _ in 0..MAX_ATTEMPTS {
             assert!(s.claim("j2")?.is_some());
-            s.conn
-                .execute("UPDATE jobs SET lease_until = 0 WHERE id = 'j2'", [])
-                .map_err(db_err)?;
+            s.db.execute("UPDATE jobs SET lease_until = 0 WHERE id = 'j2'", &[])?;
             s.reclaim_expired()?;
         }
         let j = s.get("j2")?;
@@ -746,72 +844,129 @@ mod tests {
             (JobState::Failed, MAX_ATTEMPTS),
             "{j:?}"
         );
-        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    fn a_newer_schema_is_refused_and_opening_again_changes_nothing(
+        loc: &StoreLocation,
+    ) -> Result<()> {
+        // Instances that start at once migrate the store once.
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let loc = loc.clone();
+                std::thread::spawn(move || JobStore::open(&loc).map(|_| ()))
+            })
+            .collect();
+        for o in openers {
+            o.join().expect("opener")?;
+        }
+        let mut s = JobStore::open(loc)?;
+        assert_eq!(schema_version(&s.db)?, SCHEMA_VERSION);
+        s.submit("aws", "kept", None, "f", &spec(), &serde_json::json!({}))?;
+        drop(s);
+        let s = JobStore::open(loc)?;
+        assert_eq!(s.get("kept")?.state, JobState::Queued);
+        assert!(s.image("nothing")?.is_none());
+        match s.db.dialect() {
+            Dialect::Sqlite => s.db.batch("PRAGMA user_version = 99")?,
+            Dialect::Postgres => s.db.batch("UPDATE imgconv_schema SET version = 99")?,
+        }
+        let newer = JobStore::open(loc).err().map(|e| e.kind());
+        assert_eq!(newer, Some(ErrorKind::Unsupported));
         Ok(())
     }
 
     #[test]
-    fn a_version_1_database_is_migrated_and_keeps_its_jobs() -> Result<()> {
-        let path = db("migrate");
+    fn a_version_1_sqlite_database_is_migrated_and_keeps_its_jobs() -> Result<()> {
+        let loc = sqlite("migrate");
+        let StoreLocation::Sqlite(path) = &loc else {
+            unreachable!()
+        };
         {
-            let conn = Connection::open(&path).map_err(db_err)?;
-            conn.execute_batch(SCHEMA_V1).map_err(db_err)?;
-            conn.execute(
+            let conn = rusqlite::Connection::open(path).map_err(super::super::db::sqlite_err)?;
+            let db = Db::Sqlite(conn);
+            db.batch(SCHEMA_V1)?;
+            db.execute(
                 "INSERT INTO jobs (id, provider, state, spec, request, created, updated) \
                  VALUES ('old', 'aws', 'completed', ?1, '{}', 1, 2)",
-                params![serde_json::to_string(&spec()).unwrap_or_default()],
-            )
-            .map_err(db_err)?;
+                vals![serde_json::to_string(&spec()).unwrap_or_default()],
+            )?;
         }
-        let s = JobStore::open(&path)?;
-        let version: i64 = s
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(db_err)?;
-        assert_eq!(version, SCHEMA_VERSION);
+        let s = JobStore::open(&loc)?;
+        assert_eq!(schema_version(&s.db)?, SCHEMA_VERSION);
         let j = s.get("old")?;
         assert_eq!((j.state, j.attempts), (JobState::Completed, 0));
-        assert!(s.image("nothing")?.is_none());
         drop(s);
-        // Opening again changes nothing; a newer schema is refused.
-        JobStore::open(&path)?;
-        Connection::open(&path)
-            .and_then(|c| c.execute_batch("PRAGMA user_version = 99"))
-            .map_err(db_err)?;
-        let newer = JobStore::open(&path).err().map(|e| e.kind());
-        assert_eq!(newer, Some(ErrorKind::Unsupported));
-        let _ = std::fs::remove_file(&path);
+        cleanup(&loc);
         Ok(())
     }
 
-    #[test]
-    fn active_jobs_of_a_dead_process_fail_on_the_next_open() -> Result<()> {
-        let path = db("recover");
+    fn active_jobs_of_a_dead_process_fail_on_the_next_open(loc: &StoreLocation) -> Result<()> {
         {
-            let mut s = JobStore::open(&path)?;
+            let mut s = JobStore::open(loc)?;
             s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
-            s.conn
-                .execute(
-                    "UPDATE jobs SET state = 'active', runner_pid = 999999999, runner_start = 1",
-                    [],
-                )
-                .map_err(db_err)?;
+            s.db.execute(
+                "UPDATE jobs SET state = 'active', runner_pid = 999999999, runner_start = 1",
+                &[],
+            )?;
         }
-        let s = JobStore::open(&path)?;
+        let s = JobStore::open(loc)?;
         let j = s.get("j1")?;
         assert_eq!(j.state, JobState::Failed);
         assert!(j.message.contains("interrupted"), "{}", j.message);
         assert!(j.result.is_none());
-        // Cancelling a finished job is refused.
-        assert!(s.cancel("j1").is_err());
-        let _ = std::fs::remove_file(&path);
+        // Cancelling a finished job is refused; an unknown one is not found.
+        assert_eq!(
+            s.cancel("j1").err().map(|e| e.kind()),
+            Some(ErrorKind::InvalidArgument)
+        );
+        assert_eq!(
+            s.cancel("nope").err().map(|e| e.kind()),
+            Some(ErrorKind::NotFound)
+        );
         Ok(())
     }
 
-    #[test]
-    fn workers_run_queued_jobs_oldest_first_and_never_twice() -> Result<()> {
-        let path = db("workers");
-        let dir = std::env::temp_dir().join(format!("imgconv-workers-{}", std::process::id()));
+    fn sessions_and_images_are_shared_by_every_connection(loc: &StoreLocation) -> Result<()> {
+        let mut a = JobStore::open(loc)?;
+        let b = JobStore::open(loc)?;
+        a.create_session("s1", "admin", now() + 60)?;
+        assert_eq!(b.session("s1")?.as_deref(), Some("admin"));
+        b.delete_session("s1", "someone else")?;
+        assert_eq!(a.session("s1")?.as_deref(), Some("admin"));
+        b.delete_session("s1", "admin")?;
+        assert_eq!(a.session("s1")?, None);
+        a.create_session("old", "admin", now().saturating_sub(1))?;
+        assert_eq!(b.session("old")?, None);
+        a.submit(
+            "huawei-evs",
+            "j",
+            None,
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )?;
+        a.register_image("img", "name", Path::new("/images/img.qcow2"), "qcow2", "j")?;
+        let image = b.image("img")?.expect("registered");
+        assert_eq!(
+            (image.name.as_str(), image.state, image.size),
+            ("name", JobState::Queued, None)
+        );
+        let counts = b.counts()?;
+        assert_eq!(
+            counts,
+            vec![("huawei-evs".to_string(), JobState::Queued, 1)]
+        );
+        Ok(())
+    }
+
+    fn workers_run_queued_jobs_oldest_first_and_never_twice(loc: &StoreLocation) -> Result<()> {
+        let tag = match loc {
+            StoreLocation::Sqlite(_) => "sqlite",
+            StoreLocation::Postgres(_) => "pg",
+        };
+        let dir =
+            std::env::temp_dir().join(format!("imgconv-workers-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("temp dir", e))?;
         let source = dir.join("in.raw");
@@ -826,19 +981,17 @@ mod tests {
             ..spec()
         };
         let r = serde_json::json!({});
-        let mut s = JobStore::open(&path)?;
-        for (i, id) in ["a1", "a2", "a3", "a4", "a5", "a6", "gone"]
-            .iter()
-            .enumerate()
-        {
+        let mut s = JobStore::open(loc)?;
+        let ids = [
+            "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10", "gone",
+        ];
+        for (i, id) in ids.iter().enumerate() {
             s.submit("aws", id, None, "f", &job(id), &r)?;
             // Submitted one second apart, a1 the oldest.
-            s.conn
-                .execute(
-                    "UPDATE jobs SET created = created - ?2 WHERE id = ?1",
-                    params![id, 100 - i as i64],
-                )
-                .map_err(db_err)?;
+            s.db.execute(
+                "UPDATE jobs SET created = created - ?2 WHERE id = ?1",
+                vals![*id, 100 - i as i64],
+            )?;
         }
         s.submit("oci", "other", None, "f", &job("other"), &r)?;
         s.cancel("gone")?;
@@ -849,12 +1002,12 @@ mod tests {
             (first.id.as_str(), first.state),
             ("a1", JobState::Completed)
         );
-        // Two workers on the same database share out the rest, each job once.
-        let workers: Vec<_> = (0..2)
+        // Three workers on the same database share out the rest, each job once.
+        let workers: Vec<_> = (0..3)
             .map(|_| {
-                let path = path.clone();
+                let loc = loc.clone();
                 std::thread::spawn(move || -> Result<Vec<String>> {
-                    let store = JobStore::open(&path)?;
+                    let store = JobStore::open(&loc)?;
                     let never = CancelToken::new();
                     let mut ran = vec![];
                     while let Some(j) = store.run_next("aws", None, &never)? {
@@ -870,18 +1023,23 @@ mod tests {
             ran.extend(w.join().expect("worker")?);
         }
         ran.sort();
-        assert_eq!(ran, ["a2", "a3", "a4", "a5", "a6"]);
+        let mut expected: Vec<String> = ids[1..10].iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(ran, expected);
         assert!(s.run_next("aws", None, &never)?.is_none());
+        // Each ran on its first attempt.
+        for id in &ids[..10] {
+            assert_eq!(s.get(id)?.attempts, 1, "{id}");
+        }
         // The cancelled job and the other provider's job were not run.
         assert_eq!(s.get("gone")?.state, JobState::Cancelled);
         assert_eq!(s.get("other")?.state, JobState::Queued);
         assert!(!dir.join("gone.raw").exists() && !dir.join("other.raw").exists());
-        for id in ["a1", "a2", "a6"] {
+        for id in ["a1", "a2", "a10"] {
             let out = std::fs::read(dir.join(format!("{id}.raw"))).map_err(|e| Error::io(id, e))?;
             assert!(out.len() == 3 << 20 && out.iter().all(|&b| b == 7), "{id}");
         }
         let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 }

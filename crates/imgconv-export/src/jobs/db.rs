@@ -1,0 +1,527 @@
+//! The job store's two backends behind one small interface: SQLite (a file, one host) and
+//! PostgreSQL (a server that a fleet shares). Statements are written once, with `?N`
+//! parameters, in the SQL both understand; the few places where the dialects differ ask
+//! [`Db::dialect`].
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imgconv::{Error, ErrorKind, Result};
+
+/// Where a job store lives: a SQLite file, or a PostgreSQL database named by its URL
+/// (`postgres://USER:PASSWORD@HOST:PORT/DBNAME`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// A `postgres://` or `postgresql://` URL names PostgreSQL; anything else is a path.
+    pub fn parse(text: &str) -> StoreLocation {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            StoreLocation::Postgres(text.to_string())
+        } else {
+            StoreLocation::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// Whether this is a PostgreSQL URL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, StoreLocation::Postgres(_))
+    }
+}
+
+/// The location with any password hidden.
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(p) => write!(f, "Sqlite({})", p.display()),
+            StoreLocation::Postgres(u) => write!(f, "Postgres({})", redact(u)),
+        }
+    }
+}
+
+impl From<&Path> for StoreLocation {
+    fn from(p: &Path) -> StoreLocation {
+        match p.to_str() {
+            Some(s) => StoreLocation::parse(s),
+            None => StoreLocation::Sqlite(p.to_path_buf()),
+        }
+    }
+}
+
+impl From<&PathBuf> for StoreLocation {
+    fn from(p: &PathBuf) -> StoreLocation {
+        StoreLocation::from(p.as_path())
+    }
+}
+
+impl From<PathBuf> for StoreLocation {
+    fn from(p: PathBuf) -> StoreLocation {
+        StoreLocation::from(p.as_path())
+    }
+}
+
+impl From<&str> for StoreLocation {
+    fn from(s: &str) -> StoreLocation {
+        StoreLocation::parse(s)
+    }
+}
+
+impl From<&StoreLocation> for StoreLocation {
+    fn from(l: &StoreLocation) -> StoreLocation {
+        l.clone()
+    }
+}
+
+/// A URL with its password replaced by `***`.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// Which SQL a statement is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The column that orders jobs submitted in the same second (insertion order).
+    pub(super) fn fifo(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => "seq",
+        }
+    }
+
+    /// What a `SELECT` that picks a job to claim ends with: PostgreSQL locks the row and
+    /// skips rows other workers hold; SQLite serialises writers anyway.
+    pub(super) fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+/// A parameter or a column value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Val {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+macro_rules! int_val {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Val {
+            fn from(v: $t) -> Val {
+                Val::Int(v as i64)
+            }
+        }
+    )*};
+}
+int_val!(i64, i32, u32, u8);
+
+impl From<u64> for Val {
+    fn from(v: u64) -> Val {
+        Val::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.to_string())
+    }
+}
+
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(v)
+    }
+}
+
+impl From<&String> for Val {
+    fn from(v: &String) -> Val {
+        Val::Text(v.clone())
+    }
+}
+
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Val {
+        v.map(Into::into).unwrap_or(Val::Null)
+    }
+}
+
+/// Parameters from a list of values of any convertible types.
+macro_rules! vals {
+    ($($v:expr),* $(,)?) => { &[$($crate::jobs::db::Val::from($v)),*][..] };
+}
+pub(super) use vals;
+
+/// A value read from a column.
+pub(super) trait FromVal: Sized {
+    fn from_val(v: &Val) -> Option<Self>;
+}
+
+impl FromVal for i64 {
+    fn from_val(v: &Val) -> Option<i64> {
+        match v {
+            Val::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! int_from_val {
+    ($($t:ty),*) => {$(
+        impl FromVal for $t {
+            fn from_val(v: &Val) -> Option<$t> {
+                i64::from_val(v).and_then(|i| <$t>::try_from(i).ok())
+            }
+        }
+    )*};
+}
+int_from_val!(u64, u32, u8);
+
+impl FromVal for String {
+    fn from_val(v: &Val) -> Option<String> {
+        match v {
+            Val::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: FromVal> FromVal for Option<T> {
+    fn from_val(v: &Val) -> Option<Option<T>> {
+        match v {
+            Val::Null => Some(None),
+            other => T::from_val(other).map(Some),
+        }
+    }
+}
+
+/// One row of a result.
+#[derive(Debug)]
+pub(super) struct Row(Vec<Val>);
+
+impl Row {
+    /// Column `i` as a `T`; an error when it is missing or of another type.
+    pub(super) fn get<T: FromVal>(&self, i: usize) -> Result<T> {
+        self.0.get(i).and_then(T::from_val).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                format!("job database: column {i} has an unexpected value"),
+            )
+        })
+    }
+}
+
+/// A PostgreSQL connection that reconnects when the server dropped it.
+pub(super) struct Pg {
+    url: String,
+    client: Option<postgres::Client>,
+}
+
+impl Pg {
+    fn client(&mut self) -> Result<&mut postgres::Client> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.client = Some(connect(&self.url)?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Io, "job database: no connection"))
+    }
+}
+
+fn connect(url: &str) -> Result<postgres::Client> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| Error::invalid_argument(format!("job database URL {}: {e}", redact(url))))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("imgconv");
+    config.connect(postgres::NoTls).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("job database {}: {}", redact(url), pg_message(&e)),
+        )
+    })
+}
+
+/// An error's message with its causes (PostgreSQL's own text is in the source).
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// A connection to the job database.
+pub(super) enum Db {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<RefCell<Pg>>),
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Db::Sqlite(_) => "Db::Sqlite",
+            Db::Postgres(_) => "Db::Postgres",
+        })
+    }
+}
+
+pub(super) fn sqlite_err(e: rusqlite::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("job database: {e}"))
+}
+
+fn pg_err(e: postgres::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("job database: {}", pg_message(&e)))
+}
+
+/// `?N` parameters as PostgreSQL's `$N`.
+fn pg_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl postgres::types::ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        use postgres::types::Type;
+        match self {
+            Val::Null => Ok(postgres::types::IsNull::Yes),
+            Val::Int(i) => match *ty {
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                _ => i.to_sql(ty, out),
+            },
+            Val::Text(s) => s.as_str().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        use postgres::types::Type;
+        matches!(
+            *ty,
+            Type::INT2 | Type::INT4 | Type::INT8 | Type::TEXT | Type::VARCHAR | Type::BPCHAR
+        )
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+fn pg_row(row: &postgres::Row) -> Result<Row> {
+    use postgres::types::Type;
+    let mut vals = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let v = match *col.type_() {
+            Type::INT8 => row.try_get::<_, Option<i64>>(i).map(|v| v.map(Val::Int)),
+            Type::INT4 => row
+                .try_get::<_, Option<i32>>(i)
+                .map(|v| v.map(|v| Val::Int(v.into()))),
+            Type::INT2 => row
+                .try_get::<_, Option<i16>>(i)
+                .map(|v| v.map(|v| Val::Int(v.into()))),
+            _ => row
+                .try_get::<_, Option<String>>(i)
+                .map(|v| v.map(Val::Text)),
+        }
+        .map_err(pg_err)?;
+        vals.push(v.unwrap_or(Val::Null));
+    }
+    Ok(Row(vals))
+}
+
+fn sqlite_row(row: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Row> {
+    use rusqlite::types::ValueRef;
+    let mut vals = Vec::with_capacity(n);
+    for i in 0..n {
+        vals.push(match row.get_ref(i)? {
+            ValueRef::Null => Val::Null,
+            ValueRef::Integer(v) => Val::Int(v),
+            ValueRef::Real(v) => Val::Int(v as i64),
+            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                Val::Text(String::from_utf8_lossy(t).into_owned())
+            }
+        });
+    }
+    Ok(Row(vals))
+}
+
+fn sqlite_params(params: &[Val]) -> Vec<rusqlite::types::Value> {
+    params
+        .iter()
+        .map(|v| match v {
+            Val::Null => rusqlite::types::Value::Null,
+            Val::Int(i) => rusqlite::types::Value::Integer(*i),
+            Val::Text(s) => rusqlite::types::Value::Text(s.clone()),
+        })
+        .collect()
+}
+
+impl Db {
+    /// Connect to `location`.
+    pub(super) fn open(location: &StoreLocation) -> Result<Db> {
+        match location {
+            StoreLocation::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).map_err(sqlite_err)?;
+                conn.busy_timeout(Duration::from_secs(10))
+                    .map_err(sqlite_err)?;
+                Ok(Db::Sqlite(conn))
+            }
+            StoreLocation::Postgres(url) => Ok(Db::Postgres(Box::new(RefCell::new(Pg {
+                url: url.clone(),
+                client: Some(connect(url)?),
+            })))),
+        }
+    }
+
+    /// Which SQL this connection speaks.
+    pub(super) fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Run a statement; how many rows it changed.
+    pub(super) fn execute(&self, sql: &str, params: &[Val]) -> Result<usize> {
+        match self {
+            Db::Sqlite(c) => c
+                .execute(sql, rusqlite::params_from_iter(sqlite_params(params)))
+                .map_err(sqlite_err),
+            Db::Postgres(pg) => {
+                let mut pg = pg.borrow_mut();
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    params.iter().map(|v| v as _).collect();
+                let n = pg
+                    .client()?
+                    .execute(pg_sql(sql).as_str(), &refs)
+                    .map_err(pg_err)?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+        }
+    }
+
+    /// Run a query; its rows.
+    pub(super) fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare(sql).map_err(sqlite_err)?;
+                let n = stmt.column_count();
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(sqlite_params(params)), |r| {
+                        sqlite_row(r, n)
+                    })
+                    .map_err(sqlite_err)?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(sqlite_err)?;
+                Ok(rows)
+            }
+            Db::Postgres(pg) => {
+                let mut pg = pg.borrow_mut();
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    params.iter().map(|v| v as _).collect();
+                pg.client()?
+                    .query(pg_sql(sql).as_str(), &refs)
+                    .map_err(pg_err)?
+                    .iter()
+                    .map(pg_row)
+                    .collect()
+            }
+        }
+    }
+
+    /// The first row of a query, if any.
+    pub(super) fn query_opt(&self, sql: &str, params: &[Val]) -> Result<Option<Row>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Run statements without parameters (a schema).
+    pub(super) fn batch(&self, sql: &str) -> Result<()> {
+        match self {
+            Db::Sqlite(c) => c.execute_batch(sql).map_err(sqlite_err),
+            Db::Postgres(pg) => pg.borrow_mut().client()?.batch_execute(sql).map_err(pg_err),
+        }
+    }
+
+    /// Run `f` in one transaction that writers take in turn (SQLite: `BEGIN IMMEDIATE`);
+    /// committed when `f` succeeds, rolled back when it fails.
+    pub(super) fn transaction<T>(&self, f: impl FnOnce(&Db) -> Result<T>) -> Result<T> {
+        self.batch(match self {
+            Db::Sqlite(_) => "BEGIN IMMEDIATE",
+            Db::Postgres(_) => "BEGIN",
+        })?;
+        match f(self) {
+            Ok(v) => {
+                if let Err(e) = self.batch("COMMIT") {
+                    let _ = self.batch("ROLLBACK");
+                    return Err(e);
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_become_dollar_numbers_and_urls_hide_passwords() {
+        assert_eq!(
+            pg_sql("SELECT a FROM t WHERE b = ?1 AND c = ?12 AND d = '?'"),
+            "SELECT a FROM t WHERE b = $1 AND c = $12 AND d = '?'"
+        );
+        let l = StoreLocation::parse("postgres://u:secret@h:5432/db");
+        assert!(l.is_postgres());
+        let shown = format!("{l:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("***"),
+            "{shown}"
+        );
+        assert_eq!(
+            StoreLocation::from(Path::new("jobs.sqlite")),
+            StoreLocation::Sqlite(PathBuf::from("jobs.sqlite"))
+        );
+    }
+}
