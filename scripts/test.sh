@@ -2,7 +2,9 @@
 # Runs the whole test suite on a fresh machine: installs what the tests need if it is missing
 # (qemu-utils for the qemu-img oracle, libyal's python3-libqcow, python3-libvmdk and python3-libvhdi, e2fsprogs for chattr and mke2fs, the OpenSSL headers the
 # CLI's MD5 builds against, a C compiler, tar and kill for the export tests, and the s3s-fs
-# S3-compatible server from crates.io; the providers' Python SDKs into a venv), then format, lint, unit, integration and doc tests.
+# S3-compatible server from crates.io; the providers' Python SDKs into a venv; PostgreSQL for
+# the job store's tests, run as a throwaway cluster), then format, lint, unit, integration and
+# doc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 # The tests run kill(1) itself, not the shell's builtin.
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
+# PostgreSQL (Debian's package) for the job store's tests; only its binaries are used: the
+# tests run their own throwaway cluster, never the system-wide service.
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 # A C compiler for the bundled SQLite and OpenSSL bindings.
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # libyal's independent readers, for the system Python (the oracle tests call /usr/bin/python3).
@@ -31,6 +36,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# PostgreSQL (Debian's package) for the job store's tests; only its binaries are used. The
+# package would create and start a system-wide cluster: postgresql-common goes in first and is
+# told not to (its documented create_main_cluster setting); the tests run their own cluster.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: postgresql (without a system-wide cluster)" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql-common
+  $sudo sed -i 's/^#* *create_main_cluster *=.*/create_main_cluster = false/' \
+    /etc/postgresql-common/createcluster.conf
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql
 fi
 
 # The providers' SDKs that the export service's tests are clients with, in a venv.
@@ -57,6 +76,13 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "installing: s3s-fs (crates.io)" >&2
   cargo install --locked --quiet s3s-fs@0.14.1 --features binary --root "$PWD/target/tools"
 fi
+
+# The throwaway PostgreSQL cluster (initdb into a temporary folder, a loopback port), stopped
+# and removed when this script ends, however it ends.
+pg_dir="$(mktemp -d -t imgconv-pg.XXXXXX)"
+trap 'scripts/pg-cluster.sh stop "$pg_dir"' EXIT
+IMGCONV_TEST_PG="$(scripts/pg-cluster.sh start "$pg_dir")"
+export IMGCONV_TEST_PG
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -219,3 +219,29 @@ impl Config {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_db(db: &str) -> Result<Config> {
+        Config::parse(
+            &format!(
+                "listen = \"127.0.0.1:0\"\npublic_url = \"http://h/\"\ndb = \"{db}\"\n\
+                 [storage]\nendpoint = \"http://s\"\nregion = \"r\"\n\
+                 access_key_id = \"a\"\nsecret_access_key = \"b\"\n"
+            ),
+            Path::new("/etc/imgconv"),
+        )
+    }
+
+    #[test]
+    fn a_path_is_taken_from_the_config_folder_and_a_postgres_url_is_kept() -> Result<()> {
+        assert_eq!(with_db("jobs.sqlite")?.db, "/etc/imgconv/jobs.sqlite");
+        assert_eq!(with_db("/var/lib/jobs.sqlite")?.db, "/var/lib/jobs.sqlite");
+        let url = "postgres://imgconv:pw@db.internal:5432/imgconv";
+        assert_eq!(with_db(url)?.db, url);
+        assert!(StoreLocation::parse(&with_db(url)?.db).is_postgres());
+        Ok(())
+    }
+}

@@ -18,11 +18,34 @@ fn request(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `imgconv export --api API --db DIR/jobs.sqlite` with the server's keys.
+thread_local! {
+    /// The PostgreSQL URL this thread's test passes as `--db` (none: a SQLite file).
+    static PG_URL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `test` with `--db` a fresh PostgreSQL database on the test cluster.
+fn on_postgres(name: &str, test: fn()) {
+    PG_URL.with(|u| *u.borrow_mut() = Some(imgconv_testkit::pg_database(name)));
+    test();
+}
+
+/// A scratch folder for `name`, apart for the PostgreSQL runs.
+fn scratch_db(name: &str) -> PathBuf {
+    match PG_URL.with(|u| u.borrow().is_some()) {
+        true => scratch(&format!("{name}-pg")),
+        false => scratch(name),
+    }
+}
+
+/// `imgconv export --api API --db DIR/jobs.sqlite` (or the PostgreSQL URL) with the server's
+/// keys.
 fn api(dir: &Path, which: &str) -> Command {
     let mut c = imgconv_with_keys(ACCESS_KEY, SECRET_KEY);
-    c.args(["export", "--api", which, "--db"])
-        .arg(dir.join("jobs.sqlite"));
+    c.args(["export", "--api", which, "--db"]);
+    match PG_URL.with(|u| u.borrow().clone()) {
+        Some(url) => c.arg(url),
+        None => c.arg(dir.join("jobs.sqlite")),
+    };
     c
 }
 
@@ -374,10 +397,18 @@ fn each_provider_rejects_bad_requests_in_its_own_error_shape() {
 }
 
 #[test]
+fn on_postgres_tokens_make_requests_idempotent_and_dry_runs_upload_nothing() {
+    on_postgres(
+        "api-idempotent",
+        tokens_make_requests_idempotent_and_dry_runs_upload_nothing,
+    );
+}
+
+#[test]
 fn tokens_make_requests_idempotent_and_dry_runs_upload_nothing() {
-    let dir = scratch("api-idempotent");
+    let dir = scratch_db("api-idempotent");
     let src = mixed_source(&dir);
-    let s3 = S3Server::start("api-idem");
+    let s3 = S3Server::start(&dir.file_name().unwrap_or_default().to_string_lossy());
     s3.create_bucket("amzn-s3-demo-export-bucket");
     let ep = s3.endpoint();
     let mut req = read_json(&request("aws-export-image.json"));
@@ -724,8 +755,13 @@ fn oci_exports_its_own_format_through_a_pre_authenticated_request() {
 }
 
 #[test]
+fn on_postgres_queued_jobs_run_later_by_id_or_by_a_worker() {
+    on_postgres("api-worker", queued_jobs_run_later_by_id_or_by_a_worker);
+}
+
+#[test]
 fn queued_jobs_run_later_by_id_or_by_a_worker() {
-    let dir = scratch("api-worker");
+    let dir = scratch_db("api-worker");
     let src = mixed_source(&dir);
     let store = dir.join("bs");
     std::fs::create_dir_all(&store).expect("folder");
@@ -864,4 +900,29 @@ fn ctrl_c_stops_a_worker_and_leaves_the_rest_queued() {
         .download_from("amzn-s3-demo-export-bucket", &key)
         .expect("the second job's object");
     same_content(&dir, &src, "second.vmdk", &bytes, "vmdk");
+}
+
+#[test]
+fn a_postgres_job_store_that_cannot_be_reached_is_a_clear_error_without_its_password() {
+    for (url, code, needle) in [
+        (
+            "postgres://imgconv:hunter2@127.0.0.1:1/jobs",
+            6,
+            "job database postgres://imgconv:***@127.0.0.1:1/jobs",
+        ),
+        (
+            "postgres://imgconv:hunter2@127.0.0.1:1/jobs?no_such_option=1",
+            2,
+            "invalid connection string",
+        ),
+    ] {
+        let out = imgconv()
+            .args(["export", "--api", "aws", "--list", "--db", url])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(!err.contains("hunter2"), "the password is shown: {err}");
+    }
 }
