@@ -500,6 +500,35 @@ def case_serve(t, img, size, work, runs):
     print(f"#   pollers: {load}", file=sys.stderr)
 
 
+def case_fleet(t, img, size, work, runs):
+    """The export service on a PostgreSQL job store shared by three instances, against one
+    instance on SQLite and the command line: the latency from a request to a completed small
+    export (idle fleet; receiving instance busy), and the same big export's wall time."""
+    py = ROOT / "target" / "sdk-venv" / "bin" / "python"
+    if not py.exists():
+        sys.exit("the SDKs' venv is needed: run scripts/test.sh once")
+    out = subprocess.run([str(py), str(ROOT / "benches" / "fleet_bench.py"), json.dumps(
+        {"bin": str(BIN), "img": img, "runs": runs, "work": str(work), "s3s_fs": s3s_fs(),
+         "samples": 20})], capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)
+    lat, wall = r["latency"], r["wall"]
+    for key, what in [("sqlite", "1 instance on SQLite, idle"),
+                      ("pg_idle", "3 instances on PostgreSQL, idle, requests sent to each in turn"),
+                      ("pg_busy", "3 instances on PostgreSQL, the receiving instance's worker busy")]:
+        v = lat[key]
+        t.rows.append(("request -> completed, 4 MiB export", what, f"{v['p50']:.3f}", "", "",
+                       f"p90 {v['p90'] * 1000:.0f} ms, max {v['max'] * 1000:.0f} ms, "
+                       f"{r['samples']} samples"))
+    case = "RAW -> VMDK streamOptimized, job store"
+    t.add(case, "imgconv IN s3://exports/cli/out.vmdk", wall["cli"]["median"], size, None,
+          f"fastest {wall['cli']['min']:.2f} s")
+    t.add(case, "boto3 export_image -> imgconv serve on SQLite", wall["sqlite"]["median"], size,
+          wall["cli"]["median"], f"fastest {wall['sqlite']['min']:.2f} s")
+    t.add(case, "boto3 export_image -> one of 3 imgconv serve on PostgreSQL", wall["pg"]["median"],
+          size, wall["cli"]["median"], f"fastest {wall['pg']['min']:.2f} s")
+    print(f"#   fleet: {r}", file=sys.stderr)
+
+
 def case_memory(t, work, sizes, realistic):
     images = [(realistic, "realistic")] if realistic.exists() else []
     for size in sizes:
@@ -522,8 +551,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
-    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,vdi,vhd,export,serve,memory",
-                    help="raw, digest, qcow2, vmdk, vdi, vhd, export, serve, memory")
+    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,vdi,vhd,export,serve,fleet,memory",
+                    help="raw, digest, qcow2, vmdk, vdi, vhd, export, serve, fleet, memory")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
                     help="where outputs are written (default: --work); a tmpfs such as "
@@ -543,7 +572,7 @@ def main():
     cases = set(args.cases.split(","))
     t = Table()
     img = work / f"realistic-{args.size}.raw"
-    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "export", "serve"}:
+    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "export", "serve", "fleet"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -565,6 +594,8 @@ def main():
             case_export(t, str(img), size, work, args.runs, out_dir)
         if "serve" in cases:
             case_serve(t, str(img), size, work, args.runs)
+        if "fleet" in cases:
+            case_fleet(t, str(img), size, work, args.runs)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)
