@@ -1,5 +1,5 @@
-//! Export jobs: submit, run, status, cancel, list, kept in an SQLite database so that they
-//! survive the process.
+//! Export jobs: submit, run, status, cancel, list, kept in a database so that they survive the
+//! process: a SQLite file, or a PostgreSQL database that many hosts share ([`StoreLocation`]).
 //!
 //! A job is `queued` when submitted, `active` while a process runs it, then `completed`,
 //! `failed` or `cancelled`. The process running a job records its pid and start time; a job
@@ -18,10 +18,17 @@
 //! runner is stopped (the service shutting down) goes back to the queue rather than to
 //! `cancelled`.
 //!
-//! The schema carries a version (`PRAGMA user_version`); [`JobStore::open`] migrates an older
-//! database forward in one transaction. Version 1: jobs and tokens. Version 2: a job's
-//! attempt count, and the image catalogue (images that exports made, such as Huawei EVS's
-//! `os-volume_upload_image`).
+//! The schema carries a version (SQLite: `PRAGMA user_version`; PostgreSQL: the table
+//! `imgconv_schema`); [`JobStore::open`] migrates an older database forward in one
+//! transaction (on PostgreSQL under an advisory lock, so that processes opening it at once
+//! migrate it once). Version 1: jobs and tokens. Version 2: a job's attempt count, and the
+//! image catalogue (images that exports made, such as Huawei EVS's `os-volume_upload_image`).
+//! Version 3: leases. Version 4: login sessions. PostgreSQL stores start at version 4.
+//!
+//! Workers claim the oldest queued job in one statement (PostgreSQL: `FOR UPDATE SKIP
+//! LOCKED`), under a lease that a heartbeat renews; every later write about the job carries
+//! its attempt number, so a runner whose lease lapsed and whose job was taken back
+//! ([`JobStore::reclaim_expired`]) can change nothing.
 
 mod db;
 mod model;

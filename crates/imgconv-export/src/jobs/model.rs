@@ -195,7 +195,7 @@ pub struct StoreOptions {
     /// The keys for the object storage jobs upload to, and that aborting a dead job's upload
     /// uses (default: the environment's).
     pub credentials: Option<Credentials>,
-    /// A job stopped by its runner's cancel token (not by [`JobStore::cancel`]) goes back to
+    /// A job stopped by its runner's cancel token (not by [`super::JobStore::cancel`]) goes back to
     /// the queue instead of to `cancelled`: a service that shuts down hands its running jobs
     /// to the next start.
     pub interrupt_requeues: bool,
