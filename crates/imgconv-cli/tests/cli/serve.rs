@@ -986,6 +986,12 @@ fn killed_instance_taken_over(backend: Backend) {
     assert_eq!(job.attempts, 2, "{job:?}");
     same_as_big(&s, &id);
     drained(&proxy);
+    let completions = proxy
+        .records()
+        .iter()
+        .filter(|r| r.method == "POST" && r.target.contains("uploadId="))
+        .count();
+    assert_eq!(completions, 1, "the object was published once");
     assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
 }
 
