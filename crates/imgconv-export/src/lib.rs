@@ -41,8 +41,3 @@ pub use oci::default_metadata as oci_image_metadata;
 pub use par::{ParConfig, ParSink, ParUrl, PAR_MAX_PART_SIZE};
 pub use parts::{PublishGate, UploadHook};
 pub use s3::{S3Config, S3Location, S3Sink, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
-
-/// Lowercase hex of bytes.
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}

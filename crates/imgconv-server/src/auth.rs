@@ -131,11 +131,7 @@ fn check_time(t: u64, what: &str) -> Result<(), AuthError> {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(Sha256::digest(data))
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

@@ -110,7 +110,7 @@ impl Hasher for Md5 {
         md5::Digest::update(&mut self.0, data);
     }
     fn finish(self: Box<Self>) -> String {
-        hex(&md5::Digest::finalize(self.0))
+        hex::encode(&md5::Digest::finalize(self.0))
     }
 }
 
@@ -134,7 +134,7 @@ impl Hasher for Md5 {
         let _ = self.0.update(data);
     }
     fn finish(mut self: Box<Self>) -> String {
-        self.0.finish().map(|d| hex(&d)).unwrap_or_default()
+        self.0.finish().map(hex::encode).unwrap_or_default()
     }
 }
 
@@ -143,7 +143,7 @@ impl Hasher for Sha256 {
         sha2::Digest::update(&mut self.0, data);
     }
     fn finish(self: Box<Self>) -> String {
-        hex(&sha2::Digest::finalize(self.0))
+        hex::encode(sha2::Digest::finalize(self.0))
     }
 }
 
@@ -154,16 +154,6 @@ impl Hasher for Crc32c {
     fn finish(self: Box<Self>) -> String {
         format!("{:08x}", self.0)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 fn new_hasher(kind: DigestKind) -> Box<dyn Hasher> {
@@ -308,8 +298,11 @@ mod tests {
             digest_bytes(DigestKind::Md5, b"abc").hex,
             "900150983cd24fb0d6963f7d28e17f72"
         );
-        assert_eq!(hex(&md5(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(hex(&md5(b"")), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            hex::encode(md5(b"abc")),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(hex::encode(md5(b"")), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(
             digest_bytes(DigestKind::Sha256, b"abc").hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

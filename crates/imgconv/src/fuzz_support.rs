@@ -58,10 +58,15 @@ const FUZZ_READ_LIMIT: u64 = 4 << 20;
 
 /// The QCOW2 reader on arbitrary bytes: open, `info`, walk the map and read the first
 /// [`FUZZ_READ_LIMIT`] bytes. Any error is fine; a panic, a hang or a huge allocation is a bug.
-pub fn qcow2_reader(input: &[u8]) {
+/// Whether it opened.
+pub fn qcow2_reader(input: &[u8]) -> bool {
     let source = Box::new(MemSource::new(input.to_vec()));
-    if let Ok(reader) = crate::formats::qcow2::Qcow2Reader::open(source) {
-        exercise(&reader);
+    match crate::formats::qcow2::Qcow2Reader::open(source) {
+        Ok(reader) => {
+            exercise(&reader);
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -84,35 +89,50 @@ fn exercise(reader: &dyn crate::reader::Reader) {
 
 /// The VDI reader on arbitrary bytes: open (which checks the whole block map), `info`, and
 /// read the first [`FUZZ_READ_LIMIT`] bytes.
-pub fn vdi_reader(input: &[u8]) {
+/// Whether it opened.
+pub fn vdi_reader(input: &[u8]) -> bool {
     let source = Box::new(MemSource::new(input.to_vec()));
-    if let Ok(reader) = crate::formats::vdi::VdiReader::open(source) {
-        exercise(&reader);
+    match crate::formats::vdi::VdiReader::open(source) {
+        Ok(reader) => {
+            exercise(&reader);
+            true
+        }
+        Err(_) => false,
     }
 }
 
 /// The VMDK reader on arbitrary bytes (a sparse extent, or a descriptor with no folder, whose
 /// file extents are therefore refused): open, `info`, and read the first
 /// [`FUZZ_READ_LIMIT`] bytes.
-pub fn vmdk_reader(input: &[u8]) {
+/// Whether it opened.
+pub fn vmdk_reader(input: &[u8]) -> bool {
     let source = Box::new(MemSource::new(input.to_vec()));
-    if let Ok(reader) = crate::formats::vmdk::VmdkReader::open(source) {
-        exercise(&reader);
+    match crate::formats::vmdk::VmdkReader::open(source) {
+        Ok(reader) => {
+            exercise(&reader);
+            true
+        }
+        Err(_) => false,
     }
 }
 
 /// The VHD reader on arbitrary bytes, twice: as given, and with the footer's and the dynamic
 /// header's checksums made right, so that mutations reach the BAT and block checks instead of
 /// stopping at a checksum.
-pub fn vhd_reader(input: &[u8]) {
+/// Whether the input as given opened.
+pub fn vhd_reader(input: &[u8]) -> bool {
     use crate::formats::vhd::{checksum, VhdReader};
-    if let Ok(reader) = VhdReader::open(Box::new(MemSource::new(input.to_vec()))) {
-        exercise(&reader);
-    }
+    let opened = match VhdReader::open(Box::new(MemSource::new(input.to_vec()))) {
+        Ok(reader) => {
+            exercise(&reader);
+            true
+        }
+        Err(_) => false,
+    };
     let mut fixed = input.to_vec();
     let n = fixed.len();
     if n < 512 {
-        return;
+        return opened;
     }
     let sum = checksum(&fixed[n - 512..], 64);
     fixed[n - 448..n - 444].copy_from_slice(&sum.to_be_bytes());
@@ -127,14 +147,15 @@ pub fn vhd_reader(input: &[u8]) {
     if let Ok(reader) = VhdReader::open(Box::new(MemSource::new(fixed))) {
         exercise(&reader);
     }
+    opened
 }
 
 /// The VMDK descriptor parser and the extent-name resolver on arbitrary text: no panic, and
-/// no name that resolves outside the folder.
-pub fn vmdk_descriptor(input: &[u8]) {
+/// no name that resolves outside the folder. Whether it parsed.
+pub fn vmdk_descriptor(input: &[u8]) -> bool {
     let text = String::from_utf8_lossy(input);
     let Ok(d) = crate::formats::vmdk::descriptor::Descriptor::parse(&text) else {
-        return;
+        return false;
     };
     let base = std::env::temp_dir();
     for e in &d.extents {
@@ -148,6 +169,7 @@ pub fn vmdk_descriptor(input: &[u8]) {
             );
         }
     }
+    true
 }
 
 #[cfg(test)]
@@ -244,6 +266,46 @@ mod tests {
         vmdk_descriptor(
             b"RW 1 FLAT \"a/b/../../c\"\nRW 2 SPARSE \"./ok\"\nRW 3 FLAT \"/etc/passwd\"",
         );
+    }
+
+    /// Every file under `fuzz/seeds/TARGET/` through its target: none may panic; a file whose
+    /// name starts with `malformed-` must be refused and every other one must open (or parse),
+    /// so that a seed that stops reaching past the first check fails here.
+    #[test]
+    fn every_committed_seed_runs_and_opens_as_its_name_says() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
+        type Target = fn(&[u8]) -> bool;
+        let targets: [(&str, Target); 6] = [
+            ("qcow2_reader", qcow2_reader),
+            ("vdi_reader", vdi_reader),
+            ("vhd_reader", vhd_reader),
+            ("vmdk_reader", vmdk_reader),
+            ("vmdk_descriptor", vmdk_descriptor),
+            ("raw_extents", |b| {
+                raw_extents(b);
+                true
+            }),
+        ];
+        for (target, run) in targets {
+            let dir = root.join(target);
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            files.sort();
+            assert!(!files.is_empty(), "{target} has no seeds");
+            for f in files {
+                let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                let name = f.file_name().unwrap_or_default().to_string_lossy();
+                let should_open = !name.starts_with("malformed-");
+                assert_eq!(
+                    run(&bytes),
+                    should_open,
+                    "{target}/{name}: expected to {}",
+                    if should_open { "open" } else { "be refused" }
+                );
+            }
+        }
     }
 
     /// The QCOW2 fuzz target's seeds: images from the shared fixtures (as committed under

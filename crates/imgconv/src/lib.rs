@@ -38,7 +38,7 @@
 compile_error!("imgconv supports 64-bit targets only");
 
 pub mod buffer;
-pub mod bytes;
+pub(crate) mod bytes;
 pub mod clock;
 pub mod compare;
 pub mod convert;

@@ -66,7 +66,7 @@ pub fn inspect(path: impl AsRef<Path>, format: Option<Format>) -> Result<ImageIn
     source.read_exact_at(0, &mut head[..n])?;
     let mut details = crate::formats::qcow2::header::peek(&head);
     details.push(("refused".into(), err.message().to_string()));
-    let size = u64::from_be_bytes(head[24..32].try_into().unwrap_or([0; 8]));
+    let size = crate::bytes::be64(&head, 24);
     Ok(ImageInfo {
         format: Format::Qcow2,
         virtual_size: size,

@@ -96,6 +96,19 @@ pub trait Encoder: Sync {
     fn encode(&self, chunk: Chunk) -> Result<Self::Encoded>;
 }
 
+/// The encoder of writers that store data as it is (QCOW2 uncompressed, monolithicSparse
+/// VMDK, VDI): chunks pass through untouched.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassThrough;
+
+impl Encoder for PassThrough {
+    type Encoded = Chunk;
+
+    fn encode(&self, chunk: Chunk) -> Result<Chunk> {
+        Ok(chunk)
+    }
+}
+
 /// The sizes `imgconv measure` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Measure {

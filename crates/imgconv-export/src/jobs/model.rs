@@ -230,5 +230,5 @@ pub struct ImageRecord {
 
 /// A hex SHA-256 of a request, for telling requests apart under one token.
 pub fn fingerprint(value: &serde_json::Value) -> String {
-    crate::hex(&Sha256::digest(value.to_string().as_bytes()))
+    hex::encode(Sha256::digest(value.to_string().as_bytes()))
 }

@@ -4,6 +4,7 @@
 pub mod options;
 pub mod qcow2;
 pub mod raw;
+pub(crate) mod table_cache;
 pub mod vdi;
 pub mod vhd;
 pub mod vmdk;

@@ -418,6 +418,14 @@ mod tests {
             let Ok(mut clusters) = got else {
                 panic!("encode failed: {compression:?} {cs} pattern {p}");
             };
+            // Text, half zeros, mostly text and a constant byte must come out compressed;
+            // noise must be stored plain (compressed, it would not be smaller).
+            let compressible = matches!(p, 1..=4);
+            let stored_compressed = matches!(clusters.last(), Some(Stored::Compressed(_)));
+            assert_eq!(
+                stored_compressed, compressible,
+                "{compression:?} {cs} pattern {p}: compressed {stored_compressed}"
+            );
             match clusters.pop() {
                 Some(Stored::Compressed(bytes)) => {
                     assert!(bytes.len() < cs, "{cs} pattern {p}: not smaller");

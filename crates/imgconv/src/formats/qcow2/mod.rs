@@ -26,4 +26,4 @@ mod writer;
 pub use compressed::{CompressEncoder, Qcow2CompressedWriter};
 pub use header::{Compression, Header};
 pub use reader::Qcow2Reader;
-pub use writer::{measure, Qcow2Encoder, Qcow2Options, Qcow2Writer};
+pub use writer::{measure, Qcow2Options, Qcow2Writer};

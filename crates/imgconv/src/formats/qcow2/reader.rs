@@ -1,10 +1,10 @@
 //! The QCOW2 reader: active layer of versions 2 and 3, every cluster size qemu allows,
 //! compressed (zlib with any window, zstd), zero and extended-L2 clusters.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::formats::table_cache::TableCache;
 use crate::model::{Extent, Format, ImageInfo, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::Source;
@@ -54,7 +54,7 @@ pub struct Qcow2Reader {
     h: Header,
     l1: Vec<u64>,
     file_len: u64,
-    cache: Mutex<HashMap<u64, Arc<[u64]>>>,
+    cache: TableCache<u64, u64>,
 }
 
 fn corrupt(offset: u64, msg: impl Into<String>) -> Error {
@@ -72,16 +72,13 @@ impl Qcow2Reader {
         let h = Header::parse(&head, file_len)?;
         let mut raw = vec![0u8; h.l1_size as usize * 8];
         src.read_exact_at(h.l1_table_offset, &mut raw)?;
-        let l1: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
+        let l1: Vec<u64> = crate::bytes::be64s(&raw).collect();
         Ok(Qcow2Reader {
             src,
             h,
             l1,
             file_len,
-            cache: Mutex::new(HashMap::new()),
+            cache: TableCache::new(L2_CACHE_BYTES),
         })
     }
 
@@ -110,22 +107,13 @@ impl Qcow2Reader {
                 format!("L2 table offset {off:#x} lies outside the file"),
             ));
         }
-        if let Some(t) = self.cache.lock().ok().and_then(|c| c.get(&off).cloned()) {
-            return Ok(Some(t));
-        }
-        let mut raw = vec![0u8; cs as usize];
-        self.src.read_exact_at(off, &mut raw)?;
-        let table: Arc<[u64]> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        if let Ok(mut cache) = self.cache.lock() {
-            if (cache.len() + 1) * cs as usize > L2_CACHE_BYTES {
-                cache.clear();
-            }
-            cache.insert(off, Arc::clone(&table));
-        }
-        Ok(Some(table))
+        self.cache
+            .get_or_load(off, || {
+                let mut raw = vec![0u8; cs as usize];
+                self.src.read_exact_at(off, &mut raw)?;
+                Ok(crate::bytes::be64s(&raw).collect())
+            })
+            .map(Some)
     }
 
     fn cluster(&self, index: u64) -> Result<Cluster> {

@@ -5,6 +5,7 @@
 //! u16 name_size, u32 date_sec, u32 date_nsec, u64 vm_clock_nsec, u32 vm_state_size,
 //! u32 extra_data_size, extra data, id string, name, padding to 8 bytes.
 
+use crate::bytes::{be16, be32};
 use crate::source::Source;
 
 use super::header::Header;
@@ -48,9 +49,9 @@ fn names(src: &dyn Source, h: &Header) -> Result<Vec<String>, String> {
         let mut fixed = [0u8; ENTRY_FIXED];
         src.read_exact_at(pos, &mut fixed)
             .map_err(|_| format!("entry {i} lies beyond the end of the file"))?;
-        let id_len = u16::from_be_bytes([fixed[12], fixed[13]]) as u64;
-        let name_len = u16::from_be_bytes([fixed[14], fixed[15]]) as u64;
-        let extra = u32::from_be_bytes([fixed[36], fixed[37], fixed[38], fixed[39]]) as u64;
+        let id_len = u64::from(be16(&fixed, 12));
+        let name_len = u64::from(be16(&fixed, 14));
+        let extra = u64::from(be32(&fixed, 36));
         if extra > 1024 {
             return Err(format!("entry {i} has {extra} bytes of extra data"));
         }

@@ -18,7 +18,7 @@ use crate::formats::options::{parse_size, WriterOptions};
 use crate::model::Format;
 use crate::planner::Plan;
 use crate::sink::Output;
-use crate::writer::{write_unit_runs, Chunk, Encoder, Measure, Writer, WriterSummary};
+use crate::writer::{write_unit_runs, Chunk, Measure, PassThrough, Writer, WriterSummary};
 
 use super::header::{self, Compression, Header, V2_HEADER_LEN, V3_HEADER_LEN};
 use super::reader::COPIED;
@@ -239,18 +239,6 @@ pub fn measure(plan: &Plan, opts: &Qcow2Options) -> Measure {
     }
 }
 
-/// The QCOW2 encoder: uncompressed clusters pass through as they are.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Qcow2Encoder;
-
-impl Encoder for Qcow2Encoder {
-    type Encoded = Chunk;
-
-    fn encode(&self, chunk: Chunk) -> Result<Chunk> {
-        Ok(chunk)
-    }
-}
-
 /// The uncompressed QCOW2 writer.
 #[derive(Debug)]
 pub struct Qcow2Writer {
@@ -310,7 +298,7 @@ pub(super) fn be64_table(
 }
 
 impl Writer for Qcow2Writer {
-    type Encoder = Qcow2Encoder;
+    type Encoder = PassThrough;
 
     fn format(&self) -> Format {
         Format::Qcow2
@@ -328,8 +316,8 @@ impl Writer for Qcow2Writer {
         self.layout.map(|l| l.file_len())
     }
 
-    fn encoder(&self) -> Qcow2Encoder {
-        Qcow2Encoder
+    fn encoder(&self) -> PassThrough {
+        PassThrough
     }
 
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {

@@ -39,6 +39,7 @@
 //! `azure=on` (fixed, size rounded up to a whole MiB). Sizes are kept exactly (rounded up to a
 //! whole sector only). Limits: 2040 GiB for dynamic disks, as in the specification.
 
+mod dynamic_header;
 mod reader;
 mod writer;
 
@@ -212,7 +213,7 @@ impl Footer {
             original_size: be64(b, 40),
             current_size: be64(b, 48),
             geometry: Geometry {
-                cylinders: u16::from_be_bytes([b[56], b[57]]),
+                cylinders: crate::bytes::be16(b, 56),
                 heads: b[58],
                 sectors: b[59],
             },

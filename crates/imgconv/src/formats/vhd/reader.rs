@@ -1,103 +1,17 @@
 //! The VHD reader: fixed and dynamic disks.
 
-use crate::bytes::{be32, be64};
+use crate::bytes::be32;
 use crate::error::{Error, Result};
 use crate::ids::uuid_text;
 use crate::model::{Extent, Format, ImageInfo, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::Source;
 
-use super::{
-    checksum, DiskType, Footer, COOKIE, DYNAMIC_COOKIE, DYNAMIC_HEADER_SIZE, FOOTER_SIZE,
-    UNALLOCATED,
-};
+use super::dynamic_header::DynamicHeader;
+use super::{checksum, DiskType, Footer, COOKIE, DYNAMIC_HEADER_SIZE, FOOTER_SIZE, UNALLOCATED};
 
-/// Largest parent locator read to name a differencing disk's parent.
-const MAX_LOCATOR: u64 = 64 << 10;
-
-fn bad(at: u64, msg: impl Into<String>) -> Error {
+pub(super) fn bad(at: u64, msg: impl Into<String>) -> Error {
     Error::invalid_image(Format::Vhd, at, msg)
-}
-
-/// The dynamic header, decoded.
-#[derive(Debug, Clone)]
-struct DynamicHeader {
-    table_offset: u64,
-    entries: u32,
-    block_size: u64,
-    parent_uuid: [u8; 16],
-    parent_name: String,
-    /// (platform code, data length, data offset) of each locator in use.
-    locators: Vec<([u8; 4], u32, u64)>,
-}
-
-impl DynamicHeader {
-    fn parse(h: &[u8], at: u64) -> Result<DynamicHeader> {
-        if &h[..8] != DYNAMIC_COOKIE {
-            return Err(bad(
-                at,
-                "no dynamic header (cookie 'cxsparse') where the footer says",
-            ));
-        }
-        let stored = be32(h, 36);
-        let computed = checksum(h, 36);
-        if stored != computed {
-            return Err(bad(
-                at + 36,
-                format!(
-                    "dynamic header checksum {stored:#010x} does not match its contents \
-                     ({computed:#010x})"
-                ),
-            ));
-        }
-        let version = be32(h, 24);
-        if version >> 16 != 1 {
-            return Err(Error::unsupported(format!(
-                "VHD dynamic header version {}.{} is not supported (1.0 is)",
-                version >> 16,
-                version & 0xffff
-            ))
-            .with_format(Format::Vhd));
-        }
-        let mut parent_uuid = [0u8; 16];
-        parent_uuid.copy_from_slice(&h[40..56]);
-        let name: Vec<u16> = h[64..576]
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .take_while(|&c| c != 0)
-            .collect();
-        let locators = (0..8)
-            .map(|i| &h[576 + 24 * i..600 + 24 * i])
-            .filter(|e| e[..4] != [0; 4])
-            .map(|e| ([e[0], e[1], e[2], e[3]], be32(e, 8), be64(e, 16)))
-            .collect();
-        Ok(DynamicHeader {
-            table_offset: be64(h, 16),
-            entries: be32(h, 28),
-            block_size: u64::from(be32(h, 32)),
-            parent_uuid,
-            parent_name: String::from_utf16_lossy(&name),
-            locators,
-        })
-    }
-
-    /// The parent's relative path from a `W2ru` locator (UTF-16LE), if it has one that lies
-    /// inside the file.
-    fn relative_parent(&self, src: &dyn Source) -> Option<String> {
-        let &(_, len, off) = self.locators.iter().find(|l| &l.0 == b"W2ru")?;
-        let len = u64::from(len);
-        if len == 0 || len > MAX_LOCATOR || off.checked_add(len)? > src.len() {
-            return None;
-        }
-        let mut raw = vec![0u8; len as usize];
-        src.read_exact_at(off, &mut raw).ok()?;
-        let units: Vec<u16> = raw
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&c| c != 0)
-            .collect();
-        Some(String::from_utf16_lossy(&units))
-    }
 }
 
 /// The footer at the end of `src`, with its checksum verified.

@@ -11,9 +11,10 @@ use crate::planner::Plan;
 use crate::sink::Output;
 use crate::writer::{Chunk, Encoder, Measure, Writer, WriterSummary};
 
+use super::dynamic_header::DynamicHeader;
 use super::{
-    checksum, timestamp_now, DiskType, Footer, Geometry, CREATOR, DEFAULT_BLOCK_SIZE,
-    DYNAMIC_COOKIE, DYNAMIC_HEADER_SIZE, FOOTER_SIZE, MAX_DYNAMIC_SIZE, UNALLOCATED, VERSION,
+    timestamp_now, DiskType, Footer, Geometry, CREATOR, DEFAULT_BLOCK_SIZE, DYNAMIC_HEADER_SIZE,
+    FOOTER_SIZE, MAX_DYNAMIC_SIZE, UNALLOCATED, VERSION,
 };
 
 const MIB: u64 = 1 << 20;
@@ -388,16 +389,7 @@ impl VhdDynamicWriter {
 
     fn header(&self) -> Vec<u8> {
         let l = &self.layout;
-        let mut h = vec![0u8; DYNAMIC_HEADER_SIZE as usize];
-        h[..8].copy_from_slice(DYNAMIC_COOKIE);
-        h[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
-        h[16..24].copy_from_slice(&TABLE_OFFSET.to_be_bytes());
-        h[24..28].copy_from_slice(&VERSION.to_be_bytes());
-        h[28..32].copy_from_slice(&(l.entries as u32).to_be_bytes());
-        h[32..36].copy_from_slice(&(l.block_size as u32).to_be_bytes());
-        let sum = checksum(&h, 36);
-        h[36..40].copy_from_slice(&sum.to_be_bytes());
-        h
+        DynamicHeader::new(TABLE_OFFSET, l.entries as u32, l.block_size).encode()
     }
 }
 

@@ -5,7 +5,10 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::random_u64;
 use crate::model::Format;
+
+use super::options::VmdkOptions;
 
 /// Largest descriptor read: VMware's are a few KiB.
 pub const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
@@ -197,6 +200,43 @@ pub fn resolve(folder: &Path, name: &str) -> Result<PathBuf> {
         return Err(refuse("is a link that leaves the folder"));
     }
     Ok(real)
+}
+
+/// The embedded descriptor text.
+pub(super) fn descriptor(
+    capacity: u64,
+    o: &VmdkOptions,
+    create_type: &str,
+    extent: &str,
+) -> String {
+    let mut cid = (random_u64(0) & 0xffff_ffff) as u32;
+    if cid >= 0xffff_fffe {
+        cid = 0x1234_5678;
+    }
+    let long_id = format!("{:016x}{:016x}", random_u64(1), random_u64(2));
+    let heads = 255u64;
+    let sectors = 63u64;
+    let cylinders = (capacity / (heads * sectors)).clamp(1, 65535);
+    let u = long_id.as_bytes();
+    let uuid = (0..16)
+        .map(|i| String::from_utf8_lossy(&u[i * 2..i * 2 + 2]).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID=ffffffff\ncreateType=\"{create_type}\"\n\n\
+         # Extent description\n{extent}\n\n# The Disk Data Base\n#DDB\n\n\
+         ddb.virtualHWVersion = \"{}\"\nddb.adapterType = \"{}\"\n\
+         ddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"{heads}\"\n\
+         ddb.geometry.sectors = \"{sectors}\"\nddb.longContentID = \"{long_id}\"\n\
+         ddb.uuid = \"{uuid}\"\nddb.toolsVersion = \"2147483647\"\n",
+        o.hw_version, o.adapter_type
+    )
+}
+
+/// The descriptor of a monolithicFlat disk of `capacity` sectors stored in `flat_name`.
+pub fn flat_descriptor(capacity: u64, o: &VmdkOptions, flat_name: &str) -> String {
+    let extent = format!("RW {capacity} FLAT \"{flat_name}\" 0");
+    descriptor(capacity, o, "monolithicFlat", &extent)
 }
 
 #[cfg(test)]

@@ -39,6 +39,18 @@ pub const MAX_CAPACITY_SECTORS: u64 = 1 << 37;
 pub const MAX_GD_BYTES: u64 = 32 << 20;
 /// Largest grain table.
 pub const MAX_GT_ENTRIES: u32 = 1 << 16;
+/// Bytes of a sparse header (and of its footer copy).
+pub const HEADER_BYTES: usize = 512;
+
+/// Grain size imgconv writes: 64 KiB (128 sectors), what VMware writes.
+pub(super) const GRAIN_SECTORS: u64 = 128;
+/// Grain table entries imgconv writes, as VMware writes them.
+pub(super) const GT_ENTRIES: u64 = 512;
+/// Sectors imgconv reserves for the embedded descriptor (it starts at sector 1).
+pub(super) const DESCRIPTOR_SECTORS: u64 = 20;
+
+// The last field (compressAlgorithm, u16 at 77) ends inside the header.
+const _: () = assert!(77 + 2 <= HEADER_BYTES);
 
 /// A validated sparse header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +107,7 @@ impl SparseHeader {
             rgd_offset: le64(b, 48),
             gd_offset: le64(b, 56),
             overhead: le64(b, 64),
-            compress_algorithm: u16::from_le_bytes([b[77], b[78]]),
+            compress_algorithm: crate::bytes::le16(b, 77),
         };
         if h.grain_sectors == 0
             || !h.grain_sectors.is_power_of_two()
@@ -142,6 +154,54 @@ impl SparseHeader {
         Ok(h)
     }
 
+    /// A header as imgconv writes it: 64 KiB grains, 512-entry grain tables, the descriptor
+    /// at sector 1 for [`DESCRIPTOR_SECTORS`], no overhead or compression yet.
+    pub(super) fn written(version: u32, flags: u32, capacity: u64, rgd: u64, gd: u64) -> Self {
+        SparseHeader {
+            version,
+            flags,
+            capacity,
+            grain_sectors: GRAIN_SECTORS,
+            descriptor: (1, DESCRIPTOR_SECTORS),
+            gt_entries: GT_ENTRIES as u32,
+            rgd_offset: rgd,
+            gd_offset: gd,
+            overhead: 0,
+            compress_algorithm: 0,
+        }
+    }
+
+    /// With `overhead` sectors of metadata before the first grain.
+    pub(super) fn with_overhead(mut self, overhead: u64) -> Self {
+        self.overhead = overhead;
+        self
+    }
+
+    /// With compression algorithm `algorithm` (1: deflate).
+    pub(super) fn with_compression(mut self, algorithm: u16) -> Self {
+        self.compress_algorithm = algorithm;
+        self
+    }
+
+    /// The 512 bytes, with the line-ending check characters VMware writes.
+    pub fn encode(&self) -> [u8; HEADER_BYTES] {
+        let mut b = [0u8; HEADER_BYTES];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4..8].copy_from_slice(&self.version.to_le_bytes());
+        b[8..12].copy_from_slice(&self.flags.to_le_bytes());
+        b[12..20].copy_from_slice(&self.capacity.to_le_bytes());
+        b[20..28].copy_from_slice(&self.grain_sectors.to_le_bytes());
+        b[28..36].copy_from_slice(&self.descriptor.0.to_le_bytes());
+        b[36..44].copy_from_slice(&self.descriptor.1.to_le_bytes());
+        b[44..48].copy_from_slice(&self.gt_entries.to_le_bytes());
+        b[48..56].copy_from_slice(&self.rgd_offset.to_le_bytes());
+        b[56..64].copy_from_slice(&self.gd_offset.to_le_bytes());
+        b[64..72].copy_from_slice(&self.overhead.to_le_bytes());
+        b[73..77].copy_from_slice(b"\n \r\n");
+        b[77..79].copy_from_slice(&self.compress_algorithm.to_le_bytes());
+        b
+    }
+
     /// Grain size in bytes.
     pub fn grain_bytes(&self) -> u64 {
         self.grain_sectors * 512
@@ -177,6 +237,17 @@ mod tests {
         b[56..64].copy_from_slice(&21u64.to_le_bytes()); //       gdOffset
         b[73..77].copy_from_slice(b"\n \r\n"); //                  line-ending check
         b
+    }
+
+    #[test]
+    fn a_written_header_reads_back_as_encoded() -> Result<()> {
+        let h = SparseHeader::written(3, 1 | FLAG_COMPRESSED | FLAG_MARKERS, 32768, 0, 21)
+            .with_overhead(128)
+            .with_compression(1);
+        let b = h.encode();
+        assert_eq!(&b[73..77], b"\n \r\n");
+        assert_eq!(SparseHeader::parse(&b)?, h);
+        Ok(())
     }
 
     #[test]

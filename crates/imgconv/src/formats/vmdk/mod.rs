@@ -18,11 +18,14 @@
 
 pub mod descriptor;
 pub mod header;
+mod options;
 mod reader;
 mod sparse;
 mod sparse_writer;
 mod stream;
 
+pub use descriptor::flat_descriptor;
+pub use options::VmdkOptions;
 pub use reader::VmdkReader;
-pub use sparse_writer::{PlainEncoder, SparseWriter};
-pub use stream::{flat_descriptor, GrainRecord, StreamEncoder, StreamWriter, VmdkOptions};
+pub use sparse_writer::SparseWriter;
+pub use stream::{GrainRecord, StreamEncoder, StreamWriter};

@@ -63,7 +63,7 @@ impl VmdkReader {
         let len = src.len();
         let mut head = vec![0u8; 512.min(len) as usize];
         src.read_exact_at(0, &mut head)?;
-        if head.len() >= 4 && u32::from_le_bytes([head[0], head[1], head[2], head[3]]) == MAGIC {
+        if head.len() >= 4 && crate::bytes::le32(&head, 0) == MAGIC {
             return Self::open_sparse_file(src);
         }
         if len > MAX_DESCRIPTOR_BYTES {

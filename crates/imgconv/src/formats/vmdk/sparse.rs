@@ -1,9 +1,9 @@
 //! A VMDK sparse extent: grain directory → grain tables → grains (plain or compressed).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::formats::table_cache::TableCache;
 use crate::model::{Extent, Format};
 use crate::source::Source;
 
@@ -27,7 +27,7 @@ pub(super) struct SparseExtent {
     pub(super) h: SparseHeader,
     gd: Vec<u32>,
     file_len: u64,
-    cache: Mutex<HashMap<u32, Arc<[u32]>>>,
+    cache: TableCache<u32, u32>,
 }
 
 fn bad(at: u64, msg: impl Into<String>) -> Error {
@@ -79,16 +79,13 @@ impl SparseExtent {
             .ok_or_else(|| bad(56, "the grain directory lies outside the file"))?;
         let mut raw = vec![0u8; gd_bytes as usize];
         src.read_exact_at(gd_at, &mut raw)?;
-        let gd = raw
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let gd = crate::bytes::le32s(&raw).collect();
         Ok(SparseExtent {
             src,
             h,
             gd,
             file_len,
-            cache: Mutex::new(HashMap::new()),
+            cache: TableCache::new(GT_CACHE_BYTES),
         })
     }
 
@@ -97,30 +94,21 @@ impl SparseExtent {
         if sector == 0 {
             return Ok(None);
         }
-        if let Some(t) = self.cache.lock().ok().and_then(|c| c.get(&sector).cloned()) {
-            return Ok(Some(t));
-        }
-        let bytes = u64::from(self.h.gt_entries) * 4;
-        let at = u64::from(sector) * 512;
-        if at.checked_add(bytes).is_none_or(|end| end > self.file_len) {
-            return Err(bad(
-                at,
-                format!("grain table {gd_index} lies beyond the end of the file"),
-            ));
-        }
-        let mut raw = vec![0u8; bytes as usize];
-        self.src.read_exact_at(at, &mut raw)?;
-        let t: Arc<[u32]> = raw
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if let Ok(mut c) = self.cache.lock() {
-            if (c.len() + 1) * bytes as usize > GT_CACHE_BYTES {
-                c.clear();
-            }
-            c.insert(sector, Arc::clone(&t));
-        }
-        Ok(Some(t))
+        self.cache
+            .get_or_load(sector, || {
+                let bytes = u64::from(self.h.gt_entries) * 4;
+                let at = u64::from(sector) * 512;
+                if at.checked_add(bytes).is_none_or(|end| end > self.file_len) {
+                    return Err(bad(
+                        at,
+                        format!("grain table {gd_index} lies beyond the end of the file"),
+                    ));
+                }
+                let mut raw = vec![0u8; bytes as usize];
+                self.src.read_exact_at(at, &mut raw)?;
+                Ok(crate::bytes::le32s(&raw).collect())
+            })
+            .map(Some)
     }
 
     /// The grain with index `g`.
@@ -177,8 +165,8 @@ impl SparseExtent {
                 }
                 let mut m = [0u8; 12];
                 self.src.read_exact_at(at, &mut m)?;
-                let lba = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]]);
-                let len = u64::from(u32::from_le_bytes([m[8], m[9], m[10], m[11]]));
+                let lba = crate::bytes::le64(&m, 0);
+                let len = u64::from(crate::bytes::le32(&m, 8));
                 if lba != index * self.h.grain_sectors {
                     return Err(bad(
                         at,

@@ -17,13 +17,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::Format;
 use crate::planner::Plan;
 use crate::sink::Output;
-use crate::writer::{write_unit_runs, Chunk, Encoder, Writer, WriterSummary};
+use crate::writer::{write_unit_runs, Chunk, PassThrough, Writer, WriterSummary};
 
-use super::header::FLAG_RGD;
-use super::stream::{
-    descriptor, sparse_header, HeaderFields, VmdkOptions, DESCRIPTOR_SECTORS, GRAIN_SECTORS,
-    GT_ENTRIES,
-};
+use super::descriptor::descriptor;
+use super::header::{SparseHeader, DESCRIPTOR_SECTORS, FLAG_RGD, GRAIN_SECTORS, GT_ENTRIES};
+use super::options::VmdkOptions;
 
 /// Sectors of one grain table (512 u32 entries).
 const GT_SECTORS: u64 = GT_ENTRIES * 4 / 512;
@@ -54,17 +52,6 @@ impl Layout {
             gd,
             overhead: end.next_multiple_of(GRAIN_SECTORS),
         }
-    }
-}
-
-/// Passes chunks through: grains are stored as they are.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PlainEncoder;
-
-impl Encoder for PlainEncoder {
-    type Encoded = Chunk;
-    fn encode(&self, chunk: Chunk) -> Result<Chunk> {
-        Ok(chunk)
     }
 }
 
@@ -129,7 +116,7 @@ impl SparseWriter {
 }
 
 impl Writer for SparseWriter {
-    type Encoder = PlainEncoder;
+    type Encoder = PassThrough;
 
     fn format(&self) -> Format {
         Format::Vmdk
@@ -147,8 +134,8 @@ impl Writer for SparseWriter {
         None
     }
 
-    fn encoder(&self) -> PlainEncoder {
-        PlainEncoder
+    fn encoder(&self) -> PassThrough {
+        PassThrough
     }
 
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
@@ -160,15 +147,10 @@ impl Writer for SparseWriter {
         })?;
         let l = self.layout;
         self.planned = plan.allocated_units();
-        let mut head = sparse_header(&HeaderFields {
-            version: 1,
-            flags: 1 | FLAG_RGD,
-            capacity: l.capacity,
-            rgd: l.rgd,
-            gd: l.gd,
-            overhead: l.overhead,
-            compress: 0,
-        });
+        let mut head = SparseHeader::written(1, 1 | FLAG_RGD, l.capacity, l.rgd, l.gd)
+            .with_overhead(l.overhead)
+            .encode()
+            .to_vec();
         let extent = format!("RW {} SPARSE \"{}\"", l.capacity, self.opts.file_name);
         let mut d = descriptor(l.capacity, &self.opts, "monolithicSparse", &extent).into_bytes();
         if d.len() > (DESCRIPTOR_SECTORS * 512) as usize {

@@ -15,170 +15,32 @@
 
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::random_u64;
 use crate::model::Format;
 use crate::planner::Plan;
 use crate::sink::Output;
 use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
 
-use super::header::{FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END, MAGIC};
+use super::descriptor::descriptor;
+use super::header::{
+    SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END, GRAIN_SECTORS, GT_ENTRIES,
+};
+use super::options::VmdkOptions;
 
-/// Grain size: 64 KiB (128 sectors), what VMware writes.
-pub(super) const GRAIN_SECTORS: u64 = 128;
-/// Grain table entries, as VMware writes them.
-pub(super) const GT_ENTRIES: u64 = 512;
-/// Sectors reserved for the embedded descriptor.
-pub(super) const DESCRIPTOR_SECTORS: u64 = 20;
 /// Metadata before the first grain: header + descriptor, rounded to a grain like VMware.
 const OVERHEAD_SECTORS: u64 = 128;
-/// Default deflate level (libdeflate's 6: smaller than zlib's 6 and much faster).
-pub(super) const DEFAULT_LEVEL: i32 = 6;
 
 const MARKER_EOS: u32 = 0;
 const MARKER_GT: u32 = 1;
 const MARKER_GD: u32 = 2;
 const MARKER_FOOTER: u32 = 3;
 
-/// Descriptor fields of a VMDK output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmdkOptions {
-    /// `ddb.adapterType`: lsilogic (default), ide, buslogic, legacyESX or pvscsi.
-    pub adapter_type: String,
-    /// `ddb.virtualHWVersion` (default 4, which every ESXi and Workstation accepts).
-    pub hw_version: String,
-    /// Deflate level 1 to 12 (libdeflate's scale).
-    pub level: i32,
-    /// The extent file name the descriptor names (the output's own name).
-    pub file_name: String,
-}
-
-impl VmdkOptions {
-    /// The option names VMDK takes.
-    pub const KNOWN: &'static [&'static str] = &[
-        "subformat",
-        "adapter_type",
-        "hwversion",
-        "compression_level",
-    ];
-
-    /// Take VMDK's options; returns the subformat and the descriptor options.
-    pub fn parse(
-        mut opts: crate::formats::options::WriterOptions,
-        file_name: &str,
-    ) -> Result<(String, VmdkOptions)> {
-        let subformat = opts
-            .take("subformat")
-            .unwrap_or_else(|| "streamOptimized".into());
-        let adapter_type = opts
-            .take("adapter_type")
-            .unwrap_or_else(|| "lsilogic".into());
-        if !["lsilogic", "ide", "buslogic", "legacyESX", "pvscsi"].contains(&adapter_type.as_str())
-        {
-            return Err(Error::invalid_argument(format!(
-                "adapter_type '{adapter_type}' is not one of lsilogic, ide, buslogic, legacyESX, pvscsi"
-            )));
-        }
-        let hw_version = opts.take("hwversion").unwrap_or_else(|| "4".into());
-        if hw_version.is_empty() || !hw_version.chars().all(|c| c.is_ascii_digit()) {
-            return Err(Error::invalid_argument(format!(
-                "hwversion '{hw_version}' is not a number"
-            )));
-        }
-        let level = match opts.take("compression_level") {
-            None => DEFAULT_LEVEL,
-            Some(l) => l
-                .parse::<i32>()
-                .ok()
-                .filter(|l| (1..=12).contains(l))
-                .ok_or_else(|| {
-                    Error::invalid_argument(format!("compression_level '{l}' is not 1 to 12"))
-                })?,
-        };
-        opts.finish(Format::Vmdk, Self::KNOWN)?;
-        Ok((
-            subformat,
-            VmdkOptions {
-                adapter_type,
-                hw_version,
-                level,
-                file_name: file_name.to_string(),
-            },
-        ))
-    }
-}
-
-/// The embedded descriptor text.
-pub(super) fn descriptor(
-    capacity: u64,
-    o: &VmdkOptions,
-    create_type: &str,
-    extent: &str,
-) -> String {
-    let mut cid = (random_u64(0) & 0xffff_ffff) as u32;
-    if cid >= 0xffff_fffe {
-        cid = 0x1234_5678;
-    }
-    let long_id = format!("{:016x}{:016x}", random_u64(1), random_u64(2));
-    let heads = 255u64;
-    let sectors = 63u64;
-    let cylinders = (capacity / (heads * sectors)).clamp(1, 65535);
-    let u = long_id.as_bytes();
-    let uuid = (0..16)
-        .map(|i| String::from_utf8_lossy(&u[i * 2..i * 2 + 2]).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    format!(
-        "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID=ffffffff\ncreateType=\"{create_type}\"\n\n\
-         # Extent description\n{extent}\n\n# The Disk Data Base\n#DDB\n\n\
-         ddb.virtualHWVersion = \"{}\"\nddb.adapterType = \"{}\"\n\
-         ddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"{heads}\"\n\
-         ddb.geometry.sectors = \"{sectors}\"\nddb.longContentID = \"{long_id}\"\n\
-         ddb.uuid = \"{uuid}\"\nddb.toolsVersion = \"2147483647\"\n",
-        o.hw_version, o.adapter_type
-    )
-}
-
-/// The fields of a sparse header imgconv writes.
-pub(super) struct HeaderFields {
-    pub(super) version: u32,
-    pub(super) flags: u32,
-    pub(super) capacity: u64,
-    pub(super) rgd: u64,
-    pub(super) gd: u64,
-    pub(super) overhead: u64,
-    pub(super) compress: u16,
-}
-
-/// A 512-byte sparse header: 64 KiB grains, 512-entry grain tables, the descriptor at sector 1.
-pub(super) fn sparse_header(f: &HeaderFields) -> Vec<u8> {
-    let mut b = vec![0u8; 512];
-    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&f.version.to_le_bytes());
-    b[8..12].copy_from_slice(&f.flags.to_le_bytes());
-    b[12..20].copy_from_slice(&f.capacity.to_le_bytes());
-    b[20..28].copy_from_slice(&GRAIN_SECTORS.to_le_bytes());
-    b[28..36].copy_from_slice(&1u64.to_le_bytes());
-    b[36..44].copy_from_slice(&DESCRIPTOR_SECTORS.to_le_bytes());
-    b[44..48].copy_from_slice(&(GT_ENTRIES as u32).to_le_bytes());
-    b[48..56].copy_from_slice(&f.rgd.to_le_bytes());
-    b[56..64].copy_from_slice(&f.gd.to_le_bytes());
-    b[64..72].copy_from_slice(&f.overhead.to_le_bytes());
-    b[73..77].copy_from_slice(b"\n \r\n");
-    b[77..79].copy_from_slice(&f.compress.to_le_bytes());
-    b
-}
-
 /// The header of the stream (and, with the real `gd`, of its footer).
 fn header(capacity: u64, gd: u64) -> Vec<u8> {
-    sparse_header(&HeaderFields {
-        version: 3,
-        flags: 1 | FLAG_COMPRESSED | FLAG_MARKERS,
-        capacity,
-        rgd: 0,
-        gd,
-        overhead: OVERHEAD_SECTORS,
-        compress: 1,
-    })
+    SparseHeader::written(3, 1 | FLAG_COMPRESSED | FLAG_MARKERS, capacity, 0, gd)
+        .with_overhead(OVERHEAD_SECTORS)
+        .with_compression(1)
+        .encode()
+        .to_vec()
 }
 
 fn marker(sectors: u64, kind: u32) -> Vec<u8> {
@@ -362,10 +224,4 @@ impl Writer for StreamWriter {
             unit_size: GRAIN_SECTORS * 512,
         })
     }
-}
-
-/// The descriptor of a monolithicFlat disk of `capacity` sectors stored in `flat_name`.
-pub fn flat_descriptor(capacity: u64, o: &VmdkOptions, flat_name: &str) -> String {
-    let extent = format!("RW {capacity} FLAT \"{flat_name}\" 0");
-    descriptor(capacity, o, "monolithicFlat", &extent)
 }

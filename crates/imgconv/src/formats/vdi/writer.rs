@@ -1,0 +1,172 @@
+//! Writing VDI images: dynamic or fixed, block map and data aligned to 1 MiB, in file order.
+
+use crate::buffer::Bytes;
+use crate::error::{Error, ErrorKind, Result};
+use crate::formats::options::WriterOptions;
+use crate::ids::{random_uuid, UuidLayout};
+use crate::model::Format;
+use crate::planner::Plan;
+use crate::sink::Output;
+use crate::writer::{write_unit_runs, Chunk, PassThrough, Writer, WriterSummary};
+
+use super::header::{Geometry, Header, HEADER_BYTES};
+use super::{ALIGN, BLOCK_SIZE, FREE, MAX_BLOCKS};
+
+/// Options of the VDI writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VdiOptions {
+    /// Every block allocated (`subformat=fixed` or `static=on`).
+    pub fixed: bool,
+}
+
+impl VdiOptions {
+    /// The option names VDI takes.
+    pub const KNOWN: &'static [&'static str] = &["subformat", "static"];
+
+    /// Take VDI's options.
+    pub fn parse(mut opts: WriterOptions) -> Result<VdiOptions> {
+        let mut fixed = match opts.take("subformat").as_deref() {
+            None | Some("dynamic") => false,
+            Some("fixed") => true,
+            Some(o) => {
+                return Err(Error::invalid_argument(format!(
+                    "subformat '{o}' is not one of dynamic, fixed"
+                )))
+            }
+        };
+        match opts.take("static").as_deref() {
+            None | Some("off") => {}
+            Some("on") => fixed = true,
+            Some(o) => {
+                return Err(Error::invalid_argument(format!(
+                    "static '{o}' is not on or off"
+                )))
+            }
+        }
+        opts.finish(Format::Vdi, Self::KNOWN)?;
+        Ok(VdiOptions { fixed })
+    }
+}
+
+/// The VDI writer.
+#[derive(Debug)]
+pub struct VdiWriter {
+    opts: VdiOptions,
+    size: u64,
+    blocks: u64,
+    data_offset: u64,
+    allocated: u64,
+    written: u64,
+}
+
+impl VdiWriter {
+    /// A writer for a disk of `virtual_size` bytes.
+    pub fn new(virtual_size: u64, opts: VdiOptions) -> Result<VdiWriter> {
+        let blocks = virtual_size.div_ceil(BLOCK_SIZE);
+        if blocks > MAX_BLOCKS {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                "VDI output is limited to 16 TiB",
+            ));
+        }
+        let data_offset = ALIGN + (blocks * 4).next_multiple_of(ALIGN).max(ALIGN);
+        Ok(VdiWriter {
+            opts,
+            size: virtual_size,
+            blocks,
+            data_offset,
+            allocated: 0,
+            written: 0,
+        })
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let mut h = Header::new(
+            if self.opts.fixed { 2 } else { 1 },
+            self.size,
+            BLOCK_SIZE as u32,
+        );
+        h.block_map_offset = ALIGN as u32;
+        h.data_offset = self.data_offset as u32;
+        let sectors = self.size / 512;
+        let geometry = Geometry {
+            cylinders: (sectors / (16 * 63)).clamp(1, 16383) as u32,
+            heads: 16,
+            sectors: 63,
+            sector_size: 512,
+        };
+        h.legacy_geometry = geometry;
+        h.lchs_geometry = geometry;
+        h.blocks = self.blocks as u32;
+        h.allocated = self.allocated as u32;
+        h.uuid_create = random_uuid(UuidLayout::LittleEndian);
+        h.uuid_modify = random_uuid(UuidLayout::LittleEndian);
+        h.encode().to_vec()
+    }
+}
+
+impl Writer for VdiWriter {
+    type Encoder = PassThrough;
+
+    fn format(&self) -> Format {
+        Format::Vdi
+    }
+
+    fn unit_size(&self) -> u64 {
+        BLOCK_SIZE
+    }
+
+    fn needs_plan(&self) -> bool {
+        true
+    }
+
+    fn output_len(&self) -> Option<u64> {
+        None
+    }
+
+    fn encoder(&self) -> PassThrough {
+        PassThrough
+    }
+
+    fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
+        let plan =
+            plan.ok_or_else(|| Error::new(ErrorKind::Io, "internal error: VDI needs a plan"))?;
+        let mut map = Vec::with_capacity((self.blocks * 4) as usize);
+        let mut next = 0u32;
+        for b in 0..self.blocks as usize {
+            let e = if self.opts.fixed || plan.bitmap().get(b).is_some_and(|x| *x) {
+                next += 1;
+                next - 1
+            } else {
+                FREE
+            };
+            map.extend_from_slice(&e.to_le_bytes());
+        }
+        self.allocated = u64::from(next);
+        out.write(&Bytes::from_vec(self.header()))?;
+        out.write_zeros(ALIGN - HEADER_BYTES as u64)?;
+        map.resize((self.data_offset - ALIGN) as usize, 0);
+        out.write(&Bytes::from_vec(map))
+    }
+
+    fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+        self.written += write_unit_runs(&chunk, out, self.opts.fixed)?;
+        Ok(())
+    }
+
+    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+        if self.written != self.allocated
+            || out.position() != self.data_offset + self.allocated * BLOCK_SIZE
+        {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "internal error: VDI layout mismatch",
+            ));
+        }
+        Ok(WriterSummary {
+            format: Format::Vdi,
+            allocated_units: self.allocated,
+            unit_size: BLOCK_SIZE,
+        })
+    }
+}
