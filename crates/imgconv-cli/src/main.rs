@@ -37,6 +37,10 @@ fn main() -> ExitCode {
 /// Print one clear line: the error, then its causes.
 fn report(err: &Error) {
     let mut line = format!("imgconv: {err}");
+    // The library says overwriting was not asked for; the command line says how to ask.
+    if err.kind() == ErrorKind::AlreadyExists && err.message().contains("was not asked for") {
+        line.push_str(" (use --force)");
+    }
     let mut cause = std::error::Error::source(err);
     while let Some(c) = cause {
         line.push_str(": ");
@@ -60,6 +64,7 @@ pub(crate) fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::LimitExceeded => 10,
         ErrorKind::Cancelled => 130,
         ErrorKind::AccessDenied => 11,
+        ErrorKind::Internal => 12,
         _ => 6,
     }
 }

@@ -107,7 +107,7 @@ pub fn export(
     let expected = expected_size(reader);
     let make_sink = || upload_sink(target, expected, cancel);
     let location = location_of(target);
-    let summary = if options.needs_seekable_output() {
+    let summary = if options.needs_seekable_output(reader.virtual_size())? {
         via_scratch(
             reader,
             make_sink()?,
@@ -179,11 +179,12 @@ pub fn export_oci_archive(
         progress,
         cancel,
     )?;
-    let digests = digests
-        .lock()
-        .ok()
-        .and_then(|d| d.clone())
-        .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: archive digests missing"))?;
+    let digests = digests.lock().ok().and_then(|d| d.clone()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Internal,
+            "internal error: archive digests missing",
+        )
+    })?;
     let find = |k: DigestKind| {
         digests
             .iter()
@@ -208,7 +209,7 @@ pub fn export_oci_archive(
 fn metadata_len(metadata: &serde_json::Value) -> Result<u64> {
     serde_json::to_vec_pretty(metadata)
         .map(|v| v.len() as u64)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("image metadata: {e}")))
+        .map_err(|e| Error::new(ErrorKind::Internal, "image metadata").with_source(e))
 }
 
 fn finished(summary: Summary, location: String) -> Result<Exported> {
@@ -216,7 +217,7 @@ fn finished(summary: Summary, location: String) -> Result<Exported> {
         summary
             .digest(k)
             .map(str::to_string)
-            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: digest missing"))
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: digest missing"))
     };
     let (md5, sha256) = (digest(DigestKind::Md5)?, digest(DigestKind::Sha256)?);
     Ok(Exported {
@@ -262,14 +263,14 @@ fn via_scratch(
         progress,
         cancel,
     )?;
-    let mut file = std::fs::File::open(&scratch.0)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("reading the scratch file: {e}")))?;
+    let mut file =
+        std::fs::File::open(&scratch.0).map_err(|e| Error::io("reading the scratch file", e))?;
     let mut buf = vec![0u8; 8 << 20];
     loop {
         cancel.check()?;
         let n = file
             .read(&mut buf)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("reading the scratch file: {e}")))?;
+            .map_err(|e| Error::io("reading the scratch file", e))?;
         if n == 0 {
             break;
         }
@@ -323,7 +324,7 @@ fn to_folder(
     let exported = finished(summary, url.to_string())?;
     let sidecar = dir.join(format!("{name}.md5"));
     std::fs::write(&sidecar, format!("{}  {name}\n", exported.md5))
-        .map_err(|e| Error::new(ErrorKind::Io, format!("writing {}: {e}", sidecar.display())))?;
+        .map_err(|e| Error::io("writing the MD5 file", e).with_path(&sidecar))?;
     Ok(exported)
 }
 

@@ -92,7 +92,7 @@ impl OciArchiveSink {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let meta = serde_json::to_vec_pretty(metadata)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("image metadata: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::Internal, "image metadata").with_source(e))?;
         let mut s = OciArchiveSink {
             inner,
             digester: Some(Digester::start(&[DigestKind::Md5, DigestKind::Sha256])?),

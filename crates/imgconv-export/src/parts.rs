@@ -374,7 +374,7 @@ impl<B: Backend> PartSink<B> {
         }
         self.upload
             .as_mut()
-            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: no upload"))
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: no upload"))
     }
 
     /// Hand a full part to the uploaders (blocks while `parallel` parts are queued).
@@ -397,7 +397,7 @@ impl<B: Backend> PartSink<B> {
         let tx = upload
             .tx
             .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: uploaders stopped"))?;
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: uploaders stopped"))?;
         tx.send((n, data))
             .map_err(|_| Error::new(ErrorKind::Io, "the part uploaders stopped"))?;
         self.next_part += 1;
@@ -424,7 +424,7 @@ impl<B: Backend> PartSink<B> {
         let mut upload = self
             .upload
             .take()
-            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: no upload"))?;
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: no upload"))?;
         upload.drain();
         let outcome = match upload.failure() {
             _ if self.cancel.is_cancelled() => Err(Error::cancelled()),
@@ -433,7 +433,7 @@ impl<B: Backend> PartSink<B> {
                 .done
                 .lock()
                 .map(|d| d.clone())
-                .map_err(|_| Error::new(ErrorKind::Io, "internal error: part list lost"))
+                .map_err(|_| Error::new(ErrorKind::Internal, "internal error: part list lost"))
                 .and_then(|parts| {
                     if parts.len() != usize::from(self.next_part - 1) {
                         return Err(Error::new(ErrorKind::Io, "a part was not uploaded"));

@@ -416,7 +416,7 @@ impl S3Sink {
                 Ok(_) => {
                     return Err(Error::new(
                         ErrorKind::AlreadyExists,
-                        format!("{to} already exists (use --force to replace it)"),
+                        format!("{to} already exists and replacing it was not asked for"),
                     ))
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {}

@@ -48,10 +48,11 @@ impl ConvertOptions {
         }
     }
 
-    /// Whether this output is written out of order, so that it needs a seekable destination
-    /// (a file) rather than a stream: compressed QCOW2, whose tables and header come last.
-    pub fn needs_seekable_output(&self) -> bool {
-        self.format == Format::Qcow2 && self.compress
+    /// Whether the writer these options select for a disk of `virtual_size` bytes writes out
+    /// of order, so that it needs a seekable destination (a file) rather than a stream (as
+    /// compressed QCOW2 does: its tables and header come last). The writer answers.
+    pub fn needs_seekable_output(&self, virtual_size: u64) -> Result<bool> {
+        with_writer(virtual_size, "disk.vmdk", self, NeedsSeek)
     }
 
     /// Also compute these digests of the output.
@@ -133,44 +134,62 @@ pub fn convert(
     cancel: &CancelToken,
 ) -> Result<Summary> {
     let started = Instant::now();
+    let name = match &dest {
+        Destination::File { path, .. } => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "disk.vmdk".into()),
+        Destination::Sink(_) => "disk.vmdk".into(),
+    };
+    let run_it = RunWriter {
+        reader,
+        dest,
+        opts,
+        progress,
+        cancel,
+        started,
+    };
+    with_writer(reader.virtual_size(), &name, opts, run_it)
+}
+
+/// What is done with the writer that a [`ConvertOptions`] selects ([`with_writer`]).
+trait WriterUse {
+    type Out;
+    /// Use `writer`, whose file output is preallocated as `preallocation` says.
+    fn writer<W: Writer>(self, writer: W, preallocation: Preallocation) -> Result<Self::Out>;
+    /// A monolithicFlat VMDK: a descriptor and a RAW extent, two files.
+    fn flat_vmdk(self, options: VmdkOptions) -> Result<Self::Out>;
+}
+
+/// Build the writer `opts` select for a disk of `size` bytes (a VMDK's extent named after
+/// `name`) and hand it to `user`. The one place that maps options to writers.
+fn with_writer<U: WriterUse>(
+    size: u64,
+    name: &str,
+    opts: &ConvertOptions,
+    user: U,
+) -> Result<U::Out> {
     match opts.format {
         Format::Raw => {
             let raw = RawOptions::parse(opts.writer_options.clone())?;
-            let writer = RawWriter::new(reader.virtual_size());
-            let sink = make_sink(dest, raw.preallocation, writer.output_len())?;
-            run(reader, writer, sink, opts, progress, cancel, started)
+            user.writer(RawWriter::new(size), raw.preallocation)
         }
         Format::Qcow2 => {
             let q = Qcow2Options::parse(opts.writer_options.clone(), opts.compress)?;
-            let sink = make_sink(dest, Preallocation::Off, None)?;
             if q.compression.is_some() {
-                let writer = Qcow2CompressedWriter::new(reader.virtual_size(), q)?;
-                run(reader, writer, sink, opts, progress, cancel, started)
+                user.writer(Qcow2CompressedWriter::new(size, q)?, Preallocation::Off)
             } else {
-                let writer = Qcow2Writer::new(reader.virtual_size(), q)?;
-                run(reader, writer, sink, opts, progress, cancel, started)
+                user.writer(Qcow2Writer::new(size, q)?, Preallocation::Off)
             }
         }
         Format::Vmdk => {
-            let name = match &dest {
-                Destination::File { path, .. } => path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "disk.vmdk".into()),
-                Destination::Sink(_) => "disk.vmdk".into(),
-            };
-            let (subformat, v) = VmdkOptions::parse(opts.writer_options.clone(), &name)?;
-            let size = reader.virtual_size();
+            let (subformat, v) = VmdkOptions::parse(opts.writer_options.clone(), name)?;
             if subformat.eq_ignore_ascii_case("streamOptimized") {
-                let writer = StreamWriter::new(size, v)?;
-                let sink = make_sink(dest, Preallocation::Off, None)?;
-                run(reader, writer, sink, opts, progress, cancel, started)
+                user.writer(StreamWriter::new(size, v)?, Preallocation::Off)
             } else if subformat.eq_ignore_ascii_case("monolithicSparse") {
-                let writer = SparseWriter::new(size, v)?;
-                let sink = make_sink(dest, Preallocation::Off, None)?;
-                run(reader, writer, sink, opts, progress, cancel, started)
+                user.writer(SparseWriter::new(size, v)?, Preallocation::Off)
             } else if subformat.eq_ignore_ascii_case("monolithicFlat") {
-                flat_vmdk(reader, dest, v, opts, progress, cancel, started)
+                user.flat_vmdk(v)
             } else {
                 Err(Error::unsupported(format!(
                     "VMDK subformat '{subformat}' is not supported by this version \
@@ -181,23 +200,71 @@ pub fn convert(
         }
         Format::Vdi => {
             let v = VdiOptions::parse(opts.writer_options.clone())?;
-            let writer = VdiWriter::new(reader.virtual_size(), v)?;
-            let sink = make_sink(dest, Preallocation::Off, None)?;
-            run(reader, writer, sink, opts, progress, cancel, started)
+            user.writer(VdiWriter::new(size, v)?, Preallocation::Off)
         }
         Format::Vhd => {
             let v = VhdOptions::parse(opts.writer_options.clone())?;
-            let size = reader.virtual_size();
             if v.kind == DiskType::Fixed {
-                let writer = VhdFixedWriter::new(size, v)?;
-                let sink = make_sink(dest, Preallocation::Off, writer.output_len())?;
-                run(reader, writer, sink, opts, progress, cancel, started)
+                user.writer(VhdFixedWriter::new(size, v)?, Preallocation::Off)
             } else {
-                let writer = VhdDynamicWriter::new(size, v)?;
-                let sink = make_sink(dest, Preallocation::Off, None)?;
-                run(reader, writer, sink, opts, progress, cancel, started)
+                user.writer(VhdDynamicWriter::new(size, v)?, Preallocation::Off)
             }
         }
+    }
+}
+
+/// A conversion: the writer runs into a sink made for it.
+struct RunWriter<'a> {
+    reader: &'a dyn Reader,
+    dest: Destination,
+    opts: &'a ConvertOptions,
+    progress: &'a dyn Progress,
+    cancel: &'a CancelToken,
+    started: Instant,
+}
+
+impl WriterUse for RunWriter<'_> {
+    type Out = Summary;
+
+    fn writer<W: Writer>(self, writer: W, preallocation: Preallocation) -> Result<Summary> {
+        let sink = make_sink(self.dest, preallocation, writer.output_len())?;
+        run(
+            self.reader,
+            writer,
+            sink,
+            self.opts,
+            self.progress,
+            self.cancel,
+            self.started,
+        )
+    }
+
+    fn flat_vmdk(self, options: VmdkOptions) -> Result<Summary> {
+        flat_vmdk(
+            self.reader,
+            self.dest,
+            options,
+            self.opts,
+            self.progress,
+            self.cancel,
+            self.started,
+        )
+    }
+}
+
+/// Whether the selected writer writes out of order (asks the writer).
+struct NeedsSeek;
+
+impl WriterUse for NeedsSeek {
+    type Out = bool;
+
+    fn writer<W: Writer>(self, writer: W, _: Preallocation) -> Result<bool> {
+        Ok(writer.needs_seek())
+    }
+
+    fn flat_vmdk(self, _: VmdkOptions) -> Result<bool> {
+        // Two files: no single seekable output serves; the conversion says so itself.
+        Ok(false)
     }
 }
 
@@ -233,7 +300,7 @@ fn flat_vmdk(
     if !overwrite && std::fs::symlink_metadata(&path).is_ok() {
         return Err(Error::new(
             crate::error::ErrorKind::AlreadyExists,
-            "the output already exists (use --force to overwrite it)",
+            "the output already exists and overwriting it was not asked for",
         )
         .with_path(&path));
     }

@@ -93,8 +93,8 @@ static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 pub const QUEUE_DEPTH: usize = 8;
 
 trait Hasher: Send {
-    fn update(&mut self, data: &[u8]);
-    fn finish(self: Box<Self>) -> String;
+    fn update(&mut self, data: &[u8]) -> Result<()>;
+    fn finish(self: Box<Self>) -> Result<String>;
 }
 
 #[cfg(not(feature = "openssl"))]
@@ -106,11 +106,12 @@ struct Crc32c(u32);
 
 #[cfg(not(feature = "openssl"))]
 impl Hasher for Md5 {
-    fn update(&mut self, data: &[u8]) {
+    fn update(&mut self, data: &[u8]) -> Result<()> {
         md5::Digest::update(&mut self.0, data);
+        Ok(())
     }
-    fn finish(self: Box<Self>) -> String {
-        hex::encode(&md5::Digest::finalize(self.0))
+    fn finish(self: Box<Self>) -> Result<String> {
+        Ok(hex::encode(md5::Digest::finalize(self.0)))
     }
 }
 
@@ -128,31 +129,39 @@ impl Md5 {
 }
 
 #[cfg(feature = "openssl")]
+/// libcrypto's failure, as an error (never an empty or partial digest).
+#[cfg(feature = "openssl")]
+fn md5_failed(e: openssl::error::ErrorStack) -> Error {
+    Error::new(ErrorKind::Internal, format!("MD5 (libcrypto) failed: {e}"))
+}
+
+#[cfg(feature = "openssl")]
 impl Hasher for Md5 {
-    fn update(&mut self, data: &[u8]) {
-        // Fails only on a broken context, which `new` rules out.
-        let _ = self.0.update(data);
+    fn update(&mut self, data: &[u8]) -> Result<()> {
+        self.0.update(data).map_err(md5_failed)
     }
-    fn finish(mut self: Box<Self>) -> String {
-        self.0.finish().map(hex::encode).unwrap_or_default()
+    fn finish(mut self: Box<Self>) -> Result<String> {
+        self.0.finish().map(hex::encode).map_err(md5_failed)
     }
 }
 
 impl Hasher for Sha256 {
-    fn update(&mut self, data: &[u8]) {
+    fn update(&mut self, data: &[u8]) -> Result<()> {
         sha2::Digest::update(&mut self.0, data);
+        Ok(())
     }
-    fn finish(self: Box<Self>) -> String {
-        hex::encode(sha2::Digest::finalize(self.0))
+    fn finish(self: Box<Self>) -> Result<String> {
+        Ok(hex::encode(sha2::Digest::finalize(self.0)))
     }
 }
 
 impl Hasher for Crc32c {
-    fn update(&mut self, data: &[u8]) {
+    fn update(&mut self, data: &[u8]) -> Result<()> {
         self.0 = crc32c::crc32c_append(self.0, data);
+        Ok(())
     }
-    fn finish(self: Box<Self>) -> String {
-        format!("{:08x}", self.0)
+    fn finish(self: Box<Self>) -> Result<String> {
+        Ok(format!("{:08x}", self.0))
     }
 }
 
@@ -170,7 +179,7 @@ fn new_hasher(kind: DigestKind) -> Box<dyn Hasher> {
 struct Worker {
     kind: DigestKind,
     tx: SyncSender<Piece>,
-    handle: JoinHandle<String>,
+    handle: JoinHandle<Result<String>>,
 }
 
 /// Digests of a stream, computed on background threads as the stream is fed.
@@ -230,24 +239,26 @@ impl Digester {
             drop(w.tx);
             let hex = w.handle.join().map_err(|_| {
                 Error::new(
-                    ErrorKind::Io,
+                    ErrorKind::Internal,
                     format!("the {} digest thread failed", w.kind),
                 )
-            })?;
+            })??;
             out.push(Digest { kind: w.kind, hex });
         }
         Ok(out)
     }
 }
 
-fn run(mut hasher: Box<dyn Hasher>, rx: Receiver<Piece>) -> String {
+/// Hash what arrives until the sender hangs up. On a failure the thread stops taking pieces,
+/// so the next send fails at once, and the error is what the thread returns.
+fn run(mut hasher: Box<dyn Hasher>, rx: Receiver<Piece>) -> Result<String> {
     for piece in rx {
         match piece {
-            Piece::Data(b) => hasher.update(&b),
+            Piece::Data(b) => hasher.update(&b)?,
             Piece::Zeros(mut n) => {
                 while n > 0 {
                     let step = n.min(ZEROS.len() as u64) as usize;
-                    hasher.update(&ZEROS[..step]);
+                    hasher.update(&ZEROS[..step])?;
                     n -= step as u64;
                 }
             }
@@ -279,13 +290,13 @@ pub fn md5(data: &[u8]) -> [u8; 16] {
 }
 
 /// Digest a whole byte slice at once (tests and small outputs).
-pub fn digest_bytes(kind: DigestKind, data: &[u8]) -> Digest {
+pub fn digest_bytes(kind: DigestKind, data: &[u8]) -> Result<Digest> {
     let mut h = new_hasher(kind);
-    h.update(data);
-    Digest {
+    h.update(data)?;
+    Ok(Digest {
         kind,
-        hex: h.finish(),
-    }
+        hex: h.finish()?,
+    })
 }
 
 #[cfg(test)]
@@ -293,22 +304,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn known_vectors() {
+    fn known_vectors() -> Result<()> {
         assert_eq!(
-            digest_bytes(DigestKind::Md5, b"abc").hex,
+            digest_bytes(DigestKind::Md5, b"abc")?.hex,
             "900150983cd24fb0d6963f7d28e17f72"
         );
-        assert_eq!(
-            hex::encode(md5(b"abc")),
-            "900150983cd24fb0d6963f7d28e17f72"
-        );
+        assert_eq!(hex::encode(md5(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(hex::encode(md5(b"")), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(
-            digest_bytes(DigestKind::Sha256, b"abc").hex,
+            digest_bytes(DigestKind::Sha256, b"abc")?.hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         // RFC 3720 B.4: 32 bytes of zeros.
-        assert_eq!(digest_bytes(DigestKind::Crc32c, &[0u8; 32]).hex, "8a9136aa");
+        assert_eq!(
+            digest_bytes(DigestKind::Crc32c, &[0u8; 32])?.hex,
+            "8a9136aa"
+        );
+        Ok(())
     }
 
     #[test]
@@ -323,7 +335,7 @@ mod tests {
         whole.extend(std::iter::repeat_n(0u8, 200_000));
         whole.extend_from_slice(b"tail");
         for (g, k) in got.iter().zip(kinds) {
-            assert_eq!(g, &digest_bytes(k, &whole));
+            assert_eq!(g, &digest_bytes(k, &whole)?);
         }
         Ok(())
     }

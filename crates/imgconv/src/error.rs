@@ -40,6 +40,9 @@ pub enum ErrorKind {
     /// A remote service refused the credentials or the permission (wrong keys, a bad
     /// signature, access denied).
     AccessDenied,
+    /// A bug in imgconv: a worker thread panicked, or an internal invariant broke. Please
+    /// report it.
+    Internal,
 }
 
 impl ErrorKind {
@@ -57,6 +60,7 @@ impl ErrorKind {
             ErrorKind::LimitExceeded => "limit-exceeded",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::AccessDenied => "access-denied",
+            ErrorKind::Internal => "internal",
         }
     }
 }

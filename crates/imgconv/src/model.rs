@@ -5,7 +5,10 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use bitvec::vec::BitVec;
+
+use crate::buffer::Bytes;
+use crate::error::{Error, ErrorKind, Result};
 
 /// A disk-image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -169,5 +172,134 @@ mod tests {
         assert_eq!(align_up(1, 4096), Some(4096));
         assert_eq!(align_up(4096, 4096), Some(4096));
         assert_eq!(align_up(u64::MAX, 4096), None);
+    }
+}
+
+/// A run of the virtual disk handed to a writer's encoder: `len` bytes at guest `offset`,
+/// aligned to the writer's unit.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Guest offset of the first byte (a multiple of the unit size).
+    pub offset: u64,
+    /// Length in bytes (a multiple of the unit, except at the end of the disk).
+    pub len: usize,
+    /// The bytes, or `None` when the whole chunk reads as zeros (it was never read).
+    pub data: Option<Bytes>,
+    /// The unit size the chunk was scanned at.
+    pub unit: usize,
+    /// One bit per unit: set where the unit holds a non-zero byte.
+    pub nonzero: BitVec,
+}
+
+impl Chunk {
+    /// Number of units in the chunk (the last may be partial).
+    pub fn units(&self) -> usize {
+        self.nonzero.len()
+    }
+
+    /// The bytes of unit `i` (a short slice for a partial last unit), or `None` if it is zero.
+    pub fn unit_data(&self, i: usize) -> Option<Bytes> {
+        if !self.nonzero.get(i).is_some_and(|b| *b) {
+            return None;
+        }
+        let data = self.data.as_ref()?;
+        let start = i * self.unit;
+        let end = (start + self.unit).min(self.len);
+        Some(data.slice(start..end))
+    }
+
+    /// Maximal runs of equal zero-ness, as `(byte range in the chunk, is non-zero)`.
+    pub fn runs(&self) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> + '_ {
+        let mut i = 0usize;
+        let n = self.units();
+        std::iter::from_fn(move || {
+            if i >= n {
+                return None;
+            }
+            let v = self.nonzero[i];
+            let start = i;
+            while i < n && self.nonzero[i] == v {
+                i += 1;
+            }
+            let lo = start * self.unit;
+            let hi = (i * self.unit).min(self.len);
+            Some((lo..hi, v))
+        })
+    }
+}
+
+/// The smallest unit a plan may use.
+pub const MIN_UNIT: u64 = 512;
+/// The largest unit a plan may use (VHD's largest practical block).
+pub const MAX_UNIT: u64 = 256 << 20;
+
+/// Allocation of a virtual disk at one unit size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    virtual_size: u64,
+    unit: u64,
+    allocated: BitVec,
+}
+
+impl Plan {
+    /// A plan from its parts; `allocated` has one bit per unit.
+    pub fn new(virtual_size: u64, unit: u64, allocated: BitVec) -> Result<Plan> {
+        check_unit(unit)?;
+        if allocated.len() as u64 != unit_count(virtual_size, unit) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "plan size mismatch"));
+        }
+        Ok(Plan {
+            virtual_size,
+            unit,
+            allocated,
+        })
+    }
+
+    /// Size of the virtual disk.
+    pub fn virtual_size(&self) -> u64 {
+        self.virtual_size
+    }
+
+    /// The unit size.
+    pub fn unit_size(&self) -> u64 {
+        self.unit
+    }
+
+    /// Number of units (the last may be partial).
+    pub fn units(&self) -> u64 {
+        self.allocated.len() as u64
+    }
+
+    /// Whether unit `i` holds a non-zero byte.
+    pub fn is_allocated(&self, i: UnitIndex) -> bool {
+        usize::try_from(i.0)
+            .ok()
+            .and_then(|i| self.allocated.get(i).map(|b| *b))
+            .unwrap_or(false)
+    }
+
+    /// Number of units holding data.
+    pub fn allocated_units(&self) -> u64 {
+        self.allocated.count_ones() as u64
+    }
+
+    /// The bitmap, one bit per unit.
+    pub fn bitmap(&self) -> &BitVec {
+        &self.allocated
+    }
+}
+
+/// Number of `unit`-sized units covering `size` bytes.
+pub fn unit_count(size: u64, unit: u64) -> u64 {
+    size.div_ceil(unit)
+}
+
+pub(crate) fn check_unit(unit: u64) -> Result<()> {
+    if unit.is_power_of_two() && (MIN_UNIT..=MAX_UNIT).contains(&unit) {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(format!(
+            "unit size {unit} must be a power of two from {MIN_UNIT} to {MAX_UNIT}"
+        )))
     }
 }

@@ -52,25 +52,12 @@ pub fn inspect(path: impl AsRef<Path>, format: Option<Format>) -> Result<ImageIn
         Some(f) => f,
         None => detect_source(&source)?,
     };
-    if detected == Format::Vhd {
-        let mut info = vhd::describe(&source)?;
-        info.details
-            .push(("refused".into(), err.message().to_string()));
-        return Ok(info);
-    }
-    if detected != Format::Qcow2 {
-        return Err(err);
-    }
-    let mut head = vec![0u8; 4096];
-    let n = source.len().min(head.len() as u64) as usize;
-    source.read_exact_at(0, &mut head[..n])?;
-    let mut details = crate::formats::qcow2::header::peek(&head);
-    details.push(("refused".into(), err.message().to_string()));
-    let size = crate::bytes::be64(&head, 24);
-    Ok(ImageInfo {
-        format: Format::Qcow2,
-        virtual_size: size,
-        actual_size: source.allocated_size(),
-        details,
-    })
+    let mut info = match detected {
+        Format::Vhd => vhd::describe(&source)?,
+        Format::Qcow2 => crate::formats::qcow2::header::describe(&source)?,
+        _ => return Err(err),
+    };
+    info.details
+        .push(("refused".into(), err.message().to_string()));
+    Ok(info)
 }

@@ -12,7 +12,8 @@ use std::sync::mpsc;
 
 use crate::buffer::BufferPool;
 use crate::error::{Error, ErrorKind, Result};
-use crate::planner::{self, chunk_size_for, load_chunk, load_planned_chunk, Plan};
+use crate::model::Plan;
+use crate::planner::{self, chunk_size_for, load_chunk, load_planned_chunk};
 use crate::progress::{CancelToken, Progress};
 use crate::reader::Reader;
 use crate::sink::Output;
@@ -167,7 +168,7 @@ fn commit_all<W: Writer>(
                         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
                             .unwrap_or_else(|_| {
                                 Err(Error::new(
-                                    ErrorKind::Io,
+                                    ErrorKind::Internal,
                                     format!("internal error: a worker failed on chunk {i}"),
                                 ))
                             });

@@ -12,87 +12,10 @@ use rayon::prelude::*;
 
 use crate::buffer::BufferPool;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Extent, UnitIndex};
+use crate::model::{check_unit, unit_count, Chunk, Extent, Plan};
 use crate::progress::CancelToken;
 use crate::reader::{for_each_mapping, Reader};
-use crate::writer::Chunk;
 use crate::zero;
-
-/// The smallest unit a plan may use.
-pub const MIN_UNIT: u64 = 512;
-/// The largest unit a plan may use (VHD's largest practical block).
-pub const MAX_UNIT: u64 = 256 << 20;
-
-/// Allocation of a virtual disk at one unit size.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    virtual_size: u64,
-    unit: u64,
-    allocated: BitVec,
-}
-
-impl Plan {
-    /// A plan from its parts; `allocated` has one bit per unit.
-    pub fn new(virtual_size: u64, unit: u64, allocated: BitVec) -> Result<Plan> {
-        check_unit(unit)?;
-        if allocated.len() as u64 != unit_count(virtual_size, unit) {
-            return Err(Error::new(ErrorKind::InvalidArgument, "plan size mismatch"));
-        }
-        Ok(Plan {
-            virtual_size,
-            unit,
-            allocated,
-        })
-    }
-
-    /// Size of the virtual disk.
-    pub fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
-
-    /// The unit size.
-    pub fn unit_size(&self) -> u64 {
-        self.unit
-    }
-
-    /// Number of units (the last may be partial).
-    pub fn units(&self) -> u64 {
-        self.allocated.len() as u64
-    }
-
-    /// Whether unit `i` holds a non-zero byte.
-    pub fn is_allocated(&self, i: UnitIndex) -> bool {
-        usize::try_from(i.0)
-            .ok()
-            .and_then(|i| self.allocated.get(i).map(|b| *b))
-            .unwrap_or(false)
-    }
-
-    /// Number of units holding data.
-    pub fn allocated_units(&self) -> u64 {
-        self.allocated.count_ones() as u64
-    }
-
-    /// The bitmap, one bit per unit.
-    pub fn bitmap(&self) -> &BitVec {
-        &self.allocated
-    }
-}
-
-/// Number of `unit`-sized units covering `size` bytes.
-pub fn unit_count(size: u64, unit: u64) -> u64 {
-    size.div_ceil(unit)
-}
-
-fn check_unit(unit: u64) -> Result<()> {
-    if unit.is_power_of_two() && (MIN_UNIT..=MAX_UNIT).contains(&unit) {
-        Ok(())
-    } else {
-        Err(Error::invalid_argument(format!(
-            "unit size {unit} must be a power of two from {MIN_UNIT} to {MAX_UNIT}"
-        )))
-    }
-}
 
 /// The chunk size used for a unit: at least `preferred`, a whole number of units.
 pub fn chunk_size_for(unit: u64, preferred: u64) -> u64 {

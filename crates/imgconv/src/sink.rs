@@ -274,7 +274,7 @@ impl FileSink {
 fn already_exists(dest: &Path) -> Error {
     Error::new(
         ErrorKind::AlreadyExists,
-        "the output already exists (use --force to overwrite it)",
+        "the output already exists and overwriting it was not asked for",
     )
     .with_path(dest)
 }
@@ -355,7 +355,7 @@ impl Sink for FileSink {
             .is_none_or(|end| end > self.pos)
         {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 "internal error: write past the output's end",
             ));
         }
@@ -368,7 +368,7 @@ impl Sink for FileSink {
         let end = offset + buf.len() as u64;
         if end > self.pos {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 "internal error: read past the output's end",
             ));
         }
@@ -563,7 +563,7 @@ impl Output {
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         if !self.read_back {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 "internal error: write_at on an output hashed inline",
             ));
         }

@@ -1,67 +1,11 @@
 //! The writer contract: a plan known before the first byte, output in file order, parallel
 //! encoding, ordered commit, and an explicit `finish`.
 
-use bitvec::vec::BitVec;
 use serde::Serialize;
 
-use crate::buffer::Bytes;
 use crate::error::Result;
-use crate::model::Format;
-use crate::planner::Plan;
+use crate::model::{Chunk, Format, Plan};
 use crate::sink::Output;
-
-/// A run of the virtual disk handed to a writer's encoder: `len` bytes at guest `offset`,
-/// aligned to the writer's unit.
-#[derive(Debug, Clone)]
-pub struct Chunk {
-    /// Guest offset of the first byte (a multiple of the unit size).
-    pub offset: u64,
-    /// Length in bytes (a multiple of the unit, except at the end of the disk).
-    pub len: usize,
-    /// The bytes, or `None` when the whole chunk reads as zeros (it was never read).
-    pub data: Option<Bytes>,
-    /// The unit size the chunk was scanned at.
-    pub unit: usize,
-    /// One bit per unit: set where the unit holds a non-zero byte.
-    pub nonzero: BitVec,
-}
-
-impl Chunk {
-    /// Number of units in the chunk (the last may be partial).
-    pub fn units(&self) -> usize {
-        self.nonzero.len()
-    }
-
-    /// The bytes of unit `i` (a short slice for a partial last unit), or `None` if it is zero.
-    pub fn unit_data(&self, i: usize) -> Option<Bytes> {
-        if !self.nonzero.get(i).is_some_and(|b| *b) {
-            return None;
-        }
-        let data = self.data.as_ref()?;
-        let start = i * self.unit;
-        let end = (start + self.unit).min(self.len);
-        Some(data.slice(start..end))
-    }
-
-    /// Maximal runs of equal zero-ness, as `(byte range in the chunk, is non-zero)`.
-    pub fn runs(&self) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> + '_ {
-        let mut i = 0usize;
-        let n = self.units();
-        std::iter::from_fn(move || {
-            if i >= n {
-                return None;
-            }
-            let v = self.nonzero[i];
-            let start = i;
-            while i < n && self.nonzero[i] == v {
-                i += 1;
-            }
-            let lo = start * self.unit;
-            let hi = (i * self.unit).min(self.len);
-            Some((lo..hi, v))
-        })
-    }
-}
 
 /// Write the planned units of a chunk loaded from a plan: each run of consecutive planned
 /// units is one write (they are consecutive in the output too), and a short last unit is

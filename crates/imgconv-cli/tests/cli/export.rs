@@ -358,3 +358,41 @@ fn exports_through_an_oci_par_and_to_a_published_folder() {
     assert!(check.status.success(), "{check:?}");
     assert_eq!(qemu_compare_formats(&src, "raw", &file, "qcow2"), 0);
 }
+
+#[test]
+fn a_full_disk_under_the_scratch_file_exits_7_and_uploads_nothing() {
+    // Compressed QCOW2 goes through a scratch file; a file-size limit stands in for a full
+    // disk under it (EFBIG as ENOSPC would be; SIGXFSZ ignored). The storage server was
+    // started before the limit and is not under it.
+    let dir = scratch("export-scratch-full");
+    let src = source(&dir);
+    let s3 = S3Server::start("export-scratch-full");
+    let scratch_dir = dir.join("tmp");
+    std::fs::create_dir_all(&scratch_dir).expect("scratch folder");
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 4096; exec '{}' -c '{}' s3://exports/full.qcow2 \
+         --endpoint '{}' --scratch-dir '{}'",
+        env!("CARGO_BIN_EXE_imgconv"),
+        src.display(),
+        s3.endpoint(),
+        scratch_dir.display()
+    );
+    // The same environment as every export test (keys, no profile files), run by bash.
+    let with = with_keys();
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script]);
+    for (k, v) in with.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let err = fails_with(&mut cmd, 7);
+    assert!(err.contains("cannot write the output"), "{err}");
+    assert!(entries(&scratch_dir).is_empty(), "the scratch file is gone");
+    assert!(
+        s3.files().iter().all(|f| !f.contains("full.qcow2")),
+        "{:?}",
+        s3.files()
+    );
+}

@@ -12,10 +12,11 @@
 
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::Chunk;
 use crate::model::Format;
-use crate::planner::Plan;
+use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
+use crate::writer::{Encoder, Writer, WriterSummary};
 
 use super::header::{self, Compression, V3_HEADER_LEN};
 use super::reader::{COPIED, L2_COMPRESSED};

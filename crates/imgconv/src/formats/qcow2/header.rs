@@ -377,6 +377,20 @@ fn backing_message(buf: &[u8], offset: u64, size: u32) -> String {
     }
 }
 
+/// What `imgconv info` can show of an image whose header [`Header::parse`] refused: its
+/// virtual size and the raw fields of [`peek`].
+pub fn describe(src: &dyn crate::source::Source) -> Result<crate::model::ImageInfo> {
+    let mut head = vec![0u8; 4096];
+    let n = src.len().min(head.len() as u64) as usize;
+    src.read_exact_at(0, &mut head[..n])?;
+    Ok(crate::model::ImageInfo {
+        format: Format::Qcow2,
+        virtual_size: be64(&head, 24),
+        actual_size: src.allocated_size(),
+        details: peek(&head),
+    })
+}
+
 /// Facts `imgconv info` can show of a header that [`Header::parse`] refused: the raw fields,
 /// without trusting any of them beyond bounds checks.
 pub fn peek(buf: &[u8]) -> Vec<(String, String)> {

@@ -15,10 +15,11 @@ use bitvec::vec::BitVec;
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::{parse_size, WriterOptions};
+use crate::model::Chunk;
 use crate::model::Format;
-use crate::planner::Plan;
+use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{write_unit_runs, Chunk, Measure, PassThrough, Writer, WriterSummary};
+use crate::writer::{write_unit_runs, Measure, PassThrough, Writer, WriterSummary};
 
 use super::header::{self, Compression, Header, V2_HEADER_LEN, V3_HEADER_LEN};
 use super::reader::COPIED;
@@ -270,8 +271,12 @@ impl Qcow2Writer {
     }
 
     fn layout(&self) -> Result<Layout> {
-        self.layout
-            .ok_or_else(|| Error::new(ErrorKind::Io, "internal error: QCOW2 writer not started"))
+        self.layout.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                "internal error: QCOW2 writer not started",
+            )
+        })
     }
 }
 
@@ -289,7 +294,7 @@ pub(super) fn be64_table(
     }
     if v.len() > len {
         return Err(Error::new(
-            ErrorKind::Io,
+            ErrorKind::Internal,
             "internal error: a QCOW2 table outgrew its clusters",
         ));
     }
@@ -323,7 +328,7 @@ impl Writer for Qcow2Writer {
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
         let plan = plan.ok_or_else(|| {
             Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 "internal error: QCOW2 needs an allocation plan",
             )
         })?;
@@ -409,7 +414,7 @@ impl Writer for Qcow2Writer {
         let l = self.layout()?;
         if self.written_data != l.data_clusters || out.position() != l.file_len() {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 format!(
                     "internal error: wrote {} of {} data clusters, {} of {} bytes",
                     self.written_data,

@@ -3,10 +3,11 @@
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::WriterOptions;
+use crate::model::Chunk;
 use crate::model::Format;
-use crate::planner::Plan;
+use crate::model::Plan;
 use crate::sink::{Output, Preallocation};
-use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
+use crate::writer::{Encoder, Writer, WriterSummary};
 
 /// Hole granularity: a 4 KiB run of zeros becomes a hole (qemu-img's `-S 4k` default, and the
 /// block size of common file systems, below which a hole saves nothing).
@@ -131,7 +132,7 @@ impl Writer for RawWriter {
         out.write_zeros(self.padded_size.saturating_sub(out.position()))?;
         if out.position() != self.padded_size {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 format!(
                     "internal error: wrote {} bytes of a {}-byte disk",
                     out.position(),

@@ -4,10 +4,11 @@ use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::WriterOptions;
 use crate::ids::{random_uuid, UuidLayout};
+use crate::model::Chunk;
 use crate::model::Format;
-use crate::planner::Plan;
+use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{write_unit_runs, Chunk, PassThrough, Writer, WriterSummary};
+use crate::writer::{write_unit_runs, PassThrough, Writer, WriterSummary};
 
 use super::header::{Geometry, Header, HEADER_BYTES};
 use super::{ALIGN, BLOCK_SIZE, FREE, MAX_BLOCKS};
@@ -129,8 +130,8 @@ impl Writer for VdiWriter {
     }
 
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
-        let plan =
-            plan.ok_or_else(|| Error::new(ErrorKind::Io, "internal error: VDI needs a plan"))?;
+        let plan = plan
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: VDI needs a plan"))?;
         let mut map = Vec::with_capacity((self.blocks * 4) as usize);
         let mut next = 0u32;
         for b in 0..self.blocks as usize {
@@ -159,7 +160,7 @@ impl Writer for VdiWriter {
             || out.position() != self.data_offset + self.allocated * BLOCK_SIZE
         {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 "internal error: VDI layout mismatch",
             ));
         }

@@ -6,10 +6,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::{parse_size, WriterOptions};
 use crate::formats::raw::{RawEncoder, RawPiece, RawWriter};
 use crate::ids::{random_uuid, UuidLayout};
+use crate::model::Chunk;
 use crate::model::Format;
-use crate::planner::Plan;
+use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{Chunk, Encoder, Measure, Writer, WriterSummary};
+use crate::writer::{Encoder, Measure, Writer, WriterSummary};
 
 use super::dynamic_header::DynamicHeader;
 use super::{
@@ -425,8 +426,8 @@ impl Writer for VhdDynamicWriter {
     }
 
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
-        let plan =
-            plan.ok_or_else(|| Error::new(ErrorKind::Io, "internal error: VHD needs a plan"))?;
+        let plan = plan
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: VHD needs a plan"))?;
         let l = self.layout;
         let mut bat = Vec::with_capacity((l.blocks_at - TABLE_OFFSET) as usize);
         let mut next = 0u64;
@@ -465,7 +466,7 @@ impl Writer for VhdDynamicWriter {
         if self.written != self.allocated || out.position() != self.layout.block_at(self.allocated)
         {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 "internal error: VHD layout mismatch",
             ));
         }

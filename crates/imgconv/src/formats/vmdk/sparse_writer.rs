@@ -14,10 +14,11 @@ use bitvec::vec::BitVec;
 
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::Chunk;
 use crate::model::Format;
-use crate::planner::Plan;
+use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{write_unit_runs, Chunk, PassThrough, Writer, WriterSummary};
+use crate::writer::{write_unit_runs, PassThrough, Writer, WriterSummary};
 
 use super::descriptor::descriptor;
 use super::header::{SparseHeader, DESCRIPTOR_SECTORS, FLAG_RGD, GRAIN_SECTORS, GT_ENTRIES};
@@ -141,7 +142,7 @@ impl Writer for SparseWriter {
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
         let plan = plan.ok_or_else(|| {
             Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 "internal error: monolithicSparse needs a plan",
             )
         })?;
@@ -178,7 +179,7 @@ impl Writer for SparseWriter {
         let expected = (self.layout.overhead + self.planned * GRAIN_SECTORS) * 512;
         if self.grains != self.planned || out.position() != expected {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Internal,
                 "internal error: monolithicSparse layout mismatch",
             ));
         }

@@ -15,10 +15,11 @@
 
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::Chunk;
 use crate::model::Format;
-use crate::planner::Plan;
+use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{Chunk, Encoder, Writer, WriterSummary};
+use crate::writer::{Encoder, Writer, WriterSummary};
 
 use super::descriptor::descriptor;
 use super::header::{
