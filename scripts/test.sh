@@ -24,8 +24,10 @@ command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 # PostgreSQL (Debian's package) for the job store's tests; only its binaries are used: the
 # tests run their own throwaway cluster, never the system-wide service.
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
-# A C compiler for the bundled SQLite and OpenSSL bindings.
+# A C compiler for the bundled SQLite and OpenSSL bindings; C++ for libFuzzer (the fuzz targets
+# are built too).
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 # libyal's independent readers, for the system Python (the oracle tests call /usr/bin/python3).
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pyqcow' >/dev/null 2>&1 || missing+=(python3 python3-libqcow)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pyvmdk' >/dev/null 2>&1 || missing+=(python3 python3-libvmdk)
@@ -87,6 +89,8 @@ export IMGCONV_TEST_PG
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --doc --locked
+# Every fuzz target builds (a plain build; fuzzing itself is scripts in fuzz/README.md).
+cargo build --manifest-path fuzz/Cargo.toml --locked --bins --target-dir target/fuzz
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
