@@ -167,7 +167,11 @@ pub fn export_oci_archive(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<Exported> {
+    // One planning read serves both the size the tar header declares and the conversion:
+    // the source is read twice in all (plan, then convert), not three times.
     let options = ConvertOptions::new(imgconv::Format::Qcow2);
+    let plan = imgconv::plan_for(reader, &options, cancel)?.map(std::sync::Arc::new);
+    let options = options.with_plan(plan);
     let disk = imgconv::measure(reader, &options, cancel)?.required;
     let sink = upload_sink(target, disk.saturating_add(1 << 20), cancel)?;
     let digests: crate::oci::Digests = Default::default();

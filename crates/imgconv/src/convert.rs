@@ -1,6 +1,7 @@
 //! `convert()`: a reader through the pipeline into a writer and a sink, with inline digests.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -13,7 +14,7 @@ use crate::formats::raw::{RawOptions, RawWriter};
 use crate::formats::vdi::{VdiOptions, VdiWriter};
 use crate::formats::vhd::{self, DiskType, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
 use crate::formats::vmdk::{SparseWriter, StreamWriter, VmdkOptions};
-use crate::model::Format;
+use crate::model::{Format, Plan};
 use crate::pipeline::{self, PipelineConfig};
 use crate::planner;
 use crate::progress::{CancelToken, Progress};
@@ -34,6 +35,9 @@ pub struct ConvertOptions {
     pub compress: bool,
     /// Pipeline tuning.
     pub pipeline: PipelineConfig,
+    /// An allocation plan computed earlier ([`plan_for`]) for the same reader: used instead of
+    /// planning again when its unit is the writer's. `measure` uses it too.
+    pub plan: Option<Arc<Plan>>,
 }
 
 impl ConvertOptions {
@@ -45,7 +49,14 @@ impl ConvertOptions {
             digests: Vec::new(),
             compress: false,
             pipeline: PipelineConfig::default(),
+            plan: None,
         }
+    }
+
+    /// Use `plan` (from [`plan_for`] on the same reader) instead of planning again.
+    pub fn with_plan(mut self, plan: Option<Arc<Plan>>) -> Self {
+        self.plan = plan;
+        self
     }
 
     /// Whether the writer these options select for a disk of `virtual_size` bytes writes out
@@ -252,6 +263,65 @@ impl WriterUse for RunWriter<'_> {
     }
 }
 
+/// The plan the selected writer needs, if it needs one.
+struct PlanFor<'a> {
+    reader: &'a dyn Reader,
+    chunk_size: u64,
+    cancel: &'a CancelToken,
+}
+
+impl WriterUse for PlanFor<'_> {
+    type Out = Option<Plan>;
+
+    fn writer<W: Writer>(self, writer: W, _: Preallocation) -> Result<Option<Plan>> {
+        if !writer.needs_plan() {
+            return Ok(None);
+        }
+        planner::plan(
+            self.reader,
+            writer.unit_size(),
+            self.chunk_size,
+            self.cancel,
+        )
+        .map(Some)
+    }
+
+    fn flat_vmdk(self, _: VmdkOptions) -> Result<Option<Plan>> {
+        Ok(None)
+    }
+}
+
+/// The allocation plan the writer that `opts` select needs for `reader` (`None` when it needs
+/// none), computed once: hand it to [`measure`] and [`convert`] with
+/// [`ConvertOptions::with_plan`] and neither reads the data to plan again.
+pub fn plan_for(
+    reader: &dyn Reader,
+    opts: &ConvertOptions,
+    cancel: &CancelToken,
+) -> Result<Option<Plan>> {
+    let user = PlanFor {
+        reader,
+        chunk_size: opts.pipeline.chunk_size,
+        cancel,
+    };
+    with_writer(reader.virtual_size(), "disk.vmdk", opts, user)
+}
+
+/// `opts`'s plan if it fits (its unit and disk size), else a new one.
+fn reuse_or_plan(
+    reader: &dyn Reader,
+    opts: &ConvertOptions,
+    unit: u64,
+    cancel: &CancelToken,
+) -> Result<Arc<Plan>> {
+    match &opts.plan {
+        Some(p) if p.unit_size() == unit && p.virtual_size() == reader.virtual_size() => {
+            Ok(Arc::clone(p))
+        }
+        _ => planner::plan(reader, unit, opts.pipeline.chunk_size, cancel).map(Arc::new),
+    }
+}
+
 /// Whether the selected writer writes out of order (asks the writer).
 struct NeedsSeek;
 
@@ -391,8 +461,15 @@ fn run<W: Writer>(
     } else {
         Output::new(sink, &opts.digests)?
     };
-    let (summary, _plan): (WriterSummary, _) =
-        pipeline::run(reader, writer, &mut out, &opts.pipeline, progress, cancel)?;
+    let (summary, _plan): (WriterSummary, _) = pipeline::run(
+        reader,
+        writer,
+        &mut out,
+        &opts.pipeline,
+        opts.plan.as_deref(),
+        progress,
+        cancel,
+    )?;
     cancel.check()?;
     let (output_size, digests) = out.finish()?;
     Ok(Summary {
@@ -427,23 +504,18 @@ pub fn measure(
         }
         Format::Qcow2 => {
             let q = Qcow2Options::parse(opts.writer_options.clone(), opts.compress)?;
-            let plan = planner::plan(reader, q.cluster_size(), opts.pipeline.chunk_size, cancel)?;
+            let plan = reuse_or_plan(reader, opts, q.cluster_size(), cancel)?;
             Ok(qcow2::measure(&plan, &q))
         }
         Format::Vhd => {
             let v = VhdOptions::parse(opts.writer_options.clone())?;
             let size = reader.virtual_size();
             let plan = if v.kind == DiskType::Dynamic {
-                Some(planner::plan(
-                    reader,
-                    v.block_size,
-                    opts.pipeline.chunk_size,
-                    cancel,
-                )?)
+                Some(reuse_or_plan(reader, opts, v.block_size, cancel)?)
             } else {
                 None
             };
-            vhd::measure(size, plan.as_ref(), &v)
+            vhd::measure(size, plan.as_deref(), &v)
         }
         other => Err(unsupported_output(other)),
     }

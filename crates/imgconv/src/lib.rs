@@ -61,7 +61,7 @@ pub mod writer;
 pub mod zero;
 
 pub use compare::{compare, Comparison};
-pub use convert::{convert, measure, ConvertOptions, Destination, Summary};
+pub use convert::{convert, measure, plan_for, ConvertOptions, Destination, Summary};
 pub use digest::{Digest, DigestKind};
 pub use error::{Error, ErrorKind, Result};
 pub use formats::options::WriterOptions;

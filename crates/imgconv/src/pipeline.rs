@@ -51,20 +51,29 @@ impl PipelineConfig {
     }
 }
 
-/// Run a whole conversion of `reader` through `writer` into `out`.
+/// Run a whole conversion of `reader` through `writer` into `out`, with `given` as the plan
+/// when it fits the writer (else the writer's plan is made here).
 pub fn run<W: Writer>(
     reader: &dyn Reader,
     mut writer: W,
     out: &mut Output,
     config: &PipelineConfig,
+    given: Option<&Plan>,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<(WriterSummary, Option<Plan>)> {
     let unit = writer.unit_size();
-    let plan = if writer.needs_plan() {
-        Some(planner::plan(reader, unit, config.chunk_size, cancel)?)
-    } else {
-        None
+    let plan = match given {
+        // A plan made earlier for this disk at this unit: no second planning read.
+        Some(p)
+            if writer.needs_plan()
+                && p.unit_size() == unit
+                && p.virtual_size() == reader.virtual_size() =>
+        {
+            Some(p.clone())
+        }
+        _ if writer.needs_plan() => Some(planner::plan(reader, unit, config.chunk_size, cancel)?),
+        _ => None,
     };
     writer.begin(plan.as_ref(), out)?;
     let encoder = writer.encoder();

@@ -278,3 +278,90 @@ fn only_compressed_inputs_count_as_heavy_to_read() -> imgconv::Result<()> {
     }
     Ok(())
 }
+
+/// A RAW disk that counts the bytes read from it.
+struct CountingDisk {
+    data: Vec<u8>,
+    read: AtomicU64,
+}
+
+impl Reader for CountingDisk {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> imgconv::Result<()> {
+        let at = offset as usize;
+        buf.copy_from_slice(&self.data[at..at + buf.len()]);
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn map(&self, offset: u64, max_len: u64) -> imgconv::Result<Mapping> {
+        Ok(Mapping {
+            extent: Extent::Data,
+            len: max_len.min(self.virtual_size() - offset),
+        })
+    }
+
+    fn info(&self) -> ImageInfo {
+        ImageInfo {
+            format: Format::Raw,
+            virtual_size: self.virtual_size(),
+            actual_size: None,
+            details: vec![],
+        }
+    }
+}
+
+#[test]
+fn a_plan_made_once_serves_measure_and_convert_so_the_source_is_read_twice() -> imgconv::Result<()>
+{
+    let disk = CountingDisk {
+        data: pattern(8 << 20),
+        read: AtomicU64::new(0),
+    };
+    let size = disk.virtual_size();
+    let cancel = CancelToken::new();
+    for format in [Format::Qcow2, Format::Vhd] {
+        disk.read.store(0, Ordering::Relaxed);
+        let opts = ConvertOptions::new(format);
+        let planned = imgconv::plan_for(&disk, &opts, &cancel)?.map(std::sync::Arc::new);
+        assert!(planned.is_some(), "{format} writers plan");
+        let opts = opts.with_plan(planned);
+        let measured = imgconv::measure(&disk, &opts, &cancel)?;
+        let sink = VecSink::new();
+        let summary = convert(
+            &disk,
+            Destination::Sink(Box::new(sink.clone())),
+            &opts,
+            &NoProgress,
+            &cancel,
+        )?;
+        assert_eq!(summary.output_size, measured.required, "{format}");
+        // One planning read (which may stop early in a unit that holds data), one conversion
+        // read.
+        let read = disk.read.load(Ordering::Relaxed);
+        assert!(
+            read > size && read <= 2 * size,
+            "{format}: {read} bytes read"
+        );
+    }
+    // Without a plan handed over, measure and convert each plan: three reads.
+    disk.read.store(0, Ordering::Relaxed);
+    let opts = ConvertOptions::new(Format::Qcow2);
+    imgconv::measure(&disk, &opts, &cancel)?;
+    convert(
+        &disk,
+        Destination::Sink(Box::new(VecSink::new())),
+        &opts,
+        &NoProgress,
+        &cancel,
+    )?;
+    assert_eq!(disk.read.load(Ordering::Relaxed), 3 * size);
+    Ok(())
+}
