@@ -252,9 +252,9 @@ fn via_scratch(
     cancel: &CancelToken,
 ) -> Result<Summary> {
     let scratch = Scratch(scratch_dir.join(format!(
-        ".imgconv-export-{}-{:016x}.tmp",
+        ".imgconv-export-{}-{}.tmp",
         std::process::id(),
-        imgconv::ids::random_u64(0x5c7a)
+        uuid::Uuid::new_v4().simple()
     )));
     let summary = convert(
         reader,

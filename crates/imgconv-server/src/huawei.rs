@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use imgconv::clock::rfc3339;
+use imgconv_export::api::rfc3339;
 use imgconv_export::api::Api;
 use imgconv_export::jobs::JobState;
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! OCI Compute: `POST /20160918/images/{imageId}/actions/export` (`ExportImageDetails`),
 //! `GET /20160918/workRequests/{id}` and `GET /20160918/images/{id}`, with HTTP signatures.
 
-use imgconv::clock::rfc3339;
+use imgconv_export::api::rfc3339;
 use imgconv_export::api::Api;
 use imgconv_export::jobs::JobState;
 use serde_json::{json, Value};

@@ -1,7 +1,6 @@
 //! Requests as the providers' modules see them, and answers as they leave.
 
 use axum::http::{HeaderMap, Method};
-use imgconv::ids::{random_uuid, uuid_text, UuidLayout};
 use serde_json::{json, Value};
 
 use crate::auth::Signed;
@@ -122,7 +121,7 @@ pub(crate) fn request_id(provider: Provider, headers: &HeaderMap) -> String {
     match given {
         Some(v) => v.to_string(),
         None => {
-            let id = uuid_text(&random_uuid(UuidLayout::BigEndian));
+            let id = uuid::Uuid::new_v4().to_string();
             match provider {
                 Provider::Oci => id.replace('-', "").to_uppercase(),
                 Provider::Huawei => id.replace('-', ""),

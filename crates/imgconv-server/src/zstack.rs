@@ -13,8 +13,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use imgconv::clock::rfc3339;
-use imgconv::ids::{random_uuid, uuid_text, UuidLayout};
+use imgconv_export::api::rfc3339;
 use imgconv_export::api::{Api, Context};
 use serde_json::{json, Value};
 
@@ -111,7 +110,7 @@ fn login(svc: &Service, req: &Incoming<'_>, timeout: u64) -> Wire {
         return err(req, 401, "ID.1001", "wrong account name or password");
     }
     let t = now();
-    let uuid = uuid_text(&random_uuid(UuidLayout::BigEndian)).replace('-', "");
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
     if let Err(e) = svc.with_store(|s| s.create_session(&uuid, name, t + timeout)) {
         return err(req, 503, "SYS.1006", e.message());
     }

@@ -39,7 +39,6 @@ compile_error!("imgconv supports 64-bit targets only");
 
 pub mod buffer;
 pub(crate) mod bytes;
-pub mod clock;
 pub mod compare;
 pub mod convert;
 pub mod detect;
@@ -48,7 +47,6 @@ pub mod error;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzz_support;
-pub mod ids;
 pub mod model;
 pub mod open;
 pub mod pipeline;

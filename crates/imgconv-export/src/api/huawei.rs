@@ -1,8 +1,7 @@
 //! Huawei Cloud IMS image export (`bucket_url`) and EVS `os-volume_upload_image`, and their
 //! jobs (INIT, RUNNING, SUCCESS, FAIL).
 
-use imgconv::clock::rfc3339;
-use imgconv::ids::{random_uuid, uuid_text, UuidLayout};
+use super::rfc3339;
 use imgconv::Format;
 use serde_json::{json, Value};
 
@@ -73,7 +72,7 @@ pub(super) fn ims_submit(
             None => return Err(bad("IMG.0001", "file_format is required")),
         }
     };
-    let id = uuid_text(&random_uuid(UuidLayout::BigEndian)).replace('-', "");
+    let id = uuid::Uuid::new_v4().simple().to_string();
     let spec = JobSpec {
         source: ctx.source.clone(),
         format: fmt.name().into(),
@@ -178,7 +177,7 @@ pub(super) fn evs_submit(
         ));
     }
     let size = image_size(ctx).map_err(|e| bad("EVS.2024", e.message()))?;
-    let image_id = uuid_text(&random_uuid(UuidLayout::BigEndian));
+    let image_id = uuid::Uuid::new_v4().to_string();
     let file = format!("{image_id}.{disk_format}");
     let target = match (&ctx.image_store, &ctx.bucket) {
         (Some(dir), _) => TargetSpec::Folder {

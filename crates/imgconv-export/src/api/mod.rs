@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use imgconv::ids::{random_u64, random_uuid, uuid_text, UuidLayout};
 use imgconv::{Error, ErrorKind};
 use serde_json::{json, Value};
 
@@ -137,7 +136,7 @@ fn bad(code: &str, message: impl Into<String>) -> ApiError {
 
 impl Api {
     fn error(self, e: &ApiError) -> Reply {
-        let request_id = uuid_text(&random_uuid(UuidLayout::BigEndian));
+        let request_id = uuid::Uuid::new_v4().to_string();
         let body = match self {
             Api::Aws => json!({
                 "Errors": [{ "Code": e.code, "Message": e.message }],
@@ -278,10 +277,23 @@ fn str_field<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
     v.get(name).and_then(Value::as_str)
 }
 
+/// `n` (at most 32) random lower-case hex digits.
 fn hex_id(n: usize) -> String {
-    let a = random_u64(n as u64);
-    let b = random_u64(a);
-    format!("{a:016x}{b:016x}")[..n].to_string()
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(n);
+    id
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` (RFC 3339, UTC) of `unix` seconds, as the APIs show times.
+pub fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Submit and turn the outcome into a reply with `body`.
@@ -329,4 +341,22 @@ fn s3_target(ctx: &Context, bucket: &str, key: &str) -> Result<TargetSpec, ApiEr
 
 fn image_size(ctx: &Context) -> Result<u64, Error> {
     imgconv::open_image(&ctx.source, None).map(|r| r.virtual_size())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc_and_ids_are_fresh_hex() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        let (a, b) = (hex_id(17), hex_id(17));
+        assert_ne!(a, b);
+        assert!(
+            a.len() == 17 && a.chars().all(|c| c.is_ascii_hexdigit()),
+            "{a}"
+        );
+    }
 }

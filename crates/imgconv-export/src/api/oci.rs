@@ -1,7 +1,7 @@
 //! OCI Compute `ExportImage` (`ExportImageDetails`, `opc-retry-token`, `if-match`) and its
 //! work request.
 
-use imgconv::clock::rfc3339;
+use super::rfc3339;
 use imgconv::Format;
 use serde_json::{json, Value};
 

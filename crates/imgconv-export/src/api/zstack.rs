@@ -1,7 +1,6 @@
 //! ZStack `ExportImageFromBackupStorage`: an API job whose result is the published file's
 //! `imageUrl` and `exportMd5Sum`.
 
-use imgconv::ids::{random_uuid, uuid_text, UuidLayout};
 use imgconv::Format;
 use serde_json::{json, Value};
 
@@ -44,7 +43,7 @@ pub(super) fn zstack_submit(
     let id = match ctx.headers.get("x-job-uuid") {
         Some(u) if u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit()) => u.to_lowercase(),
         Some(_) => return Err(bad("SYS.1007", "X-Job-UUID must be 32 hexadecimal digits")),
-        None => uuid_text(&random_uuid(UuidLayout::BigEndian)).replace('-', ""),
+        None => uuid::Uuid::new_v4().simple().to_string(),
     };
     let spec = JobSpec {
         source: ctx.source.clone(),

@@ -3,7 +3,6 @@
 use bitvec::vec::BitVec;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::uuid_text;
 use crate::model::{Extent, Format, ImageInfo, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::Source;
@@ -61,7 +60,7 @@ impl VdiReader {
         if h.uuid_link != [0; 16] || h.uuid_parent != [0; 16] {
             return Err(Error::unsupported(format!(
                 "differencing VDI images are not supported (parent {})",
-                uuid_text(&h.uuid_parent)
+                uuid::Uuid::from_bytes(h.uuid_parent)
             ))
             .with_format(Format::Vdi));
         }
@@ -145,7 +144,10 @@ impl VdiReader {
             map,
             image_type,
             allocated,
-            uuids: (uuid_text(&h.uuid_create), uuid_text(&h.uuid_modify)),
+            uuids: (
+                uuid::Uuid::from_bytes(h.uuid_create).to_string(),
+                uuid::Uuid::from_bytes(h.uuid_modify).to_string(),
+            ),
         })
     }
 

@@ -3,7 +3,6 @@
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::WriterOptions;
-use crate::ids::{random_uuid, UuidLayout};
 use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
@@ -100,8 +99,8 @@ impl VdiWriter {
         h.lchs_geometry = geometry;
         h.blocks = self.blocks as u32;
         h.allocated = self.allocated as u32;
-        h.uuid_create = random_uuid(UuidLayout::LittleEndian);
-        h.uuid_modify = random_uuid(UuidLayout::LittleEndian);
+        h.uuid_create = uuid::Uuid::new_v4().to_bytes_le();
+        h.uuid_modify = uuid::Uuid::new_v4().to_bytes_le();
         h.encode().to_vec()
     }
 }

@@ -47,7 +47,6 @@ pub use reader::{describe, VhdReader};
 pub use writer::{measure, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
 
 use crate::bytes::{be32, be64};
-use crate::ids::uuid_text;
 
 /// The footer's cookie.
 pub const COOKIE: &[u8; 8] = b"conectix";
@@ -315,7 +314,7 @@ impl Footer {
                 .into(),
             ),
             ("created".into(), timestamp_text(self.timestamp)),
-            ("uuid".into(), uuid_text(&self.uuid)),
+            ("uuid".into(), uuid::Uuid::from_bytes(self.uuid).to_string()),
         ]
     }
 }
@@ -331,8 +330,12 @@ pub fn timestamp_now() -> u32 {
 
 /// `YYYY-MM-DD hh:mm:ss UTC` for a VHD timestamp.
 pub fn timestamp_text(ts: u32) -> String {
-    let (year, month, day, h, m, sec) = crate::clock::civil(u64::from(ts) + EPOCH_2000);
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{sec:02} UTC")
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::from_unix_timestamp(i64::from(ts) + EPOCH_2000 as i64)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ts.to_string())
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 
 use crate::bytes::be32;
 use crate::error::{Error, Result};
-use crate::ids::uuid_text;
 use crate::model::{Extent, Format, ImageInfo, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::Source;
@@ -95,7 +94,10 @@ fn differencing(src: &dyn Source, footer: &Footer) -> Error {
             } else {
                 format!("'{}'", h.parent_name)
             };
-            format!("{name} ({rel}uuid {})", uuid_text(&h.parent_uuid))
+            format!(
+                "{name} ({rel}uuid {})",
+                uuid::Uuid::from_bytes(h.parent_uuid)
+            )
         }
         Err(e) => format!("unknown: {}", e.message()),
     };
@@ -118,7 +120,10 @@ pub fn describe(src: &dyn Source) -> Result<ImageInfo> {
             details.push(("bat entries".into(), h.entries.to_string()));
             if footer.kind() == Some(DiskType::Differencing) {
                 details.push(("parent".into(), h.parent_name.clone()));
-                details.push(("parent uuid".into(), uuid_text(&h.parent_uuid)));
+                details.push((
+                    "parent uuid".into(),
+                    uuid::Uuid::from_bytes(h.parent_uuid).to_string(),
+                ));
                 if let Some(rel) = h.relative_parent(src) {
                     details.push(("parent relative path".into(), rel));
                 }

@@ -5,7 +5,6 @@ use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::{parse_size, WriterOptions};
 use crate::formats::raw::{RawEncoder, RawPiece, RawWriter};
-use crate::ids::{random_uuid, UuidLayout};
 use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
@@ -160,7 +159,7 @@ fn new_footer(kind: DiskType, disk_size: u64, data_offset: u64) -> Footer {
         geometry: Geometry::for_size(disk_size),
         disk_type: kind.code(),
         checksum: 0,
-        uuid: random_uuid(UuidLayout::BigEndian),
+        uuid: *uuid::Uuid::new_v4().as_bytes(),
     }
 }
 

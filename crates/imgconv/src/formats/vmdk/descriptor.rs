@@ -5,7 +5,6 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::random_u64;
 use crate::model::Format;
 
 use super::options::VmdkOptions;
@@ -209,11 +208,12 @@ pub(super) fn descriptor(
     create_type: &str,
     extent: &str,
 ) -> String {
-    let mut cid = (random_u64(0) & 0xffff_ffff) as u32;
+    let content = uuid::Uuid::new_v4();
+    let mut cid = (content.as_u128() & 0xffff_ffff) as u32;
     if cid >= 0xffff_fffe {
         cid = 0x1234_5678;
     }
-    let long_id = format!("{:016x}{:016x}", random_u64(1), random_u64(2));
+    let long_id = content.simple().to_string();
     let heads = 255u64;
     let sectors = 63u64;
     let cylinders = (capacity / (heads * sectors)).clamp(1, 65535);
