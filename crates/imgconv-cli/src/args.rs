@@ -230,7 +230,7 @@ pub(crate) struct ConvertArgs {
 pub(crate) struct ExportArgs {
     /// S3-compatible endpoint for s3://, obs:// and oci:// outputs (default:
     /// $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, the profile's endpoint_url in ~/.aws/config,
-    /// and for s3:// https://s3.REGION.amazonaws.com).
+    /// and for s3:// `https://s3.REGION.amazonaws.com`).
     #[arg(long, value_name = "URL")]
     pub(crate) endpoint: Option<String>,
     /// Region that requests are signed for (default: $AWS_REGION, $AWS_DEFAULT_REGION, the

@@ -72,7 +72,7 @@ fn upload_settings(e: &ExportArgs, force: bool) -> Result<UploadSettings, Error>
         part_size: e
             .part_size
             .as_deref()
-            .map(imgconv::formats::options::parse_size)
+            .map(imgconv::parse_size)
             .transpose()?,
         parallel_parts: e.parallel_parts,
         retries: e.retries,

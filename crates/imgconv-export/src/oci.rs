@@ -6,8 +6,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use imgconv::buffer::Bytes;
 use imgconv::digest::Digester;
+use imgconv::Bytes;
 use imgconv::{Digest, DigestKind, Error, ErrorKind, Result, Sink};
 
 const BLOCK: usize = 512;

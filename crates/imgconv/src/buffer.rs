@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 /// A pool of equally sized byte buffers.
 #[derive(Debug)]
-pub struct BufferPool {
+pub(crate) struct BufferPool {
     size: usize,
     free: Mutex<Vec<Vec<u8>>>,
     /// How many free buffers are kept; more are released to the allocator.
@@ -20,7 +20,7 @@ pub struct BufferPool {
 
 impl BufferPool {
     /// A pool of `size`-byte buffers that keeps at most `keep` idle ones.
-    pub fn new(size: usize, keep: usize) -> Arc<BufferPool> {
+    pub(crate) fn new(size: usize, keep: usize) -> Arc<BufferPool> {
         Arc::new(BufferPool {
             size,
             free: Mutex::new(Vec::new()),
@@ -28,13 +28,8 @@ impl BufferPool {
         })
     }
 
-    /// The buffer size.
-    pub fn buffer_size(&self) -> usize {
-        self.size
-    }
-
-    /// A buffer of `buffer_size()` bytes. Its content is unspecified (a previous chunk's).
-    pub fn get(self: &Arc<Self>) -> PooledBuf {
+    /// A buffer of the pool's size. Its content is unspecified (a previous chunk's).
+    pub(crate) fn get(self: &Arc<Self>) -> PooledBuf {
         let reused = self.free.lock().ok().and_then(|mut f| f.pop());
         let vec = reused.unwrap_or_else(|| vec![0u8; self.size]);
         PooledBuf {
@@ -46,24 +41,24 @@ impl BufferPool {
 
 /// A buffer that returns to its pool when dropped.
 #[derive(Debug)]
-pub struct PooledBuf {
+pub(crate) struct PooledBuf {
     vec: Vec<u8>,
     pool: Option<Arc<BufferPool>>,
 }
 
 impl PooledBuf {
     /// A buffer that belongs to no pool.
-    pub fn detached(vec: Vec<u8>) -> PooledBuf {
+    pub(crate) fn detached(vec: Vec<u8>) -> PooledBuf {
         PooledBuf { vec, pool: None }
     }
 
     /// The bytes, mutably.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.vec
     }
 
     /// Share the first `len` bytes.
-    pub fn freeze(self, len: usize) -> Bytes {
+    pub(crate) fn freeze(self, len: usize) -> Bytes {
         let len = len.min(self.vec.len());
         Bytes {
             buf: Arc::new(self),

@@ -5,13 +5,13 @@ use crate::model::Format;
 use crate::source::Source;
 
 /// Bytes read from the start of an image to detect its format.
-pub const PROBE_HEAD: usize = 4096;
+pub(crate) const PROBE_HEAD: usize = 4096;
 /// Bytes read from the end (a fixed VHD has its only footer there).
-pub const PROBE_TAIL: usize = 512;
+pub(crate) const PROBE_TAIL: usize = 512;
 
 /// The format that `head` (the first bytes of an image) and `tail` (its last 512 bytes, if the
 /// image is at least that long) show; RAW when nothing matches.
-pub fn detect(head: &[u8], tail: Option<&[u8]>) -> Format {
+pub(crate) fn detect(head: &[u8], tail: Option<&[u8]>) -> Format {
     let starts = |magic: &[u8]| head.starts_with(magic);
     if starts(b"QFI\xfb") {
         return Format::Qcow2;
@@ -34,7 +34,7 @@ fn is_vmdk_descriptor(head: &[u8]) -> bool {
 }
 
 /// Detect the format of `source` by reading its first and last bytes.
-pub fn detect_source(source: &dyn Source) -> Result<Format> {
+pub(crate) fn detect_source(source: &dyn Source) -> Result<Format> {
     let len = source.len();
     let head_len = len.min(PROBE_HEAD as u64) as usize;
     let mut head = vec![0u8; head_len];

@@ -57,7 +57,7 @@ pub fn raw_extents(input: &[u8]) {
 const FUZZ_READ_LIMIT: u64 = 4 << 20;
 
 /// The QCOW2 reader on arbitrary bytes: open, `info`, walk the map and read the first
-/// [`FUZZ_READ_LIMIT`] bytes. Any error is fine; a panic, a hang or a huge allocation is a bug.
+/// `FUZZ_READ_LIMIT` bytes. Any error is fine; a panic, a hang or a huge allocation is a bug.
 /// Whether it opened.
 pub fn qcow2_reader(input: &[u8]) -> bool {
     let source = Box::new(MemSource::new(input.to_vec()));
@@ -70,7 +70,7 @@ pub fn qcow2_reader(input: &[u8]) -> bool {
     }
 }
 
-/// Open succeeded: `info`, then walk the map and read the first [`FUZZ_READ_LIMIT`] bytes.
+/// Open succeeded: `info`, then walk the map and read the first `FUZZ_READ_LIMIT` bytes.
 /// Errors are fine; a panic, an empty mapping or a huge allocation is a bug.
 fn exercise(reader: &dyn crate::reader::Reader) {
     let _ = reader.info();
@@ -88,7 +88,7 @@ fn exercise(reader: &dyn crate::reader::Reader) {
 }
 
 /// The VDI reader on arbitrary bytes: open (which checks the whole block map), `info`, and
-/// read the first [`FUZZ_READ_LIMIT`] bytes.
+/// read the first `FUZZ_READ_LIMIT` bytes.
 /// Whether it opened.
 pub fn vdi_reader(input: &[u8]) -> bool {
     let source = Box::new(MemSource::new(input.to_vec()));
@@ -103,7 +103,7 @@ pub fn vdi_reader(input: &[u8]) -> bool {
 
 /// The VMDK reader on arbitrary bytes (a sparse extent, or a descriptor with no folder, whose
 /// file extents are therefore refused): open, `info`, and read the first
-/// [`FUZZ_READ_LIMIT`] bytes.
+/// `FUZZ_READ_LIMIT` bytes.
 /// Whether it opened.
 pub fn vmdk_reader(input: &[u8]) -> bool {
     let source = Box::new(MemSource::new(input.to_vec()));

@@ -112,14 +112,6 @@ pub struct Mapping {
     pub len: u64,
 }
 
-/// A byte offset in the virtual disk (what the guest sees).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
-pub struct GuestOffset(pub u64);
-
-/// A byte offset in an image file (where a writer puts bytes, or a reader finds them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
-pub struct HostOffset(pub u64);
-
 /// The index of one allocation unit (cluster, grain, block) of a virtual disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
 pub struct UnitIndex(pub u64);
@@ -135,12 +127,6 @@ pub struct ImageInfo {
     pub actual_size: Option<u64>,
     /// Format-specific facts, as (name, value) pairs in a fixed order.
     pub details: Vec<(String, String)>,
-}
-
-/// Round `value` up to a multiple of `align` (a power of two), or `None` on overflow.
-pub fn align_up(value: u64, align: u64) -> Option<u64> {
-    debug_assert!(align.is_power_of_two());
-    value.checked_add(align - 1).map(|v| v & !(align - 1))
 }
 
 #[cfg(test)]
@@ -164,14 +150,6 @@ mod tests {
         assert_eq!(Format::from_extension("IMG"), Some(Format::Raw));
         assert_eq!(Format::from_extension("qcow2"), Some(Format::Qcow2));
         assert_eq!(Format::from_extension("iso"), None);
-    }
-
-    #[test]
-    fn align_up_rounds_and_detects_overflow() {
-        assert_eq!(align_up(0, 4096), Some(0));
-        assert_eq!(align_up(1, 4096), Some(4096));
-        assert_eq!(align_up(4096, 4096), Some(4096));
-        assert_eq!(align_up(u64::MAX, 4096), None);
     }
 }
 
@@ -229,9 +207,9 @@ impl Chunk {
 }
 
 /// The smallest unit a plan may use.
-pub const MIN_UNIT: u64 = 512;
+pub(crate) const MIN_UNIT: u64 = 512;
 /// The largest unit a plan may use (VHD's largest practical block).
-pub const MAX_UNIT: u64 = 256 << 20;
+pub(crate) const MAX_UNIT: u64 = 256 << 20;
 
 /// Allocation of a virtual disk at one unit size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,7 +268,7 @@ impl Plan {
 }
 
 /// Number of `unit`-sized units covering `size` bytes.
-pub fn unit_count(size: u64, unit: u64) -> u64 {
+pub(crate) fn unit_count(size: u64, unit: u64) -> u64 {
     size.div_ceil(unit)
 }
 

@@ -21,7 +21,7 @@ use crate::writer::{Encoder, Writer, WriterSummary};
 
 /// The default chunk size: large enough for efficient reads and writes, small enough that a
 /// full window stays a few tens of MiB.
-pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+pub(crate) const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 
 /// Tuning of the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl PipelineConfig {
 
 /// Run a whole conversion of `reader` through `writer` into `out`, with `given` as the plan
 /// when it fits the writer (else the writer's plan is made here).
-pub fn run<W: Writer>(
+pub(crate) fn run<W: Writer>(
     reader: &dyn Reader,
     mut writer: W,
     out: &mut Output,

@@ -18,13 +18,13 @@ use crate::reader::{for_each_mapping, Reader};
 use crate::zero;
 
 /// The chunk size used for a unit: at least `preferred`, a whole number of units.
-pub fn chunk_size_for(unit: u64, preferred: u64) -> u64 {
+pub(crate) fn chunk_size_for(unit: u64, preferred: u64) -> u64 {
     preferred.max(unit).div_ceil(unit) * unit
 }
 
 /// Read `[offset, offset + len)` of `reader` as a [`Chunk`] scanned at `unit`: data extents
 /// are read (into a buffer from `pool`), everything else is zero-filled or not touched at all.
-pub fn load_chunk(
+pub(crate) fn load_chunk(
     reader: &dyn Reader,
     offset: u64,
     len: usize,
@@ -93,7 +93,7 @@ pub fn load_chunk(
 /// data: only they are read, in runs, and they are not scanned again. Once a writer has laid
 /// out its file from a plan, the plan is authoritative; this makes the writing pass read each
 /// data unit once and skip the zero ranges the planning pass already found.
-pub fn load_planned_chunk(
+pub(crate) fn load_planned_chunk(
     reader: &dyn Reader,
     offset: u64,
     len: usize,

@@ -41,7 +41,7 @@ pub trait Reader: Send + Sync {
 }
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.
-pub fn check_range(format: Format, size: u64, offset: u64, len: u64) -> Result<()> {
+pub(crate) fn check_range(format: Format, size: u64, offset: u64, len: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(Error::new(
@@ -55,7 +55,7 @@ pub fn check_range(format: Format, size: u64, offset: u64, len: u64) -> Result<(
 /// Iterate the map of `reader` over `[start, end)`, calling `f(offset, mapping)` for each
 /// piece in order until it answers `Break`. Guards against a reader that answers with a zero
 /// length.
-pub fn for_each_mapping(
+pub(crate) fn for_each_mapping(
     reader: &dyn Reader,
     start: u64,
     end: u64,
@@ -82,7 +82,7 @@ pub fn for_each_mapping(
 }
 
 /// Whether the whole of `[start, end)` is known to read as zeros without reading it.
-pub fn is_known_zero(reader: &dyn Reader, start: u64, end: u64) -> Result<bool> {
+pub(crate) fn is_known_zero(reader: &dyn Reader, start: u64, end: u64) -> Result<bool> {
     let mut all = true;
     for_each_mapping(reader, start, end, |_, m| {
         if m.extent == Extent::Data {

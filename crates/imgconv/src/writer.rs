@@ -11,7 +11,7 @@ use crate::sink::Output;
 /// units is one write (they are consecutive in the output too), and a short last unit is
 /// padded to a whole one. With `all_units`, unplanned runs are written as zeros as well (fixed
 /// layouts). Returns the number of units written.
-pub fn write_unit_runs(chunk: &Chunk, out: &mut Output, all_units: bool) -> Result<u64> {
+pub(crate) fn write_unit_runs(chunk: &Chunk, out: &mut Output, all_units: bool) -> Result<u64> {
     let unit = chunk.unit;
     let mut written = 0u64;
     for (range, planned) in chunk.runs() {
@@ -43,7 +43,7 @@ pub trait Encoder: Sync {
 /// The encoder of writers that store data as it is (QCOW2 uncompressed, monolithicSparse
 /// VMDK, VDI): chunks pass through untouched.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PassThrough;
+pub(crate) struct PassThrough;
 
 impl Encoder for PassThrough {
     type Encoded = Chunk;

@@ -10,7 +10,7 @@ const STEP: usize = 64;
 
 /// Whether every byte of `buf` is zero.
 #[inline]
-pub fn is_zero(buf: &[u8]) -> bool {
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
     // Real data usually differs from zero within its first few bytes: test them first.
     let head = buf.len().min(16);
     if buf[..head].iter().any(|&b| b != 0) {

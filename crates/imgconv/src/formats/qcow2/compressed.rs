@@ -40,14 +40,14 @@ pub(super) enum Stored {
 
 /// A chunk's clusters, encoded.
 #[derive(Debug)]
-pub struct Encoded {
+pub(crate) struct Encoded {
     first_cluster: u64,
     clusters: Vec<Stored>,
 }
 
 /// Compresses a chunk's clusters (runs on the worker pool).
 #[derive(Debug, Clone, Copy)]
-pub struct CompressEncoder {
+pub(crate) struct CompressEncoder {
     compression: Compression,
     cluster_size: usize,
 }
@@ -144,7 +144,7 @@ impl Encoder for CompressEncoder {
 
 /// The compressed QCOW2 writer.
 #[derive(Debug)]
-pub struct Qcow2CompressedWriter {
+pub(crate) struct Qcow2CompressedWriter {
     opts: Qcow2Options,
     compression: Compression,
     virtual_size: u64,
@@ -158,7 +158,7 @@ pub struct Qcow2CompressedWriter {
 
 impl Qcow2CompressedWriter {
     /// A writer for a disk of `virtual_size` bytes (rounded up to whole sectors, as qemu does).
-    pub fn new(virtual_size: u64, opts: Qcow2Options) -> Result<Qcow2CompressedWriter> {
+    pub(crate) fn new(virtual_size: u64, opts: Qcow2Options) -> Result<Qcow2CompressedWriter> {
         let compression = opts
             .compression
             .ok_or_else(|| Error::invalid_argument("compressed writer without a compression"))?;

@@ -20,40 +20,40 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::Format;
 
 /// `QFI\xfb`.
-pub const MAGIC: u32 = 0x5146_49fb;
+pub(crate) const MAGIC: u32 = 0x5146_49fb;
 /// Size of a version 2 header.
-pub const V2_HEADER_LEN: usize = 72;
+pub(crate) const V2_HEADER_LEN: usize = 72;
 /// The version 3 header imgconv writes (with the compression type field and padding).
-pub const V3_HEADER_LEN: usize = 112;
+pub(crate) const V3_HEADER_LEN: usize = 112;
 
 /// Smallest cluster: 512 B (cluster_bits 9), as qemu allows.
-pub const MIN_CLUSTER_BITS: u32 = 9;
+pub(crate) const MIN_CLUSTER_BITS: u32 = 9;
 /// Largest cluster: 2 MiB (cluster_bits 21), as qemu allows.
-pub const MAX_CLUSTER_BITS: u32 = 21;
+pub(crate) const MAX_CLUSTER_BITS: u32 = 21;
 /// Largest L1 table read into memory: 32 MiB, qemu's own limit (`QCOW_MAX_L1_SIZE`); with
 /// 64 KiB clusters that still addresses far beyond any real disk.
-pub const MAX_L1_BYTES: u64 = 32 << 20;
+pub(crate) const MAX_L1_BYTES: u64 = 32 << 20;
 /// Largest virtual size accepted: 2^61 bytes (qemu's `QCOW_MAX_...` range; larger values only
 /// serve to overflow arithmetic).
-pub const MAX_VIRTUAL_SIZE: u64 = 1 << 61;
+pub(crate) const MAX_VIRTUAL_SIZE: u64 = 1 << 61;
 
 /// Incompatible feature bit 0: the image was not closed cleanly (refcounts may be stale).
-pub const INCOMPAT_DIRTY: u64 = 1 << 0;
+pub(crate) const INCOMPAT_DIRTY: u64 = 1 << 0;
 /// Incompatible feature bit 1: the image is marked corrupt.
-pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
+pub(crate) const INCOMPAT_CORRUPT: u64 = 1 << 1;
 /// Incompatible feature bit 2: guest data lives in an external data file.
-pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+pub(crate) const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 /// Incompatible feature bit 3: the compression type field is not zlib.
-pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+pub(crate) const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 /// Incompatible feature bit 4: extended L2 entries (subclusters).
-pub const INCOMPAT_EXTL2: u64 = 1 << 4;
+pub(crate) const INCOMPAT_EXTL2: u64 = 1 << 4;
 /// The incompatible bits this reader understands.
-pub const INCOMPAT_KNOWN: u64 =
+pub(crate) const INCOMPAT_KNOWN: u64 =
     INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 
 /// How compressed clusters are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(crate) enum Compression {
     /// Raw deflate (qemu inflates with a 4 KiB window).
     Zlib,
     /// Zstandard frames.
@@ -62,7 +62,7 @@ pub enum Compression {
 
 impl Compression {
     /// The name qemu-img uses.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Compression::Zlib => "zlib",
             Compression::Zstd => "zstd",
@@ -72,7 +72,7 @@ impl Compression {
 
 /// A validated QCOW2 header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// 2 or 3.
     pub version: u32,
     /// log2 of the cluster size.
@@ -115,17 +115,17 @@ fn refuse(msg: impl Into<String>) -> Error {
 
 impl Header {
     /// The cluster size in bytes.
-    pub fn cluster_size(&self) -> u64 {
+    pub(crate) fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
 
     /// Whether L2 entries are 128-bit with subcluster bitmaps.
-    pub fn extended_l2(&self) -> bool {
+    pub(crate) fn extended_l2(&self) -> bool {
         self.incompatible & INCOMPAT_EXTL2 != 0
     }
 
     /// Bytes per L2 entry.
-    pub fn l2_entry_size(&self) -> u64 {
+    pub(crate) fn l2_entry_size(&self) -> u64 {
         if self.extended_l2() {
             16
         } else {
@@ -134,13 +134,13 @@ impl Header {
     }
 
     /// Guest clusters one L2 table maps.
-    pub fn l2_entries(&self) -> u64 {
+    pub(crate) fn l2_entries(&self) -> u64 {
         self.cluster_size() / self.l2_entry_size()
     }
 
     /// Parse and validate `buf` (the first bytes of a file of `file_len` bytes; at least
     /// [`V3_HEADER_LEN`] bytes, zero-padded if the file is shorter).
-    pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
+    pub(crate) fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
         if buf.len() < V3_HEADER_LEN {
             return Err(bad(0, "header buffer too short"));
         }
@@ -379,7 +379,7 @@ fn backing_message(buf: &[u8], offset: u64, size: u32) -> String {
 
 /// What `imgconv info` can show of an image whose header [`Header::parse`] refused: its
 /// virtual size and the raw fields of [`peek`].
-pub fn describe(src: &dyn crate::source::Source) -> Result<crate::model::ImageInfo> {
+pub(crate) fn describe(src: &dyn crate::source::Source) -> Result<crate::model::ImageInfo> {
     let mut head = vec![0u8; 4096];
     let n = src.len().min(head.len() as u64) as usize;
     src.read_exact_at(0, &mut head[..n])?;
@@ -393,7 +393,7 @@ pub fn describe(src: &dyn crate::source::Source) -> Result<crate::model::ImageIn
 
 /// Facts `imgconv info` can show of a header that [`Header::parse`] refused: the raw fields,
 /// without trusting any of them beyond bounds checks.
-pub fn peek(buf: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn peek(buf: &[u8]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if buf.len() < V3_HEADER_LEN || be32(buf, 0) != MAGIC {
         return out;
@@ -427,7 +427,7 @@ pub fn peek(buf: &[u8]) -> Vec<(String, String)> {
 }
 
 /// Write a header for the given fields into the first bytes of `out` (one cluster, zeroed).
-pub fn encode(h: &Header, out: &mut [u8]) {
+pub(crate) fn encode(h: &Header, out: &mut [u8]) {
     let put32 = |o: &mut [u8], at: usize, v: u32| o[at..at + 4].copy_from_slice(&v.to_be_bytes());
     let put64 = |o: &mut [u8], at: usize, v: u64| o[at..at + 8].copy_from_slice(&v.to_be_bytes());
     put32(out, 0, MAGIC);

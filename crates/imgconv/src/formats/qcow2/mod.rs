@@ -18,12 +18,11 @@
 //! 32 MiB, the snapshot table is read only for `info` and at most 64 MiB of it.
 
 mod compressed;
-pub mod header;
+pub(crate) mod header;
 mod reader;
 mod snapshot;
 mod writer;
 
-pub use compressed::{CompressEncoder, Qcow2CompressedWriter};
-pub use header::{Compression, Header};
-pub use reader::Qcow2Reader;
-pub use writer::{measure, Qcow2Options, Qcow2Writer};
+pub(crate) use compressed::Qcow2CompressedWriter;
+pub(crate) use reader::Qcow2Reader;
+pub(crate) use writer::{measure, Qcow2Options, Qcow2Writer};

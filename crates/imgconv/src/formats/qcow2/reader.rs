@@ -49,7 +49,7 @@ struct Inflate {
 }
 
 /// A QCOW2 image opened for reading.
-pub struct Qcow2Reader {
+pub(crate) struct Qcow2Reader {
     src: Box<dyn Source>,
     h: Header,
     l1: Vec<u64>,
@@ -63,7 +63,7 @@ fn corrupt(offset: u64, msg: impl Into<String>) -> Error {
 
 impl Qcow2Reader {
     /// Open `src` as QCOW2: header and L1 are validated and read; L2 tables are read on use.
-    pub fn open(src: Box<dyn Source>) -> Result<Qcow2Reader> {
+    pub(crate) fn open(src: Box<dyn Source>) -> Result<Qcow2Reader> {
         let file_len = src.len();
         let mut head = vec![0u8; 4096];
         let n = file_len.min(head.len() as u64) as usize;
@@ -80,11 +80,6 @@ impl Qcow2Reader {
             file_len,
             cache: TableCache::new(L2_CACHE_BYTES),
         })
-    }
-
-    /// The validated header.
-    pub fn header(&self) -> &Header {
-        &self.h
     }
 
     fn l2_table(&self, l1_index: usize) -> Result<Option<Arc<[u64]>>> {

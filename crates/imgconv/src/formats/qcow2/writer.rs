@@ -87,7 +87,7 @@ pub(super) fn output_header(
 
 /// Options of the QCOW2 writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Qcow2Options {
+pub(crate) struct Qcow2Options {
     /// 2 (`compat=0.10`) or 3 (`compat=1.1`, the default).
     pub version: u32,
     /// log2 of the cluster size (default 16: 64 KiB).
@@ -108,10 +108,11 @@ impl Default for Qcow2Options {
 
 impl Qcow2Options {
     /// The option names QCOW2 takes.
-    pub const KNOWN: &'static [&'static str] = &["compat", "cluster_size", "compression_type"];
+    pub(crate) const KNOWN: &'static [&'static str] =
+        &["compat", "cluster_size", "compression_type"];
 
     /// Take QCOW2's options out of `opts`; `compress` is `-c`.
-    pub fn parse(mut opts: WriterOptions, compress: bool) -> Result<Qcow2Options> {
+    pub(crate) fn parse(mut opts: WriterOptions, compress: bool) -> Result<Qcow2Options> {
         let mut o = Qcow2Options::default();
         if let Some(compat) = opts.take("compat") {
             o.version = match compat.as_str() {
@@ -155,7 +156,7 @@ impl Qcow2Options {
     }
 
     /// The cluster size in bytes.
-    pub fn cluster_size(&self) -> u64 {
+    pub(crate) fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
 }
@@ -226,7 +227,7 @@ fn l2_needed(plan: &Plan, per_l2: u64, l1_size: u64) -> BitVec {
 }
 
 /// The sizes a QCOW2 output would take for `plan` (`imgconv measure -O qcow2`).
-pub fn measure(plan: &Plan, opts: &Qcow2Options) -> Measure {
+pub(crate) fn measure(plan: &Plan, opts: &Qcow2Options) -> Measure {
     let cs = opts.cluster_size();
     let per_l2 = cs / 8;
     let size = plan.virtual_size();
@@ -242,7 +243,7 @@ pub fn measure(plan: &Plan, opts: &Qcow2Options) -> Measure {
 
 /// The uncompressed QCOW2 writer.
 #[derive(Debug)]
-pub struct Qcow2Writer {
+pub(crate) struct Qcow2Writer {
     opts: Qcow2Options,
     virtual_size: u64,
     layout: Option<Layout>,
@@ -254,7 +255,7 @@ impl Qcow2Writer {
     /// A writer for a disk of `virtual_size` bytes. The size is rounded up to whole 512-byte
     /// sectors, as qemu-img does: qemu reads a QCOW2 size in sectors and would drop a partial
     /// last one. The added tail reads as zeros.
-    pub fn new(virtual_size: u64, opts: Qcow2Options) -> Result<Qcow2Writer> {
+    pub(crate) fn new(virtual_size: u64, opts: Qcow2Options) -> Result<Qcow2Writer> {
         let virtual_size = virtual_size.div_ceil(512) * 512;
         if opts.compression.is_some() {
             return Err(Error::invalid_argument(

@@ -9,5 +9,5 @@
 mod reader;
 mod writer;
 
-pub use reader::RawReader;
-pub use writer::{RawEncoder, RawOptions, RawPiece, RawWriter, RAW_UNIT};
+pub(crate) use reader::RawReader;
+pub(crate) use writer::{RawEncoder, RawOptions, RawPiece, RawWriter};

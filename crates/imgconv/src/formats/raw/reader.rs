@@ -6,13 +6,13 @@ use crate::reader::{check_range, Reader};
 use crate::source::Source;
 
 /// A RAW image over any [`Source`].
-pub struct RawReader {
+pub(crate) struct RawReader {
     source: Box<dyn Source>,
 }
 
 impl RawReader {
     /// Read `source` as a RAW disk.
-    pub fn new(source: Box<dyn Source>) -> RawReader {
+    pub(crate) fn new(source: Box<dyn Source>) -> RawReader {
         RawReader { source }
     }
 }

@@ -11,21 +11,21 @@ use crate::writer::{Encoder, Writer, WriterSummary};
 
 /// Hole granularity: a 4 KiB run of zeros becomes a hole (qemu-img's `-S 4k` default, and the
 /// block size of common file systems, below which a hole saves nothing).
-pub const RAW_UNIT: u64 = 4096;
+pub(crate) const RAW_UNIT: u64 = 4096;
 
 /// Options of the RAW writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RawOptions {
+pub(crate) struct RawOptions {
     /// How zero runs are stored in the output file.
     pub preallocation: Preallocation,
 }
 
 impl RawOptions {
     /// The option names RAW takes.
-    pub const KNOWN: &'static [&'static str] = &["preallocation"];
+    pub(crate) const KNOWN: &'static [&'static str] = &["preallocation"];
 
     /// Take RAW's options out of `opts`, refusing unknown ones.
-    pub fn parse(mut opts: WriterOptions) -> Result<RawOptions> {
+    pub(crate) fn parse(mut opts: WriterOptions) -> Result<RawOptions> {
         let preallocation = opts.take_parsed("preallocation")?.unwrap_or_default();
         opts.finish(Format::Raw, Self::KNOWN)?;
         Ok(RawOptions { preallocation })
@@ -34,7 +34,7 @@ impl RawOptions {
 
 /// A piece of RAW output.
 #[derive(Debug, Clone)]
-pub enum RawPiece {
+pub(crate) enum RawPiece {
     /// Bytes to write.
     Data(Bytes),
     /// A run of zeros.
@@ -43,7 +43,7 @@ pub enum RawPiece {
 
 /// The RAW encoder: splits a chunk into data runs and zero runs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RawEncoder;
+pub(crate) struct RawEncoder;
 
 impl Encoder for RawEncoder {
     type Encoded = Vec<RawPiece>;
@@ -67,20 +67,20 @@ impl Encoder for RawEncoder {
 
 /// The RAW writer.
 #[derive(Debug)]
-pub struct RawWriter {
+pub(crate) struct RawWriter {
     padded_size: u64,
     allocated_units: u64,
 }
 
 impl RawWriter {
     /// A writer for a disk of `virtual_size` bytes.
-    pub fn new(virtual_size: u64) -> RawWriter {
+    pub(crate) fn new(virtual_size: u64) -> RawWriter {
         RawWriter::padded(virtual_size, virtual_size)
     }
 
     /// A writer whose output is zero-padded from `virtual_size` up to `padded_size` bytes
     /// (a flat VMDK extent holds whole sectors).
-    pub fn padded(virtual_size: u64, padded_size: u64) -> RawWriter {
+    pub(crate) fn padded(virtual_size: u64, padded_size: u64) -> RawWriter {
         RawWriter {
             padded_size: padded_size.max(virtual_size),
             allocated_units: 0,

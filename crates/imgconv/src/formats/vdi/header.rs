@@ -6,11 +6,11 @@ use crate::bytes::{le32, le64};
 use super::{HEADER_SIZE, SIGNATURE, TEXT, VERSION};
 
 /// Bytes the header occupies at the start of the file (the rest up to the block map is zero).
-pub const HEADER_BYTES: usize = 0x200;
+pub(crate) const HEADER_BYTES: usize = 0x200;
 
 /// Cylinders, heads, sectors and sector size, as VDI stores a geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Geometry {
+pub(crate) struct Geometry {
     /// Cylinders.
     pub cylinders: u32,
     /// Heads.
@@ -41,7 +41,7 @@ impl Geometry {
 
 /// The header's fields (offsets as in `VDICore.h`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// 0x040: [`SIGNATURE`].
     pub signature: u32,
     /// 0x044: [`VERSION`] (major in the high half).
@@ -95,7 +95,7 @@ fn uuid_at(h: &[u8], at: usize) -> [u8; 16] {
 impl Header {
     /// A version 1.1 header with VirtualBox's text, signature and header size; the rest from
     /// the arguments and zeros.
-    pub fn new(image_type: u32, disk_size: u64, block_size: u32) -> Header {
+    pub(crate) fn new(image_type: u32, disk_size: u64, block_size: u32) -> Header {
         Header {
             signature: SIGNATURE,
             version: VERSION,
@@ -119,7 +119,7 @@ impl Header {
     }
 
     /// Decode the first [`HEADER_BYTES`] of a file (fields beyond a shorter buffer read as 0).
-    pub fn parse(h: &[u8]) -> Header {
+    pub(crate) fn parse(h: &[u8]) -> Header {
         Header {
             signature: le32(h, 0x40),
             version: le32(h, 0x44),
@@ -143,7 +143,7 @@ impl Header {
     }
 
     /// The [`HEADER_BYTES`] bytes, VirtualBox's text first, the description empty.
-    pub fn encode(&self) -> [u8; HEADER_BYTES] {
+    pub(crate) fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut h = [0u8; HEADER_BYTES];
         h[..TEXT.len()].copy_from_slice(TEXT);
         put32(&mut h, 0x40, self.signature);

@@ -27,25 +27,24 @@ mod header;
 mod reader;
 mod writer;
 
-pub use header::{Geometry, Header, HEADER_BYTES};
-pub use reader::VdiReader;
-pub use writer::{VdiOptions, VdiWriter};
+pub(crate) use reader::VdiReader;
+pub(crate) use writer::{VdiOptions, VdiWriter};
 
 /// The header text VirtualBox writes.
-pub const TEXT: &[u8] = b"<<< Oracle VM VirtualBox Disk Image >>>\n";
+pub(crate) const TEXT: &[u8] = b"<<< Oracle VM VirtualBox Disk Image >>>\n";
 /// The signature at 0x40.
-pub const SIGNATURE: u32 = 0xBEDA_107F;
+pub(crate) const SIGNATURE: u32 = 0xBEDA_107F;
 /// Version 1.1.
-pub const VERSION: u32 = 0x0001_0001;
+pub(crate) const VERSION: u32 = 0x0001_0001;
 /// Size of the version 1.1 header after the pre-header.
-pub const HEADER_SIZE: u32 = 0x190;
+pub(crate) const HEADER_SIZE: u32 = 0x190;
 /// The only block size VirtualBox and qemu use.
-pub const BLOCK_SIZE: u64 = 1 << 20;
+pub(crate) const BLOCK_SIZE: u64 = 1 << 20;
 /// Block map entry: not allocated.
-pub const FREE: u32 = 0xFFFF_FFFF;
+pub(crate) const FREE: u32 = 0xFFFF_FFFF;
 /// Block map entry: reads as zeros.
-pub const ZERO: u32 = 0xFFFF_FFFE;
+pub(crate) const ZERO: u32 = 0xFFFF_FFFE;
 /// Largest block map: 64 MiB, 16 Mi blocks, 16 TiB of disk.
-pub const MAX_BLOCKS: u64 = 1 << 24;
+pub(crate) const MAX_BLOCKS: u64 = 1 << 24;
 /// VirtualBox aligns the block map and the data to 1 MiB.
 pub(crate) const ALIGN: u64 = 1 << 20;

@@ -15,7 +15,7 @@ fn bad(at: u64, msg: impl Into<String>) -> Error {
 }
 
 /// A VDI image opened for reading.
-pub struct VdiReader {
+pub(crate) struct VdiReader {
     src: Box<dyn Source>,
     size: u64,
     data_offset: u64,
@@ -27,7 +27,7 @@ pub struct VdiReader {
 
 impl VdiReader {
     /// Open and validate `src` (header and the whole block map).
-    pub fn open(src: Box<dyn Source>) -> Result<VdiReader> {
+    pub(crate) fn open(src: Box<dyn Source>) -> Result<VdiReader> {
         let len = src.len();
         if len < 0x200 {
             return Err(bad(len, "the file ends inside the VDI header"));

@@ -14,17 +14,17 @@ use super::{ALIGN, BLOCK_SIZE, FREE, MAX_BLOCKS};
 
 /// Options of the VDI writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VdiOptions {
+pub(crate) struct VdiOptions {
     /// Every block allocated (`subformat=fixed` or `static=on`).
     pub fixed: bool,
 }
 
 impl VdiOptions {
     /// The option names VDI takes.
-    pub const KNOWN: &'static [&'static str] = &["subformat", "static"];
+    pub(crate) const KNOWN: &'static [&'static str] = &["subformat", "static"];
 
     /// Take VDI's options.
-    pub fn parse(mut opts: WriterOptions) -> Result<VdiOptions> {
+    pub(crate) fn parse(mut opts: WriterOptions) -> Result<VdiOptions> {
         let mut fixed = match opts.take("subformat").as_deref() {
             None | Some("dynamic") => false,
             Some("fixed") => true,
@@ -50,7 +50,7 @@ impl VdiOptions {
 
 /// The VDI writer.
 #[derive(Debug)]
-pub struct VdiWriter {
+pub(crate) struct VdiWriter {
     opts: VdiOptions,
     size: u64,
     blocks: u64,
@@ -61,7 +61,7 @@ pub struct VdiWriter {
 
 impl VdiWriter {
     /// A writer for a disk of `virtual_size` bytes.
-    pub fn new(virtual_size: u64, opts: VdiOptions) -> Result<VdiWriter> {
+    pub(crate) fn new(virtual_size: u64, opts: VdiOptions) -> Result<VdiWriter> {
         let blocks = virtual_size.div_ceil(BLOCK_SIZE);
         if blocks > MAX_BLOCKS {
             return Err(Error::new(

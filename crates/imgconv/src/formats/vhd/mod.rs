@@ -43,37 +43,37 @@ mod dynamic_header;
 mod reader;
 mod writer;
 
-pub use reader::{describe, VhdReader};
-pub use writer::{measure, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
+pub(crate) use reader::{describe, VhdReader};
+pub(crate) use writer::{measure, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
 
 use crate::bytes::{be32, be64};
 
 /// The footer's cookie.
-pub const COOKIE: &[u8; 8] = b"conectix";
+pub(crate) const COOKIE: &[u8; 8] = b"conectix";
 /// The dynamic header's cookie.
-pub const DYNAMIC_COOKIE: &[u8; 8] = b"cxsparse";
+pub(crate) const DYNAMIC_COOKIE: &[u8; 8] = b"cxsparse";
 /// Size of the footer.
-pub const FOOTER_SIZE: u64 = 512;
+pub(crate) const FOOTER_SIZE: u64 = 512;
 /// Size of the dynamic header.
-pub const DYNAMIC_HEADER_SIZE: u64 = 1024;
+pub(crate) const DYNAMIC_HEADER_SIZE: u64 = 1024;
 /// Version 1.0, of both the footer and the dynamic header.
-pub const VERSION: u32 = 0x0001_0000;
+pub(crate) const VERSION: u32 = 0x0001_0000;
 /// A BAT entry for a block that is not allocated.
-pub const UNALLOCATED: u32 = 0xFFFF_FFFF;
+pub(crate) const UNALLOCATED: u32 = 0xFFFF_FFFF;
 /// The block size of dynamic disks unless told otherwise.
-pub const DEFAULT_BLOCK_SIZE: u64 = 2 << 20;
+pub(crate) const DEFAULT_BLOCK_SIZE: u64 = 2 << 20;
 /// Largest dynamic disk: 0xFF000000 sectors (2040 GiB), the specification's limit.
-pub const MAX_DYNAMIC_SIZE: u64 = 0xFF00_0000 * 512;
+pub(crate) const MAX_DYNAMIC_SIZE: u64 = 0xFF00_0000 * 512;
 /// The largest geometry (65535 cylinders, 16 heads, 255 sectors per track).
-pub const MAX_CHS_SECTORS: u64 = 65535 * 16 * 255;
+pub(crate) const MAX_CHS_SECTORS: u64 = 65535 * 16 * 255;
 /// The creator application written: qemu reads the current size for it.
-pub const CREATOR: &[u8; 4] = b"qem2";
+pub(crate) const CREATOR: &[u8; 4] = b"qem2";
 /// Seconds from the Unix epoch to 2000-01-01 00:00:00 UTC.
 const EPOCH_2000: u64 = 946_684_800;
 
 /// Disk types of the footer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskType {
+pub(crate) enum DiskType {
     /// Data, then the footer.
     Fixed,
     /// Blocks allocated on demand, found through the BAT.
@@ -84,7 +84,7 @@ pub enum DiskType {
 
 impl DiskType {
     /// The footer's number for this type.
-    pub fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         match self {
             DiskType::Fixed => 2,
             DiskType::Dynamic => 3,
@@ -102,7 +102,7 @@ impl DiskType {
     }
 
     /// The lower-case name `info` shows.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             DiskType::Fixed => "fixed",
             DiskType::Dynamic => "dynamic",
@@ -113,7 +113,7 @@ impl DiskType {
 
 /// Cylinders, heads and sectors per track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
+pub(crate) struct Geometry {
     /// Cylinders.
     pub cylinders: u16,
     /// Heads.
@@ -125,7 +125,7 @@ pub struct Geometry {
 impl Geometry {
     /// The specification's algorithm (Appendix: CHS calculation) for a disk of `size` bytes.
     /// It rounds down: the geometry may describe fewer sectors than the disk has.
-    pub fn for_size(size: u64) -> Geometry {
+    pub(crate) fn for_size(size: u64) -> Geometry {
         let total = (size / 512).min(MAX_CHS_SECTORS);
         let (sectors, heads, cyl_heads) = if total >= 65535 * 16 * 63 {
             (255u64, 16u64, total / 255)
@@ -153,13 +153,13 @@ impl Geometry {
     }
 
     /// Sectors the geometry describes.
-    pub fn total_sectors(self) -> u64 {
+    pub(crate) fn total_sectors(self) -> u64 {
         u64::from(self.cylinders) * u64::from(self.heads) * u64::from(self.sectors)
     }
 }
 
 /// One's complement of the byte sum of `bytes`, with the 4 bytes at `field` taken as zero.
-pub fn checksum(bytes: &[u8], field: usize) -> u32 {
+pub(crate) fn checksum(bytes: &[u8], field: usize) -> u32 {
     let sum = bytes
         .iter()
         .enumerate()
@@ -170,7 +170,7 @@ pub fn checksum(bytes: &[u8], field: usize) -> u32 {
 
 /// The footer, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Footer {
+pub(crate) struct Footer {
     /// Format version.
     pub version: u32,
     /// Offset of the dynamic header (all ones for a fixed disk).
@@ -199,7 +199,7 @@ pub struct Footer {
 
 impl Footer {
     /// Decode 512 bytes that start with the cookie. The checksum is not checked here.
-    pub fn parse(b: &[u8]) -> Footer {
+    pub(crate) fn parse(b: &[u8]) -> Footer {
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[68..84]);
         Footer {
@@ -223,7 +223,7 @@ impl Footer {
     }
 
     /// The 512 bytes, checksum computed.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; FOOTER_SIZE as usize];
         b[..8].copy_from_slice(COOKIE);
         b[8..12].copy_from_slice(&2u32.to_be_bytes());
@@ -246,19 +246,19 @@ impl Footer {
     }
 
     /// The disk type, if it is one the specification defines.
-    pub fn kind(&self) -> Option<DiskType> {
+    pub(crate) fn kind(&self) -> Option<DiskType> {
         DiskType::from_code(self.disk_type)
     }
 
     /// Whether qemu sizes this disk by its geometry (creators `vpc ` and `qemu`, geometry
     /// below the largest), which is the size this reader uses for them too.
-    pub fn sized_by_geometry(&self) -> bool {
+    pub(crate) fn sized_by_geometry(&self) -> bool {
         (&self.creator == b"vpc " || &self.creator == b"qemu")
             && self.geometry.total_sectors() != MAX_CHS_SECTORS
     }
 
     /// The virtual disk's size in bytes: whole sectors, as qemu counts them.
-    pub fn disk_size(&self) -> u64 {
+    pub(crate) fn disk_size(&self) -> u64 {
         if self.sized_by_geometry() {
             self.geometry.total_sectors() * 512
         } else {
@@ -267,7 +267,7 @@ impl Footer {
     }
 
     /// The facts `imgconv info` shows.
-    pub fn details(&self) -> Vec<(String, String)> {
+    pub(crate) fn details(&self) -> Vec<(String, String)> {
         let text = |b: &[u8; 4]| {
             String::from_utf8_lossy(b)
                 .trim_end_matches(['\0', ' '])
@@ -320,7 +320,7 @@ impl Footer {
 }
 
 /// Now, in seconds since 2000-01-01 UTC (0 before it, saturated after 2136).
-pub fn timestamp_now() -> u32 {
+pub(crate) fn timestamp_now() -> u32 {
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -329,7 +329,7 @@ pub fn timestamp_now() -> u32 {
 }
 
 /// `YYYY-MM-DD hh:mm:ss UTC` for a VHD timestamp.
-pub fn timestamp_text(ts: u32) -> String {
+pub(crate) fn timestamp_text(ts: u32) -> String {
     let format =
         time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
     time::OffsetDateTime::from_unix_timestamp(i64::from(ts) + EPOCH_2000 as i64)

@@ -111,7 +111,7 @@ fn differencing(src: &dyn Source, footer: &Footer) -> Error {
 
 /// Basic facts of a VHD for `imgconv info`, also for a disk the reader refuses
 /// (differencing): footer and dynamic header only, nothing else is checked or read.
-pub fn describe(src: &dyn Source) -> Result<ImageInfo> {
+pub(crate) fn describe(src: &dyn Source) -> Result<ImageInfo> {
     let footer = read_footer(src)?;
     let mut details = footer.details();
     if footer.kind() != Some(DiskType::Fixed) {
@@ -149,7 +149,7 @@ enum Layout {
 }
 
 /// A VHD image opened for reading.
-pub struct VhdReader {
+pub(crate) struct VhdReader {
     src: Box<dyn Source>,
     footer: Footer,
     size: u64,
@@ -159,7 +159,7 @@ pub struct VhdReader {
 impl VhdReader {
     /// Open and validate `src`: footer and its checksum; for a dynamic disk, the header, its
     /// checksum, and every BAT entry (each allocated block inside the file).
-    pub fn open(src: Box<dyn Source>) -> Result<VhdReader> {
+    pub(crate) fn open(src: Box<dyn Source>) -> Result<VhdReader> {
         let footer = read_footer(src.as_ref())?;
         let size = footer.disk_size();
         let footer_at = src.len() - FOOTER_SIZE;

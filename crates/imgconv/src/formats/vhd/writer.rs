@@ -27,7 +27,7 @@ const MAX_BLOCK: u64 = 16 << 20;
 
 /// Options of the VHD writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VhdOptions {
+pub(crate) struct VhdOptions {
     /// Fixed or dynamic.
     pub kind: DiskType,
     /// Block size of a dynamic disk.
@@ -59,10 +59,11 @@ fn on_off(key: &str, v: Option<String>) -> Result<Option<bool>> {
 
 impl VhdOptions {
     /// The option names VHD takes.
-    pub const KNOWN: &'static [&'static str] = &["subformat", "block_size", "azure", "force_size"];
+    pub(crate) const KNOWN: &'static [&'static str] =
+        &["subformat", "block_size", "azure", "force_size"];
 
     /// Take VHD's options.
-    pub fn parse(mut opts: WriterOptions) -> Result<VhdOptions> {
+    pub(crate) fn parse(mut opts: WriterOptions) -> Result<VhdOptions> {
         let mut o = VhdOptions::default();
         let subformat = opts.take("subformat");
         match subformat.as_deref() {
@@ -111,7 +112,7 @@ impl VhdOptions {
 
     /// The output disk's size for an input of `size` bytes, and the note saying why it
     /// differs, if it does.
-    pub fn disk_size(&self, size: u64) -> Result<(u64, Option<String>)> {
+    pub(crate) fn disk_size(&self, size: u64) -> Result<(u64, Option<String>)> {
         let (unit, why) = if self.azure {
             (MIB, "a whole number of MiB, as Azure requires")
         } else {
@@ -166,7 +167,7 @@ fn new_footer(kind: DiskType, disk_size: u64, data_offset: u64) -> Footer {
 /// The fixed VHD writer: the disk as RAW (zero runs as holes), padded to the disk size, then
 /// the footer.
 #[derive(Debug)]
-pub struct VhdFixedWriter {
+pub(crate) struct VhdFixedWriter {
     raw: RawWriter,
     disk_size: u64,
     footer: Vec<u8>,
@@ -175,7 +176,7 @@ pub struct VhdFixedWriter {
 
 impl VhdFixedWriter {
     /// A writer for an input of `size` bytes.
-    pub fn new(size: u64, opts: VhdOptions) -> Result<VhdFixedWriter> {
+    pub(crate) fn new(size: u64, opts: VhdOptions) -> Result<VhdFixedWriter> {
         let (disk_size, note) = opts.disk_size(size)?;
         Ok(VhdFixedWriter {
             raw: RawWriter::padded(size, disk_size),
@@ -238,11 +239,11 @@ impl Writer for VhdFixedWriter {
 /// Lays out a chunk's planned blocks: each one's sector bitmap, then its data, where runs of
 /// zeros (4 KiB granules) become holes in a file output, as in a RAW one.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct VhdEncoder;
+pub(crate) struct VhdEncoder;
 
 /// A piece of dynamic VHD output.
 #[derive(Debug, Clone)]
-pub enum VhdPiece {
+pub(crate) enum VhdPiece {
     /// A block's sector bitmap (a block starts here).
     Bitmap,
     /// Bytes to write.
@@ -359,7 +360,7 @@ impl DynamicLayout {
 
 /// The dynamic VHD writer.
 #[derive(Debug)]
-pub struct VhdDynamicWriter {
+pub(crate) struct VhdDynamicWriter {
     layout: DynamicLayout,
     footer: Vec<u8>,
     bitmap: Bytes,
@@ -370,7 +371,7 @@ pub struct VhdDynamicWriter {
 
 impl VhdDynamicWriter {
     /// A writer for an input of `size` bytes.
-    pub fn new(size: u64, opts: VhdOptions) -> Result<VhdDynamicWriter> {
+    pub(crate) fn new(size: u64, opts: VhdOptions) -> Result<VhdDynamicWriter> {
         let (disk_size, note) = opts.disk_size(size)?;
         let layout = DynamicLayout::new(disk_size, opts.block_size)?;
         // Every sector of a written block is marked as holding data.
@@ -480,7 +481,7 @@ impl Writer for VhdDynamicWriter {
 
 /// `imgconv measure -O vhd`: file sizes for an input of `size` bytes whose allocation `plan`
 /// is at the dynamic block size (`None` for fixed disks, which need no plan).
-pub fn measure(size: u64, plan: Option<&Plan>, opts: &VhdOptions) -> Result<Measure> {
+pub(crate) fn measure(size: u64, plan: Option<&Plan>, opts: &VhdOptions) -> Result<Measure> {
     let (disk_size, _) = opts.disk_size(size)?;
     if opts.kind == DiskType::Fixed {
         let n = disk_size + FOOTER_SIZE;

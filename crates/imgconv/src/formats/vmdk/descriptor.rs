@@ -10,15 +10,15 @@ use crate::model::Format;
 use super::options::VmdkOptions;
 
 /// Largest descriptor read: VMware's are a few KiB.
-pub const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
 /// Most extents a descriptor may list.
-pub const MAX_EXTENTS: usize = 1024;
+pub(crate) const MAX_EXTENTS: usize = 1024;
 /// Largest virtual disk a descriptor may describe: 64 TiB, in sectors.
-pub const MAX_TOTAL_SECTORS: u64 = 1 << 37;
+pub(crate) const MAX_TOTAL_SECTORS: u64 = 1 << 37;
 
 /// The kind of an extent line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExtentKind {
+pub(crate) enum ExtentKind {
     /// A sparse extent file (`SPARSE`).
     Sparse,
     /// Raw sectors in a file from an offset (`FLAT`, `VMFS`).
@@ -29,7 +29,7 @@ pub enum ExtentKind {
 
 /// One extent line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtentLine {
+pub(crate) struct ExtentLine {
     /// Size in sectors.
     pub sectors: u64,
     /// Kind.
@@ -42,7 +42,7 @@ pub struct ExtentLine {
 
 /// A parsed descriptor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Descriptor {
+pub(crate) struct Descriptor {
     /// `key = value` pairs in order, quotes removed.
     pub entries: Vec<(String, String)>,
     /// The extents in order.
@@ -55,7 +55,7 @@ fn bad(msg: impl Into<String>) -> Error {
 
 impl Descriptor {
     /// The value of `key` (case-insensitive), if present.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.entries
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
@@ -63,7 +63,7 @@ impl Descriptor {
     }
 
     /// Parse descriptor text. Unknown keys are kept; malformed extent lines are errors.
-    pub fn parse(text: &str) -> Result<Descriptor> {
+    pub(crate) fn parse(text: &str) -> Result<Descriptor> {
         let mut d = Descriptor::default();
         for raw in text.split(['\n', '\0']) {
             let line = raw.trim();
@@ -98,7 +98,8 @@ impl Descriptor {
     }
 
     /// Total size of the extents in sectors.
-    pub fn sectors(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn sectors(&self) -> u64 {
         self.extents.iter().map(|e| e.sectors).sum()
     }
 }
@@ -163,7 +164,7 @@ fn parse_extent(line: &str) -> Result<ExtentLine> {
 
 /// Resolve an extent file name inside `folder`: absolute names, `..` and links that lead out
 /// of the folder are refused; nothing outside the folder is ever opened.
-pub fn resolve(folder: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn resolve(folder: &Path, name: &str) -> Result<PathBuf> {
     let refuse = |why: &str| {
         Error::new(
             ErrorKind::Unsupported,
@@ -234,7 +235,7 @@ pub(super) fn descriptor(
 }
 
 /// The descriptor of a monolithicFlat disk of `capacity` sectors stored in `flat_name`.
-pub fn flat_descriptor(capacity: u64, o: &VmdkOptions, flat_name: &str) -> String {
+pub(crate) fn flat_descriptor(capacity: u64, o: &VmdkOptions, flat_name: &str) -> String {
     let extent = format!("RW {capacity} FLAT \"{flat_name}\" 0");
     descriptor(capacity, o, "monolithicFlat", &extent)
 }

@@ -17,30 +17,30 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::Format;
 
 /// `KDMV`, read little-endian.
-pub const MAGIC: u32 = 0x564d_444b;
+pub(crate) const MAGIC: u32 = 0x564d_444b;
 /// gdOffset meaning "the grain directory is described by the footer at the end".
-pub const GD_AT_END: u64 = u64::MAX;
+pub(crate) const GD_AT_END: u64 = u64::MAX;
 /// Flag: a redundant grain directory exists.
-pub const FLAG_RGD: u32 = 1 << 1;
+pub(crate) const FLAG_RGD: u32 = 1 << 1;
 /// Flag: a grain table entry of 1 means "this grain reads as zeros".
-pub const FLAG_ZEROED_GTE: u32 = 1 << 2;
+pub(crate) const FLAG_ZEROED_GTE: u32 = 1 << 2;
 /// Flag: grains are compressed.
-pub const FLAG_COMPRESSED: u32 = 1 << 16;
+pub(crate) const FLAG_COMPRESSED: u32 = 1 << 16;
 /// Flag: the file has stream markers.
-pub const FLAG_MARKERS: u32 = 1 << 17;
+pub(crate) const FLAG_MARKERS: u32 = 1 << 17;
 
 /// Largest grain: 128 MiB (qemu allows at most 2 MiB grains in practice; larger values only
 /// serve to make a reader allocate).
-pub const MAX_GRAIN_SECTORS: u64 = 1 << 18;
+pub(crate) const MAX_GRAIN_SECTORS: u64 = 1 << 18;
 /// Largest capacity of one sparse extent: grain tables hold u32 sector numbers, which caps an
 /// extent at 2 TiB of file; the virtual side is capped at 64 TiB so that tables stay small.
-pub const MAX_CAPACITY_SECTORS: u64 = 1 << 37;
+pub(crate) const MAX_CAPACITY_SECTORS: u64 = 1 << 37;
 /// Largest grain directory read into memory.
-pub const MAX_GD_BYTES: u64 = 32 << 20;
+pub(crate) const MAX_GD_BYTES: u64 = 32 << 20;
 /// Largest grain table.
-pub const MAX_GT_ENTRIES: u32 = 1 << 16;
+pub(crate) const MAX_GT_ENTRIES: u32 = 1 << 16;
 /// Bytes of a sparse header (and of its footer copy).
-pub const HEADER_BYTES: usize = 512;
+pub(crate) const HEADER_BYTES: usize = 512;
 
 /// Grain size imgconv writes: 64 KiB (128 sectors), what VMware writes.
 pub(super) const GRAIN_SECTORS: u64 = 128;
@@ -54,7 +54,7 @@ const _: () = assert!(77 + 2 <= HEADER_BYTES);
 
 /// A validated sparse header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SparseHeader {
+pub(crate) struct SparseHeader {
     /// 1, 2 or 3.
     pub version: u32,
     /// Flag bits.
@@ -83,7 +83,7 @@ fn bad(at: u64, msg: impl Into<String>) -> Error {
 
 impl SparseHeader {
     /// Parse and validate the first 512 bytes of a sparse extent (or its footer copy).
-    pub fn parse(b: &[u8]) -> Result<SparseHeader> {
+    pub(crate) fn parse(b: &[u8]) -> Result<SparseHeader> {
         if b.len() < 512 {
             return Err(bad(0, "the file ends inside the VMDK sparse header"));
         }
@@ -184,7 +184,7 @@ impl SparseHeader {
     }
 
     /// The 512 bytes, with the line-ending check characters VMware writes.
-    pub fn encode(&self) -> [u8; HEADER_BYTES] {
+    pub(crate) fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut b = [0u8; HEADER_BYTES];
         b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         b[4..8].copy_from_slice(&self.version.to_le_bytes());
@@ -203,19 +203,19 @@ impl SparseHeader {
     }
 
     /// Grain size in bytes.
-    pub fn grain_bytes(&self) -> u64 {
+    pub(crate) fn grain_bytes(&self) -> u64 {
         self.grain_sectors * 512
     }
 
     /// Grain directory entries needed for the capacity.
-    pub fn gd_entries(&self) -> u64 {
+    pub(crate) fn gd_entries(&self) -> u64 {
         self.capacity
             .div_ceil(self.grain_sectors)
             .div_ceil(u64::from(self.gt_entries))
     }
 
     /// Whether grains are compressed.
-    pub fn compressed(&self) -> bool {
+    pub(crate) fn compressed(&self) -> bool {
         self.flags & FLAG_COMPRESSED != 0
     }
 }

@@ -16,16 +16,16 @@
 //! Limits: grains up to 128 MiB, 64 TiB of virtual disk, a 32 MiB grain directory, 16 MiB of
 //! cached grain tables, 1 MiB descriptors with at most 1024 extents.
 
-pub mod descriptor;
-pub mod header;
+pub(crate) mod descriptor;
+pub(crate) mod header;
 mod options;
 mod reader;
 mod sparse;
 mod sparse_writer;
 mod stream;
 
-pub use descriptor::flat_descriptor;
-pub use options::VmdkOptions;
-pub use reader::VmdkReader;
-pub use sparse_writer::SparseWriter;
-pub use stream::{GrainRecord, StreamEncoder, StreamWriter};
+pub(crate) use descriptor::flat_descriptor;
+pub(crate) use options::VmdkOptions;
+pub(crate) use reader::VmdkReader;
+pub(crate) use sparse_writer::SparseWriter;
+pub(crate) use stream::StreamWriter;

@@ -8,7 +8,7 @@ pub(super) const DEFAULT_LEVEL: i32 = 6;
 
 /// Descriptor fields of a VMDK output.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmdkOptions {
+pub(crate) struct VmdkOptions {
     /// `ddb.adapterType`: lsilogic (default), ide, buslogic, legacyESX or pvscsi.
     pub adapter_type: String,
     /// `ddb.virtualHWVersion` (default 4, which every ESXi and Workstation accepts).
@@ -21,7 +21,7 @@ pub struct VmdkOptions {
 
 impl VmdkOptions {
     /// The option names VMDK takes.
-    pub const KNOWN: &'static [&'static str] = &[
+    pub(crate) const KNOWN: &'static [&'static str] = &[
         "subformat",
         "adapter_type",
         "hwversion",
@@ -29,7 +29,7 @@ impl VmdkOptions {
     ];
 
     /// Take VMDK's options; returns the subformat and the descriptor options.
-    pub fn parse(
+    pub(crate) fn parse(
         mut opts: crate::formats::options::WriterOptions,
         file_name: &str,
     ) -> Result<(String, VmdkOptions)> {

@@ -25,7 +25,7 @@ struct Piece {
 }
 
 /// A VMDK image opened for reading.
-pub struct VmdkReader {
+pub(crate) struct VmdkReader {
     pieces: Vec<Piece>,
     size: u64,
     descriptor: Descriptor,
@@ -59,7 +59,7 @@ fn refuse_create_type(d: &Descriptor) -> Result<()> {
 impl VmdkReader {
     /// Open `src`: a sparse extent, or a descriptor (whose extents resolve in the folder of
     /// `src`'s path; an in-memory descriptor has no folder and its extents are refused).
-    pub fn open(src: Box<dyn Source>) -> Result<VmdkReader> {
+    pub(crate) fn open(src: Box<dyn Source>) -> Result<VmdkReader> {
         let len = src.len();
         let mut head = vec![0u8; 512.min(len) as usize];
         src.read_exact_at(0, &mut head)?;

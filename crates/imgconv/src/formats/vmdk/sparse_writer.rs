@@ -58,7 +58,7 @@ impl Layout {
 
 /// The monolithicSparse writer.
 #[derive(Debug)]
-pub struct SparseWriter {
+pub(crate) struct SparseWriter {
     opts: VmdkOptions,
     layout: Layout,
     grains: u64,
@@ -67,7 +67,7 @@ pub struct SparseWriter {
 
 impl SparseWriter {
     /// A writer for a disk of `virtual_size` bytes (rounded up to whole sectors).
-    pub fn new(virtual_size: u64, opts: VmdkOptions) -> Result<SparseWriter> {
+    pub(crate) fn new(virtual_size: u64, opts: VmdkOptions) -> Result<SparseWriter> {
         let capacity = virtual_size.div_ceil(512);
         let layout = Layout::new(capacity);
         // Grain tables hold u32 sector numbers: the file may not pass 2 TiB.

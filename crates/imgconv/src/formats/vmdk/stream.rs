@@ -52,11 +52,11 @@ fn marker(sectors: u64, kind: u32) -> Vec<u8> {
 }
 
 /// A compressed grain record, ready to write: (grain index, record padded to 512 bytes).
-pub type GrainRecord = (u64, Vec<u8>);
+pub(crate) type GrainRecord = (u64, Vec<u8>);
 
 /// Compresses a chunk's non-zero grains (runs on the worker pool).
 #[derive(Debug, Clone, Copy)]
-pub struct StreamEncoder {
+pub(crate) struct StreamEncoder {
     level: i32,
 }
 
@@ -101,7 +101,7 @@ impl Encoder for StreamEncoder {
 
 /// The streamOptimized writer.
 #[derive(Debug)]
-pub struct StreamWriter {
+pub(crate) struct StreamWriter {
     opts: VmdkOptions,
     capacity: u64,
     gd: Vec<u32>,
@@ -111,7 +111,7 @@ pub struct StreamWriter {
 
 impl StreamWriter {
     /// A writer for a disk of `virtual_size` bytes (rounded up to whole sectors).
-    pub fn new(virtual_size: u64, opts: VmdkOptions) -> Result<StreamWriter> {
+    pub(crate) fn new(virtual_size: u64, opts: VmdkOptions) -> Result<StreamWriter> {
         let capacity = virtual_size.div_ceil(512);
         // Grain tables hold u32 sector numbers: a stream may not pass 2 TiB of file.
         if capacity > u64::from(u32::MAX) {
