@@ -260,6 +260,10 @@ pub(crate) struct ExportArgs {
     /// Folder for the scratch file of a compressed QCOW2 export (default: $TMPDIR).
     #[arg(long, value_name = "DIR")]
     pub(crate) scratch_dir: Option<PathBuf>,
+    /// Also trust the CAs in this PEM file (an endpoint behind a private CA); the bundled
+    /// Mozilla roots and the system's (including $SSL_CERT_FILE) are always trusted.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_bundle: Option<PathBuf>,
 }
 
 impl ExportArgs {
@@ -273,6 +277,7 @@ impl ExportArgs {
             || self.retries.is_some()
             || self.no_crc32c
             || self.scratch_dir.is_some()
+            || self.ca_bundle.is_some()
     }
 }
 

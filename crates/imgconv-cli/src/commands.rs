@@ -77,6 +77,7 @@ fn upload_settings(e: &ExportArgs, force: bool) -> Result<UploadSettings, Error>
         parallel_parts: e.parallel_parts,
         retries: e.retries,
         overwrite: force,
+        ca_bundle: e.ca_bundle.clone(),
     })
 }
 
@@ -114,7 +115,7 @@ fn target(a: &ConvertArgs) -> Result<(Option<Target>, PathBuf), Error> {
     if e.upload_options_given() {
         return Err(Error::invalid_argument(
             "--endpoint, --region, --virtual-hosted, --part-size, --parallel-parts, \
-             --retries, --no-crc32c and --scratch-dir apply to s3://, obs://, oci:// \
+             --retries, --no-crc32c, --scratch-dir and --ca-bundle apply to s3://, obs://, oci:// \
              and pre-authenticated request outputs",
         ));
     }

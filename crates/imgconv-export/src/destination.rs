@@ -103,6 +103,8 @@ pub struct UploadSettings {
     pub retries: Option<u32>,
     /// Replace an existing object or file.
     pub overwrite: bool,
+    /// A PEM bundle of CAs to trust besides the bundled and system roots.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 impl UploadSettings {
@@ -133,17 +135,24 @@ impl UploadSettings {
         if self.no_crc32c {
             c = c.without_crc32c();
         }
+        if let Some(bundle) = &self.ca_bundle {
+            c = c.ca_bundle(bundle)?;
+        }
         Ok(c)
     }
 
     /// The configuration for an OCI pre-authenticated request.
     pub fn par_config(&self) -> Result<ParConfig> {
-        self.transfer(
+        let c = self.transfer(
             ParConfig::new(),
             ParConfig::part_size,
             ParConfig::parallel_parts,
             ParConfig::retries,
-        )
+        )?;
+        match &self.ca_bundle {
+            Some(bundle) => c.ca_bundle(bundle),
+            None => Ok(c),
+        }
     }
 
     /// Apply the part size, parts in flight and retries through a config's own setters.

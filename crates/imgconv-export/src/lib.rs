@@ -34,6 +34,7 @@ mod oci;
 mod par;
 mod parts;
 mod s3;
+mod tls;
 
 pub use credentials::{profile_setting, Credentials};
 pub use export::{export, export_oci_archive, Exported, Target};

@@ -42,6 +42,13 @@ impl ParConfig {
         Ok(self)
     }
 
+    /// Also trust the certificate authorities in the PEM file `bundle` (see
+    /// [`crate::S3Config::ca_bundle`]).
+    pub fn ca_bundle(mut self, bundle: &std::path::Path) -> Result<Self> {
+        self.transfer = self.transfer.ca_bundle(bundle)?;
+        Ok(self)
+    }
+
     /// Parts uploaded at once.
     pub fn parallel_parts(mut self, n: usize) -> Self {
         self.transfer = self.transfer.parallel_parts(n);

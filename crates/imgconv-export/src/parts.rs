@@ -54,6 +54,8 @@ pub(crate) struct Transfer {
     pub(crate) timeout: Duration,
     pub(crate) on_upload: Option<UploadHook>,
     pub(crate) before_publish: Option<PublishGate>,
+    /// The roots server certificates may chain to (`None`: bundled and system roots).
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Transfer {
@@ -68,7 +70,14 @@ impl Transfer {
             timeout: Duration::from_secs(120),
             on_upload: None,
             before_publish: None,
+            tls: None,
         }
+    }
+
+    /// Trust the CAs in the PEM file `bundle` too.
+    pub(crate) fn ca_bundle(mut self, bundle: &std::path::Path) -> Result<Self> {
+        self.tls = Some(crate::tls::client_config(Some(bundle))?);
+        Ok(self)
     }
 
     pub(crate) fn part_size(mut self, bytes: u64) -> Result<Self> {
@@ -118,7 +127,7 @@ impl Transfer {
     /// An HTTP client with these timeouts and retries.
     pub(crate) fn http(&self, location: String, decode: Decode) -> Http {
         Http {
-            agent: Http::agent(self.timeout),
+            agent: Http::agent(self.timeout, self.tls.clone()),
             retries: self.retries,
             location,
             decode,
@@ -149,12 +158,17 @@ pub(crate) struct Reply {
 
 impl Http {
     /// An agent with these timeouts.
-    pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
-        ureq::AgentBuilder::new()
+    pub(crate) fn agent(timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>) -> ureq::Agent {
+        let builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(timeout)
-            .timeout_write(timeout)
-            .build()
+            .timeout_write(timeout);
+        // Bundled and system roots unless a bundle was given; the system's cannot fail to
+        // load (unreadable entries are skipped), so the default always exists.
+        match tls.or_else(|| crate::tls::client_config(None).ok()) {
+            Some(config) => builder.tls_config(config).build(),
+            None => builder.build(),
+        }
     }
 
     /// Send `method` to `url` with `headers` and `body` (with its `Content-MD5` when it is not
@@ -198,22 +212,52 @@ impl Http {
                     }
                     err
                 }
-                Err(ureq::Error::Transport(t)) => Error::new(
-                    ErrorKind::Io,
-                    format!("{what} of {}: {}", self.location, t.kind()),
-                ),
+                Err(ureq::Error::Transport(t)) => {
+                    // A certificate the client does not trust will not be trusted on the next
+                    // attempt either.
+                    let permanent = is_certificate_error(&t);
+                    let err = Error::new(
+                        ErrorKind::Io,
+                        format!("{what} of {}: {}", self.location, t.kind()),
+                    )
+                    .with_source(t);
+                    if permanent {
+                        return Err(err);
+                    }
+                    err
+                }
             };
             self.cancel.check()?;
             if attempt >= self.retries {
-                return Err(Error::new(
-                    retry.kind(),
-                    format!("{} (after {} attempts)", retry.message(), attempt + 1),
-                ));
+                return Err(retry.with_note(&format!(" (after {} attempts)", attempt + 1)));
             }
             std::thread::sleep(Duration::from_millis((100u64 << attempt.min(6)).min(5000)));
             attempt += 1;
         }
     }
+}
+
+/// Whether a transport error comes from the server's certificate (rustls refused it).
+fn is_certificate_error(t: &ureq::Transport) -> bool {
+    let mut cause = std::error::Error::source(t);
+    while let Some(c) = cause {
+        if let Some(e) = c.downcast_ref::<rustls::Error>() {
+            return matches!(
+                e,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if let Some(e) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                );
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Call `write` with slices of zeros that add up to `len` bytes.

@@ -117,6 +117,14 @@ impl S3Config {
         self
     }
 
+    /// Also trust the certificate authorities in the PEM file `bundle` (a private endpoint
+    /// behind an internal CA). The bundled Mozilla roots and the system's store (including
+    /// `SSL_CERT_FILE`) are always trusted.
+    pub fn ca_bundle(mut self, bundle: &std::path::Path) -> Result<Self> {
+        self.transfer = self.transfer.ca_bundle(bundle)?;
+        Ok(self)
+    }
+
     /// Leave out the `x-amz-checksum-crc32c` headers, for S3-compatible services that reject
     /// them (the parts keep their `Content-MD5`).
     pub fn without_crc32c(mut self) -> Self {

@@ -1,7 +1,7 @@
 //! Just enough HTTP/1.1 for the test servers: requests with a `Content-Length` body, and
 //! responses read to the end of the connection.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Write};
 use std::net::TcpStream;
 
 /// A request as received.
@@ -37,7 +37,7 @@ impl Request {
 }
 
 /// Read one request's head; `None` at the end of the connection. The body is left unread.
-pub(crate) fn read_head(r: &mut BufReader<TcpStream>) -> Option<(Request, usize)> {
+pub(crate) fn read_head(r: &mut impl BufRead) -> Option<(Request, usize)> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -75,7 +75,7 @@ pub(crate) fn read_head(r: &mut BufReader<TcpStream>) -> Option<(Request, usize)
 }
 
 /// Read one whole request.
-pub(crate) fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+pub(crate) fn read_request(r: &mut impl BufRead) -> Option<Request> {
     let (mut req, len) = read_head(r)?;
     req.body = vec![0; len];
     r.read_exact(&mut req.body).ok()?;

@@ -8,6 +8,7 @@
 //! - [`ParServer`] implements OCI Object Storage pre-authenticated requests: a plain PUT, and
 //!   the multipart protocol (`opc-multipart: true`, parts to `<accessUri><partNum>`, commit by
 //!   POST, abort by DELETE);
+//! - [`TlsFront`] puts HTTPS, with a certificate from a throwaway CA, in front of a server;
 //! - [`pg_database`] makes a fresh database on the test command's PostgreSQL cluster.
 
 mod http;
@@ -15,11 +16,13 @@ mod par;
 mod pg;
 mod proxy;
 mod s3;
+mod tls;
 
 pub use par::ParServer;
 pub use pg::{pg_database, PG_URL_VAR};
 pub use proxy::{Fault, FaultProxy, Record, Rule};
 pub use s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+pub use tls::TlsFront;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {

@@ -137,6 +137,12 @@ impl Error {
         self
     }
 
+    /// The same error with `more` appended to its message (its kind, context and cause kept).
+    pub fn with_note(mut self, more: &str) -> Self {
+        self.message.push_str(more);
+        self
+    }
+
     /// Attach the path of the file concerned (kept if one is already set).
     pub fn with_path(mut self, path: impl AsRef<Path>) -> Self {
         if self.context.path.is_none() {

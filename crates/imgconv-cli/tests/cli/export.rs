@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use imgconv_testkit::{Fault, FaultProxy, ParServer, Rule, S3Server, ACCESS_KEY, SECRET_KEY};
+use imgconv_testkit::{
+    Fault, FaultProxy, ParServer, Rule, S3Server, TlsFront, ACCESS_KEY, SECRET_KEY,
+};
 
 use crate::tools::*;
 
@@ -395,4 +397,43 @@ fn a_full_disk_under_the_scratch_file_exits_7_and_uploads_nothing() {
         "{:?}",
         s3.files()
     );
+}
+
+#[test]
+fn an_endpoint_behind_a_private_ca_is_trusted_with_ca_bundle_or_ssl_cert_file_only() {
+    let dir = scratch("export-private-ca");
+    let src = mixed_source(&dir);
+    let s3 = S3Server::start("export-private-ca");
+    let front = TlsFront::start(s3.port());
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, front.ca_pem()).expect("CA file");
+    let export = |key: &str| {
+        let mut c = with_keys();
+        c.arg(&src)
+            .arg(format!("s3://exports/{key}"))
+            .args(["--endpoint", &front.endpoint()]);
+        c
+    };
+    // Unknown issuer: refused, nothing uploaded, the cause named.
+    let err = fails_with(&mut export("untrusted.vhd"), 6);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(s3.download("untrusted.vhd").is_none());
+    // The bundle on the command line...
+    ok(export("bundle.vhd").arg("--ca-bundle").arg(&ca));
+    // ...or in SSL_CERT_FILE, as the system's store reads it.
+    ok(export("env.vhd").env("SSL_CERT_FILE", &ca));
+    for key in ["bundle.vhd", "env.vhd"] {
+        let object = dir.join(key);
+        std::fs::write(&object, s3.download(key).expect("object")).expect("write");
+        assert_eq!(
+            qemu_compare_formats(&src, "raw", &object, "vpc"),
+            0,
+            "{key}"
+        );
+    }
+    // A bundle that holds no certificate is a usage error.
+    let bad = dir.join("bad.pem");
+    std::fs::write(&bad, "not a certificate").expect("bad file");
+    let err = fails_with(export("bad.vhd").arg("--ca-bundle").arg(&bad), 2);
+    assert!(err.contains("CA bundle"), "{err}");
 }
