@@ -21,9 +21,9 @@ impl Bar {
     pub(crate) fn new() -> Bar {
         let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         let template = if colour {
-            "{spinner:.green} [{elapsed_precise}] [{wide_bar:.cyan/blue}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
+            "{spinner:.green} {prefix} [{elapsed_precise}] [{wide_bar:.cyan/blue}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
         } else {
-            "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
+            "{spinner} {prefix} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
         };
         let style = ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -35,9 +35,17 @@ impl Bar {
 }
 
 impl Progress for Bar {
+    fn planning(&self, done: u64, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_prefix("planning");
+        self.bar.set_position(done);
+    }
+
     fn start(&self, total: u64) {
+        self.bar.set_prefix("");
         self.bar.set_length(total);
         self.bar.set_position(0);
+        self.bar.reset_eta();
     }
 
     fn advance(&self, bytes: u64) {
@@ -50,7 +58,8 @@ impl Progress for Bar {
 }
 
 /// JSON lines on stderr: `{"event":"progress","done":..,"total":..,"percent":..,"rate":..}`,
-/// at most every 200 ms, plus one at the start and one at the end.
+/// at most every 200 ms, plus one at the start and one at the end; while a writer plans,
+/// `{"event":"planning","done":..,"total":..}` at most every 200 ms.
 pub(crate) struct JsonLines {
     done: AtomicU64,
     total: AtomicU64,
@@ -103,6 +112,19 @@ impl JsonLines {
 }
 
 impl Progress for JsonLines {
+    fn planning(&self, done: u64, total: u64) {
+        let now = Instant::now();
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if done < total && last.is_some_and(|t| now.duration_since(t) < JSON_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        let line = serde_json::json!({ "event": "planning", "done": done, "total": total });
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
     fn start(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
         self.emit(true);

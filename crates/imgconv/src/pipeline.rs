@@ -72,7 +72,13 @@ pub(crate) fn run<W: Writer>(
         {
             Some(p.clone())
         }
-        _ if writer.needs_plan() => Some(planner::plan(reader, unit, config.chunk_size, cancel)?),
+        _ if writer.needs_plan() => Some(planner::plan_reporting(
+            reader,
+            unit,
+            config.chunk_size,
+            cancel,
+            progress,
+        )?),
         _ => None,
     };
     writer.begin(plan.as_ref(), out)?;

@@ -183,6 +183,23 @@ fn probe_chunk(reader: &dyn Reader, offset: u64, len: usize, unit: usize) -> Res
 /// Build the plan of `reader` at `unit` bytes, reading data extents in parallel on the rayon
 /// pool with `chunk_size`-byte reads.
 pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToken) -> Result<Plan> {
+    plan_reporting(
+        reader,
+        unit,
+        chunk_size,
+        cancel,
+        &crate::progress::NoProgress,
+    )
+}
+
+/// [`plan`], telling `progress` how far the planning read has come.
+pub(crate) fn plan_reporting(
+    reader: &dyn Reader,
+    unit: u64,
+    chunk_size: u64,
+    cancel: &CancelToken,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Plan> {
     check_unit(unit)?;
     let size = reader.virtual_size();
     let chunk = chunk_size_for(unit, chunk_size);
@@ -190,17 +207,21 @@ pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToke
     let chunk_len = usize::try_from(chunk)
         .map_err(|_| Error::invalid_argument("chunk size too large for this platform"))?;
     let pool = BufferPool::new(chunk_len, rayon::current_num_threads() * 2);
+    let planned = std::sync::atomic::AtomicU64::new(0);
     let parts: Vec<BitVec> = (0..chunks)
         .into_par_iter()
         .map(|i| {
             cancel.check()?;
             let off = i * chunk;
             let len = (size - off).min(chunk) as usize;
-            if unit > PROBE as u64 {
+            let bits = if unit > PROBE as u64 {
                 probe_chunk(reader, off, len, unit as usize)
             } else {
                 load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
-            }
+            };
+            let done = planned.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+            progress.planning(done + len as u64, size);
+            bits
         })
         .collect::<Result<_>>()?;
     let mut allocated = BitVec::with_capacity(unit_count(size, unit) as usize);

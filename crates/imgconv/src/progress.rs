@@ -7,8 +7,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Receives progress of a long operation. Called from the committing thread, in order.
+/// Receives progress of a long operation: first, for writers that plan, the planning read
+/// ([`Progress::planning`], from the reading threads), then the conversion ([`Progress::start`]
+/// and [`Progress::advance`], from the committing thread, in order).
 pub trait Progress: Send + Sync {
+    /// The planning read (finding which units hold data) has covered `done` of `total` bytes
+    /// of virtual disk. Called from any reading thread, at most once per chunk.
+    fn planning(&self, done: u64, total: u64) {
+        let _ = (done, total);
+    }
+
     /// The operation starts; `total` bytes of virtual disk will be processed.
     fn start(&self, total: u64) {
         let _ = total;

@@ -295,3 +295,41 @@ fn json_progress_reports_done_and_total() {
     assert_eq!(last["percent"], 100.0);
     assert!(last["rate"].is_u64());
 }
+
+#[test]
+fn json_progress_reports_the_planning_read_before_the_conversion() {
+    let dir = scratch("progress-planning");
+    let size = 64 * MIB;
+    let input = Image::new(dir.join("in.raw"), size)
+        .data(0, 8 * MIB as usize)
+        .data(40 * MIB, MIB as usize)
+        .done();
+    let out = imgconv()
+        .args(["convert", "--progress=json", "-O", "qcow2"])
+        .arg(&input)
+        .arg(dir.join("out.qcow2"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let planning: Vec<_> = lines.iter().filter(|l| l["event"] == "planning").collect();
+    let first_progress = lines
+        .iter()
+        .position(|l| l["event"] == "progress")
+        .expect("progress lines");
+    assert!(!planning.is_empty(), "{lines:?}");
+    // Planning comes first and ends complete; then the conversion counts from zero.
+    assert!(lines[..first_progress]
+        .iter()
+        .all(|l| l["event"] == "planning"));
+    let last_planning = planning.last().expect("planning");
+    assert_eq!(
+        (&last_planning["done"], &last_planning["total"]),
+        (&serde_json::json!(size), &serde_json::json!(size))
+    );
+    assert_eq!(lines[first_progress]["done"], 0);
+    assert_eq!(lines.last().expect("last")["done"], size);
+}
