@@ -5,143 +5,16 @@
 //! writer lay out header, tables and data up front, answers `imgconv measure`, and gives
 //! progress a true total.
 
-use std::sync::Arc;
-
 use bitvec::vec::BitVec;
 use rayon::prelude::*;
 
 use crate::buffer::BufferPool;
-use crate::error::{Error, ErrorKind, Result};
-use crate::model::{check_unit, unit_count, Chunk, Extent, Plan};
+use crate::error::{Error, Result};
+use crate::model::{check_unit, unit_count, Extent, Plan};
+use crate::pipeline::{chunk_size_for, load_chunk};
 use crate::progress::CancelToken;
 use crate::reader::{for_each_mapping, Reader};
 use crate::zero;
-
-/// The chunk size used for a unit: at least `preferred`, a whole number of units.
-pub(crate) fn chunk_size_for(unit: u64, preferred: u64) -> u64 {
-    preferred.max(unit).div_ceil(unit) * unit
-}
-
-/// Read `[offset, offset + len)` of `reader` as a [`Chunk`] scanned at `unit`: data extents
-/// are read (into a buffer from `pool`), everything else is zero-filled or not touched at all.
-pub(crate) fn load_chunk(
-    reader: &dyn Reader,
-    offset: u64,
-    len: usize,
-    unit: usize,
-    pool: &Arc<BufferPool>,
-) -> Result<Chunk> {
-    let end = offset + len as u64;
-    let units = len.div_ceil(unit);
-    let mut segments: Vec<(u64, u64)> = Vec::new();
-    for_each_mapping(reader, offset, end, |pos, m| {
-        if m.extent == Extent::Data {
-            match segments.last_mut() {
-                Some((s, l)) if *s + *l == pos => *l += m.len,
-                _ => segments.push((pos, m.len)),
-            }
-        }
-        Ok(std::ops::ControlFlow::Continue(()))
-    })?;
-    if segments.is_empty() {
-        return Ok(Chunk {
-            offset,
-            len,
-            data: None,
-            unit,
-            nonzero: BitVec::repeat(false, units),
-        });
-    }
-    let mut buf = pool.get();
-    let bytes = &mut buf.as_mut_slice()[..len];
-    let mut cursor = 0usize;
-    let mut nonzero = BitVec::repeat(false, units);
-    for &(s, l) in &segments {
-        let lo = (s - offset) as usize;
-        let hi = lo + l as usize;
-        bytes[cursor..lo].fill(0);
-        reader.read_at(s, &mut bytes[lo..hi])?;
-        cursor = hi;
-    }
-    bytes[cursor..].fill(0);
-    // Scan only the units that data extents touch: the gaps were zero-filled, not read.
-    for &(s, l) in &segments {
-        let lo = (s - offset) as usize;
-        let hi = lo + l as usize;
-        for u in lo / unit..hi.div_ceil(unit) {
-            if !nonzero[u] {
-                let unit_bytes = &bytes[u * unit..((u + 1) * unit).min(len)];
-                nonzero.set(u, !zero::is_zero(unit_bytes));
-            }
-        }
-    }
-    let data = if nonzero.any() {
-        Some(buf.freeze(len))
-    } else {
-        None
-    };
-    Ok(Chunk {
-        offset,
-        len,
-        data,
-        unit,
-        nonzero,
-    })
-}
-
-/// Read `[offset, offset + len)` as a [`Chunk`] whose units are those `planned` says hold
-/// data: only they are read, in runs, and they are not scanned again. Once a writer has laid
-/// out its file from a plan, the plan is authoritative; this makes the writing pass read each
-/// data unit once and skip the zero ranges the planning pass already found.
-pub(crate) fn load_planned_chunk(
-    reader: &dyn Reader,
-    offset: u64,
-    len: usize,
-    unit: usize,
-    planned: &bitvec::slice::BitSlice,
-    pool: &Arc<BufferPool>,
-) -> Result<Chunk> {
-    let units = len.div_ceil(unit);
-    let nonzero: BitVec = planned.iter().by_vals().take(units).collect();
-    if nonzero.len() != units {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "plan shorter than the disk",
-        ));
-    }
-    if !nonzero.any() {
-        return Ok(Chunk {
-            offset,
-            len,
-            data: None,
-            unit,
-            nonzero,
-        });
-    }
-    let mut buf = pool.get();
-    let bytes = &mut buf.as_mut_slice()[..len];
-    let mut i = 0;
-    while i < units {
-        let start = i;
-        let set = nonzero[i];
-        while i < units && nonzero[i] == set {
-            i += 1;
-        }
-        let (lo, hi) = (start * unit, (i * unit).min(len));
-        if set {
-            reader.read_at(offset + lo as u64, &mut bytes[lo..hi])?;
-        } else {
-            bytes[lo..hi].fill(0);
-        }
-    }
-    Ok(Chunk {
-        offset,
-        len,
-        data: Some(buf.freeze(len)),
-        unit,
-        nonzero,
-    })
-}
 
 /// Bytes read at a time when probing a large unit for data.
 const PROBE: usize = 64 << 10;
