@@ -36,16 +36,10 @@ fn main() -> ExitCode {
 
 /// Print one clear line: the error, then its causes.
 fn report(err: &Error) {
-    let mut line = format!("imgconv: {err}");
+    let mut line = format!("imgconv: {}", err.to_string_with_causes());
     // The library says overwriting was not asked for; the command line says how to ask.
     if err.kind() == ErrorKind::AlreadyExists && err.message().contains("was not asked for") {
         line.push_str(" (use --force)");
-    }
-    let mut cause = std::error::Error::source(err);
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
     }
     eprintln!("{line}");
 }

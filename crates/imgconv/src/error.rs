@@ -137,6 +137,19 @@ impl Error {
         self
     }
 
+    /// The error as one line followed by its causes (`message: cause: cause`), as a log line
+    /// or a job's stored failure wants it.
+    pub fn to_string_with_causes(&self) -> String {
+        let mut line = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            line.push_str(": ");
+            line.push_str(&c.to_string());
+            cause = c.source();
+        }
+        line
+    }
+
     /// The same error with `more` appended to its message (its kind, context and cause kept).
     pub fn with_note(mut self, more: &str) -> Self {
         self.message.push_str(more);

@@ -291,7 +291,7 @@ impl JobStore {
                     self.set_fenced(id, token, JobState::Cancelled, "cancelled")?;
                 }
             }
-            Err(e) => self.set_fenced(id, token, JobState::Failed, &e.to_string())?,
+            Err(e) => self.set_fenced(id, token, JobState::Failed, &e.to_string_with_causes())?,
         }
         self.get(id)
     }
