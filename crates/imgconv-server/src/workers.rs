@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use imgconv_export::jobs::JobStore;
+use imgconv_export::jobs::{JobStore, StoreLocation, SubmissionListener};
 
 use crate::{store_options, Service};
 
@@ -32,17 +32,60 @@ impl Workers {
 impl Service {
     /// Start the configured number of workers.
     pub fn start_workers(self: &Arc<Self>) -> Workers {
-        Workers(
-            (0..self.config.workers)
-                .map(|n| {
-                    let svc = self.clone();
-                    std::thread::Builder::new()
-                        .name(format!("export-worker-{n}"))
-                        .spawn(move || work(&svc))
-                        .unwrap_or_else(|e| panic!("cannot start a worker thread: {e}"))
-                })
-                .collect(),
-        )
+        let mut threads: Vec<JoinHandle<()>> = (0..self.config.workers)
+            .map(|n| {
+                let svc = self.clone();
+                std::thread::Builder::new()
+                    .name(format!("export-worker-{n}"))
+                    .spawn(move || work(&svc))
+                    .unwrap_or_else(|e| panic!("cannot start a worker thread: {e}"))
+            })
+            .collect();
+        // On a shared PostgreSQL store, a job queued through another instance wakes this
+        // one's idle workers at once (instead of at their next look, within a second).
+        if StoreLocation::parse(&self.config.db).is_postgres() {
+            let svc = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("job-listener".into())
+                    .spawn(move || listen(&svc))
+                    .unwrap_or_else(|e| panic!("cannot start the listener thread: {e}")),
+            );
+        }
+        Workers(threads)
+    }
+}
+
+/// Wake the workers whenever any instance announces a submission.
+fn listen(svc: &Service) {
+    let location = StoreLocation::parse(&svc.config.db);
+    let mut listener = None;
+    while !svc.stopping.load(Ordering::SeqCst) {
+        if listener.is_none() {
+            match SubmissionListener::open(&location) {
+                Ok(l) => listener = l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for submissions; retrying");
+                    std::thread::sleep(Duration::from_secs(2));
+                    continue;
+                }
+            }
+            if listener.is_none() {
+                return;
+            }
+        }
+        let Some(l) = listener.as_mut() else {
+            return;
+        };
+        match l.wait(Duration::from_secs(1)) {
+            Ok(true) => svc.notify(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for submissions failed; reconnecting");
+                listener = None;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
     }
 }
 

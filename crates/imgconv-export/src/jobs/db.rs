@@ -502,6 +502,67 @@ impl Db {
     }
 }
 
+/// The channel on which submissions are announced (PostgreSQL `NOTIFY`).
+pub(super) const JOBS_CHANNEL: &str = "imgconv_jobs";
+
+/// A connection that listens for submissions made through any connection to the same
+/// PostgreSQL database.
+pub struct SubmissionListener {
+    pg: Pg,
+}
+
+impl std::fmt::Debug for SubmissionListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubmissionListener")
+    }
+}
+
+impl SubmissionListener {
+    /// Listen on the store at `location`; `None` for SQLite, which has no notifications
+    /// (its workers look for jobs on their own).
+    pub fn open(location: &StoreLocation) -> Result<Option<SubmissionListener>> {
+        let StoreLocation::Postgres(url) = location else {
+            return Ok(None);
+        };
+        let mut pg = Pg {
+            url: url.clone(),
+            client: None,
+        };
+        pg.client()?
+            .batch_execute(&format!("LISTEN {JOBS_CHANNEL}"))
+            .map_err(pg_err)?;
+        Ok(Some(SubmissionListener { pg }))
+    }
+
+    /// Wait up to `timeout` for a submission; whether one was announced. A lost connection
+    /// is reopened (and listens again) on the next call.
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let fresh = self.pg.client.as_ref().is_none_or(|c| c.is_closed());
+        let client = self.pg.client()?;
+        if fresh {
+            client
+                .batch_execute(&format!("LISTEN {JOBS_CHANNEL}"))
+                .map_err(pg_err)?;
+        }
+        let mut notifications = client.notifications();
+        let mut got = false;
+        let mut it = notifications.timeout_iter(timeout);
+        while let Some(n) = it.next().map_err(pg_err)? {
+            got |= n.channel() == JOBS_CHANNEL;
+            // Take whatever else arrived at once, without waiting again.
+            if got {
+                break;
+            }
+        }
+        drop(it);
+        while let Some(n) = notifications.iter().next().map_err(pg_err)? {
+            got |= n.channel() == JOBS_CHANNEL;
+        }
+        Ok(got)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,7 @@ mod model;
 mod runner;
 mod store;
 
-pub use db::StoreLocation;
+pub use db::{StoreLocation, SubmissionListener};
 pub use model::{
     fingerprint, ImageRecord, Job, JobResult, JobSpec, JobState, Recovery, StoreOptions, Submitted,
     TargetSpec, MAX_ATTEMPTS, TOKEN_LIFETIME,

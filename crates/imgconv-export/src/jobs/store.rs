@@ -450,7 +450,20 @@ impl JobStore {
         })?;
         match existing {
             Some(job_id) => Ok(Submitted::Existing(self.get(&job_id)?)),
-            None => Ok(Submitted::New(self.get(id)?)),
+            None => {
+                self.announce();
+                Ok(Submitted::New(self.get(id)?))
+            }
+        }
+    }
+
+    /// Tell the listeners on this store that a job was queued (PostgreSQL `NOTIFY`; nothing on
+    /// SQLite). Best effort: workers also look for jobs on their own.
+    pub(super) fn announce(&self) {
+        if self.db.dialect() == Dialect::Postgres {
+            let _ = self
+                .db
+                .execute("SELECT pg_notify(?1, '')", vals![super::db::JOBS_CHANNEL]);
         }
     }
 
@@ -873,6 +886,29 @@ mod tests {
         }
         let newer = JobStore::open(loc).err().map(|e| e.kind());
         assert_eq!(newer, Some(ErrorKind::Unsupported));
+        Ok(())
+    }
+
+    #[test]
+    fn on_postgres_a_submission_through_one_connection_wakes_a_listener_on_another() -> Result<()> {
+        let loc = postgres("listener");
+        let mut s = JobStore::open(&loc)?;
+        let mut listener =
+            super::super::db::SubmissionListener::open(&loc)?.expect("PostgreSQL listens");
+        assert!(
+            !listener.wait(Duration::from_millis(200))?,
+            "nothing announced yet"
+        );
+        s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
+        // Delivered when the submission commits; the bound only keeps a broken test finite.
+        assert!(listener.wait(Duration::from_secs(30))?);
+        // A token that names an existing job queues nothing and announces nothing.
+        s.submit("aws", "j2", Some("t"), "f", &spec(), &serde_json::json!({}))?;
+        assert!(listener.wait(Duration::from_secs(30))?);
+        s.submit("aws", "j3", Some("t"), "f", &spec(), &serde_json::json!({}))?;
+        assert!(!listener.wait(Duration::from_millis(300))?);
+        // SQLite has no listener.
+        assert!(super::super::db::SubmissionListener::open(&sqlite("listener"))?.is_none());
         Ok(())
     }
 
