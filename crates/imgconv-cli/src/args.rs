@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   4 input is not a file, 5 output or object exists (use --force), 6 I/O error, \
                   7 no space left or file too large, 8 invalid or corrupt image, \
                   9 unsupported format or feature, 10 limit exceeded, \
-                  11 object storage refused the credentials or access, 130 interrupted."
+                  11 object storage refused the credentials or access, \
+                  12 internal error (a bug; please report it), 130 interrupted."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
