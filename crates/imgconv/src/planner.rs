@@ -19,10 +19,20 @@ use crate::zero;
 /// Bytes read at a time when probing a large unit for data.
 const PROBE: usize = 64 << 10;
 
-/// Which units of `[offset, offset + len)` hold data, reading large units piece by piece
-/// and stopping at the first non-zero piece: a data block of 2 MiB usually costs one 64 KiB
-/// read, not 2 MiB. Only all-zero units inside data extents are read in full.
-fn probe_chunk(reader: &dyn Reader, offset: u64, len: usize, unit: usize) -> Result<BitVec> {
+/// The first read of a unit when the reader says small reads are cheap: a unit holding data
+/// almost always shows it in its first page.
+const FIRST_PROBE: usize = 4 << 10;
+
+/// Which units of `[offset, offset + len)` hold data, reading units piece by piece and
+/// stopping at the first non-zero piece: a data block of 2 MiB usually costs one read of
+/// `first` bytes, not 2 MiB. Only all-zero units inside data extents are read in full.
+fn probe_chunk(
+    reader: &dyn Reader,
+    offset: u64,
+    len: usize,
+    unit: usize,
+    first: usize,
+) -> Result<BitVec> {
     let end = offset + len as u64;
     let mut nonzero = BitVec::repeat(false, len.div_ceil(unit));
     let mut piece = vec![0u8; PROBE];
@@ -39,7 +49,12 @@ fn probe_chunk(reader: &dyn Reader, offset: u64, len: usize, unit: usize) -> Res
                 at = unit_end;
                 continue;
             }
-            let n = (stop.min(unit_end) - at).min(PROBE as u64) as usize;
+            let step = if (at - offset) % unit as u64 == 0 {
+                first
+            } else {
+                PROBE
+            };
+            let n = (stop.min(unit_end) - at).min(step as u64) as usize;
             reader.read_at(at, &mut piece[..n])?;
             if zero::is_zero(&piece[..n]) {
                 at += n as u64;
@@ -87,8 +102,15 @@ pub(crate) fn plan_reporting(
             cancel.check()?;
             let off = i * chunk;
             let len = (size - off).min(chunk) as usize;
-            let bits = if unit > PROBE as u64 {
-                probe_chunk(reader, off, len, unit as usize)
+            // Where small reads are cheap (a file, once read ahead), each unit's first page
+            // decides most units; else only units larger than a probe are probed.
+            let first = if reader.read_ahead(off, len as u64) {
+                FIRST_PROBE
+            } else {
+                PROBE
+            };
+            let bits = if unit > first as u64 {
+                probe_chunk(reader, off, len, unit as usize, first)
             } else {
                 load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
             };
@@ -110,24 +132,43 @@ mod tests {
     use crate::formats::raw::RawReader;
     use crate::source::MemSource;
 
+    /// A source that gives no read-ahead promise: the planner reads in whole 64 KiB probes.
+    struct NoReadAhead(MemSource);
+
+    impl crate::source::Source for NoReadAhead {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.0.read_exact_at(offset, buf)
+        }
+    }
+
     #[test]
-    fn probing_large_units_finds_data_anywhere_in_them() -> Result<()> {
-        let unit = 1u64 << 20;
-        let size = 5 * unit + 4096;
-        let mut disk = vec![0u8; size as usize];
-        disk[unit as usize - 1] = 1; // last byte of unit 0
-        disk[2 * unit as usize + PROBE] = 1; // second probe of unit 2
-        disk[4 * unit as usize] = 1; // first byte of unit 4
-        disk[size as usize - 1] = 1; // the partial last unit
-        let reader = RawReader::new(Box::new(MemSource::new(disk.clone())));
-        for chunk in [unit, 4 * unit] {
-            let p = plan(&reader, unit, chunk, &CancelToken::new())?;
-            let want: Vec<bool> = disk
-                .chunks(unit as usize)
-                .map(|c| c.iter().any(|&b| b != 0))
-                .collect();
-            let got: Vec<bool> = p.bitmap().iter().by_vals().collect();
-            assert_eq!(got, want, "chunk {chunk}");
+    fn probing_finds_data_anywhere_in_a_unit() -> Result<()> {
+        for unit in [64u64 << 10, 1 << 20] {
+            let u = unit as usize;
+            let size = 7 * unit + 4096;
+            let mut disk = vec![0u8; size as usize];
+            disk[u - 1] = 1; // last byte of unit 0
+            disk[u + FIRST_PROBE] = 1; // just past the first probe of unit 1
+            disk[2 * u + FIRST_PROBE - 1] = 1; // last byte of the first probe of unit 2
+            disk[3 * u + (PROBE + FIRST_PROBE).min(u - 1)] = 1; // a later probe of unit 3
+            disk[5 * u] = 1; // first byte of unit 5 (unit 4 and 6 stay zero)
+            disk[size as usize - 1] = 1; // the partial last unit
+            let want: Vec<bool> = disk.chunks(u).map(|c| c.iter().any(|&b| b != 0)).collect();
+            let sources: [Box<dyn crate::source::Source>; 2] = [
+                Box::new(MemSource::new(disk.clone())),
+                Box::new(NoReadAhead(MemSource::new(disk.clone()))),
+            ];
+            for (i, source) in sources.into_iter().enumerate() {
+                let reader = RawReader::new(source);
+                for chunk in [unit, 4 * unit, 4 << 20] {
+                    let p = plan(&reader, unit, chunk, &CancelToken::new())?;
+                    let got: Vec<bool> = p.bitmap().iter().by_vals().collect();
+                    assert_eq!(got, want, "unit {unit}, chunk {chunk}, source {i}");
+                }
+            }
         }
         Ok(())
     }

@@ -38,6 +38,15 @@ pub trait Reader: Send + Sync {
     fn light_decoder(&self) -> bool {
         true
     }
+
+    /// Start bringing `[offset, offset + len)` of the virtual disk into memory and answer
+    /// whether small reads anywhere in it are then cheap. The planner then probes a unit's
+    /// first few KiB instead of reading it whole. The default answers `false`: a unit of a
+    /// compressed format costs its whole cluster whatever part of it is read.
+    fn read_ahead(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        false
+    }
 }
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.

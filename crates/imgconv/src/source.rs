@@ -35,6 +35,14 @@ pub trait Source: Send + Sync {
         })
     }
 
+    /// Start bringing `[offset, offset + len)` into memory, and answer whether small reads
+    /// anywhere in it are then cheap (a planning probe reads a few KiB here and there). The
+    /// default knows nothing of the storage and answers `false`.
+    fn read_ahead(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        false
+    }
+
     /// Bytes the source occupies on its storage, if known.
     fn allocated_size(&self) -> Option<u64> {
         None
@@ -246,6 +254,19 @@ impl Source for FileSource {
         }
     }
 
+    /// `posix_fadvise(WILLNEED)`: the kernel reads the range in the background (nothing to
+    /// do for a file already in memory, such as one on tmpfs), so the probe's scattered
+    /// reads find it cached instead of waiting for the disk one by one.
+    fn read_ahead(&self, offset: u64, len: u64) -> bool {
+        // (A zero length would mean "to the end of the file" to the kernel: skipped.)
+        if let Some(len) = std::num::NonZeroU64::new(len.min(self.len.saturating_sub(offset))) {
+            // Advice only: if the kernel refuses it, the reads still work, only slower.
+            let _ =
+                rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed);
+        }
+        true
+    }
+
     fn allocated_size(&self) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
         self.file.metadata().ok().map(|m| m.blocks() * 512)
@@ -286,6 +307,10 @@ impl Source for MemSource {
                 Err(Error::new(ErrorKind::Io, "read past the end of the input").with_offset(offset))
             }
         }
+    }
+
+    fn read_ahead(&self, _offset: u64, _len: u64) -> bool {
+        true
     }
 }
 

@@ -45,6 +45,10 @@ impl Reader for RawReader {
         Ok(m)
     }
 
+    fn read_ahead(&self, offset: u64, len: u64) -> bool {
+        self.source.read_ahead(offset, len)
+    }
+
     fn info(&self) -> ImageInfo {
         ImageInfo {
             format: Format::Raw,
