@@ -203,7 +203,9 @@ fn set_threads(threads: Option<usize>) -> Result<(), Error> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
-            .map_err(|e| Error::invalid_argument(format!("cannot start {n} threads: {e}")))?;
+            .map_err(|e| {
+                Error::invalid_argument(format!("cannot start {n} threads")).with_source(e)
+            })?;
     }
     Ok(())
 }
@@ -461,15 +463,12 @@ pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
 /// A JSON file an option names (`what` says which, in errors): missing → not found (3),
 /// not JSON → invalid argument (2).
 fn read_json_file(path: &Path, what: &str) -> Result<serde_json::Value, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::new(
-            imgconv::ErrorKind::NotFound,
-            format!("reading the {what}: {e}"),
-        )
-        .with_path(path)
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("cannot read the {what}"), e).with_path(path))?;
     serde_json::from_str(&text).map_err(|e| {
-        Error::invalid_argument(format!("the {what} is not JSON: {e}")).with_path(path)
+        Error::invalid_argument(format!("the {what} is not JSON"))
+            .with_source(e)
+            .with_path(path)
     })
 }
 

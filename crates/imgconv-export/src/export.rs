@@ -312,7 +312,7 @@ fn to_folder(
     }
     let url = base
         .join(&url_escape(name))
-        .map_err(|e| Error::invalid_argument(format!("base URL: {e}")))?;
+        .map_err(|e| Error::invalid_argument("base URL").with_source(e))?;
     let path = dir.join(name);
     let summary = convert(
         reader,

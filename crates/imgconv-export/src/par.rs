@@ -179,7 +179,7 @@ impl Par {
         self.url
             .url
             .join(&format!("{upload}{suffix}"))
-            .map_err(|e| Error::new(ErrorKind::Io, format!("bad accessUri from the server: {e}")))
+            .map_err(|e| Error::new(ErrorKind::Io, "bad accessUri from the server").with_source(e))
     }
 }
 

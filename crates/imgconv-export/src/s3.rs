@@ -47,7 +47,7 @@ impl S3Config {
     /// and its region. Path-style addressing, 4 parts in flight, 5 retries per request.
     pub fn new(endpoint: &str, region: &str) -> Result<S3Config> {
         let endpoint = Url::parse(endpoint).map_err(|e| {
-            Error::invalid_argument(format!("endpoint '{endpoint}' is not a URL: {e}"))
+            Error::invalid_argument(format!("endpoint '{endpoint}' is not a URL")).with_source(e)
         })?;
         if !matches!(endpoint.scheme(), "http" | "https") {
             return Err(Error::invalid_argument(
@@ -197,7 +197,7 @@ impl S3 {
             to.bucket.clone(),
             config.region.clone(),
         )
-        .map_err(|e| Error::invalid_argument(format!("bucket '{}': {e}", to.bucket)))?;
+        .map_err(|e| Error::invalid_argument(format!("bucket '{}'", to.bucket)).with_source(e))?;
         Ok(S3 {
             http: config.transfer.http(to.to_string(), status_error),
             bucket,

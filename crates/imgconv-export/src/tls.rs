@@ -32,7 +32,8 @@ fn build(bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<std::result::Result<_, _>>())
             .map_err(|e| {
-                Error::invalid_argument(format!("CA bundle: not a PEM certificate file: {e}"))
+                Error::invalid_argument("CA bundle: not a PEM certificate file")
+                    .with_source(e)
                     .with_path(path)
             })?;
         if certs.is_empty() {
@@ -42,7 +43,8 @@ fn build(bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
         }
         for cert in certs {
             roots.add(cert).map_err(|e| {
-                Error::invalid_argument(format!("CA bundle: unusable certificate: {e}"))
+                Error::invalid_argument("CA bundle: unusable certificate")
+                    .with_source(e)
                     .with_path(path)
             })?;
         }
@@ -50,7 +52,7 @@ fn build(bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("TLS settings: {e}")))?
+        .map_err(|e| Error::new(ErrorKind::Internal, "TLS settings").with_source(e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -70,6 +72,9 @@ mod tests {
             let kind = client_config(Some(path)).err().map(|e| e.kind());
             assert_eq!(kind, Some(ErrorKind::InvalidArgument), "{}", path.display());
         }
+        // The file system's answer is the cause, not part of the message.
+        let missing = client_config(Some(Path::new("/nonexistent/ca.pem"))).err();
+        assert!(missing.is_some_and(|e| std::error::Error::source(&e).is_some()));
         assert!(client_config(None).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -169,7 +169,7 @@ impl Config {
     /// Parse a configuration; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config> {
         let mut c: Config = toml::from_str(text)
-            .map_err(|e| Error::invalid_argument(format!("configuration: {e}")))?;
+            .map_err(|e| Error::invalid_argument("configuration").with_source(e))?;
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -214,7 +214,7 @@ impl Config {
             ));
         }
         url::Url::parse(&c.public_url)
-            .map_err(|e| Error::invalid_argument(format!("configuration: public_url: {e}")))?;
+            .map_err(|e| Error::invalid_argument("configuration: public_url").with_source(e))?;
         c.public_url = c.public_url.trim_end_matches('/').to_string();
         Ok(c)
     }
@@ -243,5 +243,17 @@ mod tests {
         assert_eq!(with_db(url)?.db, url);
         assert!(StoreLocation::parse(&with_db(url)?.db).is_postgres());
         Ok(())
+    }
+
+    #[test]
+    fn a_parse_error_keeps_its_cause_out_of_the_message() {
+        let Err(e) = Config::parse("listen = [", Path::new("/etc/imgconv")) else {
+            panic!("a broken configuration parsed");
+        };
+        assert_eq!(e.kind(), imgconv::ErrorKind::InvalidArgument);
+        assert_eq!(e.message(), "configuration");
+        let cause = std::error::Error::source(&e).map(|c| c.to_string());
+        assert!(cause.is_some_and(|c| !c.is_empty()));
+        assert!(e.to_string_with_causes().starts_with("configuration: "));
     }
 }

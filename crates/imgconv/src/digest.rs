@@ -132,7 +132,7 @@ impl Md5 {
 /// libcrypto's failure, as an error (never an empty or partial digest).
 #[cfg(feature = "openssl")]
 fn md5_failed(e: openssl::error::ErrorStack) -> Error {
-    Error::new(ErrorKind::Internal, format!("MD5 (libcrypto) failed: {e}"))
+    Error::new(ErrorKind::Internal, "MD5 (libcrypto) failed").with_source(e)
 }
 
 #[cfg(feature = "openssl")]

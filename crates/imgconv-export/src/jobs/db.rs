@@ -251,9 +251,9 @@ impl Pg {
 }
 
 fn connect(url: &str) -> Result<postgres::Client> {
-    let mut config: postgres::Config = url
-        .parse()
-        .map_err(|e| Error::invalid_argument(format!("job database URL {}: {e}", redact(url))))?;
+    let mut config: postgres::Config = url.parse().map_err(|e| {
+        Error::invalid_argument(format!("job database URL {}", redact(url))).with_source(e)
+    })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
@@ -261,20 +261,10 @@ fn connect(url: &str) -> Result<postgres::Client> {
     config.connect(postgres::NoTls).map_err(|e| {
         Error::new(
             ErrorKind::Io,
-            format!("job database {}: {}", redact(url), pg_message(&e)),
+            format!("cannot reach the job database {}", redact(url)),
         )
+        .with_source(e)
     })
-}
-
-/// An error's message with its causes (PostgreSQL's own text is in the source).
-fn pg_message(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => match std::error::Error::source(e) {
-            Some(s) => format!("{e}: {s}"),
-            None => e.to_string(),
-        },
-    }
 }
 
 /// A connection to the job database.
@@ -293,11 +283,11 @@ impl std::fmt::Debug for Db {
 }
 
 pub(super) fn sqlite_err(e: rusqlite::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("job database: {e}"))
+    Error::new(ErrorKind::Io, "job database").with_source(e)
 }
 
 fn pg_err(e: postgres::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("job database: {}", pg_message(&e)))
+    Error::new(ErrorKind::Io, "job database").with_source(e)
 }
 
 /// `?N` parameters as PostgreSQL's `$N`.

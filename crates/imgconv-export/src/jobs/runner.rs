@@ -414,7 +414,7 @@ fn run_spec(
             dir: dir.clone(),
             name: name.clone(),
             base_url: url::Url::parse(base_url)
-                .map_err(|e| Error::invalid_argument(format!("base URL: {e}")))?,
+                .map_err(|e| Error::invalid_argument("base URL").with_source(e))?,
             overwrite: false,
         },
     };

@@ -409,8 +409,9 @@ impl JobStore {
         request: &serde_json::Value,
     ) -> Result<Submitted> {
         let t = now();
-        let spec_text = serde_json::to_string(spec)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("job spec: {e}")))?;
+        let spec_text = serde_json::to_string(spec).map_err(|e| {
+            Error::new(ErrorKind::Internal, "cannot record the job's spec").with_source(e)
+        })?;
         let existing = self.db.transaction(|tx| {
             if let Some(token) = token {
                 // Take the token (or the place of an expired one). A concurrent submission
@@ -619,7 +620,9 @@ fn row_to_job(r: &Row) -> Result<Job> {
     let result: Option<String> = r.get(8)?;
     let state: String = r.get(2)?;
     let progress: i64 = r.get(4)?;
-    let bad = |e: serde_json::Error| Error::new(ErrorKind::Io, format!("job database: {e}"));
+    let bad = |e: serde_json::Error| {
+        Error::new(ErrorKind::Io, "job database: a stored job does not parse").with_source(e)
+    };
     Ok(Job {
         id: r.get(0)?,
         provider: r.get(1)?,
