@@ -25,6 +25,9 @@ pub(crate) const MAGIC: u32 = 0x5146_49fb;
 pub(crate) const V2_HEADER_LEN: usize = 72;
 /// The version 3 header imgconv writes (with the compression type field and padding).
 pub(crate) const V3_HEADER_LEN: usize = 112;
+// The version 2 fields end at byte 72; version 3 adds fields up to the compression type at
+// byte 104, padded to a multiple of 8.
+const _: () = assert!(V2_HEADER_LEN == 72 && (104 + 1usize).next_multiple_of(8) == V3_HEADER_LEN);
 
 /// Smallest cluster: 512 B (cluster_bits 9), as qemu allows.
 pub(crate) const MIN_CLUSTER_BITS: u32 = 9;

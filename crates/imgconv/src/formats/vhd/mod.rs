@@ -54,6 +54,8 @@ pub(crate) const COOKIE: &[u8; 8] = b"conectix";
 pub(crate) const DYNAMIC_COOKIE: &[u8; 8] = b"cxsparse";
 /// Size of the footer.
 pub(crate) const FOOTER_SIZE: u64 = 512;
+// The footer's last field (saved state) is byte 84; the rest up to 512 is reserved.
+const _: () = assert!(84 < FOOTER_SIZE);
 /// Size of the dynamic header.
 pub(crate) const DYNAMIC_HEADER_SIZE: u64 = 1024;
 /// Version 1.0, of both the footer and the dynamic header.
