@@ -1,8 +1,82 @@
 //! Just enough HTTP/1.1 for the test servers: requests with a `Content-Length` body, and
 //! responses read to the end of the connection.
 
-use std::io::{BufRead, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A listener on a free port of 127.0.0.1 that hands each connection to `handle` on a thread
+/// of its own; stops accepting when dropped.
+pub(crate) struct LocalListener {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl LocalListener {
+    pub(crate) fn start(
+        what: &str,
+        handle: impl Fn(TcpStream) + Send + Sync + 'static,
+    ) -> LocalListener {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind {what}: {e}"));
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, handle) = (stop.clone(), Arc::new(handle));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(conn));
+            }
+        });
+        LocalListener { port, stop }
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for LocalListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accepting thread so that it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Send `req` (head and body) to `127.0.0.1:upstream` on a connection the server closes after
+/// answering; the answer's status, and the answer rewritten to say `connection: close` (the
+/// client's connection ends with it too).
+pub(crate) fn forward(req: &Request, upstream: u16) -> Option<(Option<u16>, Vec<u8>)> {
+    let answer = TcpStream::connect(("127.0.0.1", upstream))
+        .and_then(|mut up| {
+            up.write_all(&req.head_closing())?;
+            up.write_all(&req.body)?;
+            let mut out = Vec::new();
+            up.read_to_end(&mut out)?;
+            Ok(out)
+        })
+        .ok()?;
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(answer.len());
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    let mut lines: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.push("connection: close");
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(answer.get(head_end..).unwrap_or(&[]));
+    Some((status, out))
+}
 
 /// A request as received.
 #[derive(Debug, Clone)]

@@ -1,15 +1,15 @@
 //! A proxy that fails chosen requests on their way to the server.
 
 use std::io::{BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use md5::{Digest as _, Md5};
 
-use crate::http::{read_head, respond, Request};
+use crate::http::{forward, read_head, respond, LocalListener, Request};
 
 /// What the proxy does to a request instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,23 +90,13 @@ struct Shared {
 
 /// A proxy on a free port of 127.0.0.1 to a server on `upstream`; stops when dropped.
 pub struct FaultProxy {
-    port: u16,
+    listener: LocalListener,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
 }
 
 impl FaultProxy {
     /// Start the proxy.
     pub fn start(upstream: u16, rules: Vec<Rule>) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
         let shared = Arc::new(Shared {
             upstream,
             seen: Mutex::new(vec![0; rules.len()]),
@@ -114,24 +104,14 @@ impl FaultProxy {
             records: Mutex::new(Vec::new()),
             forwarding: std::sync::atomic::AtomicUsize::new(0),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (shared.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = s.clone();
-                std::thread::spawn(move || serve(conn, &s));
-            }
-        });
-        FaultProxy { port, shared, stop }
+        let s = shared.clone();
+        let listener = LocalListener::start("proxy", move |conn| serve(conn, &s));
+        FaultProxy { listener, shared }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.listener.port())
     }
 
     /// Requests under way: from their head until answered, failed or cut off (a stalled one
@@ -238,33 +218,14 @@ fn serve(conn: TcpStream, s: &Shared) {
             }
             Some(Fault::DropMidBody) | None => {}
         }
-        // Forward on a fresh connection that the server closes after answering.
-        let answer = TcpStream::connect(("127.0.0.1", s.upstream)).and_then(|mut up| {
-            up.write_all(&req.head_closing())?;
-            up.write_all(&req.body)?;
-            let mut out = Vec::new();
-            up.read_to_end(&mut out)?;
-            Ok(out)
-        });
-        let Ok(answer) = answer else {
+        // Forward on a fresh connection that the server closes after answering; the
+        // client's connection ends with this answer, and says so.
+        let Some((status, out)) = forward(&req, s.upstream) else {
             push(s, record);
             return;
         };
-        let head_end = answer
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or(answer.len());
-        let head = String::from_utf8_lossy(&answer[..head_end]).to_string();
-        record.status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+        record.status = status;
         push(s, record);
-        // The client's connection ends with this answer, and says so.
-        let mut lines: Vec<&str> = head
-            .split("\r\n")
-            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-            .collect();
-        lines.push("connection: close");
-        let mut out = lines.join("\r\n").into_bytes();
-        out.extend_from_slice(answer.get(head_end..).unwrap_or(&[]));
         let _ = client.write_all(&out);
         let _ = client.shutdown(Shutdown::Both);
         return;

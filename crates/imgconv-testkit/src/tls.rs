@@ -3,24 +3,15 @@
 //! (the answer says `connection: close`).
 
 use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpStream;
 use std::sync::Arc;
 
-use crate::http::read_head;
+use crate::http::{forward, read_head, LocalListener};
 
 /// An HTTPS endpoint in front of `127.0.0.1:upstream`; stops when dropped.
 pub struct TlsFront {
-    port: u16,
+    listener: LocalListener,
     ca_pem: String,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
 }
 
 impl TlsFront {
@@ -51,30 +42,18 @@ impl TlsFront {
             .with_single_cert(chain, private)
             .expect("server TLS settings");
         let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS front");
-        let port = listener.local_addr().expect("addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                let config = config.clone();
-                std::thread::spawn(move || serve(conn, config, upstream));
-            }
+        let listener = LocalListener::start("TLS front", move |conn| {
+            serve(conn, config.clone(), upstream)
         });
         TlsFront {
-            port,
+            listener,
             ca_pem: ca.pem(),
-            stop,
         }
     }
 
     /// `https://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.listener.port())
     }
 
     /// The CA's certificate, PEM.
@@ -93,27 +72,10 @@ fn serve(conn: TcpStream, config: Arc<rustls::ServerConfig>, upstream: u16) {
         if tls.read_exact(&mut body).is_err() {
             return;
         }
-        let answer = TcpStream::connect(("127.0.0.1", upstream)).and_then(|mut up| {
-            up.write_all(&req.head_closing())?;
-            up.write_all(&body)?;
-            let mut out = Vec::new();
-            up.read_to_end(&mut out)?;
-            Ok(out)
-        });
-        let Ok(answer) = answer else { return };
-        // The answer as the server sent it, then this connection ends (it says so).
-        let head_end = answer
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or(answer.len());
-        let head = String::from_utf8_lossy(&answer[..head_end]).to_string();
-        let mut lines: Vec<&str> = head
-            .split("\r\n")
-            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-            .collect();
-        lines.push("connection: close");
-        let mut out = lines.join("\r\n").into_bytes();
-        out.extend_from_slice(answer.get(head_end..).unwrap_or(&[]));
+        let req = crate::http::Request { body, ..req };
+        let Some((_, out)) = forward(&req, upstream) else {
+            return;
+        };
         let stream = tls.get_mut();
         let _ = stream.write_all(&out);
         let _ = stream.flush();
