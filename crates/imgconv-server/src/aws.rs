@@ -300,6 +300,10 @@ fn describe(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) 
                 let reply = svc.with_store(|s| Api::Aws.describe(s, id));
                 if reply.status == 200 {
                     Ok(reply.body["ExportImageTasks"][0].clone())
+                } else if reply.status >= 500 {
+                    // The store failed (busy, unreachable): a server error the SDK retries,
+                    // never "no such task".
+                    Err(api_error(req, &reply.status, &reply.body))
                 } else {
                     Err(err(
                         req,

@@ -53,6 +53,179 @@ pub fn raw_extents(input: &[u8]) {
     assert_eq!(sink.contents(), image);
 }
 
+/// Every writer, with every option that changes the layout: (format, `-o` options, `-c`).
+pub const ROUND_TRIP_WRITERS: &[(Format, &str, bool)] = &[
+    (Format::Raw, "", false),
+    (Format::Raw, "preallocation=full", false),
+    (Format::Qcow2, "", false),
+    (Format::Qcow2, "cluster_size=4K", false),
+    (Format::Qcow2, "compat=0.10,cluster_size=512", false),
+    (Format::Qcow2, "", true),
+    (Format::Qcow2, "cluster_size=4K,compression_type=zstd", true),
+    (Format::Vmdk, "", false),
+    (Format::Vmdk, "subformat=monolithicSparse", false),
+    (Format::Vhd, "", false),
+    (Format::Vhd, "block_size=4K", false),
+    (Format::Vhd, "subformat=fixed", false),
+    (Format::Vdi, "", false),
+    (Format::Vdi, "subformat=fixed", false),
+];
+
+/// The largest disk the round trip builds.
+const ROUND_TRIP_MAX: usize = 3 << 20;
+
+/// A disk in memory whose extent map reports chosen runs as holes (they read as zeros).
+struct HoledSource {
+    data: MemSource,
+    /// `(start, end)` of each hole, sorted, not overlapping.
+    holes: Vec<(u64, u64)>,
+}
+
+impl crate::source::Source for HoledSource {
+    fn len(&self) -> u64 {
+        self.data.len()
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> crate::error::Result<()> {
+        self.data.read_exact_at(offset, buf)
+    }
+
+    fn extent(&self, offset: u64, max_len: u64) -> crate::error::Result<crate::model::Mapping> {
+        use crate::model::{Extent, Mapping};
+        let end = offset.saturating_add(max_len);
+        for &(s, e) in &self.holes {
+            if s <= offset && offset < e {
+                let len = e.min(end) - offset;
+                return Ok(Mapping {
+                    extent: Extent::Unallocated,
+                    len,
+                });
+            }
+            if s > offset {
+                return Ok(Mapping {
+                    extent: Extent::Data,
+                    len: s.min(end) - offset,
+                });
+            }
+        }
+        Ok(Mapping {
+            extent: Extent::Data,
+            len: max_len,
+        })
+    }
+}
+
+/// A small sparse disk built from `spec`: each step is a length byte (bits 6-7 pick a scale of
+/// 1, 512, 4096 or 65536 bytes, bits 0-3 a multiple of it, bits 4-5 add an odd 17 bytes each)
+/// then a kind byte (0 mod 4: data, the next bytes of the input repeated; 1: zeros; 2: a hole;
+/// 3: the kind byte itself repeated), so the
+/// fuzzer shapes data, zero runs, holes and odd sizes around every unit edge. Returns the
+/// disk's bytes and its holes.
+fn build_disk(mut spec: &[u8]) -> (Vec<u8>, Vec<(u64, u64)>) {
+    let mut disk = Vec::new();
+    let mut holes: Vec<(u64, u64)> = Vec::new();
+    while let [step, rest @ ..] = spec {
+        spec = rest;
+        let scale = [1usize, 512, 4096, 65536][usize::from(step >> 6)];
+        let len = (usize::from(step & 0x0f) + 1) * scale + usize::from((step >> 4) & 3) * 17;
+        let len = len.min(ROUND_TRIP_MAX - disk.len());
+        match spec.split_first() {
+            // Data: the next 1 + kind / 4 bytes of the input, repeated to the run's length.
+            Some((&kind, rest)) if kind % 4 == 0 && !rest.is_empty() => {
+                let take = rest.len().min(len).min(1 + usize::from(kind >> 2));
+                let (bytes, after) = rest.split_at(take);
+                disk.extend(bytes.iter().cycle().take(len));
+                spec = after;
+            }
+            Some((&kind, rest)) => {
+                spec = rest;
+                let at = disk.len() as u64;
+                match kind % 4 {
+                    1 => disk.resize(disk.len() + len, 0),
+                    2 => {
+                        disk.resize(disk.len() + len, 0);
+                        holes.push((at, disk.len() as u64));
+                    }
+                    _ => disk.resize(disk.len() + len, kind | 1),
+                }
+            }
+            None => disk.resize(disk.len() + len, 0),
+        }
+        if disk.len() >= ROUND_TRIP_MAX {
+            break;
+        }
+    }
+    holes.retain(|(s, e)| s < e);
+    (disk, holes)
+}
+
+/// The writer round trip: a small sparse disk (see [`build_disk`]) through the writer
+/// configuration the first byte picks, into memory, then opened again by imgconv's own
+/// reader: it must read exactly the disk (any padding past its size reads as zeros). The
+/// second byte picks the pipeline's chunk size and window.
+pub fn writer_roundtrip(input: &[u8]) {
+    let [pick, knob, spec @ ..] = input else {
+        return;
+    };
+    let (format, options, compress) =
+        ROUND_TRIP_WRITERS[usize::from(*pick) % ROUND_TRIP_WRITERS.len()];
+    let (disk, holes) = build_disk(spec);
+    let source = HoledSource {
+        data: MemSource::new(disk.clone()),
+        holes,
+    };
+    let Ok(reader) = open_source(Box::new(source), Some(Format::Raw)) else {
+        panic!("an in-memory RAW disk did not open");
+    };
+    let mut opts = ConvertOptions::new(format);
+    opts.writer_options = crate::formats::options::WriterOptions::parse(options)
+        .unwrap_or_else(|e| panic!("{options}: {e}"));
+    opts.compress = compress;
+    opts.pipeline = PipelineConfig {
+        chunk_size: 4096u64 << (knob & 7),
+        window: usize::from(knob >> 3) % 4 + 1,
+    };
+    let sink = VecSink::seekable();
+    let cancel = CancelToken::new();
+    let written = convert(
+        &*reader,
+        Destination::Sink(Box::new(sink.clone())),
+        &opts,
+        &NoProgress,
+        &cancel,
+    );
+    if let Err(e) = written {
+        // A disk too small or too large for the format is the only acceptable refusal.
+        assert!(
+            disk.is_empty(),
+            "{format:?} {options} -c {compress}: {e} ({} bytes)",
+            disk.len()
+        );
+        return;
+    }
+    let image = sink.contents();
+    let back = open_source(Box::new(MemSource::new(image)), None)
+        .unwrap_or_else(|e| panic!("{format:?} {options} -c {compress}: own output refused: {e}"));
+    assert_eq!(back.format(), format, "{options}");
+    let size = back.virtual_size();
+    assert!(
+        size >= disk.len() as u64,
+        "{format:?} {options}: {size} < {}",
+        disk.len()
+    );
+    let mut read = vec![0u8; size as usize];
+    back.read_at(0, &mut read)
+        .unwrap_or_else(|e| panic!("{format:?} {options} -c {compress}: reading back: {e}"));
+    assert!(
+        read[..disk.len()] == disk[..],
+        "{format:?} {options} -c {compress}: content differs"
+    );
+    assert!(
+        read[disk.len()..].iter().all(|&b| b == 0),
+        "{format:?} {options}: padding not zero"
+    );
+}
+
 /// Bytes read at most from a fuzzed image's virtual disk (its size field can claim petabytes).
 const FUZZ_READ_LIMIT: u64 = 4 << 20;
 
@@ -175,6 +348,36 @@ pub fn vmdk_descriptor(input: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every writer configuration on disks of data, zero runs, holes and odd sizes.
+    #[test]
+    fn writer_roundtrip_on_every_writer() {
+        let specs: [&[u8]; 6] = [
+            b"",
+            b"\x00\x00abc",
+            // 16 KiB of data, a 64 KiB hole, 18 bytes of zeros, 8 KiB of a repeated byte.
+            b"\x83\x0cdata\xc0\x02\x10\x01\x81\x03",
+            // A run across the 1 MiB and 2 MiB block edges, then an odd tail.
+            b"\xcf\x00xyz\xcf\x02\xcf\x00q\x35\x00odd",
+            b"\x3f\x02\x3f\x01\x3f\x07\x00\x00z",
+            b"\xff\x00A\xff\x02\xff\x00B\xff\x01\xff\x00C",
+        ];
+        // The specs build what their comments say.
+        let (d, holes) = build_disk(specs[2]);
+        assert_eq!(
+            (d.len(), holes.len()),
+            (16384 + 65536 + 18 + 8192, 1),
+            "{holes:?}"
+        );
+        assert!(build_disk(specs[3]).0.len() > 2 << 20);
+        for pick in 0..ROUND_TRIP_WRITERS.len() as u8 {
+            for (k, spec) in specs.iter().enumerate() {
+                let mut input = vec![pick, (k as u8) * 13];
+                input.extend_from_slice(spec);
+                writer_roundtrip(&input);
+            }
+        }
+    }
 
     /// The fuzz target's seeds, and inputs that once mattered, run as a plain test.
     #[test]

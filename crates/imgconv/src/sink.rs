@@ -481,12 +481,22 @@ impl<W: Write + Send> Sink for WriteSink<W> {
 pub struct VecSink {
     buf: Arc<Mutex<Vec<u8>>>,
     pos: u64,
+    seekable: bool,
 }
 
 impl VecSink {
-    /// A new, empty sink.
+    /// A new, empty sink, written in order only (as a pipe would be).
     pub fn new() -> Self {
         VecSink::default()
+    }
+
+    /// A new, empty sink that also takes [`Sink::write_at`] and [`Sink::read_at`] (as a file
+    /// would), for writers that patch what they wrote.
+    pub fn seekable() -> Self {
+        VecSink {
+            seekable: true,
+            ..VecSink::default()
+        }
     }
 
     /// The bytes written so far (a copy).
@@ -521,6 +531,50 @@ impl Sink for VecSink {
 
     fn position(&self) -> u64 {
         self.pos
+    }
+
+    fn is_seekable(&self) -> bool {
+        self.seekable
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let mut b = self
+            .buf
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Io, "memory sink poisoned"))?;
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|o| Some(o..o.checked_add(data.len())?));
+        match range.and_then(|r| b.get_mut(r)).filter(|_| self.seekable) {
+            Some(dst) => {
+                dst.copy_from_slice(data);
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::Internal,
+                "internal error: write outside what the memory sink holds",
+            )),
+        }
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let b = self
+            .buf
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Io, "memory sink poisoned"))?;
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|o| Some(o..o.checked_add(buf.len())?));
+        match range.and_then(|r| b.get(r)).filter(|_| self.seekable) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::Internal,
+                "internal error: read outside what the memory sink holds",
+            )),
+        }
     }
 
     fn finish(self: Box<Self>) -> Result<()> {

@@ -391,6 +391,13 @@ impl Db {
                 let conn = rusqlite::Connection::open(path).map_err(sqlite_err)?;
                 conn.busy_timeout(Duration::from_secs(10))
                     .map_err(sqlite_err)?;
+                // Write-ahead logging: readers never wait for a writer, so a status query
+                // answers even while another process (stopped, say) is inside a commit.
+                // Where the file system cannot share the log's index, the default journal
+                // still works: best effort.
+                let _ = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| {
+                    r.get::<_, String>(0)
+                });
                 Ok(Db::Sqlite(conn))
             }
             StoreLocation::Postgres(url) => Ok(Db::Postgres(Box::new(RefCell::new(Pg {
