@@ -478,7 +478,7 @@ mod tests {
     fn every_committed_seed_runs_and_opens_as_its_name_says() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
         type Target = fn(&[u8]) -> bool;
-        let targets: [(&str, Target); 6] = [
+        let targets: [(&str, Target); 7] = [
             ("qcow2_reader", qcow2_reader),
             ("vdi_reader", vdi_reader),
             ("vhd_reader", vhd_reader),
@@ -486,6 +486,10 @@ mod tests {
             ("vmdk_descriptor", vmdk_descriptor),
             ("raw_extents", |b| {
                 raw_extents(b);
+                true
+            }),
+            ("writer_roundtrip", |b| {
+                writer_roundtrip(b);
                 true
             }),
         ];
