@@ -89,10 +89,15 @@ export IMGCONV_TEST_PG
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --doc --locked
-# Every fuzz target builds (a plain build; fuzzing itself is scripts in fuzz/README.md).
+# Every fuzz target builds against the locked dependencies (a plain build, early: a target
+# that no longer compiles fails here, before the long tests).
 cargo build --manifest-path fuzz/Cargo.toml --locked --bins --target-dir target/fuzz
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# Then every fuzz target runs, coverage-guided, for 10 s on its corpus and seeds (no
+# sanitizer: building with one doubles the build, the slow part here). A crash, an input over
+# 1 s or over 256 MiB fails the run. Longer campaigns: FUZZING.md.
+FUZZ_SANITIZER=none scripts/fuzz.sh 10

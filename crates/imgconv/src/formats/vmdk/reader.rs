@@ -160,17 +160,21 @@ impl VmdkReader {
         let header = SparseHeader::parse(&h)?;
         let (d_off, d_len) = header.descriptor;
         let mut descriptor = Descriptor::default();
-        if d_off > 0 && d_len > 0 && d_len * 512 <= MAX_DESCRIPTOR_BYTES {
-            let at = d_off * 512;
-            if at + d_len * 512 <= src.len() {
-                let mut text = vec![0u8; (d_len * 512) as usize];
-                src.read_exact_at(at, &mut text)?;
-                // The embedded descriptor only informs `info` (this file is the extent), and
-                // writers fill it loosely (mkimg leaves the extent name empty): ignore a
-                // malformed one, but still refuse a delta or an unsupported create type.
-                descriptor = Descriptor::parse(&String::from_utf8_lossy(&text)).unwrap_or_default();
-                refuse_create_type(&descriptor)?;
-            }
+        // Both fields are the file's word: sizes computed checked, a descriptor that does not
+        // fit (or whose numbers overflow) is not read.
+        let place = d_off
+            .checked_mul(512)
+            .zip(d_len.checked_mul(512))
+            .filter(|&(at, len)| at > 0 && len > 0 && len <= MAX_DESCRIPTOR_BYTES)
+            .filter(|&(at, len)| at.checked_add(len).is_some_and(|end| end <= src.len()));
+        if let Some((at, len)) = place {
+            let mut text = vec![0u8; len as usize];
+            src.read_exact_at(at, &mut text)?;
+            // The embedded descriptor only informs `info` (this file is the extent), and
+            // writers fill it loosely (mkimg leaves the extent name empty): ignore a
+            // malformed one, but still refuse a delta or an unsupported create type.
+            descriptor = Descriptor::parse(&String::from_utf8_lossy(&text)).unwrap_or_default();
+            refuse_create_type(&descriptor)?;
         }
         let allocated = src.allocated_size();
         let size = header.capacity * 512;
