@@ -12,7 +12,8 @@
 # (-rss_limit_mb / -malloc_limit_mb); either is a failure, like a crash. Each run's counts
 # (executions, coverage, features, corpus size) go to target/fuzz-stats/T.txt and to a table
 # on standard output. FUZZ_SANITIZER=none builds without AddressSanitizer (faster to build;
-# the default is address). FUZZ_JOBS=N runs N targets at once (default 1).
+# the default is address). FUZZ_JOBS=N runs N targets at once (default 1). FUZZ_RUNS=N stops
+# each target after N executions (SECONDS is then the cap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +57,8 @@ run_one() {
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   if (cd fuzz && cargo fuzz run "${build_flags[@]}" "$t" "corpus/$t" "seeds/$t" -- \
       -max_total_time="$seconds" -timeout=1 -rss_limit_mb=256 -malloc_limit_mb=256 \
-      -max_len="$max_len" -print_final_stats=1 -close_fd_mask=1) >"$log" 2>&1; then
+      -max_len="$max_len" -print_final_stats=1 -close_fd_mask=1 ${FUZZ_RUNS:+-runs=$FUZZ_RUNS}) \
+      >"$log" 2>&1; then
     echo "$t ok"
   else
     echo "$t FAILED: see $log and fuzz/artifacts/$t"
@@ -82,12 +84,13 @@ printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n'
 for t in "${targets[@]}"; do
   log="target/fuzz-stats/$t.txt"
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   last=$(grep -E '^#[0-9]+' "$log" | grep -E 'cov: ' | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   files=$(find "fuzz/corpus/$t" -type f | wc -l)
-  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$seconds" "${execs:-?}" "${rate:-?}" \
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$t" "${took:-$seconds}" "${execs:-?}" "${rate:-?}" \
     "${cov:-?}" "${ft:-?}" "$files"
 done
 exit $status

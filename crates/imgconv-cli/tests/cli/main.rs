@@ -1,6 +1,7 @@
 //! End-to-end tests of the `imgconv` command, checked against independent tools (qemu-img,
 //! md5sum, sha256sum). A missing tool fails the test: the README's test command installs them.
 
+mod differential;
 mod errors;
 mod export;
 mod export_api;

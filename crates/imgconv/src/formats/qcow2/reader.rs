@@ -158,7 +158,15 @@ impl Qcow2Reader {
             }
             return Ok(Cluster::Sub { host, alloc, zero });
         }
-        Ok(if e & L2_ZERO != 0 && self.h.version >= 3 {
+        if e & L2_ZERO != 0 && self.h.version < 3 {
+            // Bit 0 is reserved before version 3: qemu reports such an entry as corruption,
+            // and reading the cluster either as data or as zeros would be a guess.
+            return Err(corrupt(
+                host,
+                format!("cluster {index}: the zero flag is set in a version 2 image"),
+            ));
+        }
+        Ok(if e & L2_ZERO != 0 {
             Cluster::Zero
         } else if host == 0 {
             Cluster::Unallocated

@@ -145,6 +145,24 @@ impl SparseHeader {
             ))
             .with_format(Format::Vmdk));
         }
+        // qemu and VirtualBox decide by the algorithm field alone whether grains are
+        // compressed, the specification by the flag: when the two disagree, either reading is
+        // a guess.
+        if h.flags & FLAG_COMPRESSED == 0 && h.compress_algorithm != 0 {
+            return Err(bad(
+                77,
+                format!(
+                    "compression algorithm {} without the compressed-grains flag",
+                    h.compress_algorithm
+                ),
+            ));
+        }
+        if h.flags & FLAG_COMPRESSED != 0 && h.flags & FLAG_MARKERS == 0 {
+            return Err(Error::unsupported(
+                "VMDK compressed grains without grain markers are not supported",
+            )
+            .with_format(Format::Vmdk));
+        }
         if h.gd_entries() * 4 > MAX_GD_BYTES {
             return Err(
                 Error::new(ErrorKind::LimitExceeded, "the grain directory is too large")
