@@ -18,6 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export RUSTC_BOOTSTRAP=1
+# One worker thread in the conversion pipeline: each fuzzing process is one core's work
+# (FUZZ_JOBS runs several), and thread hand-offs would otherwise cost more than the work.
+export RAYON_NUM_THREADS=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
