@@ -10,7 +10,8 @@
 #
 # Limits on every run: no input may take over 1 s (-timeout=1) or allocate over 256 MiB
 # (-rss_limit_mb / -malloc_limit_mb); either is a failure, like a crash. Each run's counts
-# (executions, coverage, features, corpus size) go to target/fuzz-stats/T.txt and to a table
+# (executions, coverage, features, corpus size) go to $FUZZ_STATS_DIR/T.txt (default
+# target/fuzz-stats) and to a table
 # on standard output. FUZZ_SANITIZER=none builds without AddressSanitizer (faster to build;
 # the default is address). FUZZ_JOBS=N runs N targets at once (default 1). FUZZ_RUNS=N stops
 # each target after N executions (SECONDS is then the cap).
@@ -53,10 +54,11 @@ targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || mapfile -t targets < <(all_targets)
 
 (cd fuzz && cargo fuzz build "${build_flags[@]}")
-mkdir -p target/fuzz-stats
+stats="${FUZZ_STATS_DIR:-target/fuzz-stats}"
+mkdir -p "$stats"
 
 run_one() {
-  local t="$1" log="target/fuzz-stats/$1.txt"
+  local t="$1" log="$stats/$1.txt"
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   if (cd fuzz && cargo fuzz run "${build_flags[@]}" "$t" "corpus/$t" "seeds/$t" -- \
       -max_total_time="$seconds" -timeout=1 -rss_limit_mb=256 -malloc_limit_mb=256 \
@@ -85,7 +87,7 @@ for p in "${pids[@]}"; do wait "$p" || status=1; done
 printf '\n| target | seconds | executions | exec/s | coverage | features | corpus files |\n'
 printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n'
 for t in "${targets[@]}"; do
-  log="target/fuzz-stats/$t.txt"
+  log="$stats/$t.txt"
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)

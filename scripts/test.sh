@@ -100,4 +100,4 @@ fi
 # Then every fuzz target runs, coverage-guided, for 10 s on its corpus and seeds (no
 # sanitizer: building with one doubles the build, the slow part here). A crash, an input over
 # 1 s or over 256 MiB fails the run. Longer campaigns: FUZZING.md.
-FUZZ_SANITIZER=none scripts/fuzz.sh 10
+FUZZ_SANITIZER=none FUZZ_STATS_DIR=target/fuzz-stats-ci scripts/fuzz.sh 10
