@@ -14,19 +14,7 @@ fn disk(dir: &Path) -> PathBuf {
 }
 
 fn qemu_refuses(img: &Path, format: &str, dir: &Path) -> String {
-    let out = dir.join("qemu.raw");
-    let q = tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            format,
-            "-O",
-            "raw",
-            path_str(img),
-            path_str(&out),
-        ],
-    );
+    let q = qemu_raw_output(img, format, &dir.join("qemu.raw"));
     assert!(!q.status.success(), "qemu-img read {}", img.display());
     String::from_utf8_lossy(&q.stderr).into_owned()
 }

@@ -306,8 +306,14 @@ pub fn libyal_md5(module: &str, open: &str, img: &Path) -> (u64, String) {
 
 /// qemu-img's own RAW of `img` (read as `format`) at `out`.
 pub fn qemu_raw(img: &Path, format: &str, out: &Path) {
+    let q = qemu_raw_output(img, format, out);
+    assert!(q.status.success(), "qemu-img convert failed: {q:?}");
+}
+
+/// `qemu-img convert -f format -O raw img out`, whatever its outcome.
+pub fn qemu_raw_output(img: &Path, format: &str, out: &Path) -> Output {
     let _ = std::fs::remove_file(out);
-    let q = tool(
+    tool(
         "qemu-img",
         &[
             "convert",
@@ -318,8 +324,7 @@ pub fn qemu_raw(img: &Path, format: &str, out: &Path) {
             path_str(img),
             path_str(out),
         ],
-    );
-    assert!(q.status.success(), "qemu-img convert failed: {q:?}");
+    )
 }
 
 /// An image of `src` made by qemu-img as `format` with `-o opts`.
