@@ -73,16 +73,20 @@ run_one() {
 
 status=0
 jobs="${FUZZ_JOBS:-1}"
-pids=()
+running=0
+# The next target starts as soon as any running one ends (wait -n), not the oldest.
 for t in "${targets[@]}"; do
   run_one "$t" &
-  pids+=($!)
-  if [[ ${#pids[@]} -ge $jobs ]]; then
-    wait "${pids[0]}" || status=1
-    pids=("${pids[@]:1}")
+  running=$((running + 1))
+  if ((running >= jobs)); then
+    wait -n || status=1
+    running=$((running - 1))
   fi
 done
-for p in "${pids[@]}"; do wait "$p" || status=1; done
+while ((running > 0)); do
+  wait -n || status=1
+  running=$((running - 1))
+done
 
 printf '\n| target | seconds | executions | exec/s | coverage | features | corpus files |\n'
 printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n'
