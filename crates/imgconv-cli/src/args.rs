@@ -330,6 +330,9 @@ pub(crate) struct MeasureArgs {
     /// Output options, as for convert (repeatable).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub(crate) options: Vec<String>,
+    /// Measure a compressed output (as convert -c): `required` is then an upper bound.
+    #[arg(short = 'c')]
+    pub(crate) compress: bool,
     /// How to print.
     #[arg(long, value_enum, default_value_t = OutputMode::Human, value_name = "MODE")]
     pub(crate) output: OutputMode,

@@ -443,6 +443,7 @@ pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
     let input_format = parse_format(args.input_format.as_deref())?;
     let mut options = ConvertOptions::new(args.output_format.parse::<Format>()?);
     options.writer_options = writer_options(&args.options)?;
+    options.compress = args.compress;
     let reader = open_image(&args.input, input_format)?;
     let cancel = CancelToken::new();
     install_signal_handler(&cancel);
@@ -450,10 +451,21 @@ pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
     match args.output {
         OutputMode::Json => println!(
             "{}",
-            json!({ "required": m.required, "fully-allocated": m.fully_allocated })
+            json!({
+                "required": m.required,
+                "fully-allocated": m.fully_allocated,
+                "exact": m.exact,
+            })
         ),
         OutputMode::Human => {
-            println!("required size: {}", m.required);
+            if m.exact {
+                println!("required size: {}", m.required);
+            } else {
+                println!(
+                    "required size: {} (at most: the output is compressed)",
+                    m.required
+                );
+            }
             println!("fully allocated size: {}", m.fully_allocated);
         }
     }

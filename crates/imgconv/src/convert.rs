@@ -9,10 +9,10 @@ use serde::Serialize;
 use crate::digest::{Digest, DigestKind};
 use crate::error::{Error, Result};
 use crate::formats::options::WriterOptions;
-use crate::formats::qcow2::{self, Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
+use crate::formats::qcow2::{Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
 use crate::formats::vdi::{VdiOptions, VdiWriter};
-use crate::formats::vhd::{self, DiskType, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
+use crate::formats::vhd::{DiskType, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
 use crate::formats::vmdk::{SparseWriter, StreamWriter, VmdkOptions};
 use crate::model::{Format, Plan};
 use crate::pipeline::{self, PipelineConfig};
@@ -409,13 +409,6 @@ fn flat_vmdk(
     Ok(summary)
 }
 
-fn unsupported_output(format: Format) -> Error {
-    Error::unsupported(format!(
-        "writing {format} images is not supported by this version"
-    ))
-    .with_format(format)
-}
-
 fn make_sink(
     dest: Destination,
     preallocation: Preallocation,
@@ -492,31 +485,42 @@ pub fn measure(
     opts: &ConvertOptions,
     cancel: &CancelToken,
 ) -> Result<Measure> {
-    match opts.format {
-        Format::Raw => {
-            RawOptions::parse(opts.writer_options.clone())?;
-            // RAW needs the virtual size whatever the content, as qemu-img reports it.
-            let size = reader.virtual_size();
-            Ok(Measure {
-                required: size,
-                fully_allocated: size,
-            })
-        }
-        Format::Qcow2 => {
-            let q = Qcow2Options::parse(opts.writer_options.clone(), opts.compress)?;
-            let plan = reuse_or_plan(reader, opts, q.cluster_size(), cancel)?;
-            Ok(qcow2::measure(&plan, &q))
-        }
-        Format::Vhd => {
-            let v = VhdOptions::parse(opts.writer_options.clone())?;
-            let size = reader.virtual_size();
-            let plan = if v.kind == DiskType::Dynamic {
-                Some(reuse_or_plan(reader, opts, v.block_size, cancel)?)
-            } else {
-                None
-            };
-            vhd::measure(size, plan.as_deref(), &v)
-        }
-        other => Err(unsupported_output(other)),
+    let user = MeasureWith {
+        reader,
+        opts,
+        cancel,
+    };
+    with_writer(reader.virtual_size(), "disk.vmdk", opts, user)
+}
+
+/// `measure`: the selected writer sizes its output, from the input's plan when it needs it.
+struct MeasureWith<'a> {
+    reader: &'a dyn Reader,
+    opts: &'a ConvertOptions,
+    cancel: &'a CancelToken,
+}
+
+impl WriterUse for MeasureWith<'_> {
+    type Out = Measure;
+
+    fn writer<W: Writer>(self, writer: W, _: Preallocation) -> Result<Measure> {
+        let plan = if writer.measure_needs_plan() {
+            Some(reuse_or_plan(
+                self.reader,
+                self.opts,
+                writer.unit_size(),
+                self.cancel,
+            )?)
+        } else {
+            None
+        };
+        writer.measure(plan.as_deref())
+    }
+
+    fn flat_vmdk(self, _: VmdkOptions) -> Result<Measure> {
+        // The -flat extent: whole sectors (its descriptor is a separate text file).
+        Ok(Measure::fixed(
+            self.reader.virtual_size().div_ceil(512) * 512,
+        ))
     }
 }

@@ -30,6 +30,16 @@ pub(crate) fn write_unit_runs(chunk: &Chunk, out: &mut Output, all_units: bool) 
     Ok(written)
 }
 
+/// The plan a writer's [`Writer::measure`] was promised (it answers `measure_needs_plan`).
+pub(crate) fn plan_given(plan: Option<&Plan>) -> Result<&Plan> {
+    plan.ok_or_else(|| {
+        crate::error::Error::new(
+            crate::error::ErrorKind::Internal,
+            "internal error: measuring this output needs the input's plan",
+        )
+    })
+}
+
 /// A writer's parallel step: turn a chunk into what `commit` emits (compress, checksum, ...).
 /// Runs on the worker pool, many chunks at once.
 pub trait Encoder: Sync {
@@ -60,6 +70,20 @@ pub struct Measure {
     pub required: u64,
     /// Bytes the output would need if every unit were allocated.
     pub fully_allocated: u64,
+    /// Whether `required` is the exact size of the output; when `false` (compressed layouts)
+    /// it is an upper bound.
+    pub exact: bool,
+}
+
+impl Measure {
+    /// The sizes of a layout whose length does not depend on the content.
+    pub fn fixed(len: u64) -> Measure {
+        Measure {
+            required: len,
+            fully_allocated: len,
+            exact: true,
+        }
+    }
 }
 
 /// What a finished writer reports.
@@ -115,6 +139,25 @@ pub trait Writer: Send {
     /// Things the user should know about this output (a rounded size, say).
     fn notes(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Whether [`Writer::measure`] needs the input's plan (the output's size depends on which
+    /// units hold data).
+    fn measure_needs_plan(&self) -> bool {
+        self.output_len().is_none()
+    }
+
+    /// The size of the output this writer would write for an input whose plan (in this
+    /// writer's unit) is `plan`, and with every unit allocated: what `imgconv measure` reports.
+    /// The default serves writers whose [`Writer::output_len`] is known.
+    fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {
+        let _ = plan;
+        self.output_len().map(Measure::fixed).ok_or_else(|| {
+            crate::error::Error::new(
+                crate::error::ErrorKind::Internal,
+                "internal error: this writer cannot measure its output",
+            )
+        })
     }
 
     /// The encoder the workers share.

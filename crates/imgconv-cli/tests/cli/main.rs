@@ -6,6 +6,7 @@ mod errors;
 mod export;
 mod export_api;
 mod failures;
+mod inspect;
 mod qcow2;
 mod raw;
 mod serve;

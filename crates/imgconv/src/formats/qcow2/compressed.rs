@@ -16,7 +16,7 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{Encoder, Writer, WriterSummary};
+use crate::writer::{Encoder, Measure, Writer, WriterSummary};
 
 use super::header::{self, Compression, V3_HEADER_LEN};
 use super::reader::{COPIED, L2_COMPRESSED};
@@ -265,6 +265,17 @@ impl Writer for Qcow2CompressedWriter {
 
     fn needs_seek(&self) -> bool {
         true
+    }
+
+    fn measure_needs_plan(&self) -> bool {
+        true
+    }
+
+    fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {
+        Ok(super::writer::measure_compressed(
+            crate::writer::plan_given(plan)?,
+            &self.opts,
+        ))
     }
 
     fn output_len(&self) -> Option<u64> {

@@ -25,4 +25,4 @@ mod writer;
 
 pub(crate) use compressed::Qcow2CompressedWriter;
 pub(crate) use reader::Qcow2Reader;
-pub(crate) use writer::{measure, Qcow2Options, Qcow2Writer};
+pub(crate) use writer::{Qcow2Options, Qcow2Writer};

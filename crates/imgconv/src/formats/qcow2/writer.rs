@@ -226,8 +226,8 @@ fn l2_needed(plan: &Plan, per_l2: u64, l1_size: u64) -> BitVec {
     need
 }
 
-/// The sizes a QCOW2 output would take for `plan` (`imgconv measure -O qcow2`).
-pub(crate) fn measure(plan: &Plan, opts: &Qcow2Options) -> Measure {
+/// The sizes a QCOW2 output would take for `plan` (`imgconv measure -O qcow2`): exact.
+fn measure(plan: &Plan, opts: &Qcow2Options) -> Measure {
     let cs = opts.cluster_size();
     let per_l2 = cs / 8;
     let size = plan.virtual_size();
@@ -238,6 +238,30 @@ pub(crate) fn measure(plan: &Plan, opts: &Qcow2Options) -> Measure {
     Measure {
         required: used.file_len(),
         fully_allocated: all.file_len(),
+        exact: true,
+    }
+}
+
+/// The sizes a compressed QCOW2 output can take for `plan`: `required` bounds the file from
+/// above (every stored cluster counted as if it did not compress and needed a whole cluster
+/// of alignment padding before it, each table likewise); `fully_allocated` is the
+/// uncompressed layout's.
+pub(super) fn measure_compressed(plan: &Plan, opts: &Qcow2Options) -> Measure {
+    let cs = opts.cluster_size();
+    let per_l2 = cs / 8;
+    let size = plan.virtual_size();
+    let l1_size = size.div_ceil(cs).div_ceil(per_l2);
+    let l1_clusters = (l1_size * 8).div_ceil(cs);
+    let l2 = l2_needed(plan, per_l2, l1_size).count_ones() as u64;
+    // Cluster 0, then per stored cluster and L2 table at most a cluster of padding and one of
+    // content, then padding and the L1 table.
+    let base = 1 + 2 * (plan.allocated_units() + l2) + 1 + l1_clusters;
+    let (rt, rb) = refcount_space(base, cs);
+    let all = Layout::new(size, opts.cluster_bits, l1_size, size.div_ceil(cs));
+    Measure {
+        required: (base + rt + rb) * cs,
+        fully_allocated: all.file_len(),
+        exact: false,
     }
 }
 
@@ -316,6 +340,10 @@ impl Writer for Qcow2Writer {
 
     fn needs_plan(&self) -> bool {
         true
+    }
+
+    fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {
+        Ok(measure(crate::writer::plan_given(plan)?, &self.opts))
     }
 
     fn output_len(&self) -> Option<u64> {

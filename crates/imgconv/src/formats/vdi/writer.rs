@@ -7,7 +7,7 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{write_unit_runs, PassThrough, Writer, WriterSummary};
+use crate::writer::{plan_given, write_unit_runs, Measure, PassThrough, Writer, WriterSummary};
 
 use super::header::{Geometry, Header, HEADER_BYTES};
 use super::{ALIGN, BLOCK_SIZE, FREE, MAX_BLOCKS};
@@ -122,6 +122,20 @@ impl Writer for VdiWriter {
 
     fn output_len(&self) -> Option<u64> {
         None
+    }
+
+    fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {
+        let full = self.data_offset + self.blocks * BLOCK_SIZE;
+        let required = if self.opts.fixed {
+            full
+        } else {
+            self.data_offset + plan_given(plan)?.allocated_units() * BLOCK_SIZE
+        };
+        Ok(Measure {
+            required,
+            fully_allocated: full,
+            exact: true,
+        })
     }
 
     fn encoder(&self) -> PassThrough {

@@ -9,7 +9,7 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{Encoder, Measure, Writer, WriterSummary};
+use crate::writer::{plan_given, Encoder, Measure, Writer, WriterSummary};
 
 use super::dynamic_header::DynamicHeader;
 use super::{
@@ -417,6 +417,15 @@ impl Writer for VhdDynamicWriter {
         Some(self.layout.disk_size)
     }
 
+    fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {
+        let l = &self.layout;
+        Ok(Measure {
+            required: l.file_size(plan_given(plan)?.allocated_units()),
+            fully_allocated: l.file_size(l.entries),
+            exact: true,
+        })
+    }
+
     fn notes(&self) -> Vec<String> {
         self.note.iter().cloned().collect()
     }
@@ -477,23 +486,4 @@ impl Writer for VhdDynamicWriter {
             unit_size: self.layout.block_size,
         })
     }
-}
-
-/// `imgconv measure -O vhd`: file sizes for an input of `size` bytes whose allocation `plan`
-/// is at the dynamic block size (`None` for fixed disks, which need no plan).
-pub(crate) fn measure(size: u64, plan: Option<&Plan>, opts: &VhdOptions) -> Result<Measure> {
-    let (disk_size, _) = opts.disk_size(size)?;
-    if opts.kind == DiskType::Fixed {
-        let n = disk_size + FOOTER_SIZE;
-        return Ok(Measure {
-            required: n,
-            fully_allocated: n,
-        });
-    }
-    let l = DynamicLayout::new(disk_size, opts.block_size)?;
-    let allocated = plan.map_or(l.entries, |p| p.bitmap().count_ones() as u64);
-    Ok(Measure {
-        required: l.file_size(allocated),
-        fully_allocated: l.file_size(l.entries),
-    })
 }

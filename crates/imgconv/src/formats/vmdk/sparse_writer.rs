@@ -18,7 +18,7 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{write_unit_runs, PassThrough, Writer, WriterSummary};
+use crate::writer::{plan_given, write_unit_runs, Measure, PassThrough, Writer, WriterSummary};
 
 use super::descriptor::descriptor;
 use super::header::{SparseHeader, DESCRIPTOR_SECTORS, FLAG_RGD, GRAIN_SECTORS, GT_ENTRIES};
@@ -133,6 +133,17 @@ impl Writer for SparseWriter {
 
     fn output_len(&self) -> Option<u64> {
         None
+    }
+
+    fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {
+        let l = self.layout;
+        let grains = l.capacity.div_ceil(GRAIN_SECTORS);
+        let allocated = plan_given(plan)?.allocated_units();
+        Ok(Measure {
+            required: (l.overhead + allocated * GRAIN_SECTORS) * 512,
+            fully_allocated: (l.overhead + grains * GRAIN_SECTORS) * 512,
+            exact: true,
+        })
     }
 
     fn encoder(&self) -> PassThrough {

@@ -19,7 +19,7 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{Encoder, Writer, WriterSummary};
+use crate::writer::{plan_given, Encoder, Measure, Writer, WriterSummary};
 
 use super::descriptor::descriptor;
 use super::header::{
@@ -170,6 +170,50 @@ impl Writer for StreamWriter {
 
     fn output_len(&self) -> Option<u64> {
         None
+    }
+
+    fn measure_needs_plan(&self) -> bool {
+        true
+    }
+
+    fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {
+        let plan = plan_given(plan)?;
+        let grains = self.capacity.div_ceil(GRAIN_SECTORS);
+        let level = libdeflater::CompressionLvl::new(self.opts.level)
+            .map_err(|_| Error::invalid_argument("bad compression level"))?;
+        let bound = libdeflater::Compressor::new(level)
+            .zlib_compress_bound((GRAIN_SECTORS * 512) as usize) as u64;
+        let record = (12 + bound).next_multiple_of(512);
+        let tables = |grains_with_data: &mut dyn Iterator<Item = usize>| {
+            let mut n = 0u64;
+            let mut last = None;
+            for g in grains_with_data {
+                let t = g as u64 / GT_ENTRIES;
+                if last != Some(t) {
+                    n += 1;
+                    last = Some(t);
+                }
+            }
+            n
+        };
+        let gd_bytes = (self.gd.len() * 4).next_multiple_of(512).max(512) as u64;
+        // Header and descriptor; GT marker and table per grain table in use; GD marker and
+        // directory; footer marker, footer and end-of-stream marker.
+        let size = |records: u64, gts: u64| {
+            OVERHEAD_SECTORS * 512
+                + records * record
+                + gts * (512 + 2048)
+                + 512
+                + gd_bytes
+                + 3 * 512
+        };
+        let used = tables(&mut plan.bitmap().iter_ones());
+        let all = tables(&mut (0..grains as usize));
+        Ok(Measure {
+            required: size(plan.allocated_units(), used),
+            fully_allocated: size(grains, all),
+            exact: false,
+        })
     }
 
     fn encoder(&self) -> StreamEncoder {
