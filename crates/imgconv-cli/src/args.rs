@@ -37,6 +37,9 @@ pub(crate) enum Command {
     Compare(CompareArgs),
     /// Print the size an output format would need for an image.
     Measure(MeasureArgs),
+    /// Show where an image's data is: allocated, zero and unallocated ranges, and where each
+    /// is stored in the file (qemu-img map's fields).
+    Map(MapArgs),
     /// Serve a cloud "export image" request: print the provider's response, then run the job.
     #[command(
         after_help = "Exit codes: 0 the answer is a success and the job (if run) \
@@ -141,7 +144,7 @@ pub(crate) struct ApiArgs {
 
 /// Names of the subcommands, for telling the short form `imgconv IN OUT` apart.
 pub(crate) const SUBCOMMANDS: &[&str] = &[
-    "convert", "info", "compare", "measure", "export", "serve", "help",
+    "convert", "info", "compare", "measure", "map", "check", "export", "serve", "help",
 ];
 
 /// How results are printed.
@@ -316,6 +319,20 @@ pub(crate) struct CompareArgs {
     pub(crate) a: PathBuf,
     /// The second image.
     pub(crate) b: PathBuf,
+}
+
+/// `imgconv map`.
+#[derive(Debug, Args)]
+pub(crate) struct MapArgs {
+    /// Image format (default: detected from magic bytes).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub(crate) format: Option<String>,
+    /// How to print: human (the stored data ranges and where they are in the file) or json
+    /// (every range: start, length, depth, present, zero, data, compressed, offset).
+    #[arg(long, value_enum, default_value_t = OutputMode::Human, value_name = "MODE")]
+    pub(crate) output: OutputMode,
+    /// The image.
+    pub(crate) image: PathBuf,
 }
 
 /// `imgconv measure`.

@@ -14,7 +14,8 @@ use imgconv_export::destination::{
 use imgconv_export::Target;
 
 use crate::args::{
-    ApiArgs, CompareArgs, ConvertArgs, ExportArgs, InfoArgs, MeasureArgs, OutputMode, ProgressMode,
+    ApiArgs, CompareArgs, ConvertArgs, ExportArgs, InfoArgs, MapArgs, MeasureArgs, OutputMode,
+    ProgressMode,
 };
 use crate::exit_code;
 use crate::progress::{Bar, JsonLines};
@@ -470,6 +471,62 @@ pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
         }
     }
     Ok(0)
+}
+
+/// `imgconv map`: JSON as `qemu-img map --output json` prints it (an array, an entry a
+/// line), or for people the stored ranges with their file offsets, as qemu-img prints them.
+pub(crate) fn map(args: MapArgs) -> CmdResult {
+    use std::io::Write;
+    let format = parse_format(args.format.as_deref())?;
+    let reader = open_image(&args.image, format)?;
+    let cancel = CancelToken::new();
+    install_signal_handler(&cancel);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let io = |e: std::io::Error| Error::io("cannot write the map", e);
+    let name = args.image.display().to_string();
+    let mut first = true;
+    match args.output {
+        OutputMode::Json => {
+            imgconv::map_image(&*reader, &cancel, |e| {
+                let line = serde_json::to_string(e).unwrap_or_default();
+                let lead = if first { "[" } else { ",\n" };
+                first = false;
+                write!(out, "{lead}{line}").map_err(io)
+            })?;
+            writeln!(out, "{}", if first { "[]" } else { "]" }).map_err(io)?;
+        }
+        OutputMode::Human => {
+            writeln!(
+                out,
+                "{:<16}{:<16}{:<16}File",
+                "Offset", "Length", "Mapped to"
+            )
+            .map_err(io)?;
+            imgconv::map_image(&*reader, &cancel, |e| match e.offset {
+                Some(at) if e.data => writeln!(
+                    out,
+                    "{:<16}{:<16}{:<16}{name}",
+                    c_hex(e.start),
+                    c_hex(e.length),
+                    c_hex(at)
+                )
+                .map_err(io),
+                _ => Ok(()),
+            })?;
+        }
+    }
+    out.flush().map_err(io)?;
+    Ok(0)
+}
+
+/// A number as C's `%#x` prints it (qemu-img's map): `0`, or `0x` and the hex digits.
+fn c_hex(n: u64) -> String {
+    if n == 0 {
+        "0".into()
+    } else {
+        format!("{n:#x}")
+    }
 }
 
 /// A JSON file an option names (`what` says which, in errors): missing → not found (3),

@@ -47,6 +47,7 @@ pub(crate) mod error;
 pub(crate) mod formats;
 #[doc(hidden)]
 pub mod fuzz_support;
+pub(crate) mod inspect;
 pub(crate) mod model;
 pub(crate) mod open;
 pub(crate) mod pipeline;
@@ -64,8 +65,9 @@ pub use convert::{convert, measure, plan_for, ConvertOptions, Destination, Summa
 pub use digest::{Digest, DigestKind};
 pub use error::{Error, ErrorKind, Result};
 pub use formats::options::{parse_size, WriterOptions};
+pub use inspect::{map_image, MapEntry};
 pub use model::{Chunk, Plan};
-pub use model::{Extent, Format, ImageInfo, Mapping, UnitIndex};
+pub use model::{Extent, Format, ImageInfo, Location, Mapping, UnitIndex};
 pub use open::{inspect, open_image, open_source};
 pub use pipeline::PipelineConfig;
 pub use planner::plan;

@@ -112,6 +112,60 @@ pub struct Mapping {
     pub len: u64,
 }
 
+/// One answer of [`crate::Reader::locate`]: a [`Mapping`] and where its bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// What the range holds and how long it is.
+    pub mapping: Mapping,
+    /// The offset in the image file of the range's first byte, when the range is stored as
+    /// it is there (its bytes then follow one another in the file).
+    pub host: Option<u64>,
+    /// Whether the range is stored compressed.
+    pub compressed: bool,
+    /// Whether the stored bytes are a hole in the image file (they read as zeros).
+    pub hole: bool,
+}
+
+impl Location {
+    /// A range that is not stored as it is in the file (unallocated, zero or compressed).
+    pub(crate) fn unstored(mapping: Mapping, compressed: bool) -> Location {
+        Location {
+            mapping,
+            host: None,
+            compressed,
+            hole: false,
+        }
+    }
+
+    /// `mapping`'s bytes stored as they are from `host`.
+    pub(crate) fn at(mapping: Mapping, host: u64) -> Location {
+        Location {
+            mapping,
+            host: Some(host),
+            compressed: false,
+            hole: false,
+        }
+    }
+
+    /// `mapping`'s bytes stored as they are from `host` in `src`, for a format whose stored
+    /// ranges qemu looks through to the file: its length is cut to where the file's holes
+    /// begin or end, and `hole` says which of the two it is.
+    pub(crate) fn stored_in(
+        mut mapping: Mapping,
+        host: u64,
+        src: &dyn crate::source::Source,
+    ) -> crate::error::Result<Location> {
+        let fs = src.extent(host, mapping.len)?;
+        mapping.len = mapping.len.min(fs.len.max(1));
+        Ok(Location {
+            mapping,
+            host: Some(host),
+            compressed: false,
+            hole: fs.extent != Extent::Data,
+        })
+    }
+}
+
 /// The index of one allocation unit (cluster, grain, block) of a virtual disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
 pub struct UnitIndex(pub u64);

@@ -3,7 +3,7 @@
 use std::ops::ControlFlow;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Extent, Format, ImageInfo, Mapping};
+use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
 
 /// A virtual disk opened from an image of some format.
 ///
@@ -28,6 +28,13 @@ pub trait Reader: Send + Sync {
 
     /// What the range starting at `offset` holds, for how long (at most `max_len`).
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping>;
+
+    /// Where the range starting at `offset` is stored (`imgconv map`): what [`Reader::map`]
+    /// says, for a length over which the stored bytes are consecutive in the image file, with
+    /// the file offset of the first one. The default knows no file offsets.
+    fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
+        Ok(Location::unstored(self.map(offset, max_len)?, false))
+    }
 
     /// What `imgconv info` shows.
     fn info(&self) -> ImageInfo;

@@ -20,6 +20,7 @@
 mod compressed;
 pub(crate) mod header;
 mod reader;
+pub(crate) mod refcount;
 mod snapshot;
 mod writer;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::formats::table_cache::TableCache;
-use crate::model::{Extent, Format, ImageInfo, Mapping};
+use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::Source;
 
@@ -55,6 +55,9 @@ pub(crate) struct Qcow2Reader {
     l1: Vec<u64>,
     file_len: u64,
     cache: TableCache<u64, u64>,
+    /// Whether the image looks preallocated with `preallocation=metadata` (computed on the
+    /// first `locate`).
+    metadata_preallocated: std::sync::OnceLock<bool>,
 }
 
 fn corrupt(offset: u64, msg: impl Into<String>) -> Error {
@@ -79,6 +82,35 @@ impl Qcow2Reader {
             l1,
             file_len,
             cache: TableCache::new(L2_CACHE_BYTES),
+            metadata_preallocated: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// qemu's test for metadata-only preallocation: the file holds at least a ninth more
+    /// referenced clusters (and two more) than the file system allocated for it. qemu then
+    /// looks through data clusters to the file's holes in `map`, and so does `locate`.
+    fn metadata_preallocated(&self) -> bool {
+        *self.metadata_preallocated.get_or_init(|| {
+            let Some(real) = self.src.allocated_size() else {
+                return false;
+            };
+            let cs = self.h.cluster_size();
+            let real_clusters = real / cs;
+            let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+            let Ok(mut refcounts) = super::refcount::Refcounts::load(&*self.src, &self.h) else {
+                return false;
+            };
+            let mut count = 0u64;
+            for c in 0..self.file_len.div_ceil(cs) {
+                if count >= threshold {
+                    break;
+                }
+                match refcounts.get(&*self.src, c) {
+                    Ok(Some(n)) => count += u64::from(n != 0),
+                    _ => return false,
+                }
+            }
+            count >= threshold
         })
     }
 
@@ -303,6 +335,28 @@ impl Reader for Qcow2Reader {
             done += n;
         }
         Ok(())
+    }
+
+    fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
+        let mut mapping = self.map(offset, max_len)?;
+        let (_, reach, c) = self.piece(offset)?;
+        let in_cluster = offset % self.h.cluster_size();
+        // As qemu does, a subcluster that reads as zeros in a cluster that has a host
+        // cluster is reported at its place in it.
+        let (host, compressed) = match c {
+            Cluster::Data(h) => (Some(h + in_cluster), false),
+            Cluster::Sub { host: h, .. } if h != 0 => (Some(h + in_cluster), false),
+            Cluster::Compressed(..) => (None, true),
+            Cluster::Sub { .. } | Cluster::Unallocated | Cluster::Zero => (None, false),
+        };
+        if host.is_some() || compressed {
+            mapping.len = mapping.len.min(reach);
+        }
+        match host {
+            Some(h) if self.metadata_preallocated() => Location::stored_in(mapping, h, &*self.src),
+            Some(h) => Ok(Location::at(mapping, h)),
+            None => Ok(Location::unstored(mapping, compressed)),
+        }
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {

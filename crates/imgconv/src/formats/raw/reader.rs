@@ -1,7 +1,7 @@
 //! The RAW reader.
 
 use crate::error::Result;
-use crate::model::{Format, ImageInfo, Mapping};
+use crate::model::{Format, ImageInfo, Location, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::Source;
 
@@ -47,6 +47,16 @@ impl Reader for RawReader {
 
     fn read_ahead(&self, offset: u64, len: u64) -> bool {
         self.source.read_ahead(offset, len)
+    }
+
+    fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
+        // The map already tells the file's holes (as unallocated ranges).
+        Ok(Location {
+            mapping: self.map(offset, max_len)?,
+            host: Some(offset),
+            compressed: false,
+            hole: false,
+        })
     }
 
     fn info(&self) -> ImageInfo {

@@ -3,7 +3,7 @@
 use bitvec::vec::BitVec;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Extent, Format, ImageInfo, Mapping};
+use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::Source;
 
@@ -203,6 +203,24 @@ impl Reader for VdiReader {
             extent,
             len: pos.min(end).saturating_sub(offset).max(1),
         })
+    }
+
+    fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
+        let mut mapping = self.map(offset, max_len)?;
+        match self.entry(offset) {
+            FREE | ZERO => Ok(Location::unstored(mapping, false)),
+            e => {
+                let within = offset % BLOCK_SIZE;
+                mapping.len = mapping.len.min(BLOCK_SIZE - within);
+                let host = self.data_offset + u64::from(e) * BLOCK_SIZE + within;
+                if self.image_type == 2 {
+                    // qemu looks through a static image's blocks to the file's holes.
+                    Location::stored_in(mapping, host, &*self.src)
+                } else {
+                    Ok(Location::at(mapping, host))
+                }
+            }
+        }
     }
 
     fn info(&self) -> ImageInfo {

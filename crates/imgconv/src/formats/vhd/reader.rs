@@ -2,7 +2,7 @@
 
 use crate::bytes::be32;
 use crate::error::{Error, Result};
-use crate::model::{Extent, Format, ImageInfo, Mapping};
+use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::Source;
 
@@ -334,6 +334,31 @@ impl Reader for VhdReader {
             done += n;
         }
         Ok(())
+    }
+
+    fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
+        let mapping = self.map(offset, max_len)?;
+        match &self.layout {
+            Layout::Dynamic {
+                block_size,
+                bitmap_size,
+                bat,
+            } => match bat.get((offset / block_size) as usize).copied() {
+                Some(e) if e != UNALLOCATED && mapping.extent == Extent::Data => {
+                    let host = u64::from(e) * 512 + bitmap_size + offset % block_size;
+                    Ok(Location::at(mapping, host))
+                }
+                _ => Ok(Location::unstored(mapping, false)),
+            },
+            // A fixed disk is stored whole; qemu looks through it to the file's holes.
+            _ => {
+                let data = Mapping {
+                    extent: Extent::Data,
+                    ..mapping
+                };
+                Location::stored_in(data, offset, &*self.src)
+            }
+        }
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {

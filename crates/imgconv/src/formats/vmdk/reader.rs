@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Extent, Format, ImageInfo, Mapping};
+use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
 use crate::reader::{check_range, Reader};
 use crate::source::{FileSource, Source};
 
 use super::descriptor::{resolve, Descriptor, ExtentKind, MAX_DESCRIPTOR_BYTES};
 use super::header::{SparseHeader, MAGIC};
-use super::sparse::SparseExtent;
+use super::sparse::{Grain, SparseExtent};
 
 enum Part {
     Sparse(SparseExtent),
@@ -245,6 +245,29 @@ impl Reader for VmdkReader {
             done += n as usize;
         }
         Ok(())
+    }
+
+    fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
+        let mut mapping = self.map(offset, max_len)?;
+        if mapping.extent != Extent::Data {
+            return Ok(Location::unstored(mapping, false));
+        }
+        let p = self.piece_at(offset)?;
+        let rel = offset - p.start;
+        match &p.part {
+            // qemu looks through a flat extent to its file's holes.
+            Part::Flat { src, offset: at } => Location::stored_in(mapping, at + rel, &**src),
+            Part::Zero => Ok(Location::unstored(mapping, false)),
+            Part::Sparse(s) => {
+                let (_, reach, g) = s.piece(rel)?;
+                mapping.len = mapping.len.min(reach);
+                match g {
+                    Grain::Plain(h) => Ok(Location::at(mapping, h + rel % s.h.grain_bytes())),
+                    Grain::Compressed(_) => Ok(Location::unstored(mapping, true)),
+                    Grain::Unallocated | Grain::Zero => Ok(Location::unstored(mapping, false)),
+                }
+            }
+        }
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
