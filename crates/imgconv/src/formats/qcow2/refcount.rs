@@ -76,7 +76,7 @@ impl Refcounts {
 
     /// Refcount entries per block.
     pub(crate) fn per_block(&self) -> u64 {
-        self.cs * 8 >> self.order
+        (self.cs * 8) >> self.order
     }
 
     /// Whether a refcount block offset is usable: aligned and inside the file.
