@@ -37,6 +37,9 @@ pub(crate) enum Command {
     Compare(CompareArgs),
     /// Print the size an output format would need for an image.
     Measure(MeasureArgs),
+    /// Check an image's structures (tables in bounds, no overlaps, refcounts, redundant
+    /// copies): exit 0 clean, 2 corruptions, 3 leaks only, 1 the check could not be done.
+    Check(CheckArgs),
     /// Show where an image's data is: allocated, zero and unallocated ranges, and where each
     /// is stored in the file (qemu-img map's fields).
     Map(MapArgs),
@@ -319,6 +322,22 @@ pub(crate) struct CompareArgs {
     pub(crate) a: PathBuf,
     /// The second image.
     pub(crate) b: PathBuf,
+}
+
+/// `imgconv check`.
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Image format (default: detected from magic bytes).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub(crate) format: Option<String>,
+    /// How to print: human (qemu-img check's lines) or json (its fields, plus `findings`).
+    #[arg(long, value_enum, default_value_t = OutputMode::Human, value_name = "MODE")]
+    pub(crate) output: OutputMode,
+    /// Print nothing; the exit code tells.
+    #[arg(short = 'q', long)]
+    pub(crate) quiet: bool,
+    /// The image.
+    pub(crate) image: PathBuf,
 }
 
 /// `imgconv map`.

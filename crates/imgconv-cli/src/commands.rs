@@ -14,8 +14,8 @@ use imgconv_export::destination::{
 use imgconv_export::Target;
 
 use crate::args::{
-    ApiArgs, CompareArgs, ConvertArgs, ExportArgs, InfoArgs, MapArgs, MeasureArgs, OutputMode,
-    ProgressMode,
+    ApiArgs, CheckArgs, CompareArgs, ConvertArgs, ExportArgs, InfoArgs, MapArgs, MeasureArgs,
+    OutputMode, ProgressMode,
 };
 use crate::exit_code;
 use crate::progress::{Bar, JsonLines};
@@ -471,6 +471,95 @@ pub(crate) fn measure(args: MeasureArgs) -> CmdResult {
         }
     }
     Ok(0)
+}
+
+/// `imgconv check`: qemu-img check's exit codes (0 clean, 2 corruptions, 3 leaks only, 1 the
+/// image could not be checked), JSON fields and human lines.
+pub(crate) fn check(args: CheckArgs) -> CmdResult {
+    let to_one = |e: Error| Failure { error: e, code: 1 };
+    let format = parse_format(args.format.as_deref()).map_err(to_one)?;
+    let (format, r) = imgconv::check_image(&args.image, format).map_err(to_one)?;
+    if args.quiet {
+        return Ok(r.exit_code());
+    }
+    match args.output {
+        OutputMode::Json => {
+            let mut doc = serde_json::Map::new();
+            let mut put = |k: &str, v: Option<u64>| {
+                if let Some(v) = v.filter(|&v| v != 0) {
+                    doc.insert(k.into(), json!(v));
+                }
+            };
+            put("image-end-offset", r.image_end_offset);
+            put("total-clusters", r.total_clusters);
+            put("allocated-clusters", r.allocated_clusters);
+            put("fragmented-clusters", r.fragmented_clusters);
+            put("compressed-clusters", r.compressed_clusters);
+            put("corruptions", Some(r.corruptions));
+            put("leaks", Some(r.leaks));
+            doc.insert("check-errors".into(), json!(r.check_errors));
+            doc.insert("filename".into(), json!(args.image.display().to_string()));
+            doc.insert("format".into(), json!(format));
+            doc.insert("findings".into(), json!(r.findings));
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        OutputMode::Human => {
+            for f in &r.findings {
+                if f.message.starts_with("ERROR") || f.message.starts_with("Leaked") {
+                    println!("{}", f.message);
+                } else {
+                    let word = match f.problem {
+                        imgconv::Problem::Corruption => "ERROR",
+                        imgconv::Problem::Leak => "Leaked",
+                    };
+                    println!("{word} {} at {:#x}: {}", f.structure, f.offset, f.message);
+                }
+            }
+            let shown = r.findings.len() as u64;
+            if r.corruptions + r.leaks > shown {
+                println!("({} more not shown)", r.corruptions + r.leaks - shown);
+            }
+            if r.corruptions > 0 {
+                println!(
+                    "\n{} errors were found on the image.\nData may be corrupted, or further \
+                     writes to the image may corrupt it.",
+                    r.corruptions
+                );
+            }
+            if r.leaks > 0 {
+                println!(
+                    "\n{} leaked clusters were found on the image.\nThis means waste of disk \
+                     space, but no harm to data.",
+                    r.leaks
+                );
+            }
+            if r.corruptions == 0 && r.leaks == 0 {
+                println!("No errors were found on the image.");
+            }
+            if let (Some(total), Some(alloc)) = (r.total_clusters, r.allocated_clusters) {
+                if total > 0 {
+                    let pct = |n: u64| n as f64 * 100.0 / total as f64;
+                    let of_alloc = |n: u64| {
+                        if alloc == 0 {
+                            0.0
+                        } else {
+                            n as f64 * 100.0 / alloc as f64
+                        }
+                    };
+                    println!(
+                        "{alloc}/{total} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+                        pct(alloc),
+                        of_alloc(r.fragmented_clusters.unwrap_or(0)),
+                        of_alloc(r.compressed_clusters.unwrap_or(0)),
+                    );
+                }
+            }
+            if let Some(end) = r.image_end_offset {
+                println!("Image end offset: {end}");
+            }
+        }
+    }
+    Ok(r.exit_code())
 }
 
 /// `imgconv map`: JSON as `qemu-img map --output json` prints it (an array, an entry a

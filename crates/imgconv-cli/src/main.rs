@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => commands::compare(a),
         Command::Measure(a) => commands::measure(a),
         Command::Map(a) => commands::map(a),
+        Command::Check(a) => commands::check(a),
         Command::Export(a) => commands::export_api(a),
         Command::Serve(a) => imgconv_server::Config::load(&a.config)
             .and_then(imgconv_server::run)

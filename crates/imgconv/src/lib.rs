@@ -39,6 +39,7 @@ compile_error!("imgconv supports 64-bit targets only");
 
 pub(crate) mod buffer;
 pub(crate) mod bytes;
+pub(crate) mod check;
 pub(crate) mod compare;
 pub(crate) mod convert;
 pub(crate) mod detect;
@@ -60,6 +61,7 @@ pub(crate) mod writer;
 pub(crate) mod zero;
 
 pub use buffer::Bytes;
+pub use check::{check_image, CheckReport, Finding, Problem, MAX_FINDINGS};
 pub use compare::{compare, Comparison};
 pub use convert::{convert, measure, plan_for, ConvertOptions, Destination, Summary};
 pub use digest::{Digest, DigestKind};

@@ -36,6 +36,14 @@ pub trait Reader: Send + Sync {
         Ok(Location::unstored(self.map(offset, max_len)?, false))
     }
 
+    /// Check the image's structures against the format's rules (`imgconv check`), adding
+    /// what is wrong to `report`. What the reader refused at opening is not seen here. The
+    /// default finds nothing (RAW has no structures).
+    fn check(&self, report: &mut crate::check::CheckReport) -> Result<()> {
+        let _ = report;
+        Ok(())
+    }
+
     /// What `imgconv info` shows.
     fn info(&self) -> ImageInfo;
 

@@ -257,3 +257,318 @@ fn map_human_lists_the_stored_ranges_like_qemu_img() {
     let qemu = tool("qemu-img", &["map", "-f", "qcow2", path_str(&img)]);
     assert_eq!(ours, String::from_utf8_lossy(&qemu.stdout));
 }
+
+/// `imgconv check --output json IMG`: exit code and document.
+fn imgconv_check(img: &Path) -> (i32, serde_json::Value) {
+    let out = imgconv()
+        .args(["check", "--output", "json"])
+        .arg(img)
+        .output()
+        .expect("run imgconv");
+    let doc =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check JSON ({e}): {out:?}"));
+    (out.status.code().expect("exit code"), doc)
+}
+
+/// `qemu-img check`'s exit code.
+fn qemu_check(img: &Path, format: &str) -> i32 {
+    let out = tool("qemu-img", &["check", "-f", format, path_str(img)]);
+    out.status.code().expect("exit code")
+}
+
+#[test]
+fn check_finds_every_writers_output_clean() {
+    let dir = scratch("check-ours");
+    for (src, _) in image_set(&dir) {
+        for (i, (format, args, _)) in OUTPUTS.iter().enumerate() {
+            let out = dir.join(format!("out-{i}.{format}"));
+            ok(imgconv()
+                .args(["convert", "--force", "-O", format])
+                .args(*args)
+                .arg(&src)
+                .arg(&out));
+            let what = format!("{} -O {format} {args:?}", src.display());
+            let (code, doc) = imgconv_check(&out);
+            assert_eq!(code, 0, "{what}: {doc}");
+            assert_eq!(doc["findings"], serde_json::json!([]), "{what}");
+            if matches!(*format, "qcow2" | "vmdk" | "vdi") {
+                assert_eq!(qemu_check(&out, format), 0, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn check_gives_qemu_img_checks_verdict_and_counters_on_its_images() {
+    let dir = scratch("check-qemu");
+    let src = mixed_source(&dir);
+    let made: &[(&str, &str)] = &[
+        ("qcow2", "cluster_size=65536"),
+        ("qcow2", "compat=0.10"),
+        ("qcow2", "cluster_size=4096"),
+        ("qcow2", "extended_l2=on"),
+        ("qcow2", "preallocation=metadata"),
+        ("vmdk", "subformat=monolithicSparse"),
+        ("vmdk", "subformat=streamOptimized"),
+        ("vdi", "static=off"),
+        ("vdi", "static=on"),
+    ];
+    for (i, (format, opts)) in made.iter().enumerate() {
+        let img = dir.join(format!("q{i}.{format}"));
+        qemu_make(&src, format, opts, &img);
+        let what = format!("{format} {opts}");
+        let (code, doc) = imgconv_check(&img);
+        assert_eq!(code, qemu_check(&img, format), "{what}: {doc}");
+        let q = tool(
+            "qemu-img",
+            &["check", "--output=json", "-f", format, path_str(&img)],
+        );
+        let q: serde_json::Value = serde_json::from_slice(&q.stdout).expect("qemu JSON");
+        for (k, v) in q.as_object().expect("object") {
+            if k != "filename" {
+                assert_eq!(&doc[k], v, "{what}: {k}");
+            }
+        }
+    }
+    // Compressed clusters: counted as compressed and fragmented, as qemu counts them.
+    let img = dir.join("c.qcow2");
+    let c = tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            path_str(&src),
+            path_str(&img),
+        ],
+    );
+    assert!(c.status.success());
+    let (code, doc) = imgconv_check(&img);
+    let q = tool("qemu-img", &["check", "--output=json", path_str(&img)]);
+    let q: serde_json::Value = serde_json::from_slice(&q.stdout).expect("qemu JSON");
+    assert_eq!(code, 0);
+    for k in [
+        "compressed-clusters",
+        "fragmented-clusters",
+        "allocated-clusters",
+        "image-end-offset",
+    ] {
+        assert_eq!(doc[k], q[k], "{k}");
+    }
+}
+
+fn be64_at(b: &[u8], at: u64) -> u64 {
+    u64::from_be_bytes(b[at as usize..at as usize + 8].try_into().expect("8 bytes"))
+}
+
+fn le32_at(b: &[u8], at: u64) -> u32 {
+    u32::from_le_bytes(b[at as usize..at as usize + 4].try_into().expect("4 bytes"))
+}
+
+fn be32_at(b: &[u8], at: u64) -> u32 {
+    u32::from_be_bytes(b[at as usize..at as usize + 4].try_into().expect("4 bytes"))
+}
+
+/// A corrupted copy of `img` at `name`, changed by `f`.
+fn corrupted(dir: &Path, img: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut b = std::fs::read(img).expect("read image");
+    f(&mut b);
+    let out = dir.join(name);
+    std::fs::write(&out, b).expect("write copy");
+    out
+}
+
+/// The first finding of a check, as (structure, offset, message).
+fn first_finding(doc: &serde_json::Value) -> (String, u64, String) {
+    let f = &doc["findings"][0];
+    (
+        f["structure"].as_str().unwrap_or_default().to_string(),
+        f["offset"].as_u64().unwrap_or(u64::MAX),
+        f["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn check_names_corruptions_and_leaks_in_qcow2_copies_as_qemu_img_judges_them() {
+    let dir = scratch("check-qcow2-bad");
+    let src = mixed_source(&dir);
+    let img = dir.join("good.qcow2");
+    qemu_make(&src, "qcow2", "cluster_size=65536", &img);
+    let good = std::fs::read(&img).expect("read");
+    let cs = 65536u64;
+    let l1 = be64_at(&good, 40);
+    let l2 = be64_at(&good, l1) & 0x00ff_ffff_ffff_fe00;
+    let host0 = be64_at(&good, l2) & 0x00ff_ffff_ffff_fe00;
+    let rt = be64_at(&good, 48);
+    let rb = be64_at(&good, rt);
+    // Guest cluster 1 pointed at guest cluster 0's host cluster.
+    let overlap = corrupted(&dir, &img, "overlap.qcow2", |b| {
+        let e = be64_at(b, l2);
+        b[(l2 + 8) as usize..(l2 + 16) as usize].copy_from_slice(&e.to_be_bytes());
+    });
+    // A cluster appended with a refcount of one and no reference.
+    let leak = corrupted(&dir, &img, "leak.qcow2", |b| {
+        let c = b.len() as u64 / cs;
+        b.resize(b.len() + cs as usize, 0);
+        let at = (rb + c * 2) as usize;
+        b[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
+    });
+    // A data cluster whose refcount says unused.
+    let low = corrupted(&dir, &img, "low.qcow2", |b| {
+        let at = (rb + host0 / cs * 2) as usize;
+        b[at..at + 2].copy_from_slice(&0u16.to_be_bytes());
+    });
+    for (copy, want) in [(&overlap, 2), (&leak, 3), (&low, 2)] {
+        let (code, doc) = imgconv_check(copy);
+        assert_eq!(code, want, "{}: {doc}", copy.display());
+        assert_eq!(qemu_check(copy, "qcow2"), want, "{}", copy.display());
+    }
+    let (_, doc) = imgconv_check(&overlap);
+    let msgs: Vec<String> = doc["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let c0 = host0 / cs;
+    assert!(
+        msgs.contains(&format!("ERROR cluster {c0} refcount=1 reference=2")),
+        "{msgs:?}"
+    );
+    assert_eq!(doc["corruptions"], 1);
+    assert_eq!(
+        doc["leaks"], 1,
+        "the cluster no longer referenced leaks: {doc}"
+    );
+    let (_, doc) = imgconv_check(&leak);
+    let (structure, offset, _) = first_finding(&doc);
+    assert_eq!(
+        (structure.as_str(), offset),
+        ("refcount", good.len() as u64)
+    );
+    let (_, doc) = imgconv_check(&low);
+    let (structure, offset, message) = first_finding(&doc);
+    assert_eq!(
+        (structure.as_str(), offset),
+        ("refcount", host0),
+        "{message}"
+    );
+    // The human form: qemu's lines and summary.
+    let out = imgconv().args(["check"]).arg(&low).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("ERROR cluster {c0} refcount=0 reference=1")),
+        "{text}"
+    );
+    assert!(text.contains("1 errors were found on the image."), "{text}");
+}
+
+#[test]
+fn check_names_bad_grain_tables_bat_entries_and_shared_vdi_blocks() {
+    let dir = scratch("check-bad");
+    let src = mixed_source(&dir);
+
+    // VMDK: a grain table past the end of the file; a redundant table that disagrees.
+    let vmdk = dir.join("good.vmdk");
+    ok(imgconv()
+        .args(["convert", "-O", "vmdk", "-o", "subformat=monolithicSparse"])
+        .arg(&src)
+        .arg(&vmdk));
+    let good = std::fs::read(&vmdk).expect("read");
+    let rgd = u64::from_le_bytes(good[48..56].try_into().expect("8")) * 512;
+    let gd = u64::from_le_bytes(good[56..64].try_into().expect("8")) * 512;
+    let past = corrupted(&dir, &vmdk, "gt-past-end.vmdk", |b| {
+        b[gd as usize..gd as usize + 4].copy_from_slice(&0x00ff_ff00u32.to_le_bytes());
+    });
+    let (code, doc) = imgconv_check(&past);
+    assert_eq!(code, 2, "{doc}");
+    let (structure, offset, message) = first_finding(&doc);
+    assert_eq!(
+        (structure.as_str(), offset),
+        ("grain directory", gd),
+        "{message}"
+    );
+    assert!(message.contains("beyond the end of the file"), "{message}");
+    let rgt = u64::from(le32_at(&good, rgd)) * 512;
+    let differs = corrupted(&dir, &vmdk, "rgt-differs.vmdk", |b| {
+        b[rgt as usize..rgt as usize + 4].copy_from_slice(&0u32.to_le_bytes());
+    });
+    let (code, doc) = imgconv_check(&differs);
+    assert_eq!(code, 2, "{doc}");
+    let (structure, offset, _) = first_finding(&doc);
+    assert_eq!((structure.as_str(), offset), ("redundant grain table", rgt));
+
+    // VHD: a BAT entry pointing at the footer; a footer copy that differs.
+    let vhd = dir.join("good.vhd");
+    ok(imgconv().args(["convert", "-O", "vhd"]).arg(&src).arg(&vhd));
+    let good = std::fs::read(&vhd).expect("read");
+    let header = be64_at(&good, 16);
+    let bat = be64_at(&good, header + 16);
+    let footer_sector = (good.len() as u32 - 512) / 512;
+    let on_footer = corrupted(&dir, &vhd, "bat-on-footer.vhd", |b| {
+        b[bat as usize..bat as usize + 4].copy_from_slice(&footer_sector.to_be_bytes());
+    });
+    let (code, doc) = imgconv_check(&on_footer);
+    assert_eq!(code, 2, "{doc}");
+    let (_, offset, message) = first_finding(&doc);
+    assert_eq!(offset, bat, "{message}");
+    assert!(message.contains("block 0"), "{message}");
+    let copy = corrupted(&dir, &vhd, "footer-copy.vhd", |b| b[100] ^= 1);
+    let (code, doc) = imgconv_check(&copy);
+    assert_eq!(code, 2, "{doc}");
+    assert_eq!(first_finding(&doc).0, "footer copy");
+    // Two blocks overlapping each other.
+    let first = be32_at(&good, bat);
+    let second_at = (0..good.len() as u64 / 4)
+        .map(|i| bat + 4 + i * 4)
+        .find(|&at| be32_at(&good, at) != u32::MAX)
+        .expect("a second block");
+    let shared = corrupted(&dir, &vhd, "blocks-overlap.vhd", |b| {
+        b[second_at as usize..second_at as usize + 4].copy_from_slice(&first.to_be_bytes());
+    });
+    let (code, doc) = imgconv_check(&shared);
+    assert_eq!(code, 2, "{doc}");
+    let (structure, offset, _) = first_finding(&doc);
+    assert_eq!((structure.as_str(), offset), ("BAT", second_at));
+
+    // VDI: two blocks sharing one data block.
+    let vdi = dir.join("good.vdi");
+    ok(imgconv().args(["convert", "-O", "vdi"]).arg(&src).arg(&vdi));
+    let good = std::fs::read(&vdi).expect("read");
+    let map = u64::from(le32_at(&good, 0x154));
+    let second = (1..64u64)
+        .find(|i| le32_at(&good, map + i * 4) != u32::MAX)
+        .expect("a second block");
+    let vdi_shared = corrupted(&dir, &vdi, "shared.vdi", |b| {
+        let e = le32_at(b, map);
+        let at = (map + second * 4) as usize;
+        b[at..at + 4].copy_from_slice(&e.to_le_bytes());
+    });
+    let (code, doc) = imgconv_check(&vdi_shared);
+    assert_eq!(code, 2, "{doc}");
+    let (_, offset, message) = first_finding(&doc);
+    assert_eq!(offset, map + second * 4, "{message}");
+    assert!(message.contains("share data block"), "{message}");
+    assert_eq!(qemu_check(&vdi_shared, "vdi"), 2);
+}
+
+#[test]
+fn check_that_cannot_run_exits_one_and_subcommands_are_not_the_short_form() {
+    let dir = scratch("check-errors");
+    let missing = dir.join("missing.qcow2");
+    let out = imgconv()
+        .args(["check"])
+        .arg(&missing)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let raw = dir.join("disk.raw");
+    std::fs::write(&raw, noise(3, 4096)).expect("write");
+    for cmd in ["check", "map"] {
+        let out = imgconv().args([cmd]).arg(&raw).output().expect("run");
+        assert!(out.status.success(), "{cmd}: {out:?}");
+    }
+}

@@ -17,6 +17,7 @@
 //! Limits: the L1 table is at most 32 MiB (qemu's own limit), L2 tables are cached up to
 //! 32 MiB, the snapshot table is read only for `info` and at most 64 MiB of it.
 
+mod check;
 mod compressed;
 pub(crate) mod header;
 mod reader;

@@ -50,10 +50,10 @@ struct Inflate {
 
 /// A QCOW2 image opened for reading.
 pub(crate) struct Qcow2Reader {
-    src: Box<dyn Source>,
-    h: Header,
-    l1: Vec<u64>,
-    file_len: u64,
+    pub(super) src: Box<dyn Source>,
+    pub(super) h: Header,
+    pub(super) l1: Vec<u64>,
+    pub(super) file_len: u64,
     cache: TableCache<u64, u64>,
     /// Whether the image looks preallocated with `preallocation=metadata` (computed on the
     /// first `locate`).
@@ -385,6 +385,10 @@ impl Reader for Qcow2Reader {
             len += r.min(end - offset - len);
         }
         Ok(Mapping { extent, len })
+    }
+
+    fn check(&self, report: &mut crate::check::CheckReport) -> Result<()> {
+        self.check_structures(report)
     }
 
     fn info(&self) -> ImageInfo {

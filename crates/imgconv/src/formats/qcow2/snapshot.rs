@@ -63,3 +63,32 @@ fn names(src: &dyn Source, h: &Header) -> Result<Vec<String>, String> {
     }
     Ok(out)
 }
+
+/// The snapshot table's length in bytes and each snapshot's L1 table (offset, entries), for
+/// `check`. Reads at most [`MAX_TABLE_BYTES`].
+pub(super) fn l1_tables(src: &dyn Source, h: &Header) -> Result<(u64, Vec<(u64, u32)>), String> {
+    let mut pos = h.snapshots_offset;
+    if pos % 8 != 0 || pos == 0 {
+        return Err(format!("misaligned table offset {pos:#x}"));
+    }
+    let mut out = Vec::new();
+    for i in 0..h.nb_snapshots {
+        if pos - h.snapshots_offset > MAX_TABLE_BYTES {
+            return Err("table larger than 64 MiB".into());
+        }
+        let mut fixed = [0u8; ENTRY_FIXED];
+        src.read_exact_at(pos, &mut fixed)
+            .map_err(|_| format!("entry {i} lies beyond the end of the file"))?;
+        let l1 = crate::bytes::be64(&fixed, 0);
+        let l1_size = be32(&fixed, 8);
+        let id_len = u64::from(be16(&fixed, 12));
+        let name_len = u64::from(be16(&fixed, 14));
+        let extra = u64::from(be32(&fixed, 36));
+        if extra > 1024 {
+            return Err(format!("entry {i} has {extra} bytes of extra data"));
+        }
+        out.push((l1, l1_size));
+        pos += (ENTRY_FIXED as u64 + extra + id_len + name_len).div_ceil(8) * 8;
+    }
+    Ok((pos - h.snapshots_offset, out))
+}

@@ -205,6 +205,23 @@ impl Reader for VdiReader {
         })
     }
 
+    /// `imgconv check`, past what opening verified (every block map entry in range, no data
+    /// block shared): the header's allocated count equal to the blocks the map uses.
+    fn check(&self, report: &mut crate::check::CheckReport) -> Result<()> {
+        let used = self.map.iter().filter(|&&e| e != FREE && e != ZERO).count() as u64;
+        if used != u64::from(self.allocated) {
+            report.corruption(
+                "header",
+                0x184,
+                format!(
+                    "ERROR: allocated blocks mismatch, is {used}, should be {}",
+                    self.allocated
+                ),
+            );
+        }
+        Ok(())
+    }
+
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
         let mut mapping = self.map(offset, max_len)?;
         match self.entry(offset) {

@@ -7,6 +7,8 @@ use crate::reader::{check_range, Reader};
 use crate::source::Source;
 
 use super::dynamic_header::DynamicHeader;
+use crate::check::CheckReport;
+
 use super::{checksum, DiskType, Footer, COOKIE, DYNAMIC_HEADER_SIZE, FOOTER_SIZE, UNALLOCATED};
 
 pub(super) fn bad(at: u64, msg: impl Into<String>) -> Error {
@@ -258,6 +260,78 @@ impl VhdReader {
         })
     }
 
+    /// `imgconv check`, past what opening verified (footer and header checksums, every block
+    /// before the footer): a dynamic disk's footer copy at the start equal to the footer,
+    /// and its blocks clear of the header, the BAT and each other.
+    fn check_structures(&self, r: &mut CheckReport) -> Result<()> {
+        let Layout::Dynamic {
+            block_size,
+            bitmap_size,
+            bat,
+        } = &self.layout
+        else {
+            return Ok(());
+        };
+        let len = self.src.len();
+        let mut end = vec![0u8; FOOTER_SIZE as usize];
+        let mut start = vec![0u8; FOOTER_SIZE as usize];
+        self.src.read_exact_at(len - FOOTER_SIZE, &mut end)?;
+        self.src.read_exact_at(0, &mut start)?;
+        if start != end {
+            let at = start
+                .iter()
+                .zip(&end)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            r.corruption(
+                "footer copy",
+                at as u64,
+                format!("the footer copy at the start differs from the footer at byte {at}"),
+            );
+        }
+        let h = read_dynamic_header(&*self.src, &self.footer)?;
+        let bat_end = h.table_offset + (bat.len() as u64 * 4).next_multiple_of(512);
+        let header_end = self.footer.data_offset + DYNAMIC_HEADER_SIZE;
+        let span = bitmap_size + block_size;
+        let mut blocks: Vec<(u64, usize)> = bat
+            .iter()
+            .enumerate()
+            .filter(|(_, &e)| e != UNALLOCATED)
+            .map(|(i, &e)| (u64::from(e) * 512, i))
+            .collect();
+        blocks.sort_unstable();
+        for &(at, i) in &blocks {
+            let entry_at = h.table_offset + i as u64 * 4;
+            let overlaps = |lo: u64, hi: u64| at < hi && lo < at + span;
+            if overlaps(0, FOOTER_SIZE) || overlaps(self.footer.data_offset, header_end) {
+                r.corruption(
+                    "BAT",
+                    entry_at,
+                    format!("block {i} at {at:#x} overlaps the header"),
+                );
+            } else if overlaps(h.table_offset, bat_end) {
+                r.corruption(
+                    "BAT",
+                    entry_at,
+                    format!("block {i} at {at:#x} overlaps the BAT"),
+                );
+            }
+        }
+        for w in blocks.windows(2) {
+            if w[1].0 < w[0].0 + span {
+                r.corruption(
+                    "BAT",
+                    h.table_offset + w[1].1 as u64 * 4,
+                    format!(
+                        "block {} at {:#x} overlaps block {} at {:#x}",
+                        w[1].1, w[1].0, w[0].1, w[0].0
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The sector bitmap bytes covering sectors `first..=last` of the block at `start`.
     fn bitmap(&self, start: u64, first: u64, last: u64) -> Result<Vec<u8>> {
         let mut b = vec![0u8; (last / 8 - first / 8 + 1) as usize];
@@ -273,6 +347,10 @@ fn bit(bits: &[u8], base: u64, s: u64) -> bool {
 }
 
 impl Reader for VhdReader {
+    fn check(&self, report: &mut CheckReport) -> Result<()> {
+        self.check_structures(report)
+    }
+
     fn format(&self) -> Format {
         Format::Vhd
     }

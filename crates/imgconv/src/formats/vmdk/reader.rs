@@ -301,6 +301,15 @@ impl Reader for VmdkReader {
         Ok(Mapping { extent, len })
     }
 
+    fn check(&self, report: &mut crate::check::CheckReport) -> Result<()> {
+        for (i, p) in self.pieces.iter().enumerate() {
+            if let Part::Sparse(s) = &p.part {
+                s.check(i, report)?;
+            }
+        }
+        Ok(())
+    }
+
     fn info(&self) -> ImageInfo {
         let d = &self.descriptor;
         let mut details = Vec::new();

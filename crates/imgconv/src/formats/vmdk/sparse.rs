@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
+use crate::check::CheckReport;
 use crate::error::{Error, Result};
 use crate::formats::table_cache::TableCache;
 use crate::model::{Extent, Format};
 use crate::source::Source;
 
-use super::header::{SparseHeader, FLAG_ZEROED_GTE, GD_AT_END};
+use super::header::{SparseHeader, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
 
 /// Grain tables kept in memory at most (bytes).
 const GT_CACHE_BYTES: usize = 16 << 20;
@@ -20,6 +21,9 @@ pub(super) enum Grain {
     Plain(u64),
     Compressed(u64),
 }
+
+/// Plain grains a check compares for overlaps at most (16 bytes each: 256 MiB).
+const MAX_CHECKED_GRAINS: usize = 1 << 24;
 
 /// An opened sparse extent.
 pub(super) struct SparseExtent {
@@ -109,6 +113,162 @@ impl SparseExtent {
                 Ok(crate::bytes::le32s(&raw).collect())
             })
             .map(Some)
+    }
+
+    /// `imgconv check`: every grain table inside the file and read once, every grain inside
+    /// the file, past the metadata and apart from every other, and the redundant grain
+    /// directory and tables equal to the primary ones. Findings name `extent`.
+    pub(super) fn check(&self, extent: usize, r: &mut CheckReport) -> Result<()> {
+        let gb = self.h.grain_bytes();
+        let gt_bytes = u64::from(self.h.gt_entries) * 4;
+        let gd_at = self.h.gd_offset * 512;
+        let meta_end = self.h.overhead * 512;
+        let zeroed = self.h.flags & FLAG_ZEROED_GTE != 0;
+        let mut tables = std::collections::HashMap::new();
+        let mut grains: Vec<(u64, u64)> = Vec::new();
+        let mut raw = vec![0u8; gt_bytes as usize];
+        for (i, &sector) in self.gd.iter().enumerate() {
+            if sector == 0 {
+                continue;
+            }
+            let entry_at = gd_at + i as u64 * 4;
+            let at = u64::from(sector) * 512;
+            if at
+                .checked_add(gt_bytes)
+                .is_none_or(|end| end > self.file_len)
+            {
+                r.corruption(
+                    "grain directory",
+                    entry_at,
+                    format!("extent {extent}: grain table {i} at {at:#x} lies beyond the end of the file"),
+                );
+                continue;
+            }
+            if let Some(other) = tables.insert(sector, i) {
+                r.corruption(
+                    "grain directory",
+                    entry_at,
+                    format!("extent {extent}: grain tables {other} and {i} are both at {at:#x}"),
+                );
+                continue;
+            }
+            self.src.read_exact_at(at, &mut raw)?;
+            for (j, e) in crate::bytes::le32s(&raw).enumerate() {
+                if e == 0 || (e == 1 && zeroed) {
+                    continue;
+                }
+                let g_at = u64::from(e) * 512;
+                let gte_at = at + j as u64 * 4;
+                let what = format!(
+                    "extent {extent}: grain {} at {g_at:#x}",
+                    i as u64 * u64::from(self.h.gt_entries) + j as u64
+                );
+                if self.h.compressed() {
+                    if g_at >= self.file_len {
+                        r.corruption(
+                            "grain table",
+                            gte_at,
+                            format!("{what} lies beyond the end of the file"),
+                        );
+                    }
+                } else if g_at + gb > self.file_len {
+                    r.corruption(
+                        "grain table",
+                        gte_at,
+                        format!("{what} runs past the end of the file"),
+                    );
+                } else if g_at < meta_end {
+                    r.corruption(
+                        "grain table",
+                        gte_at,
+                        format!("{what} overlaps the metadata (the first {meta_end} bytes)"),
+                    );
+                } else if grains.len() < MAX_CHECKED_GRAINS {
+                    grains.push((g_at, gte_at));
+                } else {
+                    r.check_errors += 1;
+                    break;
+                }
+            }
+        }
+        grains.sort_unstable();
+        for w in grains.windows(2) {
+            if w[1].0 < w[0].0 + gb {
+                r.corruption(
+                    "grain table",
+                    w[1].1,
+                    format!(
+                        "extent {extent}: the grain at {:#x} overlaps the grain at {:#x}",
+                        w[1].0, w[0].0
+                    ),
+                );
+            }
+        }
+        if self.h.flags & FLAG_RGD != 0 && self.h.rgd_offset != 0 && !self.h.compressed() {
+            self.check_redundant(extent, r)?;
+        }
+        Ok(())
+    }
+
+    /// The redundant grain directory and its tables against the primary ones.
+    fn check_redundant(&self, extent: usize, r: &mut CheckReport) -> Result<()> {
+        let rgd_at = self.h.rgd_offset * 512;
+        let n = self.gd.len() as u64;
+        let gt_bytes = u64::from(self.h.gt_entries) * 4;
+        if rgd_at
+            .checked_add(n * 4)
+            .is_none_or(|end| end > self.file_len)
+        {
+            r.corruption(
+                "redundant grain directory",
+                rgd_at,
+                format!("extent {extent}: the redundant grain directory lies beyond the end of the file"),
+            );
+            return Ok(());
+        }
+        let mut raw = vec![0u8; (n * 4) as usize];
+        self.src.read_exact_at(rgd_at, &mut raw)?;
+        let rgd: Vec<u32> = crate::bytes::le32s(&raw).collect();
+        let (mut a, mut b) = (vec![0u8; gt_bytes as usize], vec![0u8; gt_bytes as usize]);
+        for (i, (&p, &q)) in self.gd.iter().zip(&rgd).enumerate() {
+            let entry_at = rgd_at + i as u64 * 4;
+            if (p == 0) != (q == 0) {
+                r.corruption(
+                    "redundant grain directory",
+                    entry_at,
+                    format!("extent {extent}: entry {i} is {q}, the primary's is {p}"),
+                );
+                continue;
+            }
+            let (pa, qa) = (u64::from(p) * 512, u64::from(q) * 512);
+            if p == 0 || pa + gt_bytes > self.file_len {
+                continue;
+            }
+            if qa + gt_bytes > self.file_len {
+                r.corruption(
+                    "redundant grain directory",
+                    entry_at,
+                    format!("extent {extent}: redundant grain table {i} at {qa:#x} lies beyond the end of the file"),
+                );
+                continue;
+            }
+            self.src.read_exact_at(pa, &mut a)?;
+            self.src.read_exact_at(qa, &mut b)?;
+            if let Some(j) = (0..a.len() / 4).find(|&j| a[j * 4..j * 4 + 4] != b[j * 4..j * 4 + 4])
+            {
+                let get = |t: &[u8]| crate::bytes::le32(t, j * 4);
+                r.corruption(
+                    "redundant grain table",
+                    qa + j as u64 * 4,
+                    format!(
+                        "extent {extent}: entry {j} of redundant grain table {i} is {}, the primary's is {}",
+                        get(&b),
+                        get(&a)
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The grain with index `g`.
