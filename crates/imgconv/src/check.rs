@@ -82,9 +82,12 @@ impl CheckReport {
         }
     }
 
-    /// qemu-img check's exit code: 0 clean, 2 corruptions, 3 leaks only.
+    /// qemu-img check's exit code: 0 clean, 2 corruptions, 3 leaks only, 1 when parts of the
+    /// image could not be checked.
     pub fn exit_code(&self) -> u8 {
-        if self.corruptions > 0 {
+        if self.check_errors > 0 {
+            1
+        } else if self.corruptions > 0 {
             2
         } else if self.leaks > 0 {
             3

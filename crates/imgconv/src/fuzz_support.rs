@@ -250,10 +250,25 @@ pub fn qcow2_reader(input: &[u8]) -> bool {
     }
 }
 
-/// Open succeeded: `info`, then walk the map and read the first `FUZZ_READ_LIMIT` bytes.
+/// Open succeeded: `info`, `check`, the first locations of `map`, then walk the map and read
+/// the first `FUZZ_READ_LIMIT` bytes.
 /// Errors are fine; a panic, an empty mapping or a huge allocation is a bug.
 fn exercise(reader: &dyn crate::reader::Reader) {
     let _ = reader.info();
+    let mut report = crate::check::CheckReport::default();
+    let _ = reader.check(&mut report);
+    let size = reader.virtual_size();
+    let mut pos = 0;
+    for _ in 0..4096 {
+        if pos >= size {
+            break;
+        }
+        let Ok(l) = reader.locate(pos, size - pos) else {
+            break;
+        };
+        assert!(l.mapping.len > 0, "empty location at {pos}");
+        pos += l.mapping.len;
+    }
     let end = reader.virtual_size().min(FUZZ_READ_LIMIT);
     let mut pos = 0;
     while pos < end {

@@ -44,6 +44,11 @@ impl Refs {
     }
 }
 
+/// L2 tables walked at most, per host cluster of the file: snapshots share L2 tables with
+/// the active layer, so a real image walks each a few times; a crafted one that points many
+/// snapshots at one large L1 table stops here (a check error) instead of running for hours.
+const L2_WALKS_PER_CLUSTER: u64 = 64;
+
 /// Guest-side counters (qemu's "bfi").
 #[derive(Default)]
 struct Counters {
@@ -71,6 +76,7 @@ impl Qcow2Reader {
             cs,
         };
         let mut bfi = Counters::default();
+        let mut budget = nclusters * L2_WALKS_PER_CLUSTER + 1024;
         refs.add(r, "header", 0, 0, cs);
         refs.add(
             r,
@@ -79,7 +85,14 @@ impl Qcow2Reader {
             h.l1_table_offset,
             self.l1.len() as u64 * 8,
         );
-        self.check_l1(r, &mut refs, &self.l1, h.l1_table_offset, Some(&mut bfi))?;
+        self.check_l1(
+            r,
+            &mut refs,
+            &self.l1,
+            h.l1_table_offset,
+            Some(&mut bfi),
+            &mut budget,
+        )?;
 
         // Snapshots hold references of their own.
         if h.nb_snapshots > 0 {
@@ -108,7 +121,7 @@ impl Qcow2Reader {
                         }
                         self.src.read_exact_at(off, &mut raw)?;
                         let l1: Vec<u64> = crate::bytes::be64s(&raw).collect();
-                        self.check_l1(r, &mut refs, &l1, off, None)?;
+                        self.check_l1(r, &mut refs, &l1, off, None, &mut budget)?;
                     }
                 }
                 Err(why) => r.corruption("snapshot table", 64, why),
@@ -183,6 +196,7 @@ impl Qcow2Reader {
         l1: &[u64],
         l1_at: u64,
         mut bfi: Option<&mut Counters>,
+        budget: &mut u64,
     ) -> Result<()> {
         let h = &self.h;
         let cs = h.cluster_size();
@@ -213,6 +227,11 @@ impl Qcow2Reader {
                 continue;
             }
             refs.add(r, "L2 table", at, off, cs);
+            if *budget == 0 {
+                r.check_errors += 1;
+                return Ok(());
+            }
+            *budget -= 1;
             self.src.read_exact_at(off, &mut table)?;
             let step = if ext { 16 } else { 8 };
             for j in 0..per_l2 {
