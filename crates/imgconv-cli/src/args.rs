@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Convert, inspect, compare and measure virtual-disk images.
+/// Convert, inspect, check, map, compare and measure virtual-disk images.
 ///
 /// `imgconv IN OUT` converts IN to OUT, choosing the output format from OUT's extension; it is
 /// short for `imgconv convert IN OUT`.
@@ -13,8 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "imgconv",
     version,
     about,
-    after_help = "Exit codes: 0 success (compare: identical), 1 compare: images differ, \
-                  2 usage error or invalid argument (compare: any error), 3 input or bucket not found, \
+    after_help = "Exit codes: 0 success (compare: identical; check: clean), 1 compare: images \
+                  differ (check: could not check), 2 usage error or invalid argument (compare: any \
+                  error; check: corruptions), 3 input or bucket not found (check: leaks only), \
                   4 input is not a file, 5 output or object exists (use --force), 6 I/O error, \
                   7 no space left or file too large, 8 invalid or corrupt image, \
                   9 unsupported format or feature, 10 limit exceeded, \
