@@ -212,9 +212,9 @@ impl SparseExtent {
 
     /// The redundant grain directory and its tables against the primary ones.
     fn check_redundant(&self, extent: usize, r: &mut CheckReport) -> Result<()> {
-        let rgd_at = self.h.rgd_offset * 512;
         let n = self.gd.len() as u64;
         let gt_bytes = u64::from(self.h.gt_entries) * 4;
+        let rgd_at = self.h.rgd_offset.saturating_mul(512);
         if rgd_at
             .checked_add(n * 4)
             .is_none_or(|end| end > self.file_len)
