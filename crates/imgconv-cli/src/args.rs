@@ -216,6 +216,17 @@ pub(crate) struct ConvertArgs {
     /// Do not fsync the output before publishing it (faster; not crash-safe).
     #[arg(long)]
     pub(crate) no_sync: bool,
+    /// Reproducible output: every id and date the output holds (VMDK CID and content ids, VHD
+    /// unique id and timestamp, VDI uuids) comes from the input's content, the options and
+    /// $SOURCE_DATE_EPOCH (0 when unset), so the same input and options give the same bytes.
+    /// On whenever SOURCE_DATE_EPOCH is set. Costs one more read of the input for VMDK, VHD
+    /// and VDI outputs.
+    #[arg(long)]
+    pub(crate) deterministic: bool,
+    /// Bytes of the disk each pipeline chunk holds (default 4M); the output does not depend
+    /// on it.
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) chunk_size: Option<String>,
     /// How to print the result (digests, sizes).
     #[arg(long, value_enum, default_value_t = OutputMode::Human, value_name = "MODE")]
     pub(crate) output: OutputMode,

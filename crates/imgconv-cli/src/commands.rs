@@ -152,6 +152,16 @@ fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
     let mut options = ConvertOptions::new(format);
     options.writer_options = writer_options(&a.options)?;
     options.compress = a.compress;
+    options.deterministic = deterministic(a.deterministic)?;
+    if let Some(size) = &a.chunk_size {
+        let n = imgconv::parse_size(size)?;
+        if !(4096..=(1 << 30)).contains(&n) {
+            return Err(Error::invalid_argument(format!(
+                "--chunk-size {size} is not between 4K and 1G"
+            )));
+        }
+        options.pipeline.chunk_size = n;
+    }
     if let Some(list) = &a.digest {
         options.digests = DigestKind::parse_list(list)?;
     }
@@ -397,6 +407,19 @@ pub(crate) fn human_size(bytes: u64) -> String {
         text
     };
     format!("{text} {}", UNITS[unit])
+}
+
+/// The epoch of reproducible output: `$SOURCE_DATE_EPOCH` when set (which asks for it too),
+/// else 0 with `--deterministic`; `None` for random ids and the current time.
+fn deterministic(flag: bool) -> Result<Option<u64>, Error> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            Error::invalid_argument(format!(
+                "SOURCE_DATE_EPOCH '{v}' is not a number of seconds since 1970"
+            ))
+        }),
+        Err(_) => Ok(flag.then_some(0)),
+    }
 }
 
 /// `compare` exits 0 identical, 1 different, and 2 on any error (as qemu-img does).

@@ -160,10 +160,12 @@ fn location_of(target: &Target) -> String {
 /// Export `reader` in Oracle Cloud's `OCI` format: one tar holding `image_metadata.json`
 /// (`metadata`) and `output.QCOW2`, streamed into a bucket or PAR target in one pass (the
 /// QCOW2's exact size is measured first, for its tar header). The digests are the archive's.
+/// With `epoch` (seconds since 1970), the archive is reproducible: its entries are dated then.
 pub fn export_oci_archive(
     reader: &dyn Reader,
     target: &Target,
     metadata: &serde_json::Value,
+    epoch: Option<u64>,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<Exported> {
@@ -175,7 +177,7 @@ pub fn export_oci_archive(
     let disk = imgconv::measure(reader, &options, cancel)?.required;
     let sink = upload_sink(target, disk.saturating_add(1 << 20), cancel)?;
     let digests: crate::oci::Digests = Default::default();
-    let archive = crate::oci::OciArchiveSink::new(sink, metadata, disk, digests.clone())?;
+    let archive = crate::oci::OciArchiveSink::new(sink, metadata, disk, epoch, digests.clone())?;
     let summary = convert(
         reader,
         Destination::Sink(Box::new(archive)),

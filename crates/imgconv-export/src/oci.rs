@@ -80,17 +80,20 @@ pub(crate) struct OciArchiveSink {
 
 impl OciArchiveSink {
     /// Start the archive: the metadata entry, then the header of a `disk_size`-byte
-    /// `output.QCOW2`.
+    /// `output.QCOW2`, both dated `epoch` (now when `None`).
     pub(crate) fn new(
         inner: Box<dyn Sink>,
         metadata: &serde_json::Value,
         disk_size: u64,
+        epoch: Option<u64>,
         out: Digests,
     ) -> Result<Self> {
-        let mtime = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let mtime = epoch.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        });
         let meta = serde_json::to_vec_pretty(metadata)
             .map_err(|e| Error::new(ErrorKind::Internal, "image metadata").with_source(e))?;
         let mut s = OciArchiveSink {

@@ -14,6 +14,7 @@ use crate::formats::raw::{RawOptions, RawWriter};
 use crate::formats::vdi::{VdiOptions, VdiWriter};
 use crate::formats::vhd::{DiskType, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
 use crate::formats::vmdk::{SparseWriter, StreamWriter, VmdkOptions};
+use crate::identity::{content_digest, Identity};
 use crate::model::{Format, Plan};
 use crate::pipeline::{self, PipelineConfig};
 use crate::planner;
@@ -38,6 +39,12 @@ pub struct ConvertOptions {
     /// An allocation plan computed earlier ([`plan_for`]) for the same reader: used instead of
     /// planning again when its unit is the writer's. `measure` uses it too.
     pub plan: Option<Arc<Plan>>,
+    /// Reproducible output: every id and date the output holds (VMDK CID and content ids,
+    /// VHD unique id and timestamp, VDI uuids) is derived from the input's content digest,
+    /// the format and options, and this epoch (seconds since 1970, as `SOURCE_DATE_EPOCH`),
+    /// which is also the date written. Costs one more read of the input's data when the
+    /// output format holds ids. `None`: random ids and the current time.
+    pub deterministic: Option<u64>,
 }
 
 impl ConvertOptions {
@@ -50,7 +57,22 @@ impl ConvertOptions {
             compress: false,
             pipeline: PipelineConfig::default(),
             plan: None,
+            deterministic: None,
         }
+    }
+
+    /// The identity of this output of `reader` when [`ConvertOptions::deterministic`] asks for
+    /// one (reads the input to digest its content).
+    fn identity_for(&self, reader: &dyn Reader, cancel: &CancelToken) -> Result<Option<Identity>> {
+        let Some(epoch) = self.deterministic else {
+            return Ok(None);
+        };
+        let content = content_digest(reader, cancel)?;
+        let options = format!(
+            "{}|{:?}|{}",
+            self.format, self.writer_options, self.compress
+        );
+        Ok(Some(Identity::derive(&content, &options, epoch)))
     }
 
     /// Use `plan` (from [`plan_for`] on the same reader) instead of planning again.
@@ -237,7 +259,12 @@ struct RunWriter<'a> {
 impl WriterUse for RunWriter<'_> {
     type Out = Summary;
 
-    fn writer<W: Writer>(self, writer: W, preallocation: Preallocation) -> Result<Summary> {
+    fn writer<W: Writer>(self, mut writer: W, preallocation: Preallocation) -> Result<Summary> {
+        if writer.embeds_ids() {
+            if let Some(id) = self.opts.identity_for(self.reader, self.cancel)? {
+                writer.set_identity(&id);
+            }
+        }
         let sink = make_sink(self.dest, preallocation, writer.output_len())?;
         run(
             self.reader,
@@ -250,7 +277,8 @@ impl WriterUse for RunWriter<'_> {
         )
     }
 
-    fn flat_vmdk(self, options: VmdkOptions) -> Result<Summary> {
+    fn flat_vmdk(self, mut options: VmdkOptions) -> Result<Summary> {
+        options.identity = self.opts.identity_for(self.reader, self.cancel)?;
         flat_vmdk(
             self.reader,
             self.dest,

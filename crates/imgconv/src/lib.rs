@@ -48,6 +48,7 @@ pub(crate) mod error;
 pub(crate) mod formats;
 #[doc(hidden)]
 pub mod fuzz_support;
+pub(crate) mod identity;
 pub(crate) mod inspect;
 pub(crate) mod model;
 pub(crate) mod open;
@@ -67,6 +68,7 @@ pub use convert::{convert, measure, plan_for, ConvertOptions, Destination, Summa
 pub use digest::{Digest, DigestKind};
 pub use error::{Error, ErrorKind, Result};
 pub use formats::options::{parse_size, WriterOptions};
+pub use identity::{content_digest, Identity};
 pub use inspect::{map_image, MapEntry};
 pub use model::{Chunk, Plan};
 pub use model::{Extent, Format, ImageInfo, Location, Mapping, UnitIndex};

@@ -141,6 +141,17 @@ pub trait Writer: Send {
         Vec::new()
     }
 
+    /// Derive every id and date the output holds from `identity` instead of randomness and
+    /// the clock (reproducible output). Writers whose output holds none ignore it.
+    fn set_identity(&mut self, identity: &crate::identity::Identity) {
+        let _ = identity;
+    }
+
+    /// Whether the output holds ids or dates ([`Writer::set_identity`] matters).
+    fn embeds_ids(&self) -> bool {
+        false
+    }
+
     /// Whether [`Writer::measure`] needs the input's plan (the output's size depends on which
     /// units hold data).
     fn measure_needs_plan(&self) -> bool {

@@ -9,6 +9,7 @@ mod failures;
 mod inspect;
 mod qcow2;
 mod raw;
+mod reproducible;
 mod serve;
 mod tools;
 mod vdi;

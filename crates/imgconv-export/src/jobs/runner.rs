@@ -257,7 +257,15 @@ impl JobStore {
                 }
             }))
         };
-        let outcome = run_spec(&job.spec, credentials, &progress, &cancel, recorder, gate);
+        let outcome = run_spec(
+            &job.spec,
+            job.created,
+            credentials,
+            &progress,
+            &cancel,
+            recorder,
+            gate,
+        );
         stop.store(true, Ordering::Relaxed);
         let _ = watcher.join();
         if lost.load(Ordering::SeqCst) {
@@ -365,8 +373,12 @@ pub(super) fn abort_upload(
     }
 }
 
+/// Run one job's export. Its output is reproducible, dated when the job was created: a
+/// retried job writes the same bytes.
+#[allow(clippy::too_many_arguments)]
 fn run_spec(
     spec: &JobSpec,
+    created: u64,
     credentials: Option<Credentials>,
     progress: &dyn Progress,
     cancel: &CancelToken,
@@ -381,6 +393,7 @@ fn run_spec(
     }
     options.writer_options = wo;
     options.compress = spec.compress;
+    options.deterministic = Some(created);
     let target = match &spec.target {
         TargetSpec::S3 {
             endpoint,
@@ -428,6 +441,7 @@ fn run_spec(
                 .oci_metadata
                 .clone()
                 .unwrap_or_else(crate::oci_image_metadata),
+            Some(created),
             progress,
             cancel,
         )?

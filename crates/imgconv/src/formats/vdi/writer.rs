@@ -57,6 +57,7 @@ pub(crate) struct VdiWriter {
     data_offset: u64,
     allocated: u64,
     written: u64,
+    identity: Option<crate::identity::Identity>,
 }
 
 impl VdiWriter {
@@ -77,6 +78,7 @@ impl VdiWriter {
             data_offset,
             allocated: 0,
             written: 0,
+            identity: None,
         })
     }
 
@@ -99,8 +101,9 @@ impl VdiWriter {
         h.lchs_geometry = geometry;
         h.blocks = self.blocks as u32;
         h.allocated = self.allocated as u32;
-        h.uuid_create = uuid::Uuid::new_v4().to_bytes_le();
-        h.uuid_modify = uuid::Uuid::new_v4().to_bytes_le();
+        let id = self.identity.as_ref();
+        h.uuid_create = crate::identity::new_uuid(id, "vdi uuid").to_bytes_le();
+        h.uuid_modify = crate::identity::new_uuid(id, "vdi modification uuid").to_bytes_le();
         h.encode().to_vec()
     }
 }
@@ -122,6 +125,14 @@ impl Writer for VdiWriter {
 
     fn output_len(&self) -> Option<u64> {
         None
+    }
+
+    fn embeds_ids(&self) -> bool {
+        true
+    }
+
+    fn set_identity(&mut self, identity: &crate::identity::Identity) {
+        self.identity = Some(*identity);
     }
 
     fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {

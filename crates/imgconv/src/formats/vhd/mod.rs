@@ -327,6 +327,12 @@ pub(crate) fn timestamp_now() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    timestamp_at(unix)
+}
+
+/// `unix` (seconds since 1970) as a VHD timestamp: seconds since 2000-01-01 UTC (0 before
+/// it, saturated after 2136).
+pub(crate) fn timestamp_at(unix: u64) -> u32 {
     u32::try_from(unix.saturating_sub(EPOCH_2000)).unwrap_or(u32::MAX)
 }
 

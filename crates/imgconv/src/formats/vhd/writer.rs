@@ -13,8 +13,8 @@ use crate::writer::{plan_given, Encoder, Measure, Writer, WriterSummary};
 
 use super::dynamic_header::DynamicHeader;
 use super::{
-    timestamp_now, DiskType, Footer, Geometry, CREATOR, DEFAULT_BLOCK_SIZE, DYNAMIC_HEADER_SIZE,
-    FOOTER_SIZE, MAX_DYNAMIC_SIZE, UNALLOCATED, VERSION,
+    timestamp_at, timestamp_now, DiskType, Footer, Geometry, CREATOR, DEFAULT_BLOCK_SIZE,
+    DYNAMIC_HEADER_SIZE, FOOTER_SIZE, MAX_DYNAMIC_SIZE, UNALLOCATED, VERSION,
 };
 
 const MIB: u64 = 1 << 20;
@@ -141,8 +141,13 @@ impl VhdOptions {
     }
 }
 
-/// The footer of a new disk.
-fn new_footer(kind: DiskType, disk_size: u64, data_offset: u64) -> Footer {
+/// The footer of a new disk: dated now with a random id, or both from `identity`.
+fn new_footer(
+    kind: DiskType,
+    disk_size: u64,
+    data_offset: u64,
+    identity: Option<&crate::identity::Identity>,
+) -> Footer {
     let mut version = env!("CARGO_PKG_VERSION")
         .split('.')
         .map(|p| p.parse::<u32>().unwrap_or(0));
@@ -151,7 +156,7 @@ fn new_footer(kind: DiskType, disk_size: u64, data_offset: u64) -> Footer {
     Footer {
         version: VERSION,
         data_offset,
-        timestamp: timestamp_now(),
+        timestamp: identity.map_or_else(timestamp_now, |i| timestamp_at(i.epoch())),
         creator: *CREATOR,
         creator_version: (major << 16) | (minor & 0xffff),
         creator_os: *b"Wi2k",
@@ -160,7 +165,7 @@ fn new_footer(kind: DiskType, disk_size: u64, data_offset: u64) -> Footer {
         geometry: Geometry::for_size(disk_size),
         disk_type: kind.code(),
         checksum: 0,
-        uuid: *uuid::Uuid::new_v4().as_bytes(),
+        uuid: *crate::identity::new_uuid(identity, "vhd unique id").as_bytes(),
     }
 }
 
@@ -181,7 +186,7 @@ impl VhdFixedWriter {
         Ok(VhdFixedWriter {
             raw: RawWriter::padded(size, disk_size),
             disk_size,
-            footer: new_footer(DiskType::Fixed, disk_size, u64::MAX).encode(),
+            footer: new_footer(DiskType::Fixed, disk_size, u64::MAX, None).encode(),
             note,
         })
     }
@@ -204,6 +209,15 @@ impl Writer for VhdFixedWriter {
 
     fn output_len(&self) -> Option<u64> {
         Some(self.disk_size + FOOTER_SIZE)
+    }
+
+    fn embeds_ids(&self) -> bool {
+        true
+    }
+
+    fn set_identity(&mut self, identity: &crate::identity::Identity) {
+        self.footer =
+            new_footer(DiskType::Fixed, self.disk_size, u64::MAX, Some(identity)).encode();
     }
 
     fn disk_size(&self) -> Option<u64> {
@@ -380,7 +394,7 @@ impl VhdDynamicWriter {
         bitmap[..sectors / 8].fill(0xff);
         Ok(VhdDynamicWriter {
             layout,
-            footer: new_footer(DiskType::Dynamic, disk_size, FOOTER_SIZE).encode(),
+            footer: new_footer(DiskType::Dynamic, disk_size, FOOTER_SIZE, None).encode(),
             bitmap: Bytes::from_vec(bitmap),
             allocated: 0,
             written: 0,
@@ -415,6 +429,20 @@ impl Writer for VhdDynamicWriter {
 
     fn disk_size(&self) -> Option<u64> {
         Some(self.layout.disk_size)
+    }
+
+    fn embeds_ids(&self) -> bool {
+        true
+    }
+
+    fn set_identity(&mut self, identity: &crate::identity::Identity) {
+        self.footer = new_footer(
+            DiskType::Dynamic,
+            self.layout.disk_size,
+            FOOTER_SIZE,
+            Some(identity),
+        )
+        .encode();
     }
 
     fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {

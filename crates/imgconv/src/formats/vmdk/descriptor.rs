@@ -209,7 +209,7 @@ pub(super) fn descriptor(
     create_type: &str,
     extent: &str,
 ) -> String {
-    let content = uuid::Uuid::new_v4();
+    let content = crate::identity::new_uuid(o.identity.as_ref(), "vmdk content id");
     let mut cid = (content.as_u128() & 0xffff_ffff) as u32;
     if cid >= 0xffff_fffe {
         cid = 0x1234_5678;

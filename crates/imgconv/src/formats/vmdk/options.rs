@@ -17,6 +17,8 @@ pub(crate) struct VmdkOptions {
     pub level: i32,
     /// The extent file name the descriptor names (the output's own name).
     pub file_name: String,
+    /// Where the descriptor's ids come from (reproducible output); random when `None`.
+    pub identity: Option<crate::identity::Identity>,
 }
 
 impl VmdkOptions {
@@ -69,6 +71,7 @@ impl VmdkOptions {
                 hw_version,
                 level,
                 file_name: file_name.to_string(),
+                identity: None,
             },
         ))
     }

@@ -135,6 +135,14 @@ impl Writer for SparseWriter {
         None
     }
 
+    fn embeds_ids(&self) -> bool {
+        true
+    }
+
+    fn set_identity(&mut self, identity: &crate::identity::Identity) {
+        self.opts.identity = Some(*identity);
+    }
+
     fn measure(&self, plan: Option<&Plan>) -> Result<Measure> {
         let l = self.layout;
         let grains = l.capacity.div_ceil(GRAIN_SECTORS);

@@ -172,6 +172,14 @@ impl Writer for StreamWriter {
         None
     }
 
+    fn embeds_ids(&self) -> bool {
+        true
+    }
+
+    fn set_identity(&mut self, identity: &crate::identity::Identity) {
+        self.opts.identity = Some(*identity);
+    }
+
     fn measure_needs_plan(&self) -> bool {
         true
     }
