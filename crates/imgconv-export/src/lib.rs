@@ -40,5 +40,5 @@ pub use credentials::{profile_setting, Credentials};
 pub use export::{export, export_oci_archive, Exported, Target};
 pub use oci::default_metadata as oci_image_metadata;
 pub use par::{ParConfig, ParSink, ParUrl, PAR_MAX_PART_SIZE};
-pub use parts::{PublishGate, UploadHook};
+pub use parts::{PartHook, PartRecorder, PublishGate, StoredPart, UploadHook};
 pub use s3::{S3Config, S3Location, S3Sink, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};

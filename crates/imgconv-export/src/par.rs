@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use imgconv::{Error, ErrorKind, Result};
 use url::Url;
 
-use crate::parts::{delegate_sink, Backend, Http, PartSink, Transfer, Uploaded};
+use crate::parts::{delegate_sink, Backend, Http, Listed, PartSink, Transfer, Uploaded};
 
 /// OCI's largest part.
 pub const PAR_MAX_PART_SIZE: u64 = 50 << 30;
@@ -64,6 +64,20 @@ impl ParConfig {
     /// Ask `gate` right before the object is published; its error aborts the upload instead.
     pub fn before_publish(mut self, gate: crate::PublishGate) -> Self {
         self.transfer.before_publish = Some(gate);
+        self
+    }
+
+    /// The unfinished upload of an earlier run of this export. A PAR cannot list an upload's
+    /// parts, so it is aborted and the output is sent again in a new upload.
+    pub fn resume_upload(mut self, upload: Option<String>) -> Self {
+        self.transfer.resume = upload.map(|u| (u, BTreeMap::new()));
+        self
+    }
+
+    /// Leave the multipart upload in place when the export fails or is stopped (the caller
+    /// aborts it with [`ParSink::abort_upload`]).
+    pub fn keep_upload_on_failure(mut self) -> Self {
+        self.transfer.keep_upload = true;
         self
     }
 
@@ -234,6 +248,15 @@ impl Backend for Par {
                 .http
                 .send("aborting the upload", "DELETE", &url, &[], None);
         }
+    }
+
+    /// The PAR protocol has no request that lists an upload's parts.
+    fn list_parts(&self, _upload: &str) -> Result<Option<BTreeMap<u16, Listed>>> {
+        Ok(None)
+    }
+
+    fn reuse(&self, _listed: &Listed, _data: &[u8], _md5: &str) -> Option<Uploaded> {
+        None
     }
 }
 

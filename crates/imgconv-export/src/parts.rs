@@ -30,6 +30,31 @@ impl std::fmt::Debug for UploadHook {
     }
 }
 
+/// A part stored in a multipart upload, as a caller records it so that a later run can tell
+/// which parts of the upload hold the bytes it would send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPart {
+    /// Its size in bytes.
+    pub size: u64,
+    /// The MD5 of its bytes, hex.
+    pub md5: String,
+    /// The ETag the server answered.
+    pub etag: String,
+}
+
+/// What a [`PartHook`] calls: the upload's handle, the part number and what was stored.
+pub type PartRecorder = dyn Fn(&str, u16, &StoredPart) + Send + Sync;
+
+/// Called each time a part is stored.
+#[derive(Clone)]
+pub struct PartHook(pub Arc<PartRecorder>);
+
+impl std::fmt::Debug for PartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartHook")
+    }
+}
+
 /// Asked right before an object is published (the multipart upload completed, or the single
 /// PUT sent): an error stops the publication and aborts the upload. A job runner uses it to
 /// check that it still holds the job's lease, so that a runner that lost its job never
@@ -56,6 +81,14 @@ pub(crate) struct Transfer {
     pub(crate) before_publish: Option<PublishGate>,
     /// The roots server certificates may chain to (`None`: bundled and system roots).
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// An unfinished upload of the same output to continue (its parts that hold the bytes
+    /// this run produces are not sent again), with the parts recorded as stored in it.
+    pub(crate) resume: Option<(String, BTreeMap<u16, StoredPart>)>,
+    /// Called for each part stored.
+    pub(crate) on_part: Option<PartHook>,
+    /// Leave the upload in place when the export fails or stops (the caller retries it or
+    /// aborts it), instead of aborting it.
+    pub(crate) keep_upload: bool,
 }
 
 impl Transfer {
@@ -71,6 +104,9 @@ impl Transfer {
             on_upload: None,
             before_publish: None,
             tls: None,
+            resume: None,
+            on_part: None,
+            keep_upload: false,
         }
     }
 
@@ -280,6 +316,49 @@ pub(crate) struct Uploaded {
     pub(crate) crc: Option<String>,
 }
 
+/// A part an unfinished upload already holds: its size and ETag as the server lists it (some
+/// S3-compatible servers list no ETag), and what was recorded when it was stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Listed {
+    pub(crate) etag: Option<String>,
+    pub(crate) size: u64,
+    pub(crate) recorded: Option<StoredPart>,
+}
+
+impl Listed {
+    /// The answer for a part whose bytes are `data` (MD5 `md5`, hex) when this listed part
+    /// holds exactly them: the same size, and the same MD5 by every checksum known (the
+    /// recorded one, and the server's ETag when it is an MD5), at least one of them known.
+    pub(crate) fn holds(&self, data: &[u8], md5: &str) -> Option<String> {
+        if self.size != data.len() as u64 {
+            return None;
+        }
+        let server = self
+            .etag
+            .as_deref()
+            .map(|e| e.trim_matches('"'))
+            .filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()));
+        let recorded = self.recorded.as_ref().filter(|r| r.size == self.size);
+        let known = [server, recorded.map(|r| r.md5.as_str())];
+        let any = known.iter().any(Option::is_some);
+        let all = known.iter().flatten().all(|k| k.eq_ignore_ascii_case(md5));
+        if !(any && all) {
+            return None;
+        }
+        self.etag
+            .clone()
+            .or_else(|| recorded.map(|r| r.etag.clone()))
+    }
+}
+
+/// The MD5 of `data`, hex.
+pub(crate) fn md5_hex(data: &[u8]) -> String {
+    imgconv::digest::md5(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The requests of one multipart protocol.
 pub(crate) trait Backend: Send + Sync + 'static {
     /// Send the whole object in one request.
@@ -292,6 +371,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn complete(&self, upload: &str, parts: &BTreeMap<u16, Uploaded>) -> Result<()>;
     /// Drop the upload and its parts (best effort).
     fn abort(&self, upload: &str);
+    /// The parts an unfinished upload holds; `None` when the protocol cannot list them.
+    fn list_parts(&self, upload: &str) -> Result<Option<BTreeMap<u16, Listed>>>;
+    /// The answer for a part whose bytes are `data` (MD5 `md5`, hex), when the listed part
+    /// `listed` holds exactly them (it then need not be sent again).
+    fn reuse(&self, listed: &Listed, data: &[u8], md5: &str) -> Option<Uploaded>;
     /// Stop retrying once `cancel` is cancelled.
     fn set_cancel(&mut self, cancel: CancelToken);
 }
@@ -336,6 +420,10 @@ pub(crate) struct PartSink<B: Backend> {
     cancel: CancelToken,
     on_upload: Option<UploadHook>,
     before_publish: Option<PublishGate>,
+    resume: Option<(String, BTreeMap<u16, StoredPart>)>,
+    on_part: Option<PartHook>,
+    keep_upload: bool,
+    reused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<B: Backend> PartSink<B> {
@@ -363,7 +451,28 @@ impl<B: Backend> PartSink<B> {
             cancel: CancelToken::new(),
             on_upload: transfer.on_upload.clone(),
             before_publish: transfer.before_publish.clone(),
+            resume: transfer.resume.clone(),
+            on_part: transfer.on_part.clone(),
+            keep_upload: transfer.keep_upload,
+            reused: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
+    }
+
+    /// The upload to write into: the one to resume, with the parts it holds, when it can be
+    /// listed; else a new one (the old one aborted).
+    fn open_upload(&mut self) -> Result<(String, BTreeMap<u16, Listed>)> {
+        if let Some((old, recorded)) = self.resume.take() {
+            match self.backend.list_parts(&old) {
+                Ok(Some(mut parts)) => {
+                    for (n, p) in parts.iter_mut() {
+                        p.recorded = recorded.get(n).cloned();
+                    }
+                    return Ok((old, parts));
+                }
+                Ok(None) | Err(_) => self.backend.abort(&old),
+            }
+        }
+        Ok((self.backend.create()?, BTreeMap::new()))
     }
 
     pub(crate) fn part_size(&self) -> usize {
@@ -372,7 +481,8 @@ impl<B: Backend> PartSink<B> {
 
     fn start(&mut self) -> Result<&mut Upload> {
         if self.upload.is_none() {
-            let id = self.backend.create()?;
+            let (id, listed) = self.open_upload()?;
+            let listed = Arc::new(listed);
             if let Some(hook) = &self.on_upload {
                 (hook.0)(&id);
             }
@@ -384,6 +494,8 @@ impl<B: Backend> PartSink<B> {
                 .map(|_| {
                     let (rx, done, failure) = (rx.clone(), done.clone(), failure.clone());
                     let (backend, id) = (self.backend.clone(), id.clone());
+                    let (listed, reused) = (listed.clone(), self.reused.clone());
+                    let on_part = self.on_part.clone();
                     let cancel = self.cancel.clone();
                     std::thread::spawn(move || loop {
                         let next = rx.lock().ok().and_then(|r| r.recv().ok());
@@ -393,8 +505,29 @@ impl<B: Backend> PartSink<B> {
                         {
                             continue;
                         }
+                        let listed_part = listed.get(&n);
+                        let md5 =
+                            (listed_part.is_some() || on_part.is_some()).then(|| md5_hex(&data));
+                        let held = listed_part
+                            .zip(md5.as_deref())
+                            .and_then(|(l, m)| backend.reuse(l, &data, m));
+                        if let Some(part) = held {
+                            reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Ok(mut d) = done.lock() {
+                                d.insert(n, part);
+                            }
+                            continue;
+                        }
                         match backend.put_part(&id, n, &data) {
                             Ok(part) => {
+                                if let (Some(hook), Some(md5)) = (&on_part, md5) {
+                                    let stored = StoredPart {
+                                        size: data.len() as u64,
+                                        md5,
+                                        etag: part.etag.clone(),
+                                    };
+                                    (hook.0)(&id, n, &stored);
+                                }
                                 if let Ok(mut d) = done.lock() {
                                     d.insert(n, part);
                                 }
@@ -457,7 +590,10 @@ impl<B: Backend> PartSink<B> {
 
     fn finish_upload(&mut self) -> Result<()> {
         if self.upload.is_none() {
-            // Small enough for one request.
+            // Small enough for one request; an upload to resume is no longer needed.
+            if let Some((old, _)) = self.resume.take() {
+                self.backend.abort(&old);
+            }
             self.gate()?;
             return self.backend.put_whole(&self.buf);
         }
@@ -486,7 +622,7 @@ impl<B: Backend> PartSink<B> {
                     self.backend.complete(&upload.id, &parts)
                 }),
         };
-        if outcome.is_err() {
+        if outcome.is_err() && !self.keep_upload {
             self.backend.abort(&upload.id);
         }
         outcome
@@ -530,7 +666,9 @@ impl<B: Backend> Drop for PartSink<B> {
                 f.get_or_insert(Error::cancelled());
             }
             upload.drain();
-            self.backend.abort(&upload.id);
+            if !self.keep_upload {
+                self.backend.abort(&upload.id);
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use rusty_s3::{Bucket, Map, UrlStyle};
 use url::Url;
 
 use crate::credentials::Credentials;
-use crate::parts::{delegate_sink, Backend, Http, PartSink, Reply, Transfer, Uploaded};
+use crate::parts::{delegate_sink, Backend, Http, Listed, PartSink, Reply, Transfer, Uploaded};
 
 /// S3's smallest part (except the last).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -108,6 +108,35 @@ impl S3Config {
     /// [`S3Sink::abort_upload`] can clean up after a process that died).
     pub fn on_upload_started(mut self, hook: crate::UploadHook) -> Self {
         self.transfer.on_upload = Some(hook);
+        self
+    }
+
+    /// Continue the unfinished multipart upload `upload` of this same output (an export run
+    /// again after a crash or a lost lease): its parts are listed (ListParts) and those that
+    /// hold the bytes this run produces, by size and ETag (the part's MD5), are not sent
+    /// again. An upload that cannot be listed (gone, expired) is replaced by a new one;
+    /// `recorded` are the parts an earlier run recorded as stored ([`S3Config::on_part_stored`]):
+    /// a part is reused when its size and MD5 agree with every checksum known for it.
+    pub fn resume_upload(
+        mut self,
+        upload: Option<String>,
+        recorded: BTreeMap<u16, crate::StoredPart>,
+    ) -> Self {
+        self.transfer.resume = upload.map(|u| (u, recorded));
+        self
+    }
+
+    /// Call `hook` each time a part is stored (to record it for a later run that resumes the
+    /// upload).
+    pub fn on_part_stored(mut self, hook: crate::PartHook) -> Self {
+        self.transfer.on_part = Some(hook);
+        self
+    }
+
+    /// Leave the multipart upload in place when the export fails or is stopped, for a run
+    /// that resumes it or a caller that aborts it ([`S3Sink::abort_upload`]).
+    pub fn keep_upload_on_failure(mut self) -> Self {
+        self.transfer.keep_upload = true;
         self
     }
 
@@ -353,6 +382,72 @@ impl Backend for S3 {
             .abort_multipart_upload(Some(&self.creds), &self.key, upload);
         let _ = self.send("aborting the upload", "DELETE", &sign(action, &[]), None);
     }
+
+    fn list_parts(&self, upload: &str) -> Result<Option<BTreeMap<u16, Listed>>> {
+        let mut parts = BTreeMap::new();
+        let mut marker: Option<u16> = None;
+        // At most 10,000 parts, 1,000 a page.
+        for _ in 0..11 {
+            let mut action = self.bucket.list_parts(Some(&self.creds), &self.key, upload);
+            action.set_max_parts(1000);
+            if let Some(m) = marker {
+                action.set_part_number_marker(m);
+            }
+            let what = "listing the parts of the upload";
+            let reply = self.send(what, "GET", &sign(action, &[]), None)?;
+            let page: PartsPage = quick_xml::de::from_str(&reply.body).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("{what} of {}: bad answer: {e}", self.http.location),
+                )
+            })?;
+            for p in page.parts {
+                parts.insert(
+                    p.number,
+                    Listed {
+                        etag: p.etag,
+                        size: p.size,
+                        recorded: None,
+                    },
+                );
+            }
+            match page.next {
+                Some(m) if page.truncated && marker != Some(m) => marker = Some(m),
+                _ => break,
+            }
+        }
+        Ok(Some(parts))
+    }
+
+    fn reuse(&self, listed: &Listed, data: &[u8], md5: &str) -> Option<Uploaded> {
+        listed.holds(data, md5).map(|etag| Uploaded {
+            etag,
+            crc: self.crc32c.then(|| crc32c_base64(data)),
+        })
+    }
+}
+
+/// One page of a `ListParts` answer (only what resuming needs; S3-compatible services leave
+/// out some of the other fields).
+#[derive(Debug, serde::Deserialize)]
+struct PartsPage {
+    #[serde(rename = "Part", default)]
+    parts: Vec<PagePart>,
+    #[serde(rename = "IsTruncated", default)]
+    truncated: bool,
+    #[serde(rename = "NextPartNumberMarker", default)]
+    next: Option<u16>,
+}
+
+/// A part in a `ListParts` answer.
+#[derive(Debug, serde::Deserialize)]
+struct PagePart {
+    #[serde(rename = "PartNumber")]
+    number: u16,
+    #[serde(rename = "ETag", default)]
+    etag: Option<String>,
+    #[serde(rename = "Size")]
+    size: u64,
 }
 
 /// An S3 error response's `<Code>` and `<Message>`.

@@ -753,6 +753,118 @@ fn a_killed_server_runs_its_export_again_after_a_restart() {
     assert_eq!(again.signal("-TERM").code(), Some(0));
 }
 
+/// The part numbers of the parts a proxy saw stored (PUT answered 200).
+fn stored_parts(proxy: &FaultProxy) -> std::collections::BTreeSet<u64> {
+    proxy
+        .records()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.status == Some(200))
+        .filter_map(|r| part_number(&r.target))
+        .collect()
+}
+
+/// The `partNumber` of a request target.
+fn part_number(target: &str) -> Option<u64> {
+    let at = target.find("partNumber=")? + "partNumber=".len();
+    let digits: String = target[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[test]
+fn a_killed_servers_export_resumes_its_upload_and_sends_only_the_missing_parts() {
+    let s = setup("serve-resume");
+    // 64 MiB of noise: a streamOptimized VMDK of 13 parts of 5 MiB.
+    let big = s.dir.join("big.raw");
+    std::fs::write(&big, noise(11, 64 * MIB as usize)).expect("big image");
+    // Parts 7 to 10 are held (one for each uploader), so that exactly 6 are stored.
+    let hold = |n: u32| {
+        Rule::first(
+            "PUT",
+            &format!("partNumber={n}&"),
+            vec![Fault::Stall(Duration::from_secs(6))],
+        )
+    };
+    let proxy = FaultProxy::start(s.s3.port(), (7..=10).map(hold).collect());
+    let mut served = s.serve(&proxy.endpoint());
+    let id = submit_big(&s, &served);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stored_parts(&proxy).len() < 6
+        || !proxy
+            .records()
+            .iter()
+            .any(|r| r.target.contains("partNumber=10&"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", proxy.records().len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    served.signal("-KILL");
+    drained(&proxy);
+    let held = stored_parts(&proxy);
+    assert_eq!(held, (1..=6).collect(), "stored before the kill");
+
+    // Started again: the job names its storage by the proxy's address, which counts what the
+    // second attempt sends (the held parts now go through).
+    let before = proxy.records().len();
+    let mut again = s.serve(&proxy.endpoint());
+    assert_eq!(wait_completed(&s, &again, &id), "completed");
+    let object =
+        s.s3.download(&format!("crash/{id}.vmdk"))
+            .expect("the object");
+    let parts = (object.len() as u64).div_ceil(5 * MIB);
+    assert!(parts >= 10, "{parts} parts");
+    let records = proxy.records()[before..].to_vec();
+    let sent: Vec<u64> = records
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .filter_map(|r| part_number(&r.target))
+        .collect();
+    let missing: Vec<u64> = (7..=parts).collect();
+    let mut sorted = sent.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted, missing,
+        "only the missing parts are sent, once each"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.method == "GET" && r.target.contains("uploadId=")),
+        "the upload's parts are listed"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.method == "POST" && r.target.contains("uploads")),
+        "no new upload is started"
+    );
+    let job = s.store().get(&id).expect("job");
+    assert_eq!(job.attempts, 2, "{job:?}");
+    same_as_big(&s, &id);
+
+    // The object and its digests are those of an uninterrupted export: a conversion dated at
+    // the job's creation.
+    let plain = s.dir.join("uninterrupted");
+    std::fs::create_dir_all(&plain).expect("folder");
+    let local = plain.join("disk.vmdk");
+    ok(imgconv()
+        .env("SOURCE_DATE_EPOCH", job.created.to_string())
+        .args(["convert", "-O", "vmdk", "-o", "subformat=streamOptimized"])
+        .arg(&big)
+        .arg(&local));
+    let copy = s.dir.join("object.vmdk");
+    std::fs::write(&copy, &object).expect("write");
+    let result = job.result.expect("result");
+    assert_eq!(sha256sum(&copy), sha256sum(&local));
+    assert_eq!(result.sha256, sha256sum(&local));
+    assert_eq!(result.md5, md5sum(&local));
+    drained(&proxy);
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+    assert_eq!(again.signal("-TERM").code(), Some(0));
+}
+
 #[test]
 fn sigterm_requeues_the_running_export_exits_0_and_the_next_start_finishes_it() {
     let s = setup("serve-term");

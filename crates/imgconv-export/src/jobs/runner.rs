@@ -226,6 +226,33 @@ impl JobStore {
             Some(c) => Some(c),
             None => self.options.credentials.clone(),
         };
+        // An earlier attempt's unfinished upload (it crashed, lost its lease or was stopped):
+        // the output is reproducible, so the parts it holds are this attempt's parts too.
+        let resume = match self.recorded_upload(id)? {
+            Some(upload) => {
+                let parts = self.recorded_parts(id, &upload)?;
+                Some((upload, parts))
+            }
+            None => None,
+        };
+        // Each part stored is recorded, for the attempt that may resume this one.
+        let part_recorder = {
+            let db = Mutex::new(self.connect()?);
+            let id = id.to_string();
+            crate::PartHook(std::sync::Arc::new(
+                move |upload: &str, n: u16, p: &crate::StoredPart| {
+                    if let Ok(db) = db.lock() {
+                        let _ = db.execute(
+                            "INSERT INTO upload_parts (job_id, upload, part, size, md5, etag) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id, upload, part) \
+                             DO UPDATE SET size = excluded.size, md5 = excluded.md5, \
+                             etag = excluded.etag",
+                            vals![&id, upload, i64::from(n), p.size as i64, &p.md5, &p.etag],
+                        );
+                    }
+                },
+            ))
+        };
         // Right before the object is published: still this attempt's job, with time left on
         // its lease (a third of it, so that no reclaim can come before the publication).
         let gate = {
@@ -260,10 +287,11 @@ impl JobStore {
         let outcome = run_spec(
             &job.spec,
             job.created,
-            credentials,
+            credentials.clone(),
+            resume,
             &progress,
             &cancel,
-            recorder,
+            (recorder, part_recorder),
             gate,
         );
         stop.store(true, Ordering::Relaxed);
@@ -286,9 +314,9 @@ impl JobStore {
                 let asked = self.get(id)?.cancel_requested;
                 if !asked && outer.is_cancelled() && self.options.interrupt_requeues {
                     // The runner stopped (a service shutting down): the next start runs it
-                    // again. Its upload was aborted when the export stopped.
+                    // again, and resumes its upload.
                     self.db.execute(
-                        "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
+                        "UPDATE jobs SET state = 'queued', progress = 0, \
                          runner_pid = NULL, runner_start = NULL, attempts = CASE WHEN \
                          attempts > 0 THEN attempts - 1 ELSE 0 END, message = 'requeued: the \
                          service stopped', lease_until = NULL, lease_owner = NULL, \
@@ -296,12 +324,67 @@ impl JobStore {
                         vals![id, now(), token],
                     )?;
                 } else {
+                    self.drop_upload(id, token, &job.spec, credentials);
                     self.set_fenced(id, token, JobState::Cancelled, "cancelled")?;
                 }
             }
-            Err(e) => self.set_fenced(id, token, JobState::Failed, &e.to_string_with_causes())?,
+            Err(e) => {
+                self.drop_upload(id, token, &job.spec, credentials);
+                self.set_fenced(id, token, JobState::Failed, &e.to_string_with_causes())?;
+            }
         }
         self.get(id)
+    }
+
+    /// The parts recorded as stored in job `id`'s upload `upload`.
+    fn recorded_parts(
+        &self,
+        id: &str,
+        upload: &str,
+    ) -> Result<std::collections::BTreeMap<u16, crate::StoredPart>> {
+        let rows = self.db.query(
+            "SELECT part, size, md5, etag FROM upload_parts WHERE job_id = ?1 AND upload = ?2",
+            vals![id, upload],
+        )?;
+        let mut parts = std::collections::BTreeMap::new();
+        for r in rows {
+            let (n, size, md5, etag): (i64, i64, String, String) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            if let (Ok(n), Ok(size)) = (u16::try_from(n), u64::try_from(size)) {
+                parts.insert(n, crate::StoredPart { size, md5, etag });
+            }
+        }
+        Ok(parts)
+    }
+
+    /// The multipart upload recorded for job `id`, if any.
+    fn recorded_upload(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_opt("SELECT upload FROM jobs WHERE id = ?1", vals![id])?
+            .and_then(|r| r.get::<Option<String>>(0).ok().flatten()))
+    }
+
+    /// Abort the upload recorded for job `id` (it ends without an object), best effort; only
+    /// while the job is still attempt `token`'s (a runner that was taken over leaves the
+    /// upload to the one that took over).
+    fn drop_upload(&self, id: &str, token: u32, spec: &JobSpec, credentials: Option<Credentials>) {
+        let row = self.db.query_opt(
+            "SELECT upload FROM jobs WHERE id = ?1 AND attempts = ?2 AND state = 'active'",
+            vals![id, token],
+        );
+        if let Ok(Some(upload)) =
+            row.map(|r| r.and_then(|r| r.get::<Option<String>>(0).ok().flatten()))
+        {
+            let creds = credentials.map_or_else(|| self.credentials(), Ok);
+            if let Ok(c) = creds {
+                let _ = abort_upload(&spec.target, &upload, c);
+            }
+            let _ = self.db.execute(
+                "UPDATE jobs SET upload = NULL WHERE id = ?1 AND attempts = ?2",
+                vals![id, token],
+            );
+        }
     }
 }
 
@@ -380,9 +463,10 @@ fn run_spec(
     spec: &JobSpec,
     created: u64,
     credentials: Option<Credentials>,
+    resume: Option<(String, std::collections::BTreeMap<u16, crate::StoredPart>)>,
     progress: &dyn Progress,
     cancel: &CancelToken,
-    recorder: crate::UploadHook,
+    (recorder, part_recorder): (crate::UploadHook, crate::PartHook),
     gate: crate::PublishGate,
 ) -> Result<JobResult> {
     let format: Format = spec.format.parse()?;
@@ -394,6 +478,10 @@ fn run_spec(
     options.writer_options = wo;
     options.compress = spec.compress;
     options.deterministic = Some(created);
+    let (upload, recorded) = match resume {
+        Some((u, parts)) => (Some(u), parts),
+        None => (None, Default::default()),
+    };
     let target = match &spec.target {
         TargetSpec::S3 {
             endpoint,
@@ -403,7 +491,10 @@ fn run_spec(
         } => Target::S3 {
             config: S3Config::new(endpoint, region)?
                 .on_upload_started(recorder)
-                .before_publish(gate),
+                .on_part_stored(part_recorder)
+                .before_publish(gate)
+                .resume_upload(upload, recorded)
+                .keep_upload_on_failure(),
             credentials: match credentials {
                 Some(c) => c,
                 None => Credentials::from_env()?,
@@ -416,7 +507,9 @@ fn run_spec(
         TargetSpec::Par { url } => Target::Par {
             config: ParConfig::new()
                 .on_upload_started(recorder)
-                .before_publish(gate),
+                .before_publish(gate)
+                .resume_upload(upload)
+                .keep_upload_on_failure(),
             url: ParUrl::parse(url)?,
         },
         TargetSpec::Folder {

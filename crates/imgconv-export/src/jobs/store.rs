@@ -42,7 +42,7 @@ pub(super) fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Version 1: jobs and client tokens.
 const SCHEMA_V1: &str = "
@@ -101,12 +101,27 @@ CREATE TABLE sessions (
 );
 ";
 
+/// Version 5: the parts stored in each job's multipart upload (size, MD5, ETag), so that a
+/// job run again resumes its upload and sends only the parts it does not hold.
+const SCHEMA_V5: &str = "
+CREATE TABLE upload_parts (
+    job_id TEXT NOT NULL,
+    upload TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    md5 TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    PRIMARY KEY (job_id, upload, part)
+);
+";
+
 /// SQLite's migrations: the statements that bring version N-1 to N.
-const SQLITE_STEPS: [(i64, &str); 4] = [
+const SQLITE_STEPS: [(i64, &str); 5] = [
     (1, SCHEMA_V1),
     (2, SCHEMA_V2),
     (3, SCHEMA_V3),
     (4, SCHEMA_V4),
+    (5, SCHEMA_V5),
 ];
 
 /// PostgreSQL's schema at version 4 (PostgreSQL stores start there). Integers are `BIGINT`;
@@ -156,8 +171,21 @@ CREATE TABLE sessions (
 );
 ";
 
+/// PostgreSQL's version 5, as SQLite's.
+const PG_V5: &str = "
+CREATE TABLE upload_parts (
+    job_id TEXT NOT NULL,
+    upload TEXT NOT NULL,
+    part BIGINT NOT NULL,
+    size BIGINT NOT NULL,
+    md5 TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    PRIMARY KEY (job_id, upload, part)
+);
+";
+
 /// PostgreSQL's migrations, as SQLite's.
-const PG_STEPS: [(i64, &str); 1] = [(4, PG_V4)];
+const PG_STEPS: [(i64, &str); 2] = [(4, PG_V4), (5, PG_V5)];
 
 /// The key of the advisory lock that serialises migrations of a PostgreSQL store (instances
 /// of a fleet that start at once migrate it once).
@@ -311,21 +339,11 @@ impl JobStore {
                 "interrupted: the process running the export stopped before it finished; \
                  no object was completed",
             );
-            if let Some(upload) = upload {
-                let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
-                let creds = self.credentials();
-                match spec.map(|s| creds.and_then(|c| abort_upload(&s.target, &upload, c))) {
-                    Some(Ok(())) => message.push_str("; its pending upload was aborted"),
-                    Some(Err(e)) => message.push_str(&format!(
-                        "; its pending upload {upload} could not be aborted ({})",
-                        e.message()
-                    )),
-                    None => {}
-                }
-            }
-            if self.options.recovery == Recovery::Requeue && attempts < MAX_ATTEMPTS {
+            let requeue = self.options.recovery == Recovery::Requeue && attempts < MAX_ATTEMPTS;
+            if requeue {
+                // The next attempt resumes the upload (the output is reproducible).
                 self.db.execute(
-                    "UPDATE jobs SET state = 'queued', progress = 0, upload = NULL, \
+                    "UPDATE jobs SET state = 'queued', progress = 0, \
                      runner_pid = NULL, runner_start = NULL, lease_until = NULL, \
                      lease_owner = NULL, message = ?2, updated = ?3 \
                      WHERE id = ?1 AND state = 'active' AND attempts = ?4",
@@ -337,6 +355,18 @@ impl JobStore {
                     ],
                 )?;
                 continue;
+            }
+            if let Some(upload) = upload {
+                let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
+                let creds = self.credentials();
+                match spec.map(|s| creds.and_then(|c| abort_upload(&s.target, &upload, c))) {
+                    Some(Ok(())) => message.push_str("; its pending upload was aborted"),
+                    Some(Err(e)) => message.push_str(&format!(
+                        "; its pending upload {upload} could not be aborted ({})",
+                        e.message()
+                    )),
+                    None => {}
+                }
             }
             if self.options.recovery == Recovery::Requeue {
                 message = format!("{message} (after {attempts} attempts)");
@@ -368,7 +398,9 @@ impl JobStore {
             let spec: String = row.get(2)?;
             let attempts: u32 = row.get(3)?;
             let mut message = format!("the runner's lease lapsed during attempt {attempts}");
-            if let Some(upload) = upload {
+            let requeue = attempts < MAX_ATTEMPTS;
+            // A requeued job keeps its upload for the next attempt to resume.
+            if let Some(upload) = upload.filter(|_| !requeue) {
                 let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
                 let creds = self.credentials();
                 if let Some(Err(e)) =
@@ -380,13 +412,9 @@ impl JobStore {
                     ));
                 }
             }
-            let state = if attempts >= MAX_ATTEMPTS {
-                "failed"
-            } else {
-                "queued"
-            };
+            let state = if requeue { "queued" } else { "failed" };
             n += self.db.execute(
-                "UPDATE jobs SET state = ?3, message = ?4, progress = 0, upload = NULL, \
+                "UPDATE jobs SET state = ?3, message = ?4, progress = 0, \
                  runner_pid = NULL, runner_start = NULL, lease_until = NULL, \
                  lease_owner = NULL, updated = ?5 WHERE id = ?1 AND attempts = ?2 \
                  AND state = 'active' AND lease_until < ?6",
@@ -590,12 +618,32 @@ impl JobStore {
     /// Ask a job to stop. A queued job is cancelled at once; an active one when its process
     /// next looks (the upload is aborted first). A finished job cannot be cancelled.
     pub fn cancel(&self, id: &str) -> Result<Job> {
+        // A queued job may hold the upload of an interrupted attempt, kept for the next one.
+        let kept = self
+            .db
+            .query_opt(
+                "SELECT upload, spec FROM jobs WHERE id = ?1 AND state = 'queued' \
+                 AND upload IS NOT NULL",
+                vals![id],
+            )?
+            .and_then(|r| Some((r.get::<String>(0).ok()?, r.get::<String>(1).ok()?)));
         // One statement each: a job claimed in between is asked to stop, not left running.
         let queued = self.db.execute(
             "UPDATE jobs SET state = 'cancelled', message = 'cancelled', updated = ?2 \
              WHERE id = ?1 AND state = 'queued'",
             vals![id, now()],
         )?;
+        if let (1, Some((upload, spec))) = (queued, kept) {
+            if let (Ok(spec), Ok(creds)) =
+                (serde_json::from_str::<JobSpec>(&spec), self.credentials())
+            {
+                let _ = abort_upload(&spec.target, &upload, creds);
+            }
+            self.db.execute(
+                "UPDATE jobs SET upload = NULL WHERE id = ?1 AND state = 'cancelled'",
+                vals![id],
+            )?;
+        }
         if queued == 0 {
             let active = self.db.execute(
                 "UPDATE jobs SET cancel_requested = 1, updated = ?2 \
