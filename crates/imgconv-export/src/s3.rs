@@ -7,7 +7,8 @@
 //! with a 5xx, 408 or 429 status, a timeout or a dropped connection is sent again after a
 //! growing pause; a failure that retries do not fix, an error anywhere in the conversion, or a
 //! cancellation aborts the multipart upload, so that neither an object nor orphaned parts
-//! remain. An object no larger than one part is sent with a single PUT.
+//! remain (unless the caller keeps it to resume: [`S3Config::keep_upload_on_failure`],
+//! [`S3Config::resume_upload`]). An object no larger than one part is sent with a single PUT.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
