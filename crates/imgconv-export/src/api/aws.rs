@@ -93,17 +93,18 @@ pub(super) fn aws_submit(
         // Validate what can be without uploading: the image opens, the bucket exists and the
         // keys are accepted.
         let size = image_size(ctx).map_err(|e| bad("InvalidParameterValue", e.message()))?;
-        if fmt != Format::Vmdk {
-            // The output is planned as the export would plan it (VMDK has no measure).
-            let reader = imgconv::open_image(&ctx.source, None)
-                .map_err(|e| bad("InvalidParameterValue", e.message()))?;
-            imgconv::measure(
-                &*reader,
-                &imgconv::ConvertOptions::new(fmt),
-                &imgconv::CancelToken::new(),
-            )
+        // The output is measured as the export would write it (which reads the image).
+        let reader = imgconv::open_image(&ctx.source, None)
             .map_err(|e| bad("InvalidParameterValue", e.message()))?;
+        let mut options = imgconv::ConvertOptions::new(fmt);
+        for o in &spec.writer_options {
+            options
+                .writer_options
+                .extend(o)
+                .map_err(|e| bad("InvalidParameterValue", e.message()))?;
         }
+        imgconv::measure(&*reader, &options, &imgconv::CancelToken::new())
+            .map_err(|e| bad("InvalidParameterValue", e.message()))?;
         if let TargetSpec::S3 {
             endpoint,
             region,
