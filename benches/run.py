@@ -386,6 +386,31 @@ def case_vhd(t, img, size, work, runs, out_dir):
          "imgconv --no-sync IN OUT.raw", lambda: rm(raw))
 
 
+def case_inspect(t, img, size, work, runs, out_dir):
+    """check, map and measure against qemu-img's on the same images, and what
+    --deterministic costs (its content-digest pass) on outputs that hold ids."""
+    pair = pair_rows(t, size, runs)
+    src = str(work / "qemu-64k.qcow2")
+    if not os.path.exists(src):
+        sh(["qemu-img", "convert", "-O", "qcow2", img, src])
+    warm(src)
+    nothing = lambda: None
+    pair("check QCOW2", ["qemu-img", "check", src], "qemu-img check",
+         [str(BIN), "check", src], "imgconv check", nothing)
+    pair("map QCOW2", ["qemu-img", "map", "--output=json", src], "qemu-img map --output=json",
+         [str(BIN), "map", "--output", "json", src], "imgconv map --output json", nothing)
+    pair("measure RAW -O qcow2", ["qemu-img", "measure", "-O", "qcow2", img],
+         "qemu-img measure -O qcow2", [str(BIN), "measure", "-O", "qcow2", img],
+         "imgconv measure -O qcow2", nothing)
+    for fmt, qfmt in [("vhd", "vpc"), ("vmdk", "vmdk")]:
+        out = str(out_dir / f"out.{fmt}")
+        opts = ["-o", "subformat=streamOptimized"] if fmt == "vmdk" else []
+        pair(f"RAW -> {fmt.upper()} --deterministic",
+             ["qemu-img", "convert", "-O", qfmt] + opts + [img, out], f"qemu-img convert -O {qfmt}",
+             [str(BIN), "convert", "--no-sync", "--deterministic", "-O", fmt] + opts + [img, out],
+             f"imgconv --no-sync --deterministic -O {fmt}", lambda: rm(out))
+
+
 def s3s_fs():
     """The S3-compatible server the tests use (installed by scripts/test.sh)."""
     local = ROOT / "target" / "tools" / "bin" / "s3s-fs"
@@ -606,8 +631,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
-    ap.add_argument("--cases", default="raw,digest,qcow2,vmdk,vdi,vhd,export,serve,fleet,memory",
-                    help="raw, digest, qcow2, vmdk, vdi, vhd, export, serve, fleet, floor, memory "
+    ap.add_argument("--cases",
+                    default="raw,digest,qcow2,vmdk,vdi,vhd,inspect,export,serve,fleet,memory",
+                    help="raw, digest, qcow2, vmdk, vdi, vhd, inspect (check, map, measure, "
+                         "--deterministic), export, serve, fleet, floor, memory "
                          "(floor is not in the default set: it drops the page cache)")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
@@ -628,8 +655,8 @@ def main():
     cases = set(args.cases.split(","))
     t = Table()
     img = work / f"realistic-{args.size}.raw"
-    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "export", "serve", "fleet",
-                 "floor"}:
+    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "inspect", "export", "serve",
+                 "fleet", "floor"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -646,6 +673,8 @@ def main():
             case_vdi(t, str(img), size, work, args.runs, out_dir)
         if "vhd" in cases:
             case_vhd(t, str(img), size, work, args.runs, out_dir)
+        if "inspect" in cases:
+            case_inspect(t, str(img), size, work, args.runs, out_dir)
         if "export" in cases:
             need("/usr/bin/time", "time")
             case_export(t, str(img), size, work, args.runs, out_dir)
