@@ -866,6 +866,62 @@ fn a_killed_servers_export_resumes_its_upload_and_sends_only_the_missing_parts()
 }
 
 #[test]
+fn an_export_that_fails_past_its_retries_runs_again_and_resumes_its_upload() {
+    let s = setup("serve-retry-resume");
+    let big = s.dir.join("big.raw");
+    std::fs::write(&big, noise(12, 64 * MIB as usize)).expect("big image");
+    // Part 8 fails more often than a part is retried (1 + 5 attempts): the first attempt of
+    // the job fails with a network error; the storage then answers again.
+    let proxy = FaultProxy::start(
+        s.s3.port(),
+        vec![Rule::first(
+            "PUT",
+            "partNumber=8&",
+            vec![Fault::Status(503); 6],
+        )],
+    );
+    let mut served = s.serve(&proxy.endpoint());
+    let id = submit_big(&s, &served);
+    assert_eq!(wait_completed(&s, &served, &id), "completed");
+    let job = s.store().get(&id).expect("job");
+    assert_eq!(job.attempts, 2, "{job:?}");
+    // What each attempt sent: the second sent only what the first had not stored.
+    let records = proxy.records();
+    let first_end = records
+        .iter()
+        .rposition(|r| r.target.contains("partNumber=8&") && r.fault.is_some())
+        .expect("part 8 failed");
+    let stored_first: std::collections::BTreeSet<u64> = records[..first_end]
+        .iter()
+        .filter(|r| r.method == "PUT" && r.status == Some(200))
+        .filter_map(|r| part_number(&r.target))
+        .collect();
+    let object =
+        s.s3.download(&format!("crash/{id}.vmdk"))
+            .expect("the object");
+    let parts = (object.len() as u64).div_ceil(5 * MIB);
+    let listed = records
+        .iter()
+        .position(|r| r.method == "GET" && r.target.contains("uploadId="))
+        .expect("the second attempt lists the upload's parts");
+    let mut sent: Vec<u64> = records[listed..]
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .filter_map(|r| part_number(&r.target))
+        .collect();
+    sent.sort_unstable();
+    let missing: Vec<u64> = (1..=parts).filter(|n| !stored_first.contains(n)).collect();
+    assert!(!stored_first.is_empty(), "the first attempt stored parts");
+    assert_eq!(
+        sent, missing,
+        "only the parts the first attempt did not store"
+    );
+    same_as_big(&s, &id);
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+    assert_eq!(served.signal("-TERM").code(), Some(0));
+}
+
+#[test]
 fn sigterm_requeues_the_running_export_exits_0_and_the_next_start_finishes_it() {
     let s = setup("serve-term");
     let (_proxy, mut served, id) = stalled_export(&s, 7, Duration::from_secs(4));

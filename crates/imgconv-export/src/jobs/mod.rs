@@ -13,17 +13,21 @@
 //! the upload and marks the job `cancelled`.
 //!
 //! A store opened with [`Recovery::Requeue`] (what `imgconv serve` does) puts a dead
-//! process's job back in the queue instead, after aborting its upload, until the job has been
-//! attempted [`MAX_ATTEMPTS`] times; and with [`StoreOptions::interrupt_requeues`] a job whose
-//! runner is stopped (the service shutting down) goes back to the queue rather than to
-//! `cancelled`.
+//! process's job back in the queue instead, and a job that failed with an I/O error (a network
+//! error past the retries, say), until the job has been attempted [`MAX_ATTEMPTS`] times; and
+//! with [`StoreOptions::interrupt_requeues`] a job whose runner is stopped (the service
+//! shutting down) goes back to the queue rather than to `cancelled`. A requeued job keeps its
+//! multipart upload: its output is reproducible, so the next attempt lists the upload's parts
+//! and sends only those it does not hold. The upload is aborted when the job ends failed or
+//! cancelled.
 //!
 //! The schema carries a version (SQLite: `PRAGMA user_version`; PostgreSQL: the table
 //! `imgconv_schema`); [`JobStore::open`] migrates an older database forward in one
 //! transaction (on PostgreSQL under an advisory lock, so that processes opening it at once
 //! migrate it once). Version 1: jobs and tokens. Version 2: a job's attempt count, and the
 //! image catalogue (images that exports made, such as Huawei EVS's `os-volume_upload_image`).
-//! Version 3: leases. Version 4: login sessions. PostgreSQL stores start at version 4.
+//! Version 3: leases. Version 4: login sessions. Version 5: the parts stored in each job's
+//! upload. PostgreSQL stores start at version 4.
 //!
 //! Workers claim the oldest queued job in one statement (PostgreSQL: `FOR UPDATE SKIP
 //! LOCKED`), under a lease that a heartbeat renews; every later write about the job carries

@@ -182,8 +182,9 @@ pub enum Recovery {
     /// Mark them failed (`interrupted: ...`): the command line's one-shot jobs.
     #[default]
     Fail,
-    /// Put them back in the queue (their upload aborted first) while they have had fewer
-    /// than [`MAX_ATTEMPTS`] attempts: a service's jobs, which its workers run again.
+    /// Put them back in the queue (their upload kept, for the next attempt to resume) while
+    /// they have had fewer than [`MAX_ATTEMPTS`] attempts, as well as jobs that failed with an
+    /// I/O error: a service's jobs, which its workers run again.
     Requeue,
 }
 

@@ -328,6 +328,29 @@ impl JobStore {
                     self.set_fenced(id, token, JobState::Cancelled, "cancelled")?;
                 }
             }
+            Err(e)
+                if e.kind() == ErrorKind::Io
+                    && self.options.recovery == Recovery::Requeue
+                    && token < MAX_ATTEMPTS =>
+            {
+                // A network error past the retries (or another I/O error): the next attempt
+                // resumes the upload.
+                self.db.execute(
+                    "UPDATE jobs SET state = 'queued', progress = 0, runner_pid = NULL, \
+                     runner_start = NULL, lease_until = NULL, lease_owner = NULL, \
+                     message = ?2, updated = ?3 WHERE id = ?1 AND attempts = ?4 \
+                     AND state = 'active'",
+                    vals![
+                        id,
+                        format!(
+                            "requeued (attempt {token} of {MAX_ATTEMPTS}): {}",
+                            e.to_string_with_causes()
+                        ),
+                        now(),
+                        token
+                    ],
+                )?;
+            }
             Err(e) => {
                 self.drop_upload(id, token, &job.spec, credentials);
                 self.set_fenced(id, token, JobState::Failed, &e.to_string_with_causes())?;

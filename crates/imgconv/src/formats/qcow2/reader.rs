@@ -338,20 +338,42 @@ impl Reader for Qcow2Reader {
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
-        let mut mapping = self.map(offset, max_len)?;
-        let (_, reach, c) = self.piece(offset)?;
-        let in_cluster = offset % self.h.cluster_size();
+        let end = offset.saturating_add(max_len).min(self.h.size);
+        check_range(
+            Format::Qcow2,
+            self.h.size,
+            offset,
+            end.saturating_sub(offset),
+        )?;
+        let cs = self.h.cluster_size();
         // As qemu does, a subcluster that reads as zeros in a cluster that has a host
         // cluster is reported at its place in it.
-        let (host, compressed) = match c {
-            Cluster::Data(h) => (Some(h + in_cluster), false),
-            Cluster::Sub { host: h, .. } if h != 0 => (Some(h + in_cluster), false),
-            Cluster::Compressed(..) => (None, true),
-            Cluster::Sub { .. } | Cluster::Unallocated | Cluster::Zero => (None, false),
+        let host_of = |c: Cluster, pos: u64| match c {
+            Cluster::Data(h) => Some(h + pos % cs),
+            Cluster::Sub { host: h, .. } if h != 0 => Some(h + pos % cs),
+            _ => None,
         };
-        if host.is_some() || compressed {
-            mapping.len = mapping.len.min(reach);
+        let (extent, reach, c) = self.piece(offset)?;
+        let host = host_of(c, offset);
+        let compressed = matches!(c, Cluster::Compressed(..));
+        if host.is_none() && !compressed {
+            // Not stored: the map's run, merged over an L2 table's worth.
+            return Ok(Location::unstored(self.map(offset, max_len)?, false));
         }
+        // Stored: this piece and the following ones of the same kind stored right after it
+        // (a compressed cluster stands alone), up to an L2 table's worth.
+        let mut len = reach.min(end.saturating_sub(offset)).max(1);
+        if let Some(h) = host {
+            let limit = cs * self.h.l2_entries();
+            while offset + len < end && len < limit {
+                let (next, r, c2) = self.piece(offset + len)?;
+                if next != extent || host_of(c2, offset + len) != Some(h + len) {
+                    break;
+                }
+                len += r.min(end - offset - len);
+            }
+        }
+        let mapping = Mapping { extent, len };
         match host {
             Some(h) if self.metadata_preallocated() => Location::stored_in(mapping, h, &*self.src),
             Some(h) => Ok(Location::at(mapping, h)),

@@ -223,12 +223,27 @@ impl Reader for VdiReader {
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
-        let mut mapping = self.map(offset, max_len)?;
         match self.entry(offset) {
-            FREE | ZERO => Ok(Location::unstored(mapping, false)),
+            FREE | ZERO => Ok(Location::unstored(self.map(offset, max_len)?, false)),
             e => {
+                let end = offset.saturating_add(max_len).min(self.size);
+                check_range(Format::Vdi, self.size, offset, end.saturating_sub(offset))?;
                 let within = offset % BLOCK_SIZE;
-                mapping.len = mapping.len.min(BLOCK_SIZE - within);
+                // This block and the following ones stored right after it.
+                let mut len = (BLOCK_SIZE - within).min(end - offset).max(1);
+                let mut next = e;
+                while offset + len < end {
+                    let n = self.entry(offset + len);
+                    if n == FREE || n == ZERO || Some(n) != next.checked_add(1) {
+                        break;
+                    }
+                    next = n;
+                    len = (len + BLOCK_SIZE).min(end - offset);
+                }
+                let mapping = Mapping {
+                    extent: Extent::Data,
+                    len,
+                };
                 let host = self.data_offset + u64::from(e) * BLOCK_SIZE + within;
                 if self.image_type == 2 {
                     // qemu looks through a static image's blocks to the file's holes.

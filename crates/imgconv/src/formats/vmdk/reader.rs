@@ -248,24 +248,45 @@ impl Reader for VmdkReader {
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
-        let mut mapping = self.map(offset, max_len)?;
-        if mapping.extent != Extent::Data {
-            return Ok(Location::unstored(mapping, false));
-        }
+        let end = offset.saturating_add(max_len).min(self.size);
+        check_range(Format::Vmdk, self.size, offset, end.saturating_sub(offset))?;
         let p = self.piece_at(offset)?;
         let rel = offset - p.start;
-        match &p.part {
-            // qemu looks through a flat extent to its file's holes.
-            Part::Flat { src, offset: at } => Location::stored_in(mapping, at + rel, &**src),
-            Part::Zero => Ok(Location::unstored(mapping, false)),
-            Part::Sparse(s) => {
-                let (_, reach, g) = s.piece(rel)?;
-                mapping.len = mapping.len.min(reach);
-                match g {
-                    Grain::Plain(h) => Ok(Location::at(mapping, h + rel % s.h.grain_bytes())),
-                    Grain::Compressed(_) => Ok(Location::unstored(mapping, true)),
-                    Grain::Unallocated | Grain::Zero => Ok(Location::unstored(mapping, false)),
+        let room = (p.len - rel).min(end - offset).max(1);
+        let Part::Sparse(s) = &p.part else {
+            let mapping = self.map(offset, max_len)?;
+            return match &p.part {
+                // qemu looks through a flat extent to its file's holes.
+                Part::Flat { src, offset: at } => Location::stored_in(mapping, at + rel, &**src),
+                _ => Ok(Location::unstored(mapping, false)),
+            };
+        };
+        let gb = s.h.grain_bytes();
+        let (extent, reach, g) = s.piece(rel)?;
+        match g {
+            Grain::Plain(h) => {
+                // This grain and the following ones stored right after it.
+                let host = h + rel % gb;
+                let mut len = reach.min(room);
+                while len < room {
+                    match s.piece(rel + len)? {
+                        (Extent::Data, r, Grain::Plain(h2)) if h2 == host + len => {
+                            len += r.min(room - len)
+                        }
+                        _ => break,
+                    }
                 }
+                Ok(Location::at(Mapping { extent, len }, host))
+            }
+            Grain::Compressed(_) => Ok(Location::unstored(
+                Mapping {
+                    extent,
+                    len: reach.min(room),
+                },
+                true,
+            )),
+            Grain::Unallocated | Grain::Zero => {
+                Ok(Location::unstored(self.map(offset, max_len)?, false))
             }
         }
     }
