@@ -150,54 +150,23 @@ fn map_json_equals_qemu_img_map_on_images_qemu_img_made() {
     let dir = scratch("map-qemu");
     let src = mixed_source(&dir);
     let made: &[(&str, &str)] = &[
-        ("qcow2", ""),
+        ("qcow2", "cluster_size=65536"),
         ("qcow2", "compat=0.10"),
         ("qcow2", "cluster_size=4096"),
         ("qcow2", "cluster_size=2M"),
         ("qcow2", "extended_l2=on"),
         ("qcow2", "preallocation=metadata"),
-        ("vmdk", ""),
+        ("vmdk", "subformat=monolithicSparse"),
         ("vmdk", "subformat=streamOptimized"),
         ("vmdk", "subformat=monolithicFlat"),
-        ("vpc", ""),
+        ("vpc", "subformat=dynamic"),
         ("vpc", "subformat=fixed"),
-        ("vdi", ""),
+        ("vdi", "static=off"),
         ("vdi", "static=on"),
     ];
     for (i, (format, opts)) in made.iter().enumerate() {
         let img = dir.join(format!("q{i}.{format}"));
-        let o = if opts.is_empty() { "size=0" } else { opts };
-        let out = tool(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                format,
-                "-o",
-                o,
-                path_str(&src),
-                path_str(&img),
-            ],
-        );
-        let out = if out.status.success() || !opts.is_empty() {
-            out
-        } else {
-            tool(
-                "qemu-img",
-                &[
-                    "convert",
-                    "-f",
-                    "raw",
-                    "-O",
-                    format,
-                    path_str(&src),
-                    path_str(&img),
-                ],
-            )
-        };
-        assert!(out.status.success(), "{format} {opts}: {out:?}");
+        qemu_make(&src, format, opts, &img);
         let what = format!("{format} {opts}");
         assert_maps_agree(
             &imgconv_map(&img, format),
@@ -329,6 +298,31 @@ fn check_gives_qemu_img_checks_verdict_and_counters_on_its_images() {
                 assert_eq!(&doc[k], v, "{what}: {k}");
             }
         }
+    }
+    // Internal snapshots: clusters shared with the active layer count twice, and the ones
+    // written since once in each.
+    let snap = dir.join("snap.qcow2");
+    qemu_make(&src, "qcow2", "cluster_size=65536", &snap);
+    assert!(
+        tool("qemu-img", &["snapshot", "-c", "before", path_str(&snap)])
+            .status
+            .success()
+    );
+    let io = tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x33 0 64k", path_str(&snap)],
+    );
+    assert!(io.status.success(), "{io:?}");
+    let (code, doc) = imgconv_check(&snap);
+    assert_eq!(code, qemu_check(&snap, "qcow2"), "snapshot: {doc}");
+    let q = tool("qemu-img", &["check", "--output=json", path_str(&snap)]);
+    let q: serde_json::Value = serde_json::from_slice(&q.stdout).expect("qemu JSON");
+    for k in [
+        "allocated-clusters",
+        "image-end-offset",
+        "fragmented-clusters",
+    ] {
+        assert_eq!(doc[k], q[k], "snapshot: {k}");
     }
     // Compressed clusters: counted as compressed and fragmented, as qemu counts them.
     let img = dir.join("c.qcow2");
