@@ -106,16 +106,24 @@ pub fn check_image(
 ) -> Result<(Format, CheckReport)> {
     let path = path.as_ref();
     let mut report = CheckReport::default();
+    // A structure the reader refuses, at opening or during the check, is a corruption.
+    let refused = |report: &mut CheckReport, e: &crate::error::Error, format: Format| {
+        let structure = format!("{format} metadata");
+        report.corruption(&structure, e.context().offset.unwrap_or(0), e.message());
+    };
     match open_image(path, format) {
         Ok(reader) => {
             let format = reader.format();
-            reader.check(&mut report)?;
+            match reader.check(&mut report) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::InvalidImage => refused(&mut report, &e, format),
+                Err(e) => return Err(e),
+            }
             Ok((format, report))
         }
         Err(e) if e.kind() == ErrorKind::InvalidImage => {
             let format = e.context().format.or(format).unwrap_or(Format::Raw);
-            let structure = format!("{format} metadata");
-            report.corruption(&structure, e.context().offset.unwrap_or(0), e.message());
+            refused(&mut report, &e, format);
             Ok((format, report))
         }
         Err(e) => Err(e),

@@ -324,6 +324,28 @@ fn check_gives_qemu_img_checks_verdict_and_counters_on_its_images() {
     ] {
         assert_eq!(doc[k], q[k], "snapshot: {k}");
     }
+    // A persistent dirty bitmap: its directory, table and data clusters are referenced.
+    let bitmap = dir.join("bitmap.qcow2");
+    qemu_make(&src, "qcow2", "cluster_size=65536", &bitmap);
+    let add = tool("qemu-img", &["bitmap", "--add", path_str(&bitmap), "b0"]);
+    assert!(add.status.success(), "{add:?}");
+    let io = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x44 1M 64k",
+            path_str(&bitmap),
+        ],
+    );
+    assert!(io.status.success(), "{io:?}");
+    let (code, doc) = imgconv_check(&bitmap);
+    assert_eq!(code, 0, "bitmap: {doc}");
+    assert_eq!(qemu_check(&bitmap, "qcow2"), 0);
+    let q = tool("qemu-img", &["check", "--output=json", path_str(&bitmap)]);
+    let q: serde_json::Value = serde_json::from_slice(&q.stdout).expect("qemu JSON");
+    assert_eq!(doc["image-end-offset"], q["image-end-offset"], "bitmap");
     // Compressed clusters: counted as compressed and fragmented, as qemu counts them.
     let img = dir.join("c.qcow2");
     let c = tool(
@@ -450,6 +472,15 @@ fn check_names_corruptions_and_leaks_in_qcow2_copies_as_qemu_img_judges_them() {
         ("refcount", host0),
         "{message}"
     );
+    // A refcount table outside the file: a corruption naming the header field.
+    let table_gone = corrupted(&dir, &img, "rt-gone.qcow2", |b| {
+        b[48..56].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    });
+    let (code, doc) = imgconv_check(&table_gone);
+    assert_eq!(code, 2, "{doc}");
+    let (_, offset, message) = first_finding(&doc);
+    assert_eq!(offset, 48, "{message}");
+    assert!(message.contains("refcount table"), "{message}");
     // The human form: qemu's lines and summary.
     let out = imgconv().args(["check"]).arg(&low).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -14,6 +14,15 @@ use crate::model::Format;
 use super::reader::{Qcow2Reader, L2_COMPRESSED, OFFSET_MASK};
 use super::refcount::Refcounts;
 
+/// Autoclear bit 0: the bitmaps extension is consistent with the image.
+const AUTOCLEAR_BITMAPS: u64 = 1;
+/// The bitmaps header extension's type.
+const EXT_BITMAPS: u32 = 0x2385_2875;
+/// The largest bitmap directory read (qemu's own limit is 64 MiB).
+const MAX_BITMAP_DIRECTORY: u64 = 64 << 20;
+/// Bytes of bitmap tables read at most, all bitmaps together.
+const MAX_BITMAP_TABLE_BYTES_IN_ALL: u64 = 256 << 20;
+
 /// Host clusters a check counts references for at most (a `u16` each: 128 MiB).
 const MAX_CHECKED_CLUSTERS: u64 = 1 << 26;
 
@@ -128,6 +137,8 @@ impl Qcow2Reader {
             }
         }
 
+        self.bitmap_references(r, &mut refs)?;
+
         let mut stored =
             Refcounts::load(&*self.src, h).map_err(|e| e.with_format(Format::Qcow2))?;
         refs.add(
@@ -184,6 +195,98 @@ impl Qcow2Reader {
         r.allocated_clusters = Some(bfi.allocated);
         r.fragmented_clusters = Some(bfi.fragmented);
         r.compressed_clusters = Some(bfi.compressed);
+        Ok(())
+    }
+
+    /// The persistent dirty bitmaps' references (qemu's `bitmaps` header extension, when the
+    /// autoclear bit says it is consistent): the bitmap directory, each bitmap's table and
+    /// its data clusters.
+    fn bitmap_references(&self, r: &mut CheckReport, refs: &mut Refs) -> Result<()> {
+        let h = &self.h;
+        if h.version < 3 || h.autoclear & AUTOCLEAR_BITMAPS == 0 {
+            return Ok(());
+        }
+        let cs = h.cluster_size();
+        // The extensions follow the header, inside the first cluster.
+        let mut head = vec![0u8; cs.min(self.file_len) as usize];
+        self.src.read_exact_at(0, &mut head)?;
+        let mut at = h.header_length as usize;
+        let mut directory = None;
+        while at + 8 <= head.len() {
+            let kind = crate::bytes::be32(&head, at);
+            let len = crate::bytes::be32(&head, at + 4) as usize;
+            if kind == 0 {
+                break;
+            }
+            if kind == EXT_BITMAPS && len >= 24 && at + 8 + 24 <= head.len() {
+                let size = crate::bytes::be64(&head, at + 16);
+                let offset = crate::bytes::be64(&head, at + 24);
+                directory = Some((size, offset, at as u64));
+            }
+            at = at.saturating_add(8 + len.next_multiple_of(8));
+        }
+        let Some((size, offset, ext_at)) = directory else {
+            return Ok(());
+        };
+        if size > MAX_BITMAP_DIRECTORY
+            || offset % cs != 0
+            || offset
+                .checked_add(size)
+                .is_none_or(|end| end > self.file_len)
+        {
+            r.corruption(
+                "bitmaps extension",
+                ext_at,
+                format!("the bitmap directory ({size} bytes at {offset:#x}) is misplaced"),
+            );
+            return Ok(());
+        }
+        refs.add(r, "bitmap directory", ext_at, offset, size);
+        let mut dir = vec![0u8; size as usize];
+        self.src.read_exact_at(offset, &mut dir)?;
+        let mut pos = 0usize;
+        let mut budget = MAX_BITMAP_TABLE_BYTES_IN_ALL;
+        while pos + 24 <= dir.len() {
+            let entry_at = offset + pos as u64;
+            let table = crate::bytes::be64(&dir, pos);
+            let entries = u64::from(crate::bytes::be32(&dir, pos + 8));
+            let name_len = usize::from(crate::bytes::be16(&dir, pos + 18));
+            let extra = crate::bytes::be32(&dir, pos + 20) as usize;
+            if table % cs != 0
+                || table
+                    .checked_add(entries * 8)
+                    .is_none_or(|e| e > self.file_len)
+            {
+                r.corruption(
+                    "bitmap directory",
+                    entry_at,
+                    format!("a bitmap table ({entries} entries at {table:#x}) is misplaced"),
+                );
+            } else if entries * 8 > budget {
+                // More bitmap tables than any real image holds: not checked.
+                r.check_errors += 1;
+                return Ok(());
+            } else if entries > 0 {
+                budget -= entries * 8;
+                refs.add(r, "bitmap table", entry_at, table, entries * 8);
+                let mut raw = vec![0u8; (entries * 8) as usize];
+                self.src.read_exact_at(table, &mut raw)?;
+                for (i, e) in crate::bytes::be64s(&raw).enumerate() {
+                    let data = e & OFFSET_MASK;
+                    let at = table + i as u64 * 8;
+                    if data % cs != 0 {
+                        r.corruption(
+                            "bitmap table",
+                            at,
+                            format!("bitmap data cluster at {data:#x} is not cluster-aligned"),
+                        );
+                    } else if data != 0 {
+                        refs.add(r, "bitmap data", at, data, cs);
+                    }
+                }
+            }
+            pos = pos.saturating_add((24 + extra.min(1 << 20) + name_len).next_multiple_of(8));
+        }
         Ok(())
     }
 
