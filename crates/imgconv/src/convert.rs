@@ -235,6 +235,10 @@ fn with_writer<U: WriterUse>(
             let v = VdiOptions::parse(opts.writer_options.clone())?;
             user.writer(VdiWriter::new(size, v)?, Preallocation::Off)
         }
+        Format::Vhdx => Err(Error::unsupported(
+            "writing VHDX is not supported by this version (reading it is)",
+        )
+        .with_format(Format::Vhdx)),
         Format::Vhd => {
             let v = VhdOptions::parse(opts.writer_options.clone())?;
             if v.kind == DiskType::Fixed {

@@ -19,6 +19,9 @@ pub(crate) fn detect(head: &[u8], tail: Option<&[u8]>) -> Format {
     if starts(b"KDMV") || starts(b"COWD") || is_vmdk_descriptor(head) {
         return Format::Vmdk;
     }
+    if starts(super::formats::vhdx::FILE_SIGNATURE) {
+        return Format::Vhdx;
+    }
     if starts(b"conectix") || tail.is_some_and(|t| t.starts_with(b"conectix")) {
         return Format::Vhd;
     }

@@ -24,16 +24,19 @@ pub enum Format {
     Vhd,
     /// VirtualBox disk image.
     Vdi,
+    /// Microsoft Hyper-V virtual hard disk v2 (read only in this version).
+    Vhdx,
 }
 
 impl Format {
     /// Every format, in the order the README lists them.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
         Format::Vhd,
         Format::Vdi,
+        Format::Vhdx,
     ];
 
     /// The canonical lower-case name (`qemu-img`'s, except `vhd` for its `vpc`).
@@ -44,6 +47,7 @@ impl Format {
             Format::Vmdk => "vmdk",
             Format::Vhd => "vhd",
             Format::Vdi => "vdi",
+            Format::Vhdx => "vhdx",
         }
     }
 
@@ -55,6 +59,7 @@ impl Format {
             "vmdk" => Some(Format::Vmdk),
             "vhd" | "vpc" => Some(Format::Vhd),
             "vdi" => Some(Format::Vdi),
+            "vhdx" => Some(Format::Vhdx),
             _ => None,
         }
     }
@@ -77,8 +82,9 @@ impl FromStr for Format {
             "vmdk" => Ok(Format::Vmdk),
             "vhd" | "vpc" => Ok(Format::Vhd),
             "vdi" => Ok(Format::Vdi),
+            "vhdx" => Ok(Format::Vhdx),
             other => Err(Error::invalid_argument(format!(
-                "unknown format '{other}' (known: raw, qcow2, vmdk, vhd or vpc, vdi)"
+                "unknown format '{other}' (known: raw, qcow2, vmdk, vhd or vpc, vdi, vhdx)"
             ))),
         }
     }

@@ -8,6 +8,7 @@ use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
 use crate::formats::vdi::VdiReader;
 use crate::formats::vhd::{self, VhdReader};
+use crate::formats::vhdx::VhdxReader;
 use crate::formats::vmdk::VmdkReader;
 use crate::model::{Format, ImageInfo};
 use crate::reader::Reader;
@@ -32,6 +33,7 @@ pub fn open_source(source: Box<dyn Source>, format: Option<Format>) -> Result<Bo
         Format::Vmdk => Ok(Box::new(VmdkReader::open(source)?)),
         Format::Vdi => Ok(Box::new(VdiReader::open(source)?)),
         Format::Vhd => Ok(Box::new(VhdReader::open(source)?)),
+        Format::Vhdx => Ok(Box::new(VhdxReader::open(source)?)),
     }
 }
 

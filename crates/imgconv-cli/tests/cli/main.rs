@@ -14,6 +14,7 @@ mod serve;
 mod tools;
 mod vdi;
 mod vhd;
+mod vhdx;
 mod vmdk;
 
 pub use tools::*;

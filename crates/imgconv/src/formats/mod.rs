@@ -7,4 +7,5 @@ pub(crate) mod raw;
 pub(crate) mod table_cache;
 pub(crate) mod vdi;
 pub(crate) mod vhd;
+pub(crate) mod vhdx;
 pub(crate) mod vmdk;
