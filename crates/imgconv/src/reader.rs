@@ -76,6 +76,14 @@ pub(crate) fn check_range(format: Format, size: u64, offset: u64, len: u64) -> R
     }
 }
 
+/// The end of the range a `map` or `locate` call at `offset` may answer for: `max_len` bytes
+/// at most, cut at the end of a `size`-byte disk; an error when `offset` is past it.
+pub(crate) fn map_end(format: Format, size: u64, offset: u64, max_len: u64) -> Result<u64> {
+    let end = offset.saturating_add(max_len).min(size);
+    check_range(format, size, offset, end.saturating_sub(offset))?;
+    Ok(end)
+}
+
 /// Iterate the map of `reader` over `[start, end)`, calling `f(offset, mapping)` for each
 /// piece in order until it answers `Break`. Guards against a reader that answers with a zero
 /// length.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::formats::table_cache::TableCache;
 use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
-use crate::reader::{check_range, Reader};
+use crate::reader::{check_range, map_end, Reader};
 use crate::source::Source;
 
 use super::header::{Compression, Header, INCOMPAT_DIRTY};
@@ -338,13 +338,7 @@ impl Reader for Qcow2Reader {
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
-        let end = offset.saturating_add(max_len).min(self.h.size);
-        check_range(
-            Format::Qcow2,
-            self.h.size,
-            offset,
-            end.saturating_sub(offset),
-        )?;
+        let end = map_end(Format::Qcow2, self.h.size, offset, max_len)?;
         let cs = self.h.cluster_size();
         // As qemu does, a subcluster that reads as zeros in a cluster that has a host
         // cluster is reported at its place in it.
@@ -382,13 +376,7 @@ impl Reader for Qcow2Reader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
-        let end = offset.saturating_add(max_len).min(self.h.size);
-        check_range(
-            Format::Qcow2,
-            self.h.size,
-            offset,
-            end.saturating_sub(offset),
-        )?;
+        let end = map_end(Format::Qcow2, self.h.size, offset, max_len)?;
         if offset >= end {
             return Ok(Mapping {
                 extent: Extent::Unallocated,

@@ -4,7 +4,7 @@ use bitvec::vec::BitVec;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
-use crate::reader::{check_range, Reader};
+use crate::reader::{check_range, map_end, Reader};
 use crate::source::Source;
 
 use super::header::{Header, HEADER_BYTES};
@@ -187,8 +187,7 @@ impl Reader for VdiReader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
-        let end = offset.saturating_add(max_len).min(self.size);
-        check_range(Format::Vdi, self.size, offset, end.saturating_sub(offset))?;
+        let end = map_end(Format::Vdi, self.size, offset, max_len)?;
         let kind = |e: u32| match e {
             FREE => Extent::Unallocated,
             ZERO => Extent::Zero,
@@ -226,8 +225,7 @@ impl Reader for VdiReader {
         match self.entry(offset) {
             FREE | ZERO => Ok(Location::unstored(self.map(offset, max_len)?, false)),
             e => {
-                let end = offset.saturating_add(max_len).min(self.size);
-                check_range(Format::Vdi, self.size, offset, end.saturating_sub(offset))?;
+                let end = map_end(Format::Vdi, self.size, offset, max_len)?;
                 let within = offset % BLOCK_SIZE;
                 // This block and the following ones stored right after it.
                 let mut len = (BLOCK_SIZE - within).min(end - offset).max(1);

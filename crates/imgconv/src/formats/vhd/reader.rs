@@ -3,7 +3,7 @@
 use crate::bytes::be32;
 use crate::error::{Error, Result};
 use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
-use crate::reader::{check_range, Reader};
+use crate::reader::{check_range, map_end, Reader};
 use crate::source::Source;
 
 use super::dynamic_header::DynamicHeader;
@@ -440,8 +440,7 @@ impl Reader for VhdReader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
-        let end = offset.saturating_add(max_len).min(self.size);
-        check_range(Format::Vhd, self.size, offset, end.saturating_sub(offset))?;
+        let end = map_end(Format::Vhd, self.size, offset, max_len)?;
         let len = end.saturating_sub(offset);
         let Layout::Dynamic {
             block_size: bs,

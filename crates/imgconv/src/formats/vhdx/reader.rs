@@ -4,7 +4,7 @@
 use crate::bytes::{le16, le32, le64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
-use crate::reader::{check_range, Reader};
+use crate::reader::{check_range, map_end, Reader};
 use crate::source::Source;
 
 use super::*;
@@ -406,13 +406,7 @@ impl Reader for VhdxReader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
-        let end = offset.saturating_add(max_len).min(self.meta.disk_size);
-        check_range(
-            Format::Vhdx,
-            self.meta.disk_size,
-            offset,
-            end.saturating_sub(offset),
-        )?;
+        let end = map_end(Format::Vhdx, self.meta.disk_size, offset, max_len)?;
         let bs = self.meta.block_size;
         let kind = |p: u64| {
             if self.block(p).is_some() {
@@ -436,13 +430,7 @@ impl Reader for VhdxReader {
         let Some(at) = self.block(offset) else {
             return Ok(Location::unstored(self.map(offset, max_len)?, false));
         };
-        let end = offset.saturating_add(max_len).min(self.meta.disk_size);
-        check_range(
-            Format::Vhdx,
-            self.meta.disk_size,
-            offset,
-            end.saturating_sub(offset),
-        )?;
+        let end = map_end(Format::Vhdx, self.meta.disk_size, offset, max_len)?;
         let bs = self.meta.block_size;
         let within = offset % bs;
         let host = at + within;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Extent, Format, ImageInfo, Location, Mapping};
-use crate::reader::{check_range, Reader};
+use crate::reader::{check_range, map_end, Reader};
 use crate::source::{FileSource, Source};
 
 use super::descriptor::{resolve, Descriptor, ExtentKind, MAX_DESCRIPTOR_BYTES};
@@ -248,8 +248,7 @@ impl Reader for VmdkReader {
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
-        let end = offset.saturating_add(max_len).min(self.size);
-        check_range(Format::Vmdk, self.size, offset, end.saturating_sub(offset))?;
+        let end = map_end(Format::Vmdk, self.size, offset, max_len)?;
         let p = self.piece_at(offset)?;
         let rel = offset - p.start;
         let room = (p.len - rel).min(end - offset).max(1);
@@ -292,8 +291,7 @@ impl Reader for VmdkReader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
-        let end = offset.saturating_add(max_len).min(self.size);
-        check_range(Format::Vmdk, self.size, offset, end.saturating_sub(offset))?;
+        let end = map_end(Format::Vmdk, self.size, offset, max_len)?;
         if offset >= end {
             return Ok(Mapping {
                 extent: Extent::Unallocated,
