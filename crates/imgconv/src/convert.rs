@@ -13,6 +13,7 @@ use crate::formats::qcow2::{Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
 use crate::formats::vdi::{VdiOptions, VdiWriter};
 use crate::formats::vhd::{DiskType, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
+use crate::formats::vhdx::{VhdxOptions, VhdxWriter};
 use crate::formats::vmdk::{SparseWriter, StreamWriter, VmdkOptions};
 use crate::identity::{content_digest, Identity};
 use crate::model::{Format, Plan};
@@ -235,10 +236,10 @@ fn with_writer<U: WriterUse>(
             let v = VdiOptions::parse(opts.writer_options.clone())?;
             user.writer(VdiWriter::new(size, v)?, Preallocation::Off)
         }
-        Format::Vhdx => Err(Error::unsupported(
-            "writing VHDX is not supported by this version (reading it is)",
-        )
-        .with_format(Format::Vhdx)),
+        Format::Vhdx => {
+            let v = VhdxOptions::parse(opts.writer_options.clone())?;
+            user.writer(VhdxWriter::new(size, v)?, Preallocation::Off)
+        }
         Format::Vhd => {
             let v = VhdOptions::parse(opts.writer_options.clone())?;
             if v.kind == DiskType::Fixed {

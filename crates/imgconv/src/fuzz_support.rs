@@ -69,6 +69,12 @@ pub const ROUND_TRIP_WRITERS: &[(Format, &str, bool)] = &[
     (Format::Vhd, "subformat=fixed", false),
     (Format::Vdi, "", false),
     (Format::Vdi, "subformat=fixed", false),
+    (Format::Vhdx, "block_size=1M", false),
+    (
+        Format::Vhdx,
+        "subformat=fixed,block_size=1M,logical_sector_size=4096",
+        false,
+    ),
 ];
 
 /// The largest disk the round trip builds.

@@ -30,6 +30,8 @@ const OUTPUTS: &[(&str, &[&str], bool)] = &[
     ("vhd", &["-o", "subformat=fixed,azure=on"], true),
     ("vdi", &[], true),
     ("vdi", &["-o", "subformat=fixed"], true),
+    ("vhdx", &["-o", "block_size=1M"], true),
+    ("vhdx", &["-o", "subformat=fixed,block_size=1M"], true),
 ];
 
 /// The generated inputs: mixed content, all holes, all random data (every unit allocated),
@@ -199,7 +201,9 @@ fn map_json_equals_qemu_img_map_on_images_qemu_img_made() {
 fn map_of_every_writers_output_agrees_with_qemu_img() {
     let dir = scratch("map-ours");
     let src = mixed_source(&dir);
-    for (i, (format, args, _)) in OUTPUTS.iter().enumerate() {
+    // qemu-img maps a VHDX as one data extent without offsets (its driver reports no block
+    // status): vhdx.rs checks that map against the file instead.
+    for (i, (format, args, _)) in OUTPUTS.iter().enumerate().filter(|(_, o)| o.0 != "vhdx") {
         let out = dir.join(format!("out-{i}.{format}"));
         ok(imgconv()
             .args(["convert", "-O", format])

@@ -18,6 +18,8 @@ const OUTPUTS: &[(&str, &[&str])] = &[
     ("vhd", &["-o", "subformat=fixed"]),
     ("vdi", &[]),
     ("vdi", &["-o", "subformat=fixed"]),
+    ("vhdx", &[]),
+    ("vhdx", &["-o", "subformat=fixed,logical_sector_size=4096"]),
 ];
 
 /// Convert `src` into `dir/disk.FORMAT` with `extra` arguments and `epoch` in the
@@ -88,7 +90,7 @@ fn the_same_input_and_options_give_the_same_bytes_whatever_the_threads_and_chunk
         assert_eq!(one, chunks, "{what}: chunk size");
         assert_eq!(one, env, "{what}: SOURCE_DATE_EPOCH=0 is --deterministic");
         // Without either, ids are random again (for formats that hold ids).
-        if matches!(*format, "vhd" | "vdi") || *format == "vmdk" {
+        if matches!(*format, "vhd" | "vdi" | "vhdx") || *format == "vmdk" {
             let (_, random) = convert(&src, &base.join("e"), format, args, &[], None);
             assert_ne!(
                 one[0], random[0],
@@ -111,6 +113,13 @@ fn allowed(format: &str, args: &[&str], b: &[u8], at: usize) -> bool {
                 .any(|f| (f + 24..f + 28).contains(&at) || (f + 64..f + 84).contains(&at))
         }
         "vdi" => (0x188..0x1a8).contains(&at),
+        // Both headers' checksum and file and data write GUIDs; the page 83 id.
+        "vhdx" => {
+            [0x10000, 0x20000]
+                .iter()
+                .any(|h| (h + 4..h + 8).contains(&at) || (h + 16..h + 48).contains(&at))
+                || ((2 << 20) + (64 << 10) + 16..(2 << 20) + (64 << 10) + 32).contains(&at)
+        }
         _ => false,
     }
 }
@@ -156,7 +165,7 @@ fn another_epoch_changes_only_the_documented_fields() {
                 differ += 1;
             }
         }
-        if matches!(*format, "vhd" | "vdi") {
+        if matches!(*format, "vhd" | "vdi" | "vhdx") {
             assert!(differ > 0, "{what}: the epoch is in the ids");
         } else {
             assert_eq!(differ, 0, "{what}: no ids or dates");

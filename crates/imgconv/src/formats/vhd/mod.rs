@@ -44,7 +44,7 @@ mod reader;
 mod writer;
 
 pub(crate) use reader::{describe, VhdReader};
-pub(crate) use writer::{VhdDynamicWriter, VhdFixedWriter, VhdOptions};
+pub(crate) use writer::{BlockEncoder, BlockPiece, VhdDynamicWriter, VhdFixedWriter, VhdOptions};
 
 use crate::bytes::{be32, be64};
 

@@ -250,70 +250,78 @@ impl Writer for VhdFixedWriter {
     }
 }
 
-/// Lays out a chunk's planned blocks: each one's sector bitmap, then its data, where runs of
-/// zeros (4 KiB granules) become holes in a file output, as in a RAW one.
+/// Lays out a chunk's blocks: each planned one (or, for a fixed layout, each one) whole,
+/// where runs of zeros (4 KiB granules) become holes in a file output, as in a RAW one. Shared
+/// by the dynamic VHD writer (which puts a sector bitmap at each block's start) and the VHDX
+/// writers.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct VhdEncoder;
+pub(crate) struct BlockEncoder {
+    /// Lay out every block, planned or not (fixed layouts).
+    pub all_units: bool,
+}
 
-/// A piece of dynamic VHD output.
+/// A piece of block-structured output.
 #[derive(Debug, Clone)]
-pub(crate) enum VhdPiece {
-    /// A block's sector bitmap (a block starts here).
-    Bitmap,
+pub(crate) enum BlockPiece {
+    /// A block starts here.
+    Start,
     /// Bytes to write.
     Data(Bytes),
     /// A run of zeros.
     Zeros(u64),
 }
 
-fn push_zeros(pieces: &mut Vec<VhdPiece>, n: usize) {
+fn push_zeros(pieces: &mut Vec<BlockPiece>, n: usize) {
     if n == 0 {
         return;
     }
-    if let Some(VhdPiece::Zeros(z)) = pieces.last_mut() {
+    if let Some(BlockPiece::Zeros(z)) = pieces.last_mut() {
         *z += n as u64;
     } else {
-        pieces.push(VhdPiece::Zeros(n as u64));
+        pieces.push(BlockPiece::Zeros(n as u64));
     }
 }
 
-impl Encoder for VhdEncoder {
-    type Encoded = Vec<VhdPiece>;
+/// Append the pieces of `d` (zero granules as zero runs).
+fn push_data(pieces: &mut Vec<BlockPiece>, d: &Bytes, lo: usize, hi: usize) {
+    let mut at = lo;
+    while at < hi {
+        let end = (at + GRANULE).min(hi);
+        let mut stop = end;
+        let zero = crate::zero::is_zero(&d[at..end]);
+        while stop < hi {
+            let next = (stop + GRANULE).min(hi);
+            if crate::zero::is_zero(&d[stop..next]) != zero {
+                break;
+            }
+            stop = next;
+        }
+        if zero {
+            push_zeros(pieces, stop - at);
+        } else {
+            pieces.push(BlockPiece::Data(d.slice(at..stop)));
+        }
+        at = stop;
+    }
+}
 
-    fn encode(&self, chunk: Chunk) -> Result<Vec<VhdPiece>> {
+impl Encoder for BlockEncoder {
+    type Encoded = Vec<BlockPiece>;
+
+    fn encode(&self, chunk: Chunk) -> Result<Vec<BlockPiece>> {
         let unit = chunk.unit;
         let mut pieces = Vec::new();
         for (range, planned) in chunk.runs() {
-            if !planned {
+            if !planned && !self.all_units {
                 continue;
             }
             let mut lo = range.start;
             while lo < range.end {
                 let hi = (lo + unit).min(range.end);
-                pieces.push(VhdPiece::Bitmap);
+                pieces.push(BlockPiece::Start);
                 match &chunk.data {
-                    Some(d) => {
-                        let mut at = lo;
-                        while at < hi {
-                            let end = (at + GRANULE).min(hi);
-                            let mut stop = end;
-                            let zero = crate::zero::is_zero(&d[at..end]);
-                            while stop < hi {
-                                let next = (stop + GRANULE).min(hi);
-                                if crate::zero::is_zero(&d[stop..next]) != zero {
-                                    break;
-                                }
-                                stop = next;
-                            }
-                            if zero {
-                                push_zeros(&mut pieces, stop - at);
-                            } else {
-                                pieces.push(VhdPiece::Data(d.slice(at..stop)));
-                            }
-                            at = stop;
-                        }
-                    }
-                    None => push_zeros(&mut pieces, hi - lo),
+                    Some(d) if planned => push_data(&mut pieces, d, lo, hi),
+                    _ => push_zeros(&mut pieces, hi - lo),
                 }
                 push_zeros(&mut pieces, unit - (hi - lo));
                 lo = hi;
@@ -409,7 +417,7 @@ impl VhdDynamicWriter {
 }
 
 impl Writer for VhdDynamicWriter {
-    type Encoder = VhdEncoder;
+    type Encoder = BlockEncoder;
 
     fn format(&self) -> Format {
         Format::Vhd
@@ -458,8 +466,8 @@ impl Writer for VhdDynamicWriter {
         self.note.iter().cloned().collect()
     }
 
-    fn encoder(&self) -> VhdEncoder {
-        VhdEncoder
+    fn encoder(&self) -> BlockEncoder {
+        BlockEncoder::default()
     }
 
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
@@ -485,15 +493,15 @@ impl Writer for VhdDynamicWriter {
         out.write(&Bytes::from_vec(bat))
     }
 
-    fn commit(&mut self, pieces: Vec<VhdPiece>, out: &mut Output) -> Result<()> {
+    fn commit(&mut self, pieces: Vec<BlockPiece>, out: &mut Output) -> Result<()> {
         for piece in pieces {
             match piece {
-                VhdPiece::Bitmap => {
+                BlockPiece::Start => {
                     self.written += 1;
                     out.write(&self.bitmap)?;
                 }
-                VhdPiece::Data(b) => out.write(&b)?,
-                VhdPiece::Zeros(n) => out.write_zeros(n)?,
+                BlockPiece::Data(b) => out.write(&b)?,
+                BlockPiece::Zeros(n) => out.write_zeros(n)?,
             }
         }
         Ok(())

@@ -8,12 +8,18 @@
 //! images whose log must be replayed (not closed cleanly: open them once in Hyper-V, or run
 //! `qemu-img check -r all`, which replays it), unknown required regions or metadata items.
 //!
+//! Writer: fixed and dynamic disks (`subformat`), `block_size` 1M to 256M (32M by default),
+//! `logical_sector_size` and `physical_sector_size` 512 or 4096 (512 and 4096 by default), in
+//! one pass in file order (see `writer.rs`).
+//!
 //! Layout: file identifier at 0, headers at 64 and 128 KiB, region tables at 192 and 256 KiB,
 //! then (anywhere, 1 MiB aligned) the log, the metadata region, the BAT and the payload blocks.
 
 mod reader;
+mod writer;
 
 pub(crate) use reader::VhdxReader;
+pub(crate) use writer::{VhdxOptions, VhdxWriter};
 
 /// The file identifier's signature, at offset 0.
 pub(crate) const FILE_SIGNATURE: &[u8; 8] = b"vhdxfile";
