@@ -196,8 +196,16 @@ pub(crate) struct ConvertArgs {
     /// VMDK: subformat=streamOptimized, adapter_type=lsilogic|ide|buslogic|legacyESX|pvscsi,
     /// hwversion=N, compression_level=1..12. VHD: subformat=dynamic|fixed, block_size=4K..16M,
     /// azure=on (fixed, size rounded up to a whole MiB). VDI: subformat=dynamic|fixed.
+    /// VHDX: subformat=dynamic|fixed, block_size=1M..256M, logical_sector_size=512|4096,
+    /// physical_sector_size=512|4096. OVA: name=NAME, cpus=N, memory=MIB and the VMDK's
+    /// adapter_type, hwversion, compression_level. GCE: round_to_gib=on|off,
+    /// compression_level=1..12.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub(crate) options: Vec<String>,
+    /// In a package holding several disks (an OVA), convert disk N (from 1, in the OVF's
+    /// order).
+    #[arg(long = "disk", value_name = "N", default_value_t = 1)]
+    pub(crate) disk: usize,
     /// Compress the output (QCOW2: zlib, or zstd with -o compression_type=zstd).
     #[arg(short = 'c')]
     pub(crate) compress: bool,

@@ -39,6 +39,8 @@ type CmdResult = Result<u8, Failure>;
 struct ConvertPlan {
     input: PathBuf,
     input_format: Option<Format>,
+    /// The disk of a package to convert (from 1).
+    disk: usize,
     /// The file, or `None` for stdout (or an export).
     output: Option<PathBuf>,
     /// An export to object storage or a published folder.
@@ -179,6 +181,7 @@ fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
     Ok(ConvertPlan {
         input: a.input,
         input_format,
+        disk: a.disk,
         output: (!to_stdout && target.is_none()).then_some(a.output_path),
         target,
         scratch_dir,
@@ -192,6 +195,10 @@ fn validate(a: ConvertArgs) -> Result<ConvertPlan, Error> {
 
 fn format_from_extension(path: &Path) -> Result<Format, Error> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".tar.gz") {
+        return Ok(Format::Gce);
+    }
     Format::from_extension(ext).ok_or_else(|| {
         let shown = if ext.is_empty() {
             "no extension".to_string()
@@ -200,7 +207,8 @@ fn format_from_extension(path: &Path) -> Result<Format, Error> {
         };
         Error::invalid_argument(format!(
             "cannot tell the output format from {shown}: name it with -O FMT \
-             (raw, qcow2, vmdk, vhd, vdi) or use one of .raw .img .qcow2 .vmdk .vhd .vdi"
+             (raw, qcow2, vmdk, vhd, vdi, vhdx, ova, gce) or use one of .raw .img .qcow2 \
+             .vmdk .vhd .vdi .vhdx .ova .tar.gz"
         ))
         .with_path(path)
     })
@@ -242,7 +250,7 @@ fn make_progress(mode: ProgressMode) -> Box<dyn Progress> {
 
 pub(crate) fn convert(args: ConvertArgs) -> CmdResult {
     let plan = validate(args)?;
-    let reader = open_image(&plan.input, plan.input_format)?;
+    let reader = imgconv::open_image_disk(&plan.input, plan.input_format, plan.disk)?;
     let cancel = CancelToken::new();
     install_signal_handler(&cancel);
     let progress = make_progress(plan.progress);

@@ -7,8 +7,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::digest::{Digest, DigestKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::formats::gce::{GceOptions, GceWriter};
 use crate::formats::options::WriterOptions;
+use crate::formats::ova::{KnownDisk, OvaOptions, OvaWriter};
 use crate::formats::qcow2::{Qcow2CompressedWriter, Qcow2Options, Qcow2Writer};
 use crate::formats::raw::{RawOptions, RawWriter};
 use crate::formats::vdi::{VdiOptions, VdiWriter};
@@ -193,6 +195,14 @@ trait WriterUse {
     fn writer<W: Writer>(self, writer: W, preallocation: Preallocation) -> Result<Self::Out>;
     /// A monolithicFlat VMDK: a descriptor and a RAW extent, two files.
     fn flat_vmdk(self, options: VmdkOptions) -> Result<Self::Out>;
+    /// An OVA of a disk of `size` bytes: by default the writer that patches its first members
+    /// in place (a seekable output).
+    fn ova(self, size: u64, options: OvaOptions) -> Result<Self::Out>
+    where
+        Self: Sized,
+    {
+        self.writer(OvaWriter::new(size, options, None)?, Preallocation::Off)
+    }
 }
 
 /// Build the writer `opts` select for a disk of `size` bytes (a VMDK's extent named after
@@ -240,6 +250,23 @@ fn with_writer<U: WriterUse>(
             let v = VhdxOptions::parse(opts.writer_options.clone())?;
             user.writer(VhdxWriter::new(size, v)?, Preallocation::Off)
         }
+        Format::Ova => {
+            let stem = name
+                .strip_suffix(".ova")
+                .or_else(|| name.strip_suffix(".OVA"))
+                .unwrap_or(name);
+            let stem = if stem.is_empty() || stem == "-" {
+                "disk"
+            } else {
+                stem
+            };
+            let o = OvaOptions::parse(opts.writer_options.clone(), stem)?;
+            user.ova(size, o)
+        }
+        Format::Gce => {
+            let g = GceOptions::parse(opts.writer_options.clone())?;
+            user.writer(GceWriter::new(size, g)?, Preallocation::Off)
+        }
         Format::Vhd => {
             let v = VhdOptions::parse(opts.writer_options.clone())?;
             if v.kind == DiskType::Fixed {
@@ -271,6 +298,58 @@ impl WriterUse for RunWriter<'_> {
             }
         }
         let sink = make_sink(self.dest, preallocation, writer.output_len())?;
+        run(
+            self.reader,
+            writer,
+            sink,
+            self.opts,
+            self.progress,
+            self.cancel,
+            self.started,
+        )
+    }
+
+    fn ova(self, size: u64, options: OvaOptions) -> Result<Summary> {
+        let seekable = match &self.dest {
+            Destination::File { .. } => true,
+            Destination::Sink(s) => s.is_seekable(),
+        };
+        // Both runs of a rehearsed package must write the same disk bytes: the same ids.
+        let identity = self
+            .opts
+            .identity_for(self.reader, self.cancel)?
+            .unwrap_or_else(Identity::random);
+        let known = if seekable {
+            None
+        } else {
+            // The rehearsal: the disk file alone, into nothing, for its size and SHA-256.
+            let mut disk = OvaWriter::disk_writer(size, &options)?;
+            disk.set_identity(&identity);
+            let mut rehearsal = self.opts.clone();
+            rehearsal.digests = vec![DigestKind::Sha256];
+            let s = run(
+                self.reader,
+                disk,
+                Box::new(crate::sink::NullSink::default()),
+                &rehearsal,
+                &crate::progress::NoProgress,
+                self.cancel,
+                self.started,
+            )?;
+            let sha = s.digest(DigestKind::Sha256).unwrap_or_default();
+            let mut sha256 = [0u8; 32];
+            hex::decode_to_slice(sha, &mut sha256).map_err(|_| {
+                Error::new(ErrorKind::Internal, "internal error: no rehearsal digest")
+            })?;
+            Some(KnownDisk {
+                len: s.output_size,
+                sha256,
+                populated: s.allocated_units * s.unit_size,
+            })
+        };
+        let mut writer = OvaWriter::new(size, options, known)?;
+        writer.set_identity(&identity);
+        let sink = make_sink(self.dest, Preallocation::Off, None)?;
         run(
             self.reader,
             writer,
@@ -367,6 +446,11 @@ impl WriterUse for NeedsSeek {
 
     fn flat_vmdk(self, _: VmdkOptions) -> Result<bool> {
         // Two files: no single seekable output serves; the conversion says so itself.
+        Ok(false)
+    }
+
+    fn ova(self, _: u64, _: OvaOptions) -> Result<bool> {
+        // Into a stream the package is rehearsed, then written in order.
         Ok(false)
     }
 }

@@ -28,7 +28,23 @@ pub(crate) fn detect(head: &[u8], tail: Option<&[u8]>) -> Format {
     if head.get(0x40..0x44) == Some(&0xBEDA_107Fu32.to_le_bytes()[..]) {
         return Format::Vdi;
     }
+    if starts(&[0x1f, 0x8b]) {
+        return Format::Gce;
+    }
+    if is_ova(head) {
+        return Format::Ova;
+    }
     Format::Raw
+}
+
+/// A tar archive whose first member is an OVF descriptor.
+fn is_ova(head: &[u8]) -> bool {
+    if head.get(257..262) != Some(b"ustar") {
+        return false;
+    }
+    let name = &head[..100];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(100);
+    name[..end].to_ascii_lowercase().ends_with(b".ovf")
 }
 
 fn is_vmdk_descriptor(head: &[u8]) -> bool {

@@ -42,6 +42,18 @@ impl Identity {
         }
     }
 
+    /// A random identity dated now: for outputs written twice that must come out the same
+    /// (a package's rehearsal) without being reproducible.
+    pub fn random() -> Identity {
+        let mut seed = [0u8; 32];
+        seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Identity { seed, epoch }
+    }
+
     /// The date every output field that holds one gets (seconds since 1970).
     pub fn epoch(&self) -> u64 {
         self.epoch

@@ -72,11 +72,13 @@ pub use identity::{content_digest, Identity};
 pub use inspect::{map_image, MapEntry};
 pub use model::{Chunk, Plan};
 pub use model::{Extent, Format, ImageInfo, Location, Mapping, UnitIndex};
-pub use open::{inspect, open_image, open_source};
+pub use open::{inspect, open_image, open_image_disk, open_source, open_source_disk};
 pub use pipeline::PipelineConfig;
 pub use planner::plan;
 pub use progress::{CancelToken, NoProgress, Progress};
 pub use reader::Reader;
-pub use sink::{FileSink, FileSinkOptions, Output, Preallocation, Sink, VecSink, WriteSink};
+pub use sink::{
+    FileSink, FileSinkOptions, NullSink, Output, Preallocation, Sink, VecSink, WriteSink,
+};
 pub use source::{FileSource, MemSource, Source};
 pub use writer::{Encoder, Measure, Writer, WriterSummary};

@@ -24,19 +24,27 @@ pub enum Format {
     Vhd,
     /// VirtualBox disk image.
     Vdi,
-    /// Microsoft Hyper-V virtual hard disk v2 (read only in this version).
+    /// Microsoft Hyper-V virtual hard disk v2.
     Vhdx,
+    /// An OVF package in one tar (`.ova`): the OVF descriptor, a manifest and the disk as a
+    /// streamOptimized VMDK. Read: the disk inside, in whatever format it is.
+    Ova,
+    /// A Google Compute Engine image package: `disk.raw` in a gzip-compressed GNU tar
+    /// (`.tar.gz`).
+    Gce,
 }
 
 impl Format {
     /// Every format, in the order the README lists them.
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 8] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
         Format::Vhd,
         Format::Vdi,
         Format::Vhdx,
+        Format::Ova,
+        Format::Gce,
     ];
 
     /// The canonical lower-case name (`qemu-img`'s, except `vhd` for its `vpc`).
@@ -48,6 +56,8 @@ impl Format {
             Format::Vhd => "vhd",
             Format::Vdi => "vdi",
             Format::Vhdx => "vhdx",
+            Format::Ova => "ova",
+            Format::Gce => "gce",
         }
     }
 
@@ -60,6 +70,8 @@ impl Format {
             "vhd" | "vpc" => Some(Format::Vhd),
             "vdi" => Some(Format::Vdi),
             "vhdx" => Some(Format::Vhdx),
+            "ova" => Some(Format::Ova),
+            "tgz" => Some(Format::Gce),
             _ => None,
         }
     }
@@ -83,8 +95,11 @@ impl FromStr for Format {
             "vhd" | "vpc" => Ok(Format::Vhd),
             "vdi" => Ok(Format::Vdi),
             "vhdx" => Ok(Format::Vhdx),
+            "ova" => Ok(Format::Ova),
+            "gce" => Ok(Format::Gce),
             other => Err(Error::invalid_argument(format!(
-                "unknown format '{other}' (known: raw, qcow2, vmdk, vhd or vpc, vdi, vhdx)"
+                "unknown format '{other}' (known: raw, qcow2, vmdk, vhd or vpc, vdi, vhdx, ova, \
+                 gce)"
             ))),
         }
     }

@@ -23,10 +23,51 @@ pub fn open_image(path: impl AsRef<Path>, format: Option<Format>) -> Result<Box<
 
 /// Open an image from any [`Source`].
 pub fn open_source(source: Box<dyn Source>, format: Option<Format>) -> Result<Box<dyn Reader>> {
+    open_source_disk(source, format, 1)
+}
+
+/// Open the image at `path`; in a package holding several disks (an OVA), the disk `disk`,
+/// counted from 1.
+pub fn open_image_disk(
+    path: impl AsRef<Path>,
+    format: Option<Format>,
+    disk: usize,
+) -> Result<Box<dyn Reader>> {
+    let path = path.as_ref();
+    let source = FileSource::open(path)?;
+    open_source_disk(Box::new(source), format, disk).map_err(|e| e.with_path(path))
+}
+
+/// Open an image from any [`Source`]; in a package, its disk `disk` (from 1).
+pub fn open_source_disk(
+    source: Box<dyn Source>,
+    format: Option<Format>,
+    disk: usize,
+) -> Result<Box<dyn Reader>> {
     let format = match format {
         Some(f) => f,
         None => detect_source(source.as_ref())?,
     };
+    if disk != 1 && format != Format::Ova {
+        return Err(crate::error::Error::invalid_argument(format!(
+            "--disk {disk}: a {format} image holds one disk"
+        )));
+    }
+    open_format(source, format, disk)
+}
+
+/// The disk inside a package: any format but another package.
+pub(crate) fn open_packaged_disk(source: Box<dyn Source>) -> Result<Box<dyn Reader>> {
+    let format = detect_source(source.as_ref())?;
+    if matches!(format, Format::Ova | Format::Gce) {
+        return Err(crate::error::Error::unsupported(format!(
+            "the package holds another package ({format}) as its disk"
+        )));
+    }
+    open_format(source, format, 1)
+}
+
+fn open_format(source: Box<dyn Source>, format: Format, disk: usize) -> Result<Box<dyn Reader>> {
     match format {
         Format::Raw => Ok(Box::new(RawReader::new(source))),
         Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(source)?)),
@@ -34,6 +75,8 @@ pub fn open_source(source: Box<dyn Source>, format: Option<Format>) -> Result<Bo
         Format::Vdi => Ok(Box::new(VdiReader::open(source)?)),
         Format::Vhd => Ok(Box::new(VhdReader::open(source)?)),
         Format::Vhdx => Ok(Box::new(VhdxReader::open(source)?)),
+        Format::Ova => crate::formats::ova::open(source, disk),
+        Format::Gce => crate::formats::gce::open(source),
     }
 }
 

@@ -476,6 +476,33 @@ impl<W: Write + Send> Sink for WriteSink<W> {
     }
 }
 
+/// A sink that keeps nothing: it counts what is written (a rehearsal's digests come from the
+/// [`Output`] around it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullSink {
+    pos: u64,
+}
+
+impl Sink for NullSink {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn write_zeros(&mut self, len: u64) -> Result<()> {
+        self.pos += len;
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// A sink into memory; the bytes are in the shared vector once finished.
 #[derive(Debug, Clone, Default)]
 pub struct VecSink {
@@ -591,6 +618,8 @@ pub struct Output {
     sink: Box<dyn Sink>,
     digester: Digester,
     read_back: bool,
+    /// Where the file a writer writes starts in the output ([`Output::set_base`]).
+    base: u64,
 }
 
 /// Bytes read per step when digests are computed from a read-back.
@@ -603,6 +632,7 @@ impl Output {
             sink,
             digester: Digester::start(digests)?,
             read_back: false,
+            base: 0,
         })
     }
 
@@ -638,12 +668,35 @@ impl Output {
                 "internal error: write_at on an output hashed inline",
             ));
         }
-        self.sink.write_at(offset, data)
+        self.sink.write_at(self.base + offset, data)
     }
 
-    /// Bytes appended so far.
+    /// Bytes appended so far, counted from the base.
     pub fn position(&self) -> u64 {
-        self.sink.position()
+        self.sink.position() - self.base
+    }
+
+    /// Count positions (and [`Output::write_at`] offsets) from the output's byte `base`, at
+    /// or before the current end: a package writer embeds a disk file whose own offsets start
+    /// there (an OVA's VMDK inside its tar).
+    pub(crate) fn set_base(&mut self, base: u64) {
+        self.base = base.min(self.sink.position());
+    }
+
+    /// The SHA-256 of `len` bytes written from `offset` (counted from the base), read back
+    /// from the sink; only for outputs made with [`Output::new_seekable`].
+    pub(crate) fn sha256_of(&self, offset: u64, len: u64) -> Result<[u8; 32]> {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        let mut pos = 0u64;
+        let mut buf = vec![0u8; READ_BACK_STEP.min(len as usize)];
+        while pos < len {
+            let n = (len - pos).min(READ_BACK_STEP as u64) as usize;
+            self.sink.read_at(self.base + offset + pos, &mut buf[..n])?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+        Ok(h.finalize().into())
     }
 
     /// Finish the digests, then complete and publish the sink. Returns the output's length

@@ -62,7 +62,7 @@ fn masked(format: Format, mut b: Vec<u8>) -> Vec<u8> {
             blank_after(&mut b, b"ddb.longContentID = \"", 32);
             blank_after(&mut b, b"ddb.uuid = \"", 47);
         }
-        Format::Raw | Format::Qcow2 | Format::Vhdx => {}
+        Format::Raw | Format::Qcow2 | Format::Vhdx | Format::Ova | Format::Gce => {}
     }
     b
 }

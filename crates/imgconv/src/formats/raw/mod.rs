@@ -10,4 +10,4 @@ mod reader;
 mod writer;
 
 pub(crate) use reader::RawReader;
-pub(crate) use writer::{RawEncoder, RawOptions, RawPiece, RawWriter};
+pub(crate) use writer::{RawEncoder, RawOptions, RawPiece, RawWriter, RAW_UNIT};
