@@ -392,6 +392,38 @@ pub fn vhdx_reader(input: &[u8]) -> bool {
     }
 }
 
+/// The OVA reader on arbitrary bytes: the tar's headers, the OVF descriptor, the manifest's
+/// digests, the disk inside (whatever its format); then `info`, `check`, the map and the first
+/// `FUZZ_READ_LIMIT` bytes. The first byte picks the disk (`--disk`), the rest is the file.
+/// Whether it opened.
+pub fn ova_reader(input: &[u8]) -> bool {
+    let [pick, file @ ..] = input else {
+        return false;
+    };
+    let source = Box::new(MemSource::new(file.to_vec()));
+    match crate::formats::ova::open(source, usize::from(*pick % 4)) {
+        Ok(reader) => {
+            exercise(reader.as_ref());
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The GCE package reader on arbitrary bytes: the gzip stream, the tar headers (plain, long
+/// names, PAX, GNU and PAX sparse maps), then `info`, the map and the first `FUZZ_READ_LIMIT`
+/// bytes of `disk.raw`. Whether it opened.
+pub fn gce_reader(input: &[u8]) -> bool {
+    let source = Box::new(MemSource::new(input.to_vec()));
+    match crate::formats::gce::open(source) {
+        Ok(reader) => {
+            exercise(reader.as_ref());
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// The VDI reader on arbitrary bytes: open (which checks the whole block map), `info`, and
 /// read the first `FUZZ_READ_LIMIT` bytes.
 /// Whether it opened.
@@ -620,8 +652,10 @@ mod tests {
     fn every_committed_seed_runs_and_opens_as_its_name_says() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
         type Target = fn(&[u8]) -> bool;
-        let targets: [(&str, Target); 8] = [
+        let targets: [(&str, Target); 10] = [
             ("qcow2_reader", qcow2_reader),
+            ("ova_reader", ova_reader),
+            ("gce_reader", gce_reader),
             ("vhdx_reader", vhdx_reader),
             ("vdi_reader", vdi_reader),
             ("vhd_reader", vhd_reader),

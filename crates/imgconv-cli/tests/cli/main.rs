@@ -7,6 +7,7 @@ mod export;
 mod export_api;
 mod failures;
 mod inspect;
+mod packages;
 mod qcow2;
 mod raw;
 mod reproducible;

@@ -362,6 +362,15 @@ impl ArchiveBytes for GzArchive {
                     Ok(0) => break,
                     Ok(n) => got += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return Err(bad(
+                            0,
+                            format!(
+                                "the gzip stream ends early, near tar offset {} (truncated)",
+                                d.pos
+                            ),
+                        ))
+                    }
                     Err(e) => {
                         return Err(bad(
                             0,

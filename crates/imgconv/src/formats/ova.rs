@@ -548,16 +548,18 @@ fn parse_units(u: &str) -> Option<u64> {
     1u64.checked_shl(e).filter(|_| e < 64)
 }
 
-/// The manifest's `ALG(name)= hex` lines.
+/// The manifest's lines: `ALG(name)= hex` (ovftool) or `ALG (name) = hex` (VirtualBox).
 fn manifest_lines(text: &str) -> Vec<(String, String, String)> {
     text.lines()
         .filter_map(|l| {
-            let (left, hexd) = l.split_once(")=")?;
-            let (alg, name) = left.split_once('(')?;
+            let open = l.find('(')?;
+            let close = l.rfind(')')?;
+            let hexd = l.get(close + 1..)?.trim().strip_prefix('=')?.trim();
+            let name = l.get(open + 1..close)?;
             Some((
-                alg.trim().to_ascii_uppercase(),
+                l[..open].trim().to_ascii_uppercase(),
                 name.to_string(),
-                hexd.trim().to_ascii_lowercase(),
+                hexd.to_ascii_lowercase(),
             ))
         })
         .collect()
@@ -715,6 +717,14 @@ mod tests {
             }]
         );
         assert_eq!(parse_units("byte * 2^20"), Some(1 << 20));
+        let lines = manifest_lines("SHA256(a.ovf)= AB\nSHA1 (b c.vmdk) = cd\nnoise\n");
+        assert_eq!(
+            lines,
+            vec![
+                ("SHA256".into(), "a.ovf".into(), "ab".into()),
+                ("SHA1".into(), "b c.vmdk".into(), "cd".into())
+            ]
+        );
         assert_eq!(parse_units("byte * 2^64"), None);
     }
 }
