@@ -411,6 +411,71 @@ def case_inspect(t, img, size, work, runs, out_dir):
              f"imgconv --no-sync --deterministic -O {fmt}", lambda: rm(out))
 
 
+OVF_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References><File ovf:href="vm-disk1.vmdk" ovf:id="file1"/></References>
+  <DiskSection><Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{size}" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="vm"><Info>A virtual machine</Info></VirtualSystem>
+</Envelope>
+"""
+
+
+def case_packages(t, img, size, work, runs, out_dir):
+    """VHDX against qemu-img; an OVA against the usual several passes (qemu-img streamOptimized,
+    an OVF written by hand, sha256sum for the manifest, tar); a GCE tar.gz against GNU tar's
+    -Sczf (one core's gzip) and tar piped into pigz."""
+    pair = pair_rows(t, size, runs)
+    out = str(out_dir / "out.vhdx")
+    pair("RAW -> VHDX dynamic", ["qemu-img", "convert", "-O", "vhdx", img, out],
+         "qemu-img convert -O vhdx", [str(BIN), "--no-sync", img, out],
+         "imgconv --no-sync IN OUT.vhdx", lambda: rm(out))
+    src = str(work / "qemu.vhdx")
+    if not os.path.exists(src):
+        sh(["qemu-img", "convert", "-O", "vhdx", img, src])
+    warm(src)
+    raw = str(out_dir / "back.raw")
+    pair("VHDX -> RAW", ["qemu-img", "convert", "-f", "vhdx", "-O", "raw", src, raw],
+         "qemu-img convert -f vhdx -O raw", [str(BIN), "--no-sync", src, raw],
+         "imgconv --no-sync IN OUT.raw", lambda: rm(raw))
+    # OVA: the passes a user runs by hand.
+    d = out_dir / "ova-parts"
+    d.mkdir(exist_ok=True)
+    (d / "vm.ovf").write_text(OVF_TEMPLATE.format(size=size))
+    ova = str(out_dir / "vm.ova")
+    manual = ["sh", "-c",
+              f"qemu-img convert -O vmdk -o subformat=streamOptimized '{img}' '{d}/vm-disk1.vmdk' && "
+              f"cd '{d}' && sha256sum --tag vm.ovf vm-disk1.vmdk > vm.mf && "
+              f"tar -cf '{ova}' vm.ovf vm.mf vm-disk1.vmdk"]
+    pair("RAW -> OVA", manual, "qemu-img (streamOptimized) + sha256sum + tar",
+         [str(BIN), "--no-sync", img, ova], "imgconv --no-sync IN OUT.ova",
+         lambda: rm(ova, str(d / "vm-disk1.vmdk"), str(d / "vm.mf")))
+    # GCE: disk.raw in a tar.gz.
+    g = out_dir / "gce-parts"
+    g.mkdir(exist_ok=True)
+    disk = g / "disk.raw"
+    if not disk.exists():
+        sh(["cp", "--sparse=always", img, str(disk)])
+    tgz = str(out_dir / "image.tar.gz")
+    clean = lambda: rm(tgz)
+    pair("RAW -> GCE tar.gz", ["tar", "--format=oldgnu", "-Sczf", tgz, "-C", str(g), "disk.raw"],
+         "tar --format=oldgnu -Sczf", [str(BIN), "--no-sync", "-O", "gce", img, tgz],
+         "imgconv --no-sync -O gce", clean)
+    if shutil.which("pigz"):
+        pair("RAW -> GCE tar.gz (pigz)",
+             ["sh", "-c", f"tar --format=oldgnu -Scf - -C '{g}' disk.raw | pigz > '{tgz}'"],
+             "tar --format=oldgnu -Scf - | pigz", [str(BIN), "--no-sync", "-O", "gce", img, tgz],
+             "imgconv --no-sync -O gce", clean)
+    sh([str(BIN), "--no-sync", "-O", "gce", img, tgz])
+    x = out_dir / "gce-x"
+    x.mkdir(exist_ok=True)
+    pair("GCE tar.gz -> RAW", ["tar", "-xzf", tgz, "-C", str(x)], "tar -xzf",
+         [str(BIN), "--no-sync", tgz, raw], "imgconv --no-sync IN.tar.gz OUT.raw",
+         lambda: rm(raw, str(x / "disk.raw")))
+    rm(tgz)
+
+
 def s3s_fs():
     """The S3-compatible server the tests use (installed by scripts/test.sh)."""
     local = ROOT / "target" / "tools" / "bin" / "s3s-fs"
@@ -632,9 +697,10 @@ def main():
     ap.add_argument("--size", default="2G", help="virtual size of the realistic image (2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
     ap.add_argument("--cases",
-                    default="raw,digest,qcow2,vmdk,vdi,vhd,inspect,export,serve,fleet,memory",
+                    default="raw,digest,qcow2,vmdk,vdi,vhd,inspect,packages,export,serve,fleet,memory",
                     help="raw, digest, qcow2, vmdk, vdi, vhd, inspect (check, map, measure, "
-                         "--deterministic), export, serve, fleet, floor, memory "
+                         "--deterministic), packages (VHDX, OVA, GCE), export, serve, fleet, "
+                         "floor, memory "
                          "(floor is not in the default set: it drops the page cache)")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
@@ -655,8 +721,8 @@ def main():
     cases = set(args.cases.split(","))
     t = Table()
     img = work / f"realistic-{args.size}.raw"
-    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "inspect", "export", "serve",
-                 "fleet", "floor"}:
+    if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "inspect", "packages", "export",
+                 "serve", "fleet", "floor"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -675,6 +741,8 @@ def main():
             case_vhd(t, str(img), size, work, args.runs, out_dir)
         if "inspect" in cases:
             case_inspect(t, str(img), size, work, args.runs, out_dir)
+        if "packages" in cases:
+            case_packages(t, str(img), size, work, args.runs, out_dir)
         if "export" in cases:
             need("/usr/bin/time", "time")
             case_export(t, str(img), size, work, args.runs, out_dir)

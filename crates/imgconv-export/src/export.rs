@@ -105,6 +105,10 @@ pub fn export(
         );
     }
     let expected = expected_size(reader);
+    if options.output_name.is_none() {
+        // The object's name, for formats that name things after it (an OVA's members).
+        options.output_name = object_name(target);
+    }
     let make_sink = || upload_sink(target, expected, cancel);
     let location = location_of(target);
     let summary = if options.needs_seekable_output(reader.virtual_size())? {
@@ -147,6 +151,16 @@ fn upload_sink(target: &Target, expected: u64, cancel: &CancelToken) -> Result<B
             ))
         }
     })
+}
+
+/// The last part of the object's key or URL path.
+fn object_name(target: &Target) -> Option<String> {
+    let whole = location_of(target);
+    let path = whole.split(['?', '#']).next().unwrap_or("");
+    path.rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
 }
 
 fn location_of(target: &Target) -> String {

@@ -48,6 +48,10 @@ pub struct ConvertOptions {
     /// which is also the date written. Costs one more read of the input's data when the
     /// output format holds ids. `None`: random ids and the current time.
     pub deterministic: Option<u64>,
+    /// The output's file name (without folders), for an OVA, which names its members and
+    /// virtual system after it. A file destination's own name is used when this is `None`; a
+    /// stream's is `disk`.
+    pub output_name: Option<String>,
 }
 
 impl ConvertOptions {
@@ -61,6 +65,7 @@ impl ConvertOptions {
             pipeline: PipelineConfig::default(),
             plan: None,
             deterministic: None,
+            output_name: None,
         }
     }
 
@@ -251,10 +256,9 @@ fn with_writer<U: WriterUse>(
             user.writer(VhdxWriter::new(size, v)?, Preallocation::Off)
         }
         Format::Ova => {
-            let stem = name
-                .strip_suffix(".ova")
-                .or_else(|| name.strip_suffix(".OVA"))
-                .unwrap_or(name);
+            // The name without its extension(s): `vm.ova` gives `vm`.
+            let name = opts.output_name.as_deref().unwrap_or(name);
+            let stem = name.split('.').next().unwrap_or("");
             let stem = if stem.is_empty() || stem == "-" {
                 "disk"
             } else {

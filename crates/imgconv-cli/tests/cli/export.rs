@@ -164,6 +164,65 @@ fn exports_to_s3_in_each_format_match_their_digests_and_the_source() {
 }
 
 #[test]
+fn packages_and_vhdx_export_to_s3_streamed_and_whole() {
+    // OVA (rehearsed, then streamed: no scratch file), GCE tar.gz and VHDX into a bucket.
+    let dir = scratch("export-s3-packages");
+    let src = source(&dir);
+    let server = S3Server::start("cli-packages");
+    let scratch_dir = dir.join("scratch");
+    std::fs::create_dir_all(&scratch_dir).expect("scratch dir");
+    for (key, args) in [
+        ("vm.ova", &[][..]),
+        ("image.tar.gz", &["-o", "round_to_gib=off"][..]),
+        ("d.vhdx", &["-o", "block_size=1M"][..]),
+    ] {
+        let out = ok(with_keys()
+            .arg(&src)
+            .arg(format!("s3://exports/{key}"))
+            .args(["--endpoint", &server.endpoint(), "--region", "us-east-1"])
+            .args(["--part-size", "5M", "--output", "json", "--scratch-dir"])
+            .arg(&scratch_dir)
+            .args(args));
+        let result = json(&out);
+        let bytes = server.download(key).expect("object");
+        assert!(bytes.len() > 10 << 20, "{key}: multipart");
+        let object = check_object(&dir, key, &bytes, &result);
+        assert!(
+            std::fs::read_dir(&scratch_dir)
+                .expect("scratch")
+                .next()
+                .is_none(),
+            "{key}: streamed, no scratch file"
+        );
+        let x = dir.join(format!("x-{key}"));
+        std::fs::create_dir_all(&x).expect("dir");
+        match key {
+            "vm.ova" => {
+                let list = ok(Command::new("tar").current_dir(&x).arg("-tf").arg(&object));
+                assert_eq!(list, "vm.ovf\nvm.mf\nvm-disk1.vmdk\n");
+                ok(Command::new("tar").current_dir(&x).arg("-xf").arg(&object));
+                let mf = std::fs::read_to_string(x.join("vm.mf")).expect("mf");
+                assert!(mf.contains(&sha256sum(&x.join("vm-disk1.vmdk"))), "{mf}");
+                assert!(mf.contains(&sha256sum(&x.join("vm.ovf"))), "{mf}");
+                assert_eq!(
+                    qemu_compare_formats(&src, "raw", &x.join("vm-disk1.vmdk"), "vmdk"),
+                    0
+                );
+            }
+            "image.tar.gz" => {
+                let list = ok(Command::new("tar").current_dir(&x).arg("-tzf").arg(&object));
+                assert_eq!(list, "disk.raw\n");
+                ok(Command::new("tar").current_dir(&x).arg("-xzf").arg(&object));
+                assert_eq!(md5sum(&x.join("disk.raw")), md5sum(&src));
+            }
+            _ => {
+                assert_eq!(qemu_compare_formats(&src, "raw", &object, "vhdx"), 0);
+            }
+        }
+    }
+}
+
+#[test]
 fn export_errors_have_their_exit_codes() {
     let dir = scratch("export-errors");
     let src = mixed_source(&dir);
