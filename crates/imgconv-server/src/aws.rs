@@ -67,6 +67,8 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
     match form.get("Action").map(String::as_str) {
         Some("ExportImage") => export_image(svc, req, &form),
         Some("DescribeExportImageTasks") => describe(svc, req, &form),
+        Some("CreateInstanceExportTask") => export_instance(svc, req, &form),
+        Some("DescribeExportTasks") => describe_instance_tasks(svc, req, &form),
         Some("CancelExportTask") => cancel(svc, req, &form),
         Some(other) => err(
             req,
@@ -118,6 +120,8 @@ pub(crate) fn request_of(form: &BTreeMap<String, String>) -> Value {
         "Description",
         "ClientToken",
         "RoleName",
+        "InstanceId",
+        "TargetEnvironment",
     ] {
         if let Some(v) = form.get(name) {
             r.insert(name.into(), json!(v));
@@ -137,6 +141,15 @@ pub(crate) fn request_of(form: &BTreeMap<String, String>) -> Value {
     }
     if !loc.is_empty() {
         r.insert("S3ExportLocation".into(), Value::Object(loc));
+    }
+    let mut to_s3 = serde_json::Map::new();
+    for name in ["ContainerFormat", "DiskImageFormat", "S3Bucket", "S3Prefix"] {
+        if let Some(v) = form.get(&format!("ExportToS3.{name}")) {
+            to_s3.insert(name.into(), json!(v));
+        }
+    }
+    if !to_s3.is_empty() {
+        r.insert("ExportToS3".into(), Value::Object(to_s3));
     }
     let specs: Vec<Value> = indexed(form, "TagSpecification")
         .into_values()
@@ -195,6 +208,126 @@ fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, Strin
     let mut x = open("ExportImageResponse", req.request_id);
     task_fields(&mut x, &reply.body);
     x.push_str("</ExportImageResponse>");
+    Wire::xml(200, x)
+}
+
+fn export_instance(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) -> Wire {
+    let request = request_of(form);
+    let Some(instance) = form.get("InstanceId") else {
+        return err(
+            req,
+            400,
+            "MissingParameter",
+            "The request must contain the parameter InstanceId",
+        );
+    };
+    let Some(source) = svc.config.instances.get(instance) else {
+        return err(
+            req,
+            400,
+            "InvalidInstanceID.NotFound",
+            &format!("The instance ID '{instance}' does not exist"),
+        );
+    };
+    let ctx = svc.context(source, None, req.headers);
+    let reply = svc.with_store(|s| Api::Aws.submit(s, &ctx, &request));
+    if reply.run.is_some() {
+        svc.notify();
+    }
+    if reply.status != 200 {
+        return api_error(req, &reply.status, &reply.body);
+    }
+    let mut x = open("CreateInstanceExportTaskResponse", req.request_id);
+    x.push_str("<exportTask>");
+    instance_task_fields(&mut x, &reply.body["ExportTask"]);
+    x.push_str("</exportTask></CreateInstanceExportTaskResponse>");
+    Wire::xml(200, x)
+}
+
+/// An instance export task's fields, as EC2 names them.
+fn instance_task_fields(x: &mut String, t: &Value) {
+    for (json_name, xml_name) in [
+        ("ExportTaskId", "exportTaskId"),
+        ("Description", "description"),
+        ("State", "state"),
+        ("StatusMessage", "statusMessage"),
+    ] {
+        leaf(x, xml_name, &t[json_name]);
+    }
+    let d = &t["InstanceExportDetails"];
+    x.push_str("<instanceExport>");
+    leaf(x, "instanceId", &d["InstanceId"]);
+    leaf(x, "targetEnvironment", &d["TargetEnvironment"]);
+    x.push_str("</instanceExport><exportToS3>");
+    let s3 = &t["ExportToS3Task"];
+    for (json_name, xml_name) in [
+        ("ContainerFormat", "containerFormat"),
+        ("DiskImageFormat", "diskImageFormat"),
+        ("S3Bucket", "s3Bucket"),
+        ("S3Key", "s3Key"),
+    ] {
+        leaf(x, xml_name, &s3[json_name]);
+    }
+    x.push_str("</exportToS3>");
+    if let Some(tags) = t.get("Tags").and_then(Value::as_array) {
+        x.push_str("<tagSet>");
+        for tag in tags {
+            x.push_str("<item>");
+            leaf(x, "key", &tag["Key"]);
+            leaf(x, "value", &tag["Value"]);
+            x.push_str("</item>");
+        }
+        x.push_str("</tagSet>");
+    }
+}
+
+fn describe_instance_tasks(
+    svc: &Service,
+    req: &Incoming<'_>,
+    form: &BTreeMap<String, String>,
+) -> Wire {
+    let ids: Vec<&str> = indexed(form, "ExportTaskId")
+        .into_values()
+        .flat_map(|v| v.into_iter().map(|(_, id)| id))
+        .collect();
+    let tasks: Vec<Value> = if ids.is_empty() {
+        let reply = svc.with_store(|s| Api::Aws.list(s));
+        if reply.status != 200 {
+            return api_error(req, &reply.status, &reply.body);
+        }
+        reply.body["ExportTasks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        let mut out = Vec::new();
+        for id in ids {
+            let reply = svc.with_store(|s| Api::Aws.describe(s, id));
+            match reply.body.get("ExportTasks") {
+                Some(t) if reply.status == 200 => out.push(t[0].clone()),
+                _ if reply.status >= 500 => {
+                    return api_error(req, &reply.status, &reply.body);
+                }
+                _ => {
+                    return err(
+                        req,
+                        400,
+                        "InvalidExportTaskID.NotFound",
+                        &format!("The export task ID '{id}' does not exist"),
+                    )
+                }
+            }
+        }
+        out
+    };
+    let mut x = open("DescribeExportTasksResponse", req.request_id);
+    x.push_str("<exportTaskSet>");
+    for t in &tasks {
+        x.push_str("<item>");
+        instance_task_fields(&mut x, t);
+        x.push_str("</item>");
+    }
+    x.push_str("</exportTaskSet></DescribeExportTasksResponse>");
     Wire::xml(200, x)
 }
 
@@ -298,7 +431,7 @@ fn describe(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) 
         ids.iter()
             .map(|id| {
                 let reply = svc.with_store(|s| Api::Aws.describe(s, id));
-                if reply.status == 200 {
+                if reply.status == 200 && reply.body.get("ExportImageTasks").is_some() {
                     Ok(reply.body["ExportImageTasks"][0].clone())
                 } else if reply.status >= 500 {
                     // The store failed (busy, unreachable): a server error the SDK retries,

@@ -46,6 +46,10 @@ pub struct Config {
     /// EVS volume ids, and the disk files they stand for.
     #[serde(default)]
     pub volumes: BTreeMap<String, PathBuf>,
+    /// EC2 instance ids (`CreateInstanceExportTask`), and the disk files of their root
+    /// volumes.
+    #[serde(default)]
+    pub instances: BTreeMap<String, PathBuf>,
     /// Huawei IMS and EVS settings.
     pub huawei: Option<Huawei>,
     /// OCI settings.
@@ -184,6 +188,7 @@ impl Config {
         c.tls_key.as_mut().map(abs);
         c.images.values_mut().for_each(abs);
         c.volumes.values_mut().for_each(abs);
+        c.instances.values_mut().for_each(abs);
         if let Some(h) = &mut c.huawei {
             abs(&mut h.image_store);
         }

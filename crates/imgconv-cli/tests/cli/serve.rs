@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use crate::tools::*;
 
 const AMI: &str = "ami-0abcdef1234567890";
+const INSTANCE: &str = "i-0abcdef1234567890";
 const OCI_IMAGE: &str = "ocid1.image.oc1..aaaaexample";
 const HW_IMAGE: &str = "d164b5df-1bc3-4c3f-893e-3e471fd16e64";
 const BROKEN_IMAGE: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
@@ -154,6 +155,9 @@ secret_access_key = "{SECRET_KEY}"
 
 [volumes]
 "{VOLUME}" = "{d}/src.raw"
+
+[instances]
+"{INSTANCE}" = "{d}/web.qcow2"
 
 [huawei]
 project_id = "{PROJECT}"
@@ -398,6 +402,36 @@ fn boto3_exports_vmdk_raw_and_vhd_that_read_back_with_tokens_and_dry_runs() {
             .collect();
     assert_eq!(added.len(), 1, "one task's object only: {added:?}");
     assert!(added[0].starts_with("exports/idem/"), "{added:?}");
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+}
+
+#[test]
+fn boto3_exports_an_instance_as_an_ova_that_reads_back() {
+    let s = setup("serve-aws-instance");
+    let served = s.serve(&s.s3.endpoint());
+    let out = s.dir.join("instance.ova");
+    let r = sdk(
+        "aws_instance_export",
+        &s.args(&served, json!({ "instance": INSTANCE, "out": out })),
+    );
+    assert_eq!(r["refused"], "InvalidParameterValue", "{r}");
+    assert_eq!(r["unknown"], "InvalidInstanceID.NotFound", "{r}");
+    let task = r["task"].as_str().expect("task id");
+    let x = s.dir.join("instance");
+    std::fs::create_dir_all(&x).expect("folder");
+    let list = ok(Command::new("tar").current_dir(&x).arg("-tf").arg(&out));
+    assert_eq!(
+        list,
+        format!("{task}.ovf\n{task}.mf\n{task}-disk1.vmdk\n"),
+        "the OVA's members, named after the task"
+    );
+    ok(Command::new("tar").current_dir(&x).arg("-xf").arg(&out));
+    let mf = std::fs::read_to_string(x.join(format!("{task}.mf"))).expect("manifest");
+    assert!(
+        mf.contains(&sha256sum(&x.join(format!("{task}-disk1.vmdk")))),
+        "{mf}"
+    );
+    s.same(&x.join(format!("{task}-disk1.vmdk")), "vmdk");
     assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
 }
 

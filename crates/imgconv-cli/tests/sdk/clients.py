@@ -93,6 +93,68 @@ def aws_export(a):
     return {"task": tid, "key": key, "status": t["Status"], "next": page.get("NextToken")}
 
 
+def aws_instance_export(a):
+    """create_instance_export_task into an OVA; describe_export_tasks until completed; the
+    object downloaded. An ova container of RAW disks is refused with EC2's error."""
+    from botocore.exceptions import ClientError
+
+    ec2 = ec2_client(a)
+    r = ec2.create_instance_export_task(
+        InstanceId=a["instance"],
+        TargetEnvironment="vmware",
+        Description="instance export",
+        ExportToS3Task={
+            "ContainerFormat": "ova",
+            "DiskImageFormat": "VMDK",
+            "S3Bucket": a["bucket"],
+            "S3Prefix": "instances/",
+        },
+        TagSpecifications=[
+            {"ResourceType": "export-instance-task", "Tags": [{"Key": "team", "Value": "vm"}]}
+        ],
+    )["ExportTask"]
+    tid = r["ExportTaskId"]
+    assert tid.startswith("export-i-"), r
+    assert r["State"] == "active", r
+    assert r["InstanceExportDetails"] == {"InstanceId": a["instance"], "TargetEnvironment": "vmware"}, r
+    key = r["ExportToS3Task"]["S3Key"]
+    assert key == f"instances/{tid}.ova", r
+    assert r["ExportToS3Task"]["ContainerFormat"] == "ova", r
+    assert r["Tags"] == [{"Key": "team", "Value": "vm"}], r
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        t = ec2.describe_export_tasks(ExportTaskIds=[tid])["ExportTasks"][0]
+        if t["State"] in ["completed", "cancelled"]:
+            break
+        time.sleep(0.2)
+    assert t["State"] == "completed", t
+    listed = [x["ExportTaskId"] for x in ec2.describe_export_tasks()["ExportTasks"]]
+    assert listed == [tid], listed
+    # Not an image export task.
+    images = [x["ExportImageTaskId"] for x in ec2.describe_export_image_tasks()["ExportImageTasks"]]
+    assert tid not in images, images
+    download(a, a["bucket"], key, a["out"])
+    try:
+        ec2.create_instance_export_task(
+            InstanceId=a["instance"],
+            TargetEnvironment="vmware",
+            ExportToS3Task={"ContainerFormat": "ova", "DiskImageFormat": "RAW", "S3Bucket": a["bucket"]},
+        )
+        refused = None
+    except ClientError as e:
+        refused = e.response["Error"]["Code"]
+    try:
+        ec2.create_instance_export_task(
+            InstanceId="i-0000000000000000f",
+            TargetEnvironment="vmware",
+            ExportToS3Task={"ContainerFormat": "ova", "S3Bucket": a["bucket"]},
+        )
+        unknown = None
+    except ClientError as e:
+        unknown = e.response["Error"]["Code"]
+    return {"task": tid, "key": key, "refused": refused, "unknown": unknown}
+
+
 def aws_wait_completed(a):
     t = aws_wait(ec2_client(a), a["task"], ["completed", "deleted"])
     return {"status": t["Status"], "message": t.get("StatusMessage")}

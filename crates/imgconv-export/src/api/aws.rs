@@ -1,5 +1,7 @@
 //! AWS EC2 `ExportImage`: validation, the export task, and its states (active, completed,
-//! deleting, deleted).
+//! deleting, deleted); and `CreateInstanceExportTask` (an instance's disk as an OVA, or a
+//! VMDK, VHD or RAW), whose tasks have their own shape and states (active, cancelling,
+//! cancelled, completed).
 
 use imgconv::Format;
 use serde_json::{json, Value};
@@ -12,6 +14,9 @@ pub(super) fn aws_submit(
     ctx: &Context,
     req: &Value,
 ) -> Result<Reply, ApiError> {
+    if req.get("InstanceId").is_some() {
+        return instance_submit(store, ctx, req);
+    }
     let format = str_field(req, "DiskImageFormat").ok_or_else(|| {
         bad(
             "MissingParameter",
@@ -167,7 +172,143 @@ pub(super) fn aws_submit(
     Ok(reply_for(&job, new, body))
 }
 
+/// The prefix of instance export task ids (image export tasks have `export-ami-`).
+pub(super) const INSTANCE_TASK: &str = "export-i-";
+
+/// `CreateInstanceExportTask`: the instance's disk (the context's source) into the bucket, as
+/// `PREFIX + TASK + .ova` (OVF, manifest and a streamOptimized VMDK, members named after the
+/// task) or as the disk format alone.
+fn instance_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply, ApiError> {
+    let instance = str_field(req, "InstanceId").unwrap_or("");
+    let target_env = str_field(req, "TargetEnvironment").ok_or_else(|| {
+        bad(
+            "MissingParameter",
+            "The request must contain the parameter TargetEnvironment",
+        )
+    })?;
+    if !["citrix", "vmware", "microsoft"].contains(&target_env) {
+        return Err(bad(
+            "InvalidParameterValue",
+            format!("Value ({target_env}) for parameter TargetEnvironment is invalid. Valid values: citrix, vmware, microsoft"),
+        ));
+    }
+    let s3 = req.get("ExportToS3").ok_or_else(|| {
+        bad(
+            "MissingParameter",
+            "The request must contain the parameter ExportToS3",
+        )
+    })?;
+    let bucket = str_field(s3, "S3Bucket").ok_or_else(|| {
+        bad(
+            "MissingParameter",
+            "The request must contain the parameter ExportToS3.S3Bucket",
+        )
+    })?;
+    let prefix = str_field(s3, "S3Prefix").unwrap_or("");
+    let disk_format = str_field(s3, "DiskImageFormat")
+        .unwrap_or("VMDK")
+        .to_ascii_uppercase();
+    let container = str_field(s3, "ContainerFormat");
+    let (fmt, ext, mut opts): (Format, &str, Vec<String>) = match (container, disk_format.as_str())
+    {
+        (Some("ova"), "VMDK") => (Format::Ova, "ova", vec![]),
+        (Some("ova"), other) => {
+            return Err(bad(
+                "InvalidParameterValue",
+                format!("An ova container holds VMDK disks, not {other}"),
+            ))
+        }
+        (Some(other), _) => {
+            return Err(bad(
+                "InvalidParameterValue",
+                format!("Value ({other}) for parameter ContainerFormat is invalid. Valid values: ova"),
+            ))
+        }
+        (None, "VMDK") => (Format::Vmdk, "vmdk", vec!["subformat=streamOptimized".into()]),
+        (None, "RAW") => (Format::Raw, "raw", vec![]),
+        (None, "VHD") => (Format::Vhd, "vhd", vec![]),
+        (None, other) => {
+            return Err(bad(
+                "InvalidParameterValue",
+                format!("Value ({other}) for parameter DiskImageFormat is invalid. Valid values: VMDK, RAW, VHD"),
+            ))
+        }
+    };
+    let description = str_field(req, "Description").unwrap_or("");
+    if description.chars().count() > 255 {
+        return Err(bad(
+            "InvalidParameterValue",
+            "Value for parameter Description is invalid. The maximum length is 255 characters.",
+        ));
+    }
+    let id = format!("{INSTANCE_TASK}{}", hex_id(17));
+    let key = format!("{prefix}{id}.{ext}");
+    if fmt == Format::Ova {
+        opts.push(format!("name={id}"));
+    }
+    let spec = JobSpec {
+        source: ctx.source.clone(),
+        format: fmt.name().into(),
+        writer_options: opts,
+        compress: false,
+        target: s3_target(ctx, bucket, &key)?,
+        oci_archive: false,
+        oci_metadata: None,
+    };
+    let tags: Vec<Value> = req
+        .get("TagSpecifications")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| str_field(t, "ResourceType") == Some("export-instance-task"))
+        .flat_map(|t| {
+            t.get("Tags")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut to_s3 = json!({
+        "DiskImageFormat": disk_format,
+        "S3Bucket": bucket,
+        "S3Key": key,
+    });
+    if let Some(c) = container {
+        to_s3["ContainerFormat"] = json!(c);
+    }
+    let echo = json!({
+        "Description": description,
+        "InstanceExportDetails": { "InstanceId": instance, "TargetEnvironment": target_env },
+        "ExportToS3Task": to_s3,
+        "Tags": tags,
+    });
+    let (job, new) = submit_job(Api::Aws, store, &id, None, req, &spec, &echo)?;
+    let t = instance_task(&job);
+    Ok(reply_for(&job, new, json!({ "ExportTask": t })))
+}
+
+/// An instance export task as EC2 shows it.
+fn instance_task(job: &Job) -> Value {
+    let (state, message) = match (job.state, job.cancel_requested) {
+        (JobState::Queued | JobState::Active, false) => ("active", String::new()),
+        (JobState::Queued | JobState::Active, true) => ("cancelling", String::new()),
+        (JobState::Completed, _) => ("completed", String::new()),
+        (JobState::Cancelled, _) => ("cancelled", "Task was cancelled.".to_string()),
+        (JobState::Failed, _) => ("cancelled", job.message.clone()),
+    };
+    let mut t = job.request.clone();
+    t["ExportTaskId"] = json!(job.id);
+    t["State"] = json!(state);
+    if !message.is_empty() {
+        t["StatusMessage"] = json!(message);
+    }
+    t
+}
+
 pub(super) fn aws_describe(job: &Job) -> Value {
+    if job.id.starts_with(INSTANCE_TASK) {
+        return json!({ "ExportTasks": [instance_task(job)] });
+    }
     let (status, message) = match (job.state, job.cancel_requested) {
         (JobState::Queued, _) => ("active", "validating".to_string()),
         (JobState::Active, true) => ("deleting", "cancelling".to_string()),

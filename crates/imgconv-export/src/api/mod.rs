@@ -5,6 +5,7 @@
 //! | API | request | answer | status words |
 //! | --- | --- | --- | --- |
 //! | `aws` | EC2 `ExportImage` | `ExportImageTaskId`, `Status`, `Progress`, ... | active, completed, deleting, deleted |
+//! | `aws` | EC2 `CreateInstanceExportTask` (`ContainerFormat` `ova`, or the disk alone) | `ExportTask`: `ExportTaskId`, `State`, `ExportToS3Task` | active, cancelling, cancelled, completed |
 //! | `oci` | `ExportImage` (`ExportImageDetails`, `opc-retry-token`, `if-match`) | the image, `opc-work-request-id` | ACCEPTED, IN_PROGRESS, SUCCEEDED, FAILED, CANCELING, CANCELED |
 //! | `huawei-ims` | `POST /v1/cloudimages/{image_id}/file` | `job_id` | INIT, RUNNING, SUCCESS, FAIL |
 //! | `huawei-evs` | `os-volume_upload_image` | `os-volume_upload_image` | uploading, active, error |
@@ -223,8 +224,12 @@ impl Api {
                     Api::Aws => json!({
                         "ExportImageTasks": items
                             .iter()
-                            .map(|v| v["ExportImageTasks"][0].clone())
-                            .collect::<Vec<_>>()
+                            .filter_map(|v| v.get("ExportImageTasks").map(|t| t[0].clone()))
+                            .collect::<Vec<_>>(),
+                        "ExportTasks": items
+                            .iter()
+                            .filter_map(|v| v.get("ExportTasks").map(|t| t[0].clone()))
+                            .collect::<Vec<_>>(),
                     }),
                     _ => json!(items),
                 })
