@@ -56,9 +56,10 @@ fi
 
 # The providers' SDKs that the export service's tests are clients with, in a venv.
 sdk_venv="$PWD/target/sdk-venv"
+# COT (the Common OVF Tool) is the OVA tests' independent OVF reader.
 sdk_pkgs=(boto3==1.44.8 oci==2.189.0 huaweicloudsdkcore==3.1.219 huaweicloudsdkims==3.1.219
-  huaweicloudsdkevs==3.0.69)
-if ! "$sdk_venv/bin/python" -c 'import boto3, oci, huaweicloudsdkims, huaweicloudsdkevs' >/dev/null 2>&1; then
+  huaweicloudsdkevs==3.0.69 cot==2.2.1)
+if ! "$sdk_venv/bin/python" -c 'import boto3, oci, huaweicloudsdkims, huaweicloudsdkevs, COT' >/dev/null 2>&1; then
   echo "installing: ${sdk_pkgs[*]} (PyPI, into target/sdk-venv)" >&2
   if ! python3 -m venv "$sdk_venv" >/dev/null 2>&1; then
     sudo=""
