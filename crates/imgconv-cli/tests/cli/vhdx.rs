@@ -483,3 +483,52 @@ fn malformed_bat_entries_and_metadata_are_refused_cleanly() {
         assert!(!dir.join(format!("{name}.raw")).exists(), "{name}");
     }
 }
+
+#[test]
+fn check_finds_blocks_overlapping_each_other_or_the_metadata() {
+    let dir = scratch("vhdx-check");
+    let src = mixed_source(&dir);
+    let img = dir.join("good.vhdx");
+    ok(imgconv()
+        .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
+        .arg(&src)
+        .arg(&img));
+    let good = std::fs::read(&img).expect("read");
+    let (code, _) = check_json(&img);
+    assert_eq!(code, 0);
+    // Block 0's entry, and the next stored block's.
+    let first = le64(&good, BAT);
+    let second = (1..9)
+        .map(|i| BAT + 8 * i)
+        .find(|&e| le64(&good, e) & 7 == 6)
+        .expect("a second stored block");
+    for (name, entry_at, value, structure) in [
+        ("shared", second, first, "BAT"),
+        ("on-metadata", BAT, 6 | (2 << 20), "BAT"),
+    ] {
+        let mut b = good.clone();
+        b[entry_at..entry_at + 8].copy_from_slice(&value.to_le_bytes());
+        let bad = dir.join(format!("{name}.vhdx"));
+        std::fs::write(&bad, b).expect("write");
+        let (code, doc) = check_json(&bad);
+        assert_eq!(code, 2, "{name}: {doc}");
+        let findings = doc["findings"].as_array().expect("findings");
+        assert!(
+            findings
+                .iter()
+                .any(|f| f["structure"] == structure && f["offset"] == entry_at as u64),
+            "{name}: {doc}"
+        );
+    }
+}
+
+/// `imgconv check --output json`: exit code and document.
+fn check_json(img: &Path) -> (i32, serde_json::Value) {
+    let out = imgconv()
+        .args(["check", "--output", "json"])
+        .arg(img)
+        .output()
+        .expect("run");
+    let doc = serde_json::from_slice(&out.stdout).expect("check JSON");
+    (out.status.code().expect("code"), doc)
+}

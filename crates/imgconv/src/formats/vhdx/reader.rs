@@ -39,6 +39,8 @@ struct Header {
     sequence: u64,
     log_guid: [u8; 16],
     version: u16,
+    log_offset: u64,
+    log_length: u64,
 }
 
 fn read_header(src: &dyn Source) -> Result<Header> {
@@ -54,6 +56,8 @@ fn read_header(src: &dyn Source) -> Result<Header> {
             sequence: le64(&b, 8),
             log_guid,
             version: le16(&b, 66),
+            log_length: u64::from(le32(&b, 68)),
+            log_offset: le64(&b, 72),
         };
         if best.as_ref().is_none_or(|b| h.sequence > b.sequence) {
             best = Some(h);
@@ -301,6 +305,12 @@ pub(crate) struct VhdxReader {
     meta: Metadata,
     /// Per payload block: its file offset, or `None` when it reads as zeros.
     blocks: Vec<Option<u64>>,
+    /// The file's own structures, (name, offset, length): headers and region tables, the log,
+    /// the metadata region, the BAT.
+    structures: Vec<(&'static str, u64, u64)>,
+    /// Where the BAT is and how often its sector bitmap entries come.
+    bat_at: u64,
+    chunk_ratio: u64,
 }
 
 impl VhdxReader {
@@ -312,7 +322,7 @@ impl VhdxReader {
         if &sig != FILE_SIGNATURE {
             return Err(bad(0, "no VHDX file identifier ('vhdxfile')"));
         }
-        read_header(src.as_ref())?;
+        let header = read_header(src.as_ref())?;
         let (bat, meta_region) = read_regions(src.as_ref())?;
         let meta = read_metadata(src.as_ref(), meta_region)?;
         let bs = meta.block_size;
@@ -367,7 +377,20 @@ impl VhdxReader {
             };
             blocks.push(block);
         }
-        Ok(VhdxReader { src, meta, blocks })
+        let structures = vec![
+            ("headers and region tables", 0, MIB),
+            ("log", header.log_offset, header.log_length),
+            ("metadata region", meta_region.0, meta_region.1),
+            ("BAT", bat.0, bat.1),
+        ];
+        Ok(VhdxReader {
+            src,
+            meta,
+            blocks,
+            structures,
+            bat_at: bat.0,
+            chunk_ratio,
+        })
     }
 
     fn block(&self, pos: u64) -> Option<u64> {
@@ -381,6 +404,54 @@ impl VhdxReader {
 impl Reader for VhdxReader {
     fn format(&self) -> Format {
         Format::Vhdx
+    }
+
+    /// The regions apart from each other and from the first MiB; every stored block apart
+    /// from the file's structures and from the other blocks (blocks inside the file, and the
+    /// checksums of headers and region tables, are checked at open).
+    fn check(&self, report: &mut crate::check::CheckReport) -> Result<()> {
+        let overlap = |a: (u64, u64), b: (u64, u64)| a.0 < b.0 + b.1 && b.0 < a.0 + a.1;
+        for (i, &(name, at, len)) in self.structures.iter().enumerate() {
+            for &(other, oat, olen) in &self.structures[..i] {
+                if len > 0 && olen > 0 && overlap((at, len), (oat, olen)) {
+                    report.corruption(
+                        name,
+                        at,
+                        format!("the {name} at {at:#x} overlaps the {other} at {oat:#x}"),
+                    );
+                }
+            }
+        }
+        let bs = self.meta.block_size;
+        let mut stored: Vec<(u64, u64)> = self
+            .blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.map(|at| (at, i as u64)))
+            .collect();
+        stored.sort_unstable();
+        let entry_at = |i: u64| self.bat_at + (i + i / self.chunk_ratio) * 8;
+        for (k, &(at, i)) in stored.iter().enumerate() {
+            for &(name, sat, slen) in &self.structures {
+                if slen > 0 && overlap((at, bs), (sat, slen)) {
+                    report.corruption(
+                        "BAT",
+                        entry_at(i),
+                        format!("block {i} at {at:#x} overlaps the {name} at {sat:#x}"),
+                    );
+                }
+            }
+            if let Some(&(next, j)) = stored.get(k + 1) {
+                if next < at + bs {
+                    report.corruption(
+                        "BAT",
+                        entry_at(j),
+                        format!("blocks {i} and {j} overlap at {next:#x}"),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     fn virtual_size(&self) -> u64 {
