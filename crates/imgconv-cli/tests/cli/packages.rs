@@ -508,3 +508,44 @@ fn a_broken_tar_gz_is_refused_and_leaves_no_output() {
         assert!(!dir.join(format!("{name}.qcow2")).exists(), "{name}");
     }
 }
+
+#[test]
+fn measure_bounds_packages_and_deterministic_packages_repeat() {
+    let dir = scratch("packages-measure");
+    let src = mixed_source(&dir);
+    for (name, format, args) in [
+        ("m.ova", "ova", &[][..]),
+        ("m.tar.gz", "gce", &["-o", "round_to_gib=off"][..]),
+        ("r.tar.gz", "gce", &[][..]),
+    ] {
+        let out = dir.join(name);
+        let _ = std::fs::remove_file(&out);
+        ok(imgconv()
+            .args(["convert", "--deterministic", "-O", format])
+            .args(args)
+            .arg(&src)
+            .arg(&out));
+        let m: serde_json::Value = serde_json::from_str(&ok(imgconv()
+            .args(["measure", "--output", "json", "-O", format])
+            .args(args)
+            .arg(&src)))
+        .expect("measure JSON");
+        let written = std::fs::metadata(&out).expect("out").len();
+        assert_eq!(m["exact"], false, "{name}: {m}");
+        assert!(
+            m["required"].as_u64().expect("required") >= written,
+            "{name}: {m} < {written}"
+        );
+        // The same input, options, name and epoch: the same bytes.
+        let again_dir = dir.join("again");
+        std::fs::create_dir_all(&again_dir).expect("dir");
+        let again = again_dir.join(name);
+        let _ = std::fs::remove_file(&again);
+        ok(imgconv()
+            .args(["convert", "--deterministic", "-O", format])
+            .args(args)
+            .arg(&src)
+            .arg(&again));
+        assert_eq!(sha256sum(&out), sha256sum(&again), "{name}");
+    }
+}
