@@ -465,7 +465,7 @@ def case_packages(t, img, size, work, runs, out_dir):
     if shutil.which("pigz"):
         pair("RAW -> GCE tar.gz (pigz)",
              ["sh", "-c", f"tar --format=oldgnu -Scf - -C '{g}' disk.raw | pigz > '{tgz}'"],
-             "tar --format=oldgnu -Scf - | pigz", [str(BIN), "--no-sync", "-O", "gce", img, tgz],
+             "tar --format=oldgnu -Scf - (piped to pigz)", [str(BIN), "--no-sync", "-O", "gce", img, tgz],
              "imgconv --no-sync -O gce", clean)
     sh([str(BIN), "--no-sync", "-O", "gce", img, tgz])
     x = out_dir / "gce-x"
