@@ -510,6 +510,37 @@ fn a_broken_tar_gz_is_refused_and_leaves_no_output() {
 }
 
 #[test]
+fn a_tar_gz_claiming_a_huge_disk_is_refused_as_a_limit() {
+    // A GNU tar header whose base-256 size says 2^60 bytes, and nothing after it: refused
+    // before anything is sized or read.
+    let dir = scratch("gce-huge");
+    let mut h = [0u8; 512];
+    h[..8].copy_from_slice(b"disk.raw");
+    h[100..107].copy_from_slice(b"0000644");
+    h[124] = 0x80;
+    h[128..136].copy_from_slice(&(1u64 << 60).to_be_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = b'0';
+    h[257..265].copy_from_slice(b"ustar  \0");
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let tar = dir.join("huge.tar");
+    std::fs::write(&tar, h).expect("write");
+    assert!(tool("gzip", &["-f", path_str(&tar)]).status.success());
+    let out = imgconv()
+        .args(["info"])
+        .arg(dir.join("huge.tar.gz"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("64 TiB"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn measure_bounds_packages_and_deterministic_packages_repeat() {
     let dir = scratch("packages-measure");
     let src = mixed_source(&dir);

@@ -35,6 +35,8 @@ pub(crate) const DISK_NAME: &str = "disk.raw";
 const GIB: u64 = 1 << 30;
 /// Decoded bytes kept behind the furthest read.
 const BACK: u64 = 64 << 20;
+/// The largest `disk.raw` read (a sparse member's header can claim any size).
+const MAX_DISK: u64 = 64 << 40;
 /// The step the decoder advances by.
 const STEP: usize = 1 << 20;
 
@@ -428,6 +430,17 @@ pub(crate) fn open(src: Box<dyn Source>) -> Result<Box<dyn Reader>> {
         m.regular && m.name.trim_start_matches("./") == DISK_NAME
     })?;
     let member = found.ok_or_else(|| bad(0, "the archive holds no disk.raw"))?;
+    if member.size > MAX_DISK {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "disk.raw claims {} bytes, more than the {MAX_DISK}-byte limit (64 TiB, Compute \
+                 Engine's largest disk)",
+                member.size
+            ),
+        )
+        .with_format(Format::Gce));
+    }
     let sparse = member.sparse.is_some();
     let source = MemberSource::new(Arc::clone(&archive), member);
     Ok(Box::new(Packaged {
