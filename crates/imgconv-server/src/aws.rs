@@ -197,14 +197,10 @@ fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, Strin
             &format!("The image id '[{image}]' does not exist"),
         );
     };
-    let ctx = svc.context(source, None, req.headers);
-    let reply = svc.with_store(|s| Api::Aws.submit(s, &ctx, &request));
-    if reply.run.is_some() {
-        svc.notify();
-    }
-    if reply.status != 200 {
-        return api_error(req, &reply.status, &reply.body);
-    }
+    let reply = match submit(svc, req, source, &request) {
+        Ok(r) => r,
+        Err(w) => return w,
+    };
     let mut x = open("ExportImageResponse", req.request_id);
     task_fields(&mut x, &reply.body);
     x.push_str("</ExportImageResponse>");
@@ -229,14 +225,10 @@ fn export_instance(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, St
             &format!("The instance ID '{instance}' does not exist"),
         );
     };
-    let ctx = svc.context(source, None, req.headers);
-    let reply = svc.with_store(|s| Api::Aws.submit(s, &ctx, &request));
-    if reply.run.is_some() {
-        svc.notify();
-    }
-    if reply.status != 200 {
-        return api_error(req, &reply.status, &reply.body);
-    }
+    let reply = match submit(svc, req, source, &request) {
+        Ok(r) => r,
+        Err(w) => return w,
+    };
     let mut x = open("CreateInstanceExportTaskResponse", req.request_id);
     x.push_str("<exportTask>");
     instance_task_fields(&mut x, &reply.body["ExportTask"]);
@@ -329,6 +321,24 @@ fn describe_instance_tasks(
     }
     x.push_str("</exportTaskSet></DescribeExportTasksResponse>");
     Wire::xml(200, x)
+}
+
+/// Submit an export of `source`; the accepted reply, or the error to answer.
+fn submit(
+    svc: &Service,
+    req: &Incoming<'_>,
+    source: &std::path::Path,
+    request: &Value,
+) -> Result<imgconv_export::api::Reply, Wire> {
+    let ctx = svc.context(source, None, req.headers);
+    let reply = svc.with_store(|s| Api::Aws.submit(s, &ctx, request));
+    if reply.run.is_some() {
+        svc.notify();
+    }
+    if reply.status != 200 {
+        return Err(api_error(req, &reply.status, &reply.body));
+    }
+    Ok(reply)
 }
 
 fn api_error(req: &Incoming<'_>, status: &u16, body: &Value) -> Wire {

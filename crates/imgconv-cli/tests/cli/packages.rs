@@ -349,17 +349,14 @@ fn an_ova_whose_manifest_disagrees_or_whose_disk_is_missing_is_refused() {
         ("missing", missing, "is not in the archive"),
         ("truncated", good[..good.len() / 2].to_vec(), "past the end"),
     ] {
-        let bad = dir.join(format!("{name}.ova"));
-        std::fs::write(&bad, bytes).expect("write");
-        let out = imgconv()
-            .arg(&bad)
-            .arg(dir.join(format!("{name}.raw")))
-            .output()
-            .expect("run");
-        assert_eq!(out.status.code(), Some(8), "{name}: {out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(want), "{name}: {err}");
-        assert!(!dir.join(format!("{name}.raw")).exists(), "{name}");
+        assert_refused(
+            &dir,
+            &format!("{name}.ova"),
+            &bytes,
+            &[],
+            &format!("{name}.raw"),
+            want,
+        );
     }
 }
 
@@ -494,18 +491,14 @@ fn a_broken_tar_gz_is_refused_and_leaves_no_output() {
         ("corrupt", corrupt, "corrupt"),
         ("no-disk", other, "no disk.raw"),
     ] {
-        let bad = dir.join(format!("{name}.tar.gz"));
-        std::fs::write(&bad, bytes).expect("write");
-        let out = imgconv()
-            .args(["convert", "-O", "qcow2"])
-            .arg(&bad)
-            .arg(dir.join(format!("{name}.qcow2")))
-            .output()
-            .expect("run");
-        assert_eq!(out.status.code(), Some(8), "{name}: {out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(want), "{name}: {err}");
-        assert!(!dir.join(format!("{name}.qcow2")).exists(), "{name}");
+        assert_refused(
+            &dir,
+            &format!("{name}.tar.gz"),
+            &bytes,
+            &["-O", "qcow2"],
+            &format!("{name}.qcow2"),
+            want,
+        );
     }
 }
 

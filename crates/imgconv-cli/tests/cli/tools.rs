@@ -345,3 +345,28 @@ pub fn qemu_make(src: &Path, format: &str, opts: &str, out: &Path) {
     );
     assert!(made.status.success(), "qemu-img {format} {opts}: {made:?}");
 }
+
+/// Write `bytes` as `dir/input`, run `imgconv convert ARGS input dir/output` and require
+/// that it fails as invalid input (exit 8) with an error containing `want`, leaving no output.
+pub fn assert_refused(
+    dir: &Path,
+    input: &str,
+    bytes: &[u8],
+    args: &[&str],
+    output: &str,
+    want: &str,
+) {
+    let bad = dir.join(input);
+    std::fs::write(&bad, bytes).expect("write");
+    let out = imgconv()
+        .arg("convert")
+        .args(args)
+        .arg(&bad)
+        .arg(dir.join(output))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(8), "{input}: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(want), "{input}: {err}");
+    assert!(!dir.join(output).exists(), "{input}: no partial output");
+}

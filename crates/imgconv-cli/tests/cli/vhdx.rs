@@ -96,20 +96,13 @@ fn malformed_vhdx_images_are_refused_cleanly() {
         ("identifier", vec![0u8; 4096], "no VHDX file identifier"),
     ];
     for (name, bytes, want) in cases {
-        let bad = dir.join(format!("{name}.vhdx"));
-        std::fs::write(&bad, bytes).expect("write");
-        let out = imgconv()
-            .args(["convert", "-f", "vhdx"])
-            .arg(&bad)
-            .arg(dir.join(format!("{name}.raw")))
-            .output()
-            .expect("run");
-        assert_eq!(out.status.code(), Some(8), "{name}: {out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(want), "{name}: {err}");
-        assert!(
-            !dir.join(format!("{name}.raw")).exists(),
-            "{name}: no partial output"
+        assert_refused(
+            &dir,
+            &format!("{name}.vhdx"),
+            &bytes,
+            &["-f", "vhdx"],
+            &format!("{name}.raw"),
+            want,
         );
     }
 }
@@ -469,18 +462,14 @@ fn malformed_bat_entries_and_metadata_are_refused_cleanly() {
         ),
     ];
     for (name, bytes, want) in cases {
-        let bad = dir.join(format!("{name}.vhdx"));
-        std::fs::write(&bad, bytes).expect("write");
-        let out = imgconv()
-            .args(["convert", "-f", "vhdx"])
-            .arg(&bad)
-            .arg(dir.join(format!("{name}.raw")))
-            .output()
-            .expect("run");
-        assert_eq!(out.status.code(), Some(8), "{name}: {out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(want), "{name}: {err}");
-        assert!(!dir.join(format!("{name}.raw")).exists(), "{name}");
+        assert_refused(
+            &dir,
+            &format!("{name}.vhdx"),
+            &bytes,
+            &["-f", "vhdx"],
+            &format!("{name}.raw"),
+            want,
+        );
     }
 }
 

@@ -53,13 +53,7 @@ pub(super) fn aws_submit(
         )
     })?;
     let prefix = str_field(loc, "S3Prefix").unwrap_or("");
-    let description = str_field(req, "Description").unwrap_or("");
-    if description.chars().count() > 255 {
-        return Err(bad(
-            "InvalidParameterValue",
-            "Value for parameter Description is invalid. The maximum length is 255 characters.",
-        ));
-    }
+    let description = description(req)?;
     let id = format!("export-ami-{}", hex_id(17));
     let key = format!("{prefix}{id}.{ext}");
     let spec = JobSpec {
@@ -71,19 +65,7 @@ pub(super) fn aws_submit(
         oci_archive: false,
         oci_metadata: None,
     };
-    let tags: Vec<Value> = req
-        .get("TagSpecifications")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|t| str_field(t, "ResourceType") == Some("export-image-task"))
-        .flat_map(|t| {
-            t.get("Tags")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect();
+    let tags = tags_for(req, "export-image-task");
     let mut echo = json!({
         "Description": description,
         "DiskImageFormat": format,
@@ -172,6 +154,34 @@ pub(super) fn aws_submit(
     Ok(reply_for(&job, new, body))
 }
 
+/// The tags of `TagSpecifications` given for `resource` (EC2 ignores the others).
+fn tags_for(req: &Value, resource: &str) -> Vec<Value> {
+    req.get("TagSpecifications")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| str_field(t, "ResourceType") == Some(resource))
+        .flat_map(|t| {
+            t.get("Tags")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The task's description: at most 255 characters.
+fn description(req: &Value) -> Result<&str, ApiError> {
+    let d = str_field(req, "Description").unwrap_or("");
+    if d.chars().count() > 255 {
+        return Err(bad(
+            "InvalidParameterValue",
+            "Value for parameter Description is invalid. The maximum length is 255 characters.",
+        ));
+    }
+    Ok(d)
+}
+
 /// The prefix of instance export task ids (image export tasks have `export-ami-`).
 pub(super) const INSTANCE_TASK: &str = "export-i-";
 
@@ -234,13 +244,7 @@ fn instance_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<R
             ))
         }
     };
-    let description = str_field(req, "Description").unwrap_or("");
-    if description.chars().count() > 255 {
-        return Err(bad(
-            "InvalidParameterValue",
-            "Value for parameter Description is invalid. The maximum length is 255 characters.",
-        ));
-    }
+    let description = description(req)?;
     let id = format!("{INSTANCE_TASK}{}", hex_id(17));
     let key = format!("{prefix}{id}.{ext}");
     if fmt == Format::Ova {
@@ -255,19 +259,7 @@ fn instance_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<R
         oci_archive: false,
         oci_metadata: None,
     };
-    let tags: Vec<Value> = req
-        .get("TagSpecifications")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|t| str_field(t, "ResourceType") == Some("export-instance-task"))
-        .flat_map(|t| {
-            t.get("Tags")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect();
+    let tags = tags_for(req, "export-instance-task");
     let mut to_s3 = json!({
         "DiskImageFormat": disk_format,
         "S3Bucket": bucket,

@@ -68,16 +68,7 @@ impl GceOptions {
                 )))
             }
         };
-        let level = match opts.take("compression_level") {
-            None => 6,
-            Some(l) => l
-                .parse::<i32>()
-                .ok()
-                .filter(|l| (1..=12).contains(l))
-                .ok_or_else(|| {
-                    Error::invalid_argument(format!("compression_level '{l}' is not 1 to 12"))
-                })?,
-        };
+        let level = opts.take_level(6)?;
         opts.finish(Format::Gce, Self::KNOWN)?;
         Ok(GceOptions { round, level })
     }

@@ -76,6 +76,20 @@ impl WriterOptions {
         self.take(key).map(|v| v.parse::<T>()).transpose()
     }
 
+    /// Take `compression_level`: libdeflate's 1 to 12, `default` when absent.
+    pub(crate) fn take_level(&mut self, default: i32) -> Result<i32> {
+        match self.take("compression_level") {
+            None => Ok(default),
+            Some(l) => l
+                .parse::<i32>()
+                .ok()
+                .filter(|l| (1..=12).contains(l))
+                .ok_or_else(|| {
+                    Error::invalid_argument(format!("compression_level '{l}' is not 1 to 12"))
+                }),
+        }
+    }
+
     /// Refuse any option the format did not take.
     pub fn finish(self, format: Format, known: &[&str]) -> Result<()> {
         match self.values.keys().next() {

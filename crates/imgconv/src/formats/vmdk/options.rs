@@ -53,16 +53,7 @@ impl VmdkOptions {
                 "hwversion '{hw_version}' is not a number"
             )));
         }
-        let level = match opts.take("compression_level") {
-            None => DEFAULT_LEVEL,
-            Some(l) => l
-                .parse::<i32>()
-                .ok()
-                .filter(|l| (1..=12).contains(l))
-                .ok_or_else(|| {
-                    Error::invalid_argument(format!("compression_level '{l}' is not 1 to 12"))
-                })?,
-        };
+        let level = opts.take_level(DEFAULT_LEVEL)?;
         opts.finish(Format::Vmdk, Self::KNOWN)?;
         Ok((
             subformat,
