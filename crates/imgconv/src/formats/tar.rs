@@ -76,10 +76,15 @@ fn bad(format: Format, at: u64, msg: impl Into<String>) -> Error {
 /// Parse an octal or base-256 number field.
 fn number(format: Format, at: u64, field: &[u8]) -> Result<u64> {
     if field[0] & 0x80 != 0 {
-        if field[0] != 0x80 || field[1..field.len() - 8].iter().any(|&b| b != 0) {
+        // GNU base-256: 0x80, then the value big-endian (0xff would start a negative one).
+        let digits = &field[1..];
+        let skip = digits.len().saturating_sub(8);
+        if field[0] != 0x80 || digits[..skip].iter().any(|&b| b != 0) {
             return Err(bad(format, at, "a tar number field is out of range"));
         }
-        return Ok(crate::bytes::be64(field, field.len() - 8));
+        return Ok(digits[skip..]
+            .iter()
+            .fold(0u64, |v, &b| (v << 8) | u64::from(b)));
     }
     let text: Vec<u8> = field
         .iter()
@@ -465,6 +470,21 @@ mod tests {
             assert_eq!((m.name.as_str(), m.size), ("disk.raw", size));
             assert_eq!(m.data_at, 512);
         }
+    }
+
+    #[test]
+    fn base_256_fields_of_any_width_parse() {
+        assert_eq!(
+            number(Format::Ova, 0, &[0x80, 0, 0, 0, 0, 0, 1, 2]).ok(),
+            Some(258)
+        );
+        assert_eq!(
+            number(Format::Ova, 0, &[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]).ok(),
+            Some(256)
+        );
+        assert!(number(Format::Ova, 0, &[0x80, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(number(Format::Ova, 0, &[0xff; 8]).is_err());
+        assert_eq!(number(Format::Ova, 0, &[0x80]).ok(), Some(0));
     }
 
     #[test]
