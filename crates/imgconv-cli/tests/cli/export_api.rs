@@ -264,6 +264,60 @@ fn each_providers_example_request_exports_an_object_that_reads_back() {
 }
 
 #[test]
+fn an_aws_instance_export_request_writes_an_ova_named_after_its_task() {
+    // The CLI's JSON names the S3 part `ExportToS3Task`, as the SDKs do.
+    let dir = scratch("api-instance");
+    let src = mixed_source(&dir);
+    let s3 = S3Server::start("api-instance");
+    s3.create_bucket("amzn-s3-demo-export-bucket");
+    let (code, body, _) = answer(
+        api(&dir, "aws")
+            .arg("--request")
+            .arg(request("aws-export-instance.json"))
+            .arg("--image")
+            .arg(&src)
+            .args(["--endpoint", &s3.endpoint()]),
+    );
+    assert_eq!(code, 0, "{body}");
+    let t = &body["ExportTask"];
+    assert_eq!(t["State"], "active", "{body}");
+    assert_eq!(
+        t["InstanceExportDetails"]["InstanceId"],
+        "i-1234567890abcdef0"
+    );
+    assert_eq!(t["InstanceExportDetails"]["TargetEnvironment"], "vmware");
+    let task = t["ExportTaskId"].as_str().expect("task id").to_string();
+    assert!(task.starts_with("export-i-"), "{task}");
+    let key = format!("RHEL5/{task}.ova");
+    assert_eq!(t["ExportToS3Task"]["S3Key"], key.as_str());
+    let bytes = s3
+        .download_from("amzn-s3-demo-export-bucket", &key)
+        .expect("the OVA");
+    let ova = dir.join("instance.ova");
+    std::fs::write(&ova, &bytes).expect("write");
+    let list = ok(Command::new("tar").arg("-tf").arg(&ova));
+    assert_eq!(list, format!("{task}.ovf\n{task}.mf\n{task}-disk1.vmdk\n"));
+    let back = dir.join("back.raw");
+    ok(imgconv().arg(&ova).arg(&back));
+    assert_eq!(md5sum(&back), md5sum(&src));
+    let (_, d, _) = answer(api(&dir, "aws").args(["--describe", &task]));
+    assert_eq!(d["ExportTasks"][0]["State"], "completed", "{d}");
+    // A RAW disk in an ova container: EC2's error.
+    let mut req = read_json(&request("aws-export-instance.json"));
+    req["ExportToS3Task"]["DiskImageFormat"] = "RAW".into();
+    let (code, body, _) = answer(
+        api(&dir, "aws")
+            .arg("--request")
+            .arg(write(&dir, "raw-ova.json", &req))
+            .arg("--image")
+            .arg(&src)
+            .args(["--endpoint", &s3.endpoint()]),
+    );
+    assert_ne!(code, 0);
+    assert_eq!(body["Errors"][0]["Code"], "InvalidParameterValue", "{body}");
+}
+
+#[test]
 fn each_provider_rejects_bad_requests_in_its_own_error_shape() {
     let dir = scratch("api-invalid");
     let src = mixed_source(&dir);

@@ -202,12 +202,16 @@ fn instance_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<R
             format!("Value ({target_env}) for parameter TargetEnvironment is invalid. Valid values: citrix, vmware, microsoft"),
         ));
     }
-    let s3 = req.get("ExportToS3").ok_or_else(|| {
-        bad(
-            "MissingParameter",
-            "The request must contain the parameter ExportToS3",
-        )
-    })?;
+    // `ExportToS3` on the wire; `ExportToS3Task` as the SDKs and the CLI's JSON name it.
+    let s3 = req
+        .get("ExportToS3")
+        .or_else(|| req.get("ExportToS3Task"))
+        .ok_or_else(|| {
+            bad(
+                "MissingParameter",
+                "The request must contain the parameter ExportToS3",
+            )
+        })?;
     let bucket = str_field(s3, "S3Bucket").ok_or_else(|| {
         bad(
             "MissingParameter",
