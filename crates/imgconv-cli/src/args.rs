@@ -185,10 +185,12 @@ pub(crate) struct Common {
 /// `imgconv convert`.
 #[derive(Debug, Args)]
 pub(crate) struct ConvertArgs {
-    /// Input format (default: detected from magic bytes).
+    /// Input format: raw, qcow2, vmdk, vhd (or vpc), vdi, vhdx, ova, gce (default: detected
+    /// from magic bytes).
     #[arg(short = 'f', value_name = "FMT")]
     pub(crate) input_format: Option<String>,
-    /// Output format (default: from the output's extension).
+    /// Output format: raw, qcow2, vmdk, vhd (or vpc), vdi, vhdx, ova, gce (default: from the
+    /// output's extension; `.tar.gz` is gce).
     #[arg(short = 'O', value_name = "FMT")]
     pub(crate) output_format: Option<String>,
     /// Output options, key=value[,key=value...] (repeatable). RAW: preallocation=off|falloc|full.
@@ -380,7 +382,7 @@ pub(crate) struct MeasureArgs {
     /// Input format (default: detected).
     #[arg(short = 'f', value_name = "FMT")]
     pub(crate) input_format: Option<String>,
-    /// The output format to measure for.
+    /// The output format to measure for: raw, qcow2, vmdk, vhd (or vpc), vdi, vhdx, ova, gce.
     #[arg(short = 'O', value_name = "FMT")]
     pub(crate) output_format: String,
     /// Output options, as for convert (repeatable).

@@ -292,15 +292,9 @@ struct RunWriter<'a> {
     started: Instant,
 }
 
-impl WriterUse for RunWriter<'_> {
-    type Out = Summary;
-
-    fn writer<W: Writer>(self, mut writer: W, preallocation: Preallocation) -> Result<Summary> {
-        if writer.embeds_ids() {
-            if let Some(id) = self.opts.identity_for(self.reader, self.cancel)? {
-                writer.set_identity(&id);
-            }
-        }
+impl RunWriter<'_> {
+    /// Run `writer` (its ids already set) into a sink made for the destination.
+    fn run<W: Writer>(self, writer: W, preallocation: Preallocation) -> Result<Summary> {
         let sink = make_sink(self.dest, preallocation, writer.output_len())?;
         run(
             self.reader,
@@ -311,6 +305,19 @@ impl WriterUse for RunWriter<'_> {
             self.cancel,
             self.started,
         )
+    }
+}
+
+impl WriterUse for RunWriter<'_> {
+    type Out = Summary;
+
+    fn writer<W: Writer>(self, mut writer: W, preallocation: Preallocation) -> Result<Summary> {
+        if writer.embeds_ids() {
+            if let Some(id) = self.opts.identity_for(self.reader, self.cancel)? {
+                writer.set_identity(&id);
+            }
+        }
+        self.run(writer, preallocation)
     }
 
     fn ova(self, size: u64, options: OvaOptions) -> Result<Summary> {
@@ -353,16 +360,7 @@ impl WriterUse for RunWriter<'_> {
         };
         let mut writer = OvaWriter::new(size, options, known)?;
         writer.set_identity(&identity);
-        let sink = make_sink(self.dest, Preallocation::Off, None)?;
-        run(
-            self.reader,
-            writer,
-            sink,
-            self.opts,
-            self.progress,
-            self.cancel,
-            self.started,
-        )
+        self.run(writer, Preallocation::Off)
     }
 
     fn flat_vmdk(self, mut options: VmdkOptions) -> Result<Summary> {

@@ -115,6 +115,16 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// `src` written as a VHDX with 1 MiB blocks at `dir/name`.
+fn written_1m(dir: &Path, src: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    ok(imgconv()
+        .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
+        .arg(src)
+        .arg(&out));
+    out
+}
+
 /// The writer's fixed places: metadata region at 2 MiB (items from 64 KiB into it), BAT at
 /// 3 MiB.
 const METADATA: usize = 2 << 20;
@@ -254,11 +264,7 @@ fn the_map_of_a_written_vhdx_points_at_the_blocks_holding_the_data() {
     // block status), so the map is checked against the file itself.
     let dir = scratch("vhdx-map");
     let src = mixed_source(&dir);
-    let out = dir.join("m.vhdx");
-    ok(imgconv()
-        .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
-        .arg(&src)
-        .arg(&out));
+    let out = written_1m(&dir, &src, "m.vhdx");
     let map: serde_json::Value =
         serde_json::from_str(&ok(imgconv().args(["map", "--output", "json"]).arg(&out)))
             .expect("map JSON");
@@ -376,11 +382,7 @@ fn a_differencing_vhdx_is_refused_naming_its_parent_which_is_never_opened() {
 fn malformed_bat_entries_and_metadata_are_refused_cleanly() {
     let dir = scratch("vhdx-malformed-bat");
     let src = mixed_source(&dir);
-    let img = dir.join("good.vhdx");
-    ok(imgconv()
-        .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
-        .arg(&src)
-        .arg(&img));
+    let img = written_1m(&dir, &src, "good.vhdx");
     let good = std::fs::read(&img).expect("read");
     let put32 =
         |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -477,11 +479,7 @@ fn malformed_bat_entries_and_metadata_are_refused_cleanly() {
 fn check_finds_blocks_overlapping_each_other_or_the_metadata() {
     let dir = scratch("vhdx-check");
     let src = mixed_source(&dir);
-    let img = dir.join("good.vhdx");
-    ok(imgconv()
-        .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
-        .arg(&src)
-        .arg(&img));
+    let img = written_1m(&dir, &src, "good.vhdx");
     let good = std::fs::read(&img).expect("read");
     let (code, _) = check_json(&img);
     assert_eq!(code, 0);

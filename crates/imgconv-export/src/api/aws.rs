@@ -56,15 +56,7 @@ pub(super) fn aws_submit(
     let description = description(req)?;
     let id = format!("export-ami-{}", hex_id(17));
     let key = format!("{prefix}{id}.{ext}");
-    let spec = JobSpec {
-        source: ctx.source.clone(),
-        format: fmt.name().into(),
-        writer_options: opts,
-        compress: false,
-        target: s3_target(ctx, bucket, &key)?,
-        oci_archive: false,
-        oci_metadata: None,
-    };
+    let spec = s3_job(ctx, fmt, opts, bucket, &key)?;
     let tags = tags_for(req, "export-image-task");
     let mut echo = json!({
         "Description": description,
@@ -152,6 +144,25 @@ pub(super) fn aws_submit(
     body["Status"] = json!("active");
     body["StatusMessage"] = json!("validating");
     Ok(reply_for(&job, new, body))
+}
+
+/// The job of an export of the context's disk as `fmt` (with `opts`) to `bucket`/`key`.
+fn s3_job(
+    ctx: &Context,
+    fmt: Format,
+    opts: Vec<String>,
+    bucket: &str,
+    key: &str,
+) -> Result<JobSpec, ApiError> {
+    Ok(JobSpec {
+        source: ctx.source.clone(),
+        format: fmt.name().into(),
+        writer_options: opts,
+        compress: false,
+        target: s3_target(ctx, bucket, key)?,
+        oci_archive: false,
+        oci_metadata: None,
+    })
 }
 
 /// The tags of `TagSpecifications` given for `resource` (EC2 ignores the others).
@@ -254,15 +265,7 @@ fn instance_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<R
     if fmt == Format::Ova {
         opts.push(format!("name={id}"));
     }
-    let spec = JobSpec {
-        source: ctx.source.clone(),
-        format: fmt.name().into(),
-        writer_options: opts,
-        compress: false,
-        target: s3_target(ctx, bucket, &key)?,
-        oci_archive: false,
-        oci_metadata: None,
-    };
+    let spec = s3_job(ctx, fmt, opts, bucket, &key)?;
     let tags = tags_for(req, "export-instance-task");
     let mut to_s3 = json!({
         "DiskImageFormat": disk_format,
