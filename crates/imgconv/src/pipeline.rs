@@ -157,15 +157,55 @@ fn commit_all<W: Writer>(
             }
         };
     }
+    // The first chunk at or after a given one that holds anything to read: the chunks before
+    // it are committed as one run of zeros, however many there are, without a worker.
+    let data_from = |i: u64| -> Result<u64> {
+        match plan {
+            Some(p) => {
+                let first = i * (chunk / unit);
+                let next = p.bitmap().get(first as usize..).and_then(|b| b.first_one());
+                Ok(next.map_or(count, |u| (first + u as u64) * unit / chunk))
+            }
+            None => {
+                let mut found = count;
+                for_each_mapping(reader, i * chunk, size, |pos, m| {
+                    if m.extent == Extent::Data {
+                        found = pos / chunk;
+                        return Ok(std::ops::ControlFlow::Break(()));
+                    }
+                    Ok(std::ops::ControlFlow::Continue(()))
+                })?;
+                Ok(found)
+            }
+        }
+    };
     scoped!(|scope| {
         let (tx, rx) = mpsc::channel::<Slot<<W::Encoder as Encoder>::Encoded>>();
         let mut pending = BTreeMap::new();
+        // Runs of zero chunks waiting for their turn: first chunk -> number of chunks.
+        let mut zero_runs: BTreeMap<u64, u64> = BTreeMap::new();
+        // The first chunk holding data at or after the last one asked about, once known.
+        let mut next_data: Option<u64> = None;
         let mut next_submit = 0u64;
         let mut next_commit = 0u64;
         let outcome = (|| {
             while next_commit < count {
                 while next_submit < count && next_submit < next_commit + window {
                     let i = next_submit;
+                    let data_at = match next_data {
+                        Some(d) if d >= i => d,
+                        _ => data_from(i)?,
+                    };
+                    if data_at > i {
+                        zero_runs.insert(i, data_at - i);
+                        next_data = Some(data_at);
+                        next_submit = data_at;
+                        continue;
+                    }
+                    next_data = None;
+                    // The chunk's data is asked for now, a window ahead of its commit, so the
+                    // storage works while the workers do (holes are never advised).
+                    advise_data(reader, i * chunk, (size - i * chunk).min(chunk))?;
                     let tx = tx.clone();
                     let (pool, abort) = (&pool, &abort);
                     scope.spawn(move |_| {
@@ -198,6 +238,15 @@ fn commit_all<W: Writer>(
                     });
                     next_submit += 1;
                 }
+                if let Some(n) = zero_runs.remove(&next_commit) {
+                    cancel.check()?;
+                    let off = next_commit * chunk;
+                    let len = (size - off).min(n * chunk);
+                    commit_zeros(writer, encoder, out, off, len, chunk_len, unit_len)?;
+                    progress.advance(len);
+                    next_commit += n;
+                    continue;
+                }
                 let encoded = loop {
                     if let Some(r) = pending.remove(&next_commit) {
                         break r;
@@ -219,6 +268,47 @@ fn commit_all<W: Writer>(
             abort.store(true, Ordering::Relaxed);
         }
         outcome
+    })
+}
+
+/// Commit `len` bytes of zeros from `offset` (whole chunks of `chunk_len`): in one call where
+/// the writer takes a run of zeros, else as zero chunks encoded here one by one.
+fn commit_zeros<W: Writer>(
+    writer: &mut W,
+    encoder: &W::Encoder,
+    out: &mut Output,
+    offset: u64,
+    len: u64,
+    chunk_len: usize,
+    unit: usize,
+) -> Result<()> {
+    if writer.commit_zeros(offset, len, out)? {
+        return Ok(());
+    }
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(chunk_len as u64) as usize;
+        let zero = Chunk {
+            offset: at,
+            len: n,
+            data: None,
+            unit,
+            nonzero: BitVec::repeat(false, n.div_ceil(unit)),
+        };
+        writer.commit(encoder.encode(zero)?, out)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Ask `reader` to read ahead the data extents of `[offset, offset + len)`, and nothing of
+/// its holes or zero ranges.
+pub(crate) fn advise_data(reader: &dyn Reader, offset: u64, len: u64) -> Result<()> {
+    for_each_mapping(reader, offset, offset + len, |pos, m| {
+        if m.extent == Extent::Data {
+            reader.read_ahead(pos, m.len);
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
     })
 }
 
@@ -334,7 +424,7 @@ pub(crate) fn load_planned_chunk(
         }
         let (lo, hi) = (start * unit, (i * unit).min(len));
         if set {
-            reader.read_at(offset + lo as u64, &mut bytes[lo..hi])?;
+            read_data(reader, offset, &mut bytes[lo..hi], lo)?;
         } else {
             bytes[lo..hi].fill(0);
         }
@@ -345,5 +435,23 @@ pub(crate) fn load_planned_chunk(
         data: Some(buf.freeze(len)),
         unit,
         nonzero,
+    })
+}
+
+/// Fill `buf`, the bytes of the disk at `base + at`, reading only what the map calls data
+/// and zero-filling the rest: a planned unit can be larger than the data in it (a 32 MiB
+/// VHDX block holding 4 MiB), and its holes must cost nothing.
+fn read_data(reader: &dyn Reader, base: u64, buf: &mut [u8], at: usize) -> Result<()> {
+    let start = base + at as u64;
+    let end = start + buf.len() as u64;
+    for_each_mapping(reader, start, end, |pos, m| {
+        let lo = (pos - start) as usize;
+        let hi = lo + m.len as usize;
+        if m.extent == Extent::Data {
+            reader.read_at(pos, &mut buf[lo..hi])?;
+        } else {
+            buf[lo..hi].fill(0);
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
     })
 }

@@ -1,9 +1,10 @@
 //! The planner: which of a writer's units hold data, known before any byte is written.
 //!
-//! It walks the reader's extent map; zero and unallocated extents are never read, and data
-//! extents are read in parallel and scanned for all-zero units. The resulting [`Plan`] lets a
-//! writer lay out header, tables and data up front, answers `imgconv measure`, and gives
-//! progress a true total.
+//! It walks the reader's extent map once over the whole disk, so a hole costs one map answer
+//! however long it is; only the chunks that data extents touch are visited at all. Zero and
+//! unallocated extents are never read nor read ahead; data extents are read in parallel and
+//! scanned for all-zero units. The resulting [`Plan`] lets a writer lay out header, tables and
+//! data up front, answers `imgconv measure`, and gives progress a true total.
 
 use bitvec::vec::BitVec;
 use rayon::prelude::*;
@@ -19,37 +20,73 @@ use crate::zero;
 /// Bytes read at a time when probing a large unit for data.
 const PROBE: usize = 64 << 10;
 
-/// The first read of a unit when the reader says small reads are cheap: a unit holding data
-/// almost always shows it in its first page.
-const FIRST_PROBE: usize = 4 << 10;
+/// The first read of a unit when the reader says small reads are cheap (see [`first_read`]).
+const FIRST_PROBE: usize = 512;
+
+/// The most read-ahead advice given at once: the probe then works through it before the
+/// next piece is advised, so advice never runs far ahead of the reads (nor fills the page
+/// cache) whatever the chunk size.
+pub(crate) const READ_AHEAD_MAX: u64 = 4 << 20;
+
+/// Units at least this large are probed without read-ahead: a probe or two per MiB costs
+/// less than bringing the whole unit in early.
+const NO_READ_AHEAD_UNIT: u64 = 1 << 20;
+
+/// The size of a unit's first read: a sector where the reader says small reads are cheap (a
+/// unit holding data almost always shows it there, and a sector of a 64 KiB cluster is under
+/// 1% of it, so planning adds less than 1% to the bytes a conversion reads); a page for large
+/// units (a seek either way); else a whole probe (a unit of a compressed format costs its
+/// whole cluster whatever part of it is read).
+fn first_read(cheap: bool, unit: u64) -> usize {
+    if cheap {
+        FIRST_PROBE
+    } else if unit >= NO_READ_AHEAD_UNIT {
+        4 << 10
+    } else {
+        PROBE
+    }
+}
 
 /// Which units of `[offset, offset + len)` hold data, reading units piece by piece and
-/// stopping at the first non-zero piece: a data block of 2 MiB usually costs one read of
-/// `first` bytes, not 2 MiB. Only all-zero units inside data extents are read in full.
+/// stopping at the first non-zero piece: a data block of 2 MiB usually costs one read of a
+/// sector, not 2 MiB. Only all-zero units inside data extents are read in full. With `cheap`,
+/// read-ahead is asked for data extents only, at most [`READ_AHEAD_MAX`] bytes at a time.
 fn probe_chunk(
     reader: &dyn Reader,
     offset: u64,
     len: usize,
     unit: usize,
-    first: usize,
+    cheap: bool,
 ) -> Result<BitVec> {
     let end = offset + len as u64;
     let mut nonzero = BitVec::repeat(false, len.div_ceil(unit));
     let mut piece = vec![0u8; PROBE];
+    let first = first_read(cheap, unit as u64);
+    let advise = cheap && (unit as u64) < NO_READ_AHEAD_UNIT;
     for_each_mapping(reader, offset, end, |pos, m| {
         if m.extent != Extent::Data {
             return Ok(std::ops::ControlFlow::Continue(()));
         }
         let mut at = pos;
         let stop = pos + m.len;
+        let mut advised = at;
+        // The unit whose first read was made: an extent may start anywhere in a unit, and a
+        // unit's first read (wherever it falls) is the small one.
+        let mut started: Option<usize> = None;
         while at < stop {
+            if advise && at >= advised {
+                let n = (stop - at).min(READ_AHEAD_MAX);
+                reader.read_ahead(at, n);
+                advised = at + n;
+            }
             let u = ((at - offset) / unit as u64) as usize;
             let unit_end = offset + (u as u64 + 1) * unit as u64;
             if nonzero[u] {
                 at = unit_end;
                 continue;
             }
-            let step = if (at - offset) % unit as u64 == 0 {
+            let step = if started != Some(u) {
+                started = Some(u);
                 first
             } else {
                 PROBE
@@ -68,6 +105,53 @@ fn probe_chunk(
     Ok(nonzero)
 }
 
+/// Ask `reader` to read ahead the first data extent of `[offset, offset + len)` (at most
+/// [`READ_AHEAD_MAX`] of it) and answer whether small reads are then cheap. Units of a MiB or
+/// more are not read ahead: their probes are few.
+fn advise_first(reader: &dyn Reader, offset: u64, len: u64, unit: u64) -> Result<bool> {
+    if unit >= NO_READ_AHEAD_UNIT {
+        return Ok(false);
+    }
+    let mut cheap = false;
+    for_each_mapping(reader, offset, offset + len, |pos, m| {
+        if m.extent != Extent::Data {
+            return Ok(std::ops::ControlFlow::Continue(()));
+        }
+        cheap = reader.read_ahead(pos, m.len.min(READ_AHEAD_MAX));
+        Ok(std::ops::ControlFlow::Break(()))
+    })?;
+    Ok(cheap)
+}
+
+/// The chunks (of `chunk` bytes) that data extents of `reader` touch, in ascending order,
+/// from one walk of the map: a hole of any length is one answer.
+pub(crate) fn chunks_with_data(
+    reader: &dyn Reader,
+    chunk: u64,
+    cancel: &CancelToken,
+) -> Result<Vec<u64>> {
+    let size = reader.virtual_size();
+    let mut chunks: Vec<u64> = Vec::new();
+    let mut answers = 0u32;
+    for_each_mapping(reader, 0, size, |pos, m| {
+        answers = answers.wrapping_add(1);
+        if answers % 4096 == 0 {
+            cancel.check()?;
+        }
+        if m.extent == Extent::Data {
+            let first = pos / chunk;
+            let last = (pos + m.len - 1) / chunk;
+            let from = match chunks.last() {
+                Some(&c) if c >= first => c + 1,
+                _ => first,
+            };
+            chunks.extend(from..=last);
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
+    })?;
+    Ok(chunks)
+}
+
 /// Build the plan of `reader` at `unit` bytes, reading data extents in parallel on the rayon
 /// pool with `chunk_size`-byte reads.
 pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToken) -> Result<Plan> {
@@ -80,7 +164,8 @@ pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToke
     )
 }
 
-/// [`plan`], telling `progress` how far the planning read has come.
+/// [`plan`], telling `progress` how far the planning read has come (in bytes of the chunks
+/// that hold data: holes take no time).
 pub(crate) fn plan_reporting(
     reader: &dyn Reader,
     unit: u64,
@@ -91,37 +176,41 @@ pub(crate) fn plan_reporting(
     check_unit(unit)?;
     let size = reader.virtual_size();
     let chunk = chunk_size_for(unit, chunk_size);
-    let chunks = size.div_ceil(chunk);
     let chunk_len = usize::try_from(chunk)
         .map_err(|_| Error::invalid_argument("chunk size too large for this platform"))?;
+    let units = usize::try_from(unit_count(size, unit))
+        .map_err(|_| Error::invalid_argument("too many units for this platform"))?;
+    let with_data = chunks_with_data(reader, chunk, cancel)?;
+    let total: u64 = with_data
+        .iter()
+        .map(|&i| (size - i * chunk).min(chunk))
+        .sum();
     let pool = BufferPool::new(chunk_len, rayon::current_num_threads() * 2);
     let planned = std::sync::atomic::AtomicU64::new(0);
-    let parts: Vec<BitVec> = (0..chunks)
-        .into_par_iter()
-        .map(|i| {
+    let parts: Vec<(u64, BitVec)> = with_data
+        .par_iter()
+        .map(|&i| {
             cancel.check()?;
             let off = i * chunk;
             let len = (size - off).min(chunk) as usize;
-            // Where small reads are cheap (a file, once read ahead), each unit's first page
-            // decides most units; else only units larger than a probe are probed.
-            let first = if reader.read_ahead(off, len as u64) {
-                FIRST_PROBE
-            } else {
-                PROBE
-            };
-            let bits = if unit > first as u64 {
-                probe_chunk(reader, off, len, unit as usize, first)
+            // Where small reads are cheap (a file, once read ahead), each unit's first sector
+            // decides most units; units no larger than a first read are read whole.
+            let cheap = advise_first(reader, off, len as u64, unit)?;
+            let bits = if unit > first_read(cheap, unit) as u64 {
+                probe_chunk(reader, off, len, unit as usize, cheap)
             } else {
                 load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
-            };
+            }?;
             let done = planned.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
-            progress.planning(done + len as u64, size);
-            bits
+            progress.planning(done + len as u64, total);
+            Ok((off / unit, bits))
         })
         .collect::<Result<_>>()?;
-    let mut allocated = BitVec::with_capacity(unit_count(size, unit) as usize);
-    for p in parts {
-        allocated.extend_from_bitslice(&p);
+    let mut allocated = BitVec::repeat(false, units);
+    for (first, bits) in parts {
+        for u in bits.iter_ones() {
+            allocated.set(first as usize + u, true);
+        }
     }
     Plan::new(size, unit, allocated)
 }

@@ -56,8 +56,10 @@ pub trait Reader: Send + Sync {
 
     /// Start bringing `[offset, offset + len)` of the virtual disk into memory and answer
     /// whether small reads anywhere in it are then cheap. The planner then probes a unit's
-    /// first few KiB instead of reading it whole. The default answers `false`: a unit of a
-    /// compressed format costs its whole cluster whatever part of it is read.
+    /// first sector instead of reading it whole. It asks for ranges the map calls data only,
+    /// a few MiB at a time: advice over a hole would fill the page cache with zero pages. The
+    /// default answers `false`: a unit of a compressed format costs its whole cluster
+    /// whatever part of it is read.
     fn read_ahead(&self, offset: u64, len: u64) -> bool {
         let _ = (offset, len);
         false

@@ -128,13 +128,30 @@ impl FileSource {
         } else {
             meta.len()
         };
-        Ok(FileSource {
+        let source = FileSource {
             file,
             path: path.to_path_buf(),
             len,
             seek_data: ft.is_file(),
             runs: Mutex::default(),
-        })
+        };
+        source.no_read_ahead_into_holes(&meta);
+        Ok(source)
+    }
+
+    /// Turn the kernel's own read-ahead off for a file with holes. It reads ahead of every
+    /// sequential read by up to the device's `read_ahead_kb` (often several MiB), whatever
+    /// lies there: past the end of each data run it fills the page cache with zero pages of
+    /// the hole that follows, which costs system time and pushes out what others had cached.
+    /// Reads then bring in what they ask for, and read-ahead is what [`Source::read_ahead`]
+    /// is asked for, which callers give for data ranges only. A file without holes keeps the
+    /// kernel's read-ahead: there is no hole to read into.
+    fn no_read_ahead_into_holes(&self, meta: &std::fs::Metadata) {
+        use std::os::unix::fs::MetadataExt;
+        if self.seek_data && meta.blocks().saturating_mul(512) < self.len {
+            // Advice only: if the kernel refuses it, reads still work.
+            let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::Random);
+        }
     }
 
     /// The open file.
@@ -256,7 +273,8 @@ impl Source for FileSource {
 
     /// `posix_fadvise(WILLNEED)`: the kernel reads the range in the background (nothing to
     /// do for a file already in memory, such as one on tmpfs), so the probe's scattered
-    /// reads find it cached instead of waiting for the disk one by one.
+    /// reads find it cached instead of waiting for the disk one by one. Callers advise data
+    /// ranges only: over a hole the kernel would fill the page cache with zero pages.
     fn read_ahead(&self, offset: u64, len: u64) -> bool {
         // (A zero length would mean "to the end of the file" to the kernel: skipped.)
         if let Some(len) = std::num::NonZeroU64::new(len.min(self.len.saturating_sub(offset))) {

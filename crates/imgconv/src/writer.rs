@@ -30,6 +30,23 @@ pub(crate) fn write_unit_runs(chunk: &Chunk, out: &mut Output, all_units: bool) 
     Ok(written)
 }
 
+/// What [`write_unit_runs`] writes for `len` bytes of zero chunks of `unit`-byte units:
+/// nothing, or with `all_units` (fixed layouts) zeros up to whole units, as holes where the
+/// output can. Returns the number of units written.
+pub(crate) fn write_zero_units(
+    len: u64,
+    unit: u64,
+    all_units: bool,
+    out: &mut Output,
+) -> Result<u64> {
+    if !all_units {
+        return Ok(0);
+    }
+    let units = len.div_ceil(unit);
+    out.write_zeros(units * unit)?;
+    Ok(units)
+}
+
 /// The plan a writer's [`Writer::measure`] was promised (it answers `measure_needs_plan`).
 pub(crate) fn plan_given(plan: Option<&Plan>) -> Result<&Plan> {
     plan.ok_or_else(|| {
@@ -183,6 +200,15 @@ pub trait Writer: Send {
         encoded: <Self::Encoder as Encoder>::Encoded,
         out: &mut Output,
     ) -> Result<()>;
+
+    /// Emit `len` bytes of virtual disk from `offset` that read as zeros: whole chunks the
+    /// pipeline did not load (a hole of any length costs one call), ascending like
+    /// [`Writer::commit`]. Answer `false` to have them committed as zero chunks one by one
+    /// instead (the default).
+    fn commit_zeros(&mut self, offset: u64, len: u64, out: &mut Output) -> Result<bool> {
+        let _ = (offset, len, out);
+        Ok(false)
+    }
 
     /// Emit what follows the data and report.
     fn finish(self, out: &mut Output) -> Result<WriterSummary>;

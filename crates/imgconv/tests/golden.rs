@@ -201,3 +201,190 @@ fn every_writer_writes_the_bytes_it_wrote_before() -> imgconv::Result<()> {
     }
     Ok(())
 }
+
+/// A 200 MiB disk in a file with holes: pieces of data (random, text, a run across a chunk
+/// edge, a short tail) and holes that span many chunks, so that runs of whole zero chunks,
+/// planned units partly in a hole and chunks holding data but no planned unit all occur.
+fn sparse_file() -> imgconv::Result<std::path::PathBuf> {
+    use std::os::unix::fs::FileExt;
+    let io = |e| imgconv::Error::io("sparse golden input", e);
+    let path =
+        std::env::temp_dir().join(format!("imgconv-golden-sparse-{}.raw", std::process::id()));
+    let f = std::fs::File::create(&path).map_err(io)?;
+    let size = (200u64 << 20) + 3 * 512;
+    f.set_len(size).map_err(io)?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = vec![0u8; 1 << 20];
+    for b in &mut random {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog "
+        .iter()
+        .copied()
+        .cycle()
+        .take(300_000)
+        .collect();
+    f.write_all_at(&random, 0).map_err(io)?;
+    f.write_all_at(&text, (37 << 20) + 4096).map_err(io)?;
+    f.write_all_at(&random, (100 << 20) - 8192).map_err(io)?;
+    // Data the file system stores that is all zeros: read, found zero, never written.
+    f.write_all_at(&vec![0u8; 256 << 10], 150 << 20)
+        .map_err(io)?;
+    f.write_all_at(&[0x5a; 600], size - 700).map_err(io)?;
+    Ok(path)
+}
+
+#[test]
+fn every_writer_writes_the_bytes_it_wrote_before_from_a_file_with_holes() -> imgconv::Result<()> {
+    let input = sparse_file()?;
+    let dir = std::env::temp_dir().join(format!("imgconv-golden-sparse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| imgconv::Error::io("output folder", e))?;
+    let cases: [(Format, &[&str], bool, &str); 17] = [
+        (
+            Format::Raw,
+            &[],
+            false,
+            "73e1521e26504dfa675c49f545c8eec29e5d53ccc20ec51da04bf90981743ca8",
+        ),
+        (
+            Format::Qcow2,
+            &[],
+            false,
+            "a98e8947a92b69921f26fccc2c3eb2b1172f1ff5ba2150a6731639429e19cf66",
+        ),
+        (
+            Format::Qcow2,
+            &["cluster_size=4096"],
+            false,
+            "a7b45c731c2a5fa8f4aec59e40de5ceec5d9d7b739b8b557f0e761759b4636e8",
+        ),
+        (
+            Format::Qcow2,
+            &[],
+            true,
+            "1dd307f2837eaf53bf39f3778b514fd351533f67c48df720ce5f06c446a23fde",
+        ),
+        (
+            Format::Vmdk,
+            &[],
+            false,
+            "b8b7fadceee31f953f20cada89743de0b0eafe2b17f1ef1a104fb09d04f054ee",
+        ),
+        (
+            Format::Vmdk,
+            &["subformat=monolithicSparse"],
+            false,
+            "dfdfa64009b32f213f29d33d93a8865840c3a548791f0579935393e52b0a1de4",
+        ),
+        (
+            Format::Vhd,
+            &[],
+            false,
+            "df5edbe02b7974928be9c52976426a531f0e209e479d9457ed56861f56f33174",
+        ),
+        (
+            Format::Vhd,
+            &["subformat=fixed"],
+            false,
+            "e3c9423b4ad0dc3149e1ae8d8ae424957f3edd2dd62960f10ad34ff5e834070d",
+        ),
+        (
+            Format::Vdi,
+            &[],
+            false,
+            "fdfdabab2e173d10ee500d6de7c0e05adedb74dfc921987770cec8eca22beb6a",
+        ),
+        (
+            Format::Vdi,
+            &["subformat=fixed"],
+            false,
+            "de1795bddce202d6e5164951f45a356a93875df62dfb479451ccf7cb26fb8c10",
+        ),
+        (
+            Format::Vhdx,
+            &[],
+            false,
+            "8a84196aed95145763b5f85969c6f4fa8faee6a2b94e8dd20232023f6ac48d41",
+        ),
+        (
+            Format::Vhdx,
+            &["block_size=1M"],
+            false,
+            "47faf219799447f3e881f85670b18e0ce080a4ae210da6b55927616f9a1409cf",
+        ),
+        (
+            Format::Vhdx,
+            &["subformat=fixed"],
+            false,
+            "24ff004360033b415486be1355d09f79bdb0c80b9aec4577dd39c1467994b4ff",
+        ),
+        (
+            Format::Ova,
+            &[],
+            false,
+            "474bba63455130fbb0e84164dd6154440136867c1b1367182c28c50c50ea59ad",
+        ),
+        (
+            Format::Gce,
+            &[],
+            false,
+            "b8dedb5d8f29727638a52ae42c959f2d2efa06202ff01edfcd985b4f59980c21",
+        ),
+        (
+            Format::Gce,
+            &["round_to_gib=off"],
+            false,
+            "903be49864e376aa47a100d290b07852f2480e931b5f777f3d9e88397bb2e4d0",
+        ),
+        (
+            Format::Raw,
+            &["preallocation=full"],
+            false,
+            "73e1521e26504dfa675c49f545c8eec29e5d53ccc20ec51da04bf90981743ca8",
+        ),
+    ];
+    let mut got = vec![];
+    for (format, options, compress, _) in cases {
+        let reader = imgconv::open_image(&input, Some(Format::Raw))?;
+        let mut opts = ConvertOptions::new(format);
+        let mut wo = WriterOptions::new();
+        for o in options {
+            wo.extend(o)?;
+        }
+        opts.writer_options = wo;
+        opts.compress = compress;
+        opts.deterministic = Some(0);
+        // The file's name is written into VMDK descriptors and OVA members: no process id.
+        let path = dir.join(format!("out-{format}-{}", options.join("-")));
+        let dest = Destination::File {
+            path: path.clone(),
+            overwrite: true,
+            sync: false,
+        };
+        convert(&*reader, dest, &opts, &NoProgress, &CancelToken::new())?;
+        let mut hash = Sha256::new();
+        let mut f = std::fs::File::open(&path).map_err(|e| imgconv::Error::io("output", e))?;
+        std::io::copy(&mut f, &mut hash).map_err(|e| imgconv::Error::io("output", e))?;
+        let _ = std::fs::remove_file(&path);
+        got.push(hex::encode(hash.finalize()));
+    }
+    let _ = std::fs::remove_file(&input);
+    let _ = std::fs::remove_dir_all(&dir);
+    let report: Vec<String> = cases
+        .iter()
+        .zip(&got)
+        .map(|((f, o, c, _), d)| format!("{f} {o:?} compress={c}: {d}"))
+        .collect();
+    for ((format, options, compress, want), got) in cases.iter().zip(&got) {
+        assert_eq!(
+            got,
+            want,
+            "{format} {options:?} compress={compress}\nall:\n{}",
+            report.join("\n")
+        );
+    }
+    Ok(())
+}

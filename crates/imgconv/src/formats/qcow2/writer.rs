@@ -439,6 +439,11 @@ impl Writer for Qcow2Writer {
         Ok(())
     }
 
+    fn commit_zeros(&mut self, _offset: u64, _len: u64, _out: &mut Output) -> Result<bool> {
+        // Only planned clusters are stored: zero chunks have none.
+        Ok(true)
+    }
+
     fn finish(self, out: &mut Output) -> Result<WriterSummary> {
         let l = self.layout()?;
         if self.written_data != l.data_clusters || out.position() != l.file_len() {

@@ -128,6 +128,11 @@ impl Writer for RawWriter {
         Ok(())
     }
 
+    fn commit_zeros(&mut self, _offset: u64, len: u64, out: &mut Output) -> Result<bool> {
+        out.write_zeros(len)?;
+        Ok(true)
+    }
+
     fn finish(self, out: &mut Output) -> Result<WriterSummary> {
         out.write_zeros(self.padded_size.saturating_sub(out.position()))?;
         if out.position() != self.padded_size {

@@ -7,7 +7,9 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{plan_given, write_unit_runs, Measure, PassThrough, Writer, WriterSummary};
+use crate::writer::{
+    plan_given, write_unit_runs, write_zero_units, Measure, PassThrough, Writer, WriterSummary,
+};
 
 use super::header::{Geometry, Header, HEADER_BYTES};
 use super::{ALIGN, BLOCK_SIZE, FREE, MAX_BLOCKS};
@@ -177,6 +179,11 @@ impl Writer for VdiWriter {
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
         self.written += write_unit_runs(&chunk, out, self.opts.fixed)?;
         Ok(())
+    }
+
+    fn commit_zeros(&mut self, _offset: u64, len: u64, out: &mut Output) -> Result<bool> {
+        self.written += write_zero_units(len, BLOCK_SIZE, self.opts.fixed, out)?;
+        Ok(true)
     }
 
     fn finish(self, out: &mut Output) -> Result<WriterSummary> {

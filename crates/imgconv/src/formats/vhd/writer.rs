@@ -240,6 +240,10 @@ impl Writer for VhdFixedWriter {
         self.raw.commit(pieces, out)
     }
 
+    fn commit_zeros(&mut self, offset: u64, len: u64, out: &mut Output) -> Result<bool> {
+        self.raw.commit_zeros(offset, len, out)
+    }
+
     fn finish(self, out: &mut Output) -> Result<WriterSummary> {
         let summary = self.raw.finish(out)?;
         out.write(&Bytes::from_vec(self.footer))?;
@@ -505,6 +509,11 @@ impl Writer for VhdDynamicWriter {
             }
         }
         Ok(())
+    }
+
+    fn commit_zeros(&mut self, _offset: u64, _len: u64, _out: &mut Output) -> Result<bool> {
+        // Blocks are laid out for planned units only: a zero chunk has none.
+        Ok(true)
     }
 
     fn finish(self, out: &mut Output) -> Result<WriterSummary> {

@@ -13,7 +13,7 @@ use crate::formats::options::{parse_size, WriterOptions};
 use crate::formats::vhd::{BlockEncoder, BlockPiece};
 use crate::model::{Format, Plan};
 use crate::sink::Output;
-use crate::writer::{plan_given, Measure, Writer, WriterSummary};
+use crate::writer::{plan_given, write_zero_units, Measure, Writer, WriterSummary};
 
 use super::*;
 
@@ -386,6 +386,13 @@ impl Writer for VhdxWriter {
             }
         }
         Ok(())
+    }
+
+    fn commit_zeros(&mut self, _offset: u64, len: u64, out: &mut Output) -> Result<bool> {
+        // A fixed layout stores every block (as holes here); a dynamic one planned units only.
+        let unit = self.layout.block_size;
+        self.written += write_zero_units(len, unit, self.opts.fixed, out)?;
+        Ok(true)
     }
 
     fn finish(self, out: &mut Output) -> Result<WriterSummary> {

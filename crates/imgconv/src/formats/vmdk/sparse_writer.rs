@@ -99,6 +99,16 @@ impl SparseWriter {
         let l = self.layout;
         let mut next = l.overhead;
         for t in 0..l.gd_entries {
+            // A table with no grain is all zeros: a hole in a file output, and no pass over
+            // its entries (a 1 TiB disk has 32768 tables).
+            let range = (t * GT_ENTRIES) as usize..((t + 1) * GT_ENTRIES) as usize;
+            if allocated
+                .get(range.start..range.end.min(allocated.len()))
+                .is_none_or(|b| b.not_any())
+            {
+                out.write_zeros(GT_SECTORS * 512)?;
+                continue;
+            }
             let mut gt = Vec::with_capacity((GT_SECTORS * 512) as usize);
             for g in t * GT_ENTRIES..(t + 1) * GT_ENTRIES {
                 let e = if allocated.get(g as usize).is_some_and(|b| *b) {
@@ -192,6 +202,11 @@ impl Writer for SparseWriter {
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
         self.grains += write_unit_runs(&chunk, out, false)?;
         Ok(())
+    }
+
+    fn commit_zeros(&mut self, _offset: u64, _len: u64, _out: &mut Output) -> Result<bool> {
+        // Only planned grains are stored: zero chunks have none.
+        Ok(true)
     }
 
     fn finish(self, out: &mut Output) -> Result<WriterSummary> {

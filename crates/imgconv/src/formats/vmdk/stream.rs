@@ -257,6 +257,12 @@ impl Writer for StreamWriter {
         Ok(())
     }
 
+    fn commit_zeros(&mut self, _offset: u64, _len: u64, _out: &mut Output) -> Result<bool> {
+        // Zero grains are not stored, and a grain table is written when the next grain (or
+        // the end) leaves it, so nothing happens here.
+        Ok(true)
+    }
+
     fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
         self.flush_gt(out)?;
         let gd_bytes = (self.gd.len() * 4).next_multiple_of(512).max(512);
