@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use crate::buffer::BufferPool;
 use crate::error::Result;
+use crate::planner::chunks_with_data;
 use crate::progress::CancelToken;
 use crate::reader::{is_known_zero, Reader};
 use crate::zero::is_zero;
@@ -44,33 +45,46 @@ pub fn compare(a: &dyn Reader, b: &dyn Reader, cancel: &CancelToken) -> Result<C
         offset,
         size_mismatch,
     };
-    if let Some(offset) = first_hit(0, common, cancel, |off, len| {
+    // Only chunks that hold data in either disk are looked at: a hole costs a map answer.
+    let mut with_data = chunks_with_data(a, CHUNK, cancel)?;
+    with_data.extend(chunks_with_data(b, CHUNK, cancel)?);
+    with_data.sort_unstable();
+    with_data.dedup();
+    let (within, past): (Vec<u64>, Vec<u64>) = with_data.iter().partition(|&&i| i * CHUNK < common);
+    if let Some(offset) = first_hit(&within, common, cancel, |off, len| {
         compare_chunk(a, b, off, len, &pool)
     })? {
         return Ok(mismatch(offset));
     }
     let longer: &dyn Reader = if sa > sb { a } else { b };
-    if let Some(offset) = first_hit(common, sa.max(sb), cancel, |off, len| {
-        nonzero_sector(longer, off, len, &pool)
+    // The chunk holding the common end may run past it: its part past the end is checked too.
+    let tail: Vec<u64> = within.last().copied().into_iter().chain(past).collect();
+    if let Some(offset) = first_hit(&tail, sa.max(sb), cancel, |off, len| {
+        let start = off.max(common);
+        match (off + len).checked_sub(start) {
+            Some(n) if n > 0 => nonzero_sector(longer, start, n, &pool),
+            _ => Ok(None),
+        }
     })? {
         return Ok(mismatch(offset));
     }
     Ok(Comparison::Identical { size_mismatch })
 }
 
-/// Run `check` over `[start, end)` in parallel chunks and return the lowest hit.
+/// Run `check` over the chunks `chunks` (ascending indices of `CHUNK`-byte chunks, cut at
+/// `end`) in parallel and return the lowest hit.
 fn first_hit(
-    start: u64,
+    chunks: &[u64],
     end: u64,
     cancel: &CancelToken,
     check: impl Fn(u64, u64) -> Result<Option<u64>> + Sync,
 ) -> Result<Option<u64>> {
-    let chunks = (end - start).div_ceil(CHUNK);
-    (0..chunks)
-        .into_par_iter()
-        .map(|i| -> Result<Option<u64>> {
+    chunks
+        .par_iter()
+        .filter(|&&i| i * CHUNK < end)
+        .map(|&i| -> Result<Option<u64>> {
             cancel.check()?;
-            let off = start + i * CHUNK;
+            let off = i * CHUNK;
             check(off, (end - off).min(CHUNK))
         })
         .find_map_first(|r| match r {

@@ -1,0 +1,267 @@
+//! Cost grows with the data, never with the holes: a 1 TiB sparse RAW holding 64 MiB of data
+//! converts into every output format reading at most the data plus 1% through its source, and
+//! leaves in the page cache no more of the input than its data (the holes are never read, nor
+//! read ahead), nor more than 256 MiB of input and output together.
+//!
+//! What the page cache holds of a file is asked of the kernel with `cachestat(2)` (Linux 6.5
+//! and later); the test fails where the kernel does not answer it.
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use imgconv::{
+    convert, open_image, open_source, CancelToken, ConvertOptions, Destination, FileSource, Format,
+    Mapping, NoProgress, Sink, Source, WriterOptions,
+};
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 1 << 40;
+const PIECES: u64 = 64;
+const DATA: u64 = PIECES * MIB;
+
+/// A file source that counts the bytes read through it.
+struct Counting {
+    inner: FileSource,
+    read: Arc<AtomicU64>,
+}
+
+impl Source for Counting {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> imgconv::Result<()> {
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.read_exact_at(offset, buf)
+    }
+    fn extent(&self, offset: u64, max_len: u64) -> imgconv::Result<Mapping> {
+        self.inner.extent(offset, max_len)
+    }
+    fn read_ahead(&self, offset: u64, len: u64) -> bool {
+        self.inner.read_ahead(offset, len)
+    }
+    fn allocated_size(&self) -> Option<u64> {
+        self.inner.allocated_size()
+    }
+    fn path(&self) -> Option<&Path> {
+        self.inner.path()
+    }
+}
+
+/// An output that keeps nothing but its length (for the GCE package: see below).
+struct Counted(u64);
+
+impl Sink for Counted {
+    fn write(&mut self, data: &[u8]) -> imgconv::Result<()> {
+        self.0 += data.len() as u64;
+        Ok(())
+    }
+    fn write_zeros(&mut self, len: u64) -> imgconv::Result<()> {
+        self.0 += len;
+        Ok(())
+    }
+    fn position(&self) -> u64 {
+        self.0
+    }
+    fn finish(self: Box<Self>) -> imgconv::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes of `path` in the page cache, as `cachestat(2)` counts them.
+fn cached(path: &Path) -> u64 {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let file = File::open(path).expect("open for cachestat");
+    let range = Range { off: 0, len: 0 };
+    let mut stat = Stat::default();
+    // SAFETY: cachestat(fd, range, stat, flags) reads one `Range` and writes one `Stat`, both
+    // laid out as the kernel's `struct cachestat_range` and `struct cachestat` (all u64), and
+    // alive for the call; the descriptor is open. No safe binding offers this call, and it is
+    // the only way to ask what a 1 TiB file has in the page cache without walking its pages.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "cachestat(2) failed ({}): this test needs Linux 6.5 or later",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    stat.nr_cache * page
+}
+
+/// Write back and drop `path`'s pages from the page cache.
+fn evict(path: &Path) {
+    let file = File::open(path).expect("open to evict");
+    file.sync_all().expect("sync");
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+}
+
+/// The 1 TiB input: 64 pieces of 1 MiB at scattered 4 KiB-aligned offsets (every other one
+/// random, the rest text), holes everywhere else.
+fn input(dir: &Path) -> (PathBuf, Vec<(u64, Vec<u8>)>) {
+    let path = dir.join("sparse-1t.raw");
+    let f = File::create(&path).expect("create");
+    f.set_len(SIZE).expect("size");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let text: Vec<u8> = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit. "
+        .iter()
+        .copied()
+        .cycle()
+        .take(MIB as usize)
+        .collect();
+    let step = SIZE / PIECES;
+    let mut pieces = Vec::new();
+    for i in 0..PIECES {
+        let at = i * step + (next() % (step - MIB)) / 4096 * 4096;
+        let piece: Vec<u8> = if i % 2 == 0 {
+            (0..MIB).map(|_| next() as u8).collect()
+        } else {
+            text.clone()
+        };
+        f.write_all_at(&piece, at).expect("write");
+        pieces.push((at, piece));
+    }
+    drop(f);
+    (path, pieces)
+}
+
+#[test]
+fn a_1_tib_sparse_image_converts_reading_only_its_data_and_caching_no_hole() {
+    let dir = std::env::temp_dir().join(format!("imgconv-holes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (src, pieces) = input(&dir);
+    let cases: &[(Format, &str, bool)] = &[
+        (Format::Raw, "", false),
+        (Format::Qcow2, "", false),
+        (Format::Qcow2, "", true),
+        (Format::Vmdk, "subformat=streamOptimized", false),
+        (Format::Vmdk, "subformat=monolithicSparse", false),
+        (Format::Vhd, "subformat=dynamic", false),
+        (Format::Vhd, "subformat=fixed", false),
+        (Format::Vhdx, "subformat=dynamic", false),
+        (Format::Vhdx, "subformat=fixed", false),
+        (Format::Vdi, "", false),
+        (Format::Vdi, "subformat=fixed", false),
+        (Format::Ova, "", false),
+        (Format::Gce, "", false),
+    ];
+    let mut failures = Vec::new();
+    for &(format, options, compress) in cases {
+        let what = format!("{format} {options}{}", if compress { " -c" } else { "" });
+        evict(&src);
+        let read = Arc::new(AtomicU64::new(0));
+        let source = Counting {
+            inner: FileSource::open(&src).expect("open"),
+            read: Arc::clone(&read),
+        };
+        let reader = open_source(Box::new(source), Some(Format::Raw)).expect("open RAW");
+        let mut opts = ConvertOptions::new(format);
+        opts.writer_options = WriterOptions::parse(options).expect("options");
+        opts.compress = compress;
+        let out = dir.join(format!("out.{}", format.name()));
+        // The GCE package stores its disk.raw whole (a plain tar member, as Compute Engine
+        // imports it): 1 TiB of zeros is about 1 GiB of gzip members, which a file output
+        // would hold in the page cache as written data. It goes to a sink that counts bytes.
+        let dest = if format == Format::Gce {
+            Destination::Sink(Box::new(Counted(0)))
+        } else {
+            Destination::File {
+                path: out.clone(),
+                overwrite: true,
+                sync: false,
+            }
+        };
+        let summary = convert(&*reader, dest, &opts, &NoProgress, &CancelToken::new())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let read = read.load(Ordering::Relaxed);
+        let in_cache = cached(&src);
+        let out_cache = if format == Format::Gce {
+            0
+        } else {
+            cached(&out)
+        };
+        eprintln!(
+            "{what}: read {read} bytes through the source ({:.3}x the data), input {} MiB \
+             and output {} MiB in the page cache, output {} bytes",
+            read as f64 / DATA as f64,
+            in_cache / MIB,
+            out_cache / MIB,
+            summary.output_size
+        );
+        if read > DATA + DATA / 100 {
+            failures.push(format!("{what}: read {read} bytes for {DATA} of data"));
+        }
+        if in_cache > DATA + DATA / 100 {
+            failures.push(format!("{what}: {in_cache} bytes of the input cached"));
+        }
+        if in_cache + out_cache >= 256 * MIB {
+            failures.push(format!(
+                "{what}: the page cache grew by {} MiB",
+                (in_cache + out_cache) / MIB
+            ));
+        }
+        // And the output holds the input. The fixed VDI and VHDX readers map every block as
+        // stored (their maps do not look through to the file's holes), so comparing them whole
+        // would read 1 TiB: their data pieces are compared instead.
+        if format != Format::Gce {
+            let written = open_image(&out, Some(format)).expect("open the output");
+            let again = open_image(&src, Some(Format::Raw)).expect("open the input");
+            let whole =
+                !(options == "subformat=fixed" && matches!(format, Format::Vdi | Format::Vhdx));
+            if whole {
+                let same = imgconv::compare(&*again, &*written, &CancelToken::new())
+                    .unwrap_or_else(|e| panic!("{what}: compare: {e}"));
+                assert!(
+                    matches!(same, imgconv::Comparison::Identical { .. }),
+                    "{what}: output differs: {same:?}"
+                );
+            } else {
+                for (at, piece) in &pieces {
+                    let mut got = vec![0u8; piece.len()];
+                    written.read_at(*at, &mut got).expect("read the output");
+                    assert!(got == *piece, "{what}: the piece at {at} differs");
+                }
+            }
+        } else {
+            assert!(summary.output_size > 0, "{what}: empty output");
+        }
+        let _ = std::fs::remove_file(&out);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
