@@ -16,6 +16,7 @@ Ratios are the numbers to read: absolute times on a shared machine are noise.
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -641,37 +642,161 @@ def time_one(cmd):
 
 def case_floor(t, img, size, out_dir, runs):
     """Uncompressed outputs against qemu-img, as the copy floor is measured: `runs` alternating
-    runs (which tool goes first alternates), neither syncing, the page cache dropped before
-    every run; median wall and system time of each."""
+    runs (which tool goes first alternates), neither syncing, with the page cache dropped
+    before every run and again with the input's data cached (as just after the image was
+    built or downloaded); median wall and system time of each."""
     cases = [
         ("RAW -> RAW", "raw", [], "raw", []),
         ("RAW -> QCOW2", "qcow2", [], "qcow2", []),
         ("RAW -> VHD fixed", "vhd", ["-o", "subformat=fixed"], "vpc", ["-o", "subformat=fixed"]),
         ("RAW -> VDI", "vdi", [], "vdi", []),
     ]
-    for name, fmt, our_opts, qfmt, q_opts in cases:
-        out = os.path.join(out_dir, f"floor.{fmt}")
-        ours = [str(BIN), "--no-sync", "-O", fmt] + our_opts + [img, out, "--force"]
-        theirs = ["qemu-img", "convert", "-O", qfmt] + q_opts + [img, out]
-        times = {"imgconv": [], "qemu-img": []}
-        for r in range(runs):
-            order = [("imgconv", ours), ("qemu-img", theirs)]
-            if r % 2:
-                order.reverse()
-            for who, cmd in order:
+    for cache in ("dropped", "warm"):
+        for name, fmt, our_opts, qfmt, q_opts in cases:
+            out = os.path.join(out_dir, f"floor.{fmt}")
+            ours = [str(BIN), "--no-sync", "-O", fmt] + our_opts + [img, out, "--force"]
+            theirs = ["qemu-img", "convert", "-O", qfmt] + q_opts + [img, out]
+            times = {"imgconv": [], "qemu-img": []}
+            for r in range(runs):
+                order = [("imgconv", ours), ("qemu-img", theirs)]
+                if r % 2:
+                    order.reverse()
+                for who, cmd in order:
+                    rm(out)
+                    if cache == "dropped":
+                        drop_caches()
+                    else:
+                        read_data_only(img)
+                    times[who].append(time_one(cmd))
+            rm(out)
+            med = lambda xs, i: statistics.median(x[i] for x in xs)
+            q_wall, q_sys = med(times["qemu-img"], 0), med(times["qemu-img"], 1)
+            i_wall, i_sys = med(times["imgconv"], 0), med(times["imgconv"], 1)
+            span = lambda xs: f"{min(x[0] for x in xs):.2f}-{max(x[0] for x in xs):.2f} s"
+            label = "copy floor" if cache == "dropped" else "copy floor, input cached"
+            t.add(f"{name}, {label}", "qemu-img convert -O " + qfmt + " " + " ".join(q_opts),
+                  q_wall, size, None, f"system {q_sys:.2f} s; runs {span(times['qemu-img'])}")
+            t.add(f"{name}, {label}", "imgconv --no-sync -O " + fmt + " " + " ".join(our_opts),
+                  i_wall, size, q_wall,
+                  f"system {i_sys:.2f} s ({i_sys / max(q_sys, 1e-9):.2f}x); "
+                  f"runs {span(times['imgconv'])}")
+
+
+def make_pieces(path, size, pieces, piece=4 * MiB, seed=7):
+    """A sparse RAW of `size` bytes holding `pieces` pieces of `piece` bytes (every other one
+    random, the rest text) spread evenly over it, each at a seeded 64 KiB-aligned offset in its
+    share; the same seed and piece count give the same data at the same ranks in any size."""
+    rng = random.Random(seed)
+    text = (b"The quick brown fox jumps over the lazy dog. " * (piece // 45 + 1))[:piece]
+    step = size // pieces
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for i in range(pieces):
+            at = i * step + rng.randrange(0, (step - piece) // (64 << 10) + 1) * (64 << 10)
+            f.seek(at)
+            f.write(rng.randbytes(piece) if i % 2 == 0 else text)
+    os.sync()
+
+
+def read_data_only(path):
+    """Bring a file's data into the page cache without touching its holes."""
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            os.lseek(fd, start, os.SEEK_SET)
+            left = stop - start
+            while left > 0:
+                n = len(f.read(min(left, 16 * MiB)))
+                if n == 0:
+                    break
+                left -= n
+            pos = stop
+
+
+def cached_kib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Cached:"):
+                return int(line.split()[1])
+    return 0
+
+
+def case_scale(t, work, runs):
+    """Cost grows with the data, never with the holes: sparse RAW images (4 TiB holding 1 GiB
+    of data, 64 GiB holding 256 MiB) and the same data in 4 GiB files, into every output
+    format, imgconv and qemu-img alternating, with the page cache dropped before each run and
+    with the input's data cached (holes never read in). Median wall and system time, peak
+    RSS and the growth of `Cached` in /proc/meminfo."""
+    images = [
+        ("4 TiB, 1 GiB of data", 4 << 40, 256),
+        ("4 GiB, the same 1 GiB", 4 << 30, 256),
+        ("64 GiB, 256 MiB of data", 64 << 30, 64),
+        ("4 GiB, the same 256 MiB", 4 << 30, 64),
+    ]
+    outputs = [
+        ("RAW", "raw", [], "raw", []),
+        ("QCOW2", "qcow2", [], "qcow2", []),
+        ("VMDK monolithicSparse", "vmdk", ["-o", "subformat=monolithicSparse"], "vmdk", []),
+        ("VMDK streamOptimized", "vmdk", ["-o", "subformat=streamOptimized"], "vmdk",
+         ["-o", "subformat=streamOptimized"]),
+        ("VHD dynamic", "vhd", [], "vpc", []),
+        ("VHDX", "vhdx", [], "vhdx", []),
+        ("VDI", "vdi", [], "vdi", []),
+    ]
+    for label, size, pieces in images:
+        img = work / f"scale-{size >> 30}G-{pieces}p.raw"
+        if not img.exists() or img.stat().st_size != size:
+            make_pieces(img, size, pieces)
+        data = pieces * 4 * MiB
+        for name, fmt, our_opts, qfmt, q_opts in outputs:
+            if size > 2 << 40 and name in ("VHD dynamic", "VMDK streamOptimized"):
+                continue  # both formats end at 2 TiB; both tools refuse
+            out = str(work / f"scale-out.{fmt}")
+            ours = [str(BIN), "--no-sync", "-O", fmt] + our_opts + [str(img), out, "--force"]
+            theirs = ["qemu-img", "convert", "-O", qfmt] + q_opts + [str(img), out]
+            for cache in ("dropped", "warm"):
+                res = {"imgconv": [], "qemu-img": []}
+                for r in range(runs):
+                    order = [("imgconv", ours), ("qemu-img", theirs)]
+                    if r % 2:
+                        order.reverse()
+                    for who, cmd in order:
+                        rm(out)
+                        if cache == "dropped":
+                            drop_caches()
+                        else:
+                            read_data_only(img)
+                        res[who].append(measure_run(cmd))
                 rm(out)
-                drop_caches()
-                times[who].append(time_one(cmd))
-        rm(out)
-        med = lambda xs, i: statistics.median(x[i] for x in xs)
-        q_wall, q_sys = med(times["qemu-img"], 0), med(times["qemu-img"], 1)
-        i_wall, i_sys = med(times["imgconv"], 0), med(times["imgconv"], 1)
-        span = lambda xs: f"{min(x[0] for x in xs):.2f}-{max(x[0] for x in xs):.2f} s"
-        t.add(f"{name}, copy floor", "qemu-img convert -O " + qfmt + " " + " ".join(q_opts),
-              q_wall, size, None, f"system {q_sys:.2f} s; runs {span(times['qemu-img'])}")
-        t.add(f"{name}, copy floor", "imgconv --no-sync -O " + fmt + " " + " ".join(our_opts),
-              i_wall, size, q_wall,
-              f"system {i_sys:.2f} s ({i_sys / max(q_sys, 1e-9):.2f}x); runs {span(times['imgconv'])}")
+                med = lambda who, i: statistics.median(x[i] for x in res[who])
+                q_wall = med("qemu-img", 0)
+                case = f"scale: RAW {label} -> {name}, cache {cache}"
+                for who, cmd_name in (("qemu-img", "qemu-img convert -O " + " ".join([qfmt] + q_opts)),
+                                      ("imgconv", "imgconv --no-sync -O " + " ".join([fmt] + our_opts))):
+                    wall, sys_s, rss, grew = (med(who, i) for i in range(4))
+                    t.add(case, cmd_name, wall, data, q_wall if who == "imgconv" else None,
+                          f"MB/s of data; system {sys_s:.2f} s; peak RSS {rss / 1024:.0f} MiB; "
+                          f"page cache +{grew:.0f} MiB")
+
+
+def measure_run(cmd):
+    """(wall s, system s, peak RSS KiB, page cache growth MiB) of one run of `cmd`."""
+    before = cached_kib()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=sh_env)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if status != 0:
+        sys.exit(f"{cmd} failed")
+    grew = (cached_kib() - before) / 1024
+    return wall, ru.ru_stime, ru.ru_maxrss, grew
 
 
 def case_memory(t, work, sizes, realistic):
@@ -700,8 +825,9 @@ def main():
                     default="raw,digest,qcow2,vmdk,vdi,vhd,inspect,packages,export,serve,fleet,memory",
                     help="raw, digest, qcow2, vmdk, vdi, vhd, inspect (check, map, measure, "
                          "--deterministic), packages (VHDX, OVA, GCE), export, serve, fleet, "
-                         "floor, memory "
-                         "(floor is not in the default set: it drops the page cache)")
+                         "floor, scale, memory "
+                         "(floor and scale are not in the default set: they drop the page "
+                         "cache, and scale writes 4 TiB sparse files)")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
                     help="where outputs are written (default: --work); a tmpfs such as "
@@ -752,6 +878,8 @@ def main():
             case_fleet(t, str(img), size, work, args.runs)
         if "floor" in cases:
             case_floor(t, str(img), size, out_dir, max(args.runs, 10))
+    if "scale" in cases:
+        case_scale(t, work, args.runs)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)
