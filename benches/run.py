@@ -756,8 +756,11 @@ def case_scale(t, work, runs):
             make_pieces(img, size, pieces)
         data = pieces * 4 * MiB
         for name, fmt, our_opts, qfmt, q_opts in outputs:
-            if size > 2 << 40 and name in ("VHD dynamic", "VMDK streamOptimized"):
-                continue  # both formats end at 2 TiB; both tools refuse
+            # VHD and streamOptimized VMDK end at 2 TiB (both tools refuse more); imgconv
+            # keeps monolithicSparse to VMware's 2 TiB as well, where qemu-img goes on.
+            if size > 2 << 40 and name in ("VHD dynamic", "VMDK streamOptimized",
+                                           "VMDK monolithicSparse"):
+                continue
             out = str(work / f"scale-out.{fmt}")
             ours = [str(BIN), "--no-sync", "-O", fmt] + our_opts + [str(img), out, "--force"]
             theirs = ["qemu-img", "convert", "-O", qfmt] + q_opts + [str(img), out]
