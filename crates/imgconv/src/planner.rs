@@ -164,8 +164,8 @@ pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToke
     )
 }
 
-/// [`plan`], telling `progress` how far the planning read has come (in bytes of the chunks
-/// that hold data: holes take no time).
+/// [`plan`], telling `progress` how far the planning read has come, in bytes of virtual disk
+/// (the holes count as covered once the map is walked).
 pub(crate) fn plan_reporting(
     reader: &dyn Reader,
     unit: u64,
@@ -201,11 +201,15 @@ pub(crate) fn plan_reporting(
             } else {
                 load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
             }?;
+            // Holes are covered the moment the map is walked: they count as done.
             let done = planned.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
-            progress.planning(done + len as u64, total);
+            progress.planning(size - total + done + len as u64, size);
             Ok((off / unit, bits))
         })
         .collect::<Result<_>>()?;
+    if with_data.is_empty() {
+        progress.planning(size, size);
+    }
     let mut allocated = BitVec::repeat(false, units);
     for (first, bits) in parts {
         for u in bits.iter_ones() {
