@@ -290,6 +290,10 @@ struct Decoding {
     /// The last pieces decoded: (offset, bytes), at most [`BACK`] bytes in all.
     recent: VecDeque<(u64, Vec<u8>)>,
     kept: u64,
+    /// Why decoding failed, once it has: every later read gives the same answer (a decoder
+    /// past an error reads as an early end, which would call a corrupt archive truncated to
+    /// whichever thread asked next).
+    failed: Option<String>,
 }
 
 /// The decompressed tar of a `.tar.gz`, read forward.
@@ -320,6 +324,7 @@ impl GzArchive {
             pos: 0,
             recent: VecDeque::new(),
             kept: 0,
+            failed: None,
         }
     }
 
@@ -342,11 +347,25 @@ impl ArchiveBytes for GzArchive {
             .state
             .lock()
             .map_err(|_| Error::new(ErrorKind::Internal, "internal error: poisoned decoder"))?;
+        if let Some(why) = &d.failed {
+            return Err(bad(0, why.clone()));
+        }
         let end = at + buf.len() as u64;
         let oldest = d.recent.front().map_or(d.pos, |(o, _)| *o);
         if at < oldest {
             *d = Self::start(&self.src);
         }
+        let result = Self::decode_to(&mut d, at, end, buf);
+        if let Err(e) = &result {
+            d.failed = Some(e.message().to_string());
+        }
+        result
+    }
+}
+
+impl GzArchive {
+    /// Decode forward until `end`, then copy `[at, end)` into `buf`.
+    fn decode_to(d: &mut Decoding, at: u64, end: u64, buf: &mut [u8]) -> Result<()> {
         while d.pos < end {
             let mut piece = vec![0u8; STEP];
             let mut got = 0;
@@ -400,7 +419,7 @@ impl ArchiveBytes for GzArchive {
                 d.kept -= p;
             }
         }
-        Self::copy_out(&d, at, buf);
+        Self::copy_out(d, at, buf);
         Ok(())
     }
 }
