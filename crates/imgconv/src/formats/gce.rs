@@ -464,3 +464,59 @@ pub(crate) fn open(src: Box<dyn Source>) -> Result<Box<dyn Reader>> {
         actual_size,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::MemSource;
+    use std::io::Write;
+
+    /// A `.tar.gz` holding a `disk.raw` of `len` pseudo-random bytes, compressed in one
+    /// gzip member.
+    fn tar_gz(len: usize) -> Vec<u8> {
+        let mut h = [0u8; 512];
+        h[..8].copy_from_slice(b"disk.raw");
+        h[100..107].copy_from_slice(b"0000644");
+        h[124..135].copy_from_slice(format!("{len:011o}").as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = b'0';
+        h[257..265].copy_from_slice(b"ustar  \0");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut tar = h.to_vec();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        tar.extend((0..len).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 7) as u8
+        }));
+        tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        gz.write_all(&tar).expect("compress");
+        gz.finish().expect("compress")
+    }
+
+    #[test]
+    fn a_corrupt_stream_is_called_corrupt_by_every_read_after_the_first() -> Result<()> {
+        let len = 8 << 20;
+        let mut bytes = tar_gz(len);
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 64] {
+            *b ^= 0xa5;
+        }
+        let reader = open(Box::new(MemSource::new(bytes)))?;
+        let mut buf = vec![0u8; 4096];
+        let first = reader.read_at(len as u64 - 4096, &mut buf).err();
+        let first = first.map(|e| e.message().to_string()).unwrap_or_default();
+        assert!(first.contains("corrupt"), "{first}");
+        // Another read, elsewhere and further back: the same answer, not an early end.
+        for at in [len as u64 - 8192, 0, 1 << 20] {
+            let again = reader.read_at(at, &mut buf).err();
+            let again = again.map(|e| e.message().to_string()).unwrap_or_default();
+            assert_eq!(again, first, "read at {at}");
+        }
+        Ok(())
+    }
+}
