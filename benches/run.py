@@ -640,6 +640,26 @@ def time_one(cmd):
     return time.perf_counter() - t0, after.children_system - before.children_system
 
 
+def alternate(runs, ours, theirs, out, img, cache, measure):
+    """`runs` runs each of imgconv (`ours`) and qemu-img (`theirs`), alternating which goes
+    first, `out` removed and the page cache dropped (cache "dropped") or the input's data read
+    in (cache "warm") before each; {"imgconv": [...], "qemu-img": [...]} of `measure(cmd)`."""
+    res = {"imgconv": [], "qemu-img": []}
+    for r in range(runs):
+        order = [("imgconv", ours), ("qemu-img", theirs)]
+        if r % 2:
+            order.reverse()
+        for who, cmd in order:
+            rm(out)
+            if cache == "dropped":
+                drop_caches()
+            else:
+                read_data_only(img)
+            res[who].append(measure(cmd))
+    rm(out)
+    return res
+
+
 def case_floor(t, img, size, out_dir, runs):
     """Uncompressed outputs against qemu-img, as the copy floor is measured: `runs` alternating
     runs (which tool goes first alternates), neither syncing, with the page cache dropped
@@ -656,19 +676,7 @@ def case_floor(t, img, size, out_dir, runs):
             out = os.path.join(out_dir, f"floor.{fmt}")
             ours = [str(BIN), "--no-sync", "-O", fmt] + our_opts + [img, out, "--force"]
             theirs = ["qemu-img", "convert", "-O", qfmt] + q_opts + [img, out]
-            times = {"imgconv": [], "qemu-img": []}
-            for r in range(runs):
-                order = [("imgconv", ours), ("qemu-img", theirs)]
-                if r % 2:
-                    order.reverse()
-                for who, cmd in order:
-                    rm(out)
-                    if cache == "dropped":
-                        drop_caches()
-                    else:
-                        read_data_only(img)
-                    times[who].append(time_one(cmd))
-            rm(out)
+            times = alternate(runs, ours, theirs, out, img, cache, time_one)
             med = lambda xs, i: statistics.median(x[i] for x in xs)
             q_wall, q_sys = med(times["qemu-img"], 0), med(times["qemu-img"], 1)
             i_wall, i_sys = med(times["imgconv"], 0), med(times["imgconv"], 1)
@@ -766,19 +774,7 @@ def case_scale(t, work, runs):
             ours = [str(BIN), "--no-sync", "-O", fmt] + our_opts + [str(img), out, "--force"]
             theirs = ["qemu-img", "convert", "-O", qfmt] + q_opts + [str(img), out]
             for cache in ("dropped", "warm"):
-                res = {"imgconv": [], "qemu-img": []}
-                for r in range(runs):
-                    order = [("imgconv", ours), ("qemu-img", theirs)]
-                    if r % 2:
-                        order.reverse()
-                    for who, cmd in order:
-                        rm(out)
-                        if cache == "dropped":
-                            drop_caches()
-                        else:
-                            read_data_only(img)
-                        res[who].append(measure_run(cmd))
-                rm(out)
+                res = alternate(runs, ours, theirs, out, img, cache, measure_run)
                 med = lambda who, i: statistics.median(x[i] for x in res[who])
                 q_wall = med("qemu-img", 0)
                 case = f"scale: RAW {label} -> {name}, cache {cache}"

@@ -106,6 +106,23 @@ fn written(format: Format, options: &[&str], compress: bool) -> imgconv::Result<
     Ok(hex::encode(Sha256::digest(masked(format, bytes))))
 }
 
+/// Each case's digest must be the one pinned for it; a failure lists every digest got.
+fn assert_digests(cases: &[(Format, &[&str], bool, &str)], got: &[String]) {
+    let report: Vec<String> = cases
+        .iter()
+        .zip(got)
+        .map(|((f, o, c, _), d)| format!("{f} {o:?} compress={c}: {d}"))
+        .collect();
+    for ((format, options, compress, want), got) in cases.iter().zip(got) {
+        assert_eq!(
+            got,
+            want,
+            "{format} {options:?} compress={compress}\nall:\n{}",
+            report.join("\n")
+        );
+    }
+}
+
 #[test]
 fn every_writer_writes_the_bytes_it_wrote_before() -> imgconv::Result<()> {
     let cases: [(Format, &[&str], bool, &str); 12] = [
@@ -186,19 +203,7 @@ fn every_writer_writes_the_bytes_it_wrote_before() -> imgconv::Result<()> {
     for (format, options, compress, _) in cases {
         got.push(written(format, options, compress)?);
     }
-    let report: Vec<String> = cases
-        .iter()
-        .zip(&got)
-        .map(|((f, o, c, _), d)| format!("{f} {o:?} compress={c}: {d}"))
-        .collect();
-    for ((format, options, compress, want), got) in cases.iter().zip(&got) {
-        assert_eq!(
-            got,
-            want,
-            "{format} {options:?} compress={compress}\nall:\n{}",
-            report.join("\n")
-        );
-    }
+    assert_digests(&cases, &got);
     Ok(())
 }
 
@@ -373,18 +378,6 @@ fn every_writer_writes_the_bytes_it_wrote_before_from_a_file_with_holes() -> img
     }
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_dir_all(&dir);
-    let report: Vec<String> = cases
-        .iter()
-        .zip(&got)
-        .map(|((f, o, c, _), d)| format!("{f} {o:?} compress={c}: {d}"))
-        .collect();
-    for ((format, options, compress, want), got) in cases.iter().zip(&got) {
-        assert_eq!(
-            got,
-            want,
-            "{format} {options:?} compress={compress}\nall:\n{}",
-            report.join("\n")
-        );
-    }
+    assert_digests(&cases, &got);
     Ok(())
 }
