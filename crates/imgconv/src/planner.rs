@@ -26,7 +26,7 @@ const FIRST_PROBE: usize = 512;
 /// The most read-ahead advice given at once: the probe then works through it before the
 /// next piece is advised, so advice never runs far ahead of the reads (nor fills the page
 /// cache) whatever the chunk size.
-pub(crate) const READ_AHEAD_MAX: u64 = 4 << 20;
+const READ_AHEAD_MAX: u64 = 4 << 20;
 
 /// Units at least this large are probed without read-ahead: a probe or two per MiB costs
 /// less than bringing the whole unit in early.
@@ -50,13 +50,14 @@ fn first_read(cheap: bool, unit: u64) -> usize {
 /// Which units of `[offset, offset + len)` hold data, reading units piece by piece and
 /// stopping at the first non-zero piece: a data block of 2 MiB usually costs one read of a
 /// sector, not 2 MiB. Only all-zero units inside data extents are read in full. With `cheap`,
-/// read-ahead is asked for data extents only, at most [`READ_AHEAD_MAX`] bytes at a time.
+/// read-ahead is asked for data extents only, at most [`READ_AHEAD_MAX`] bytes at a time, from
+/// `advised` on (what [`advise_first`] advised is not asked again).
 fn probe_chunk(
     reader: &dyn Reader,
     offset: u64,
     len: usize,
     unit: usize,
-    cheap: bool,
+    (cheap, advised): (bool, u64),
 ) -> Result<BitVec> {
     let end = offset + len as u64;
     let mut nonzero = BitVec::repeat(false, len.div_ceil(unit));
@@ -69,7 +70,7 @@ fn probe_chunk(
         }
         let mut at = pos;
         let stop = pos + m.len;
-        let mut advised = at;
+        let mut advised = advised.max(at);
         // The unit whose first read was made: an extent may start anywhere in a unit, and a
         // unit's first read (wherever it falls) is the small one.
         let mut started: Option<usize> = None;
@@ -106,21 +107,22 @@ fn probe_chunk(
 }
 
 /// Ask `reader` to read ahead the first data extent of `[offset, offset + len)` (at most
-/// [`READ_AHEAD_MAX`] of it) and answer whether small reads are then cheap. Units of a MiB or
-/// more are not read ahead: their probes are few.
-fn advise_first(reader: &dyn Reader, offset: u64, len: u64, unit: u64) -> Result<bool> {
+/// [`READ_AHEAD_MAX`] of it) and answer whether small reads are then cheap, and where the
+/// advice ends. Units of a MiB or more are not read ahead: their probes are few.
+fn advise_first(reader: &dyn Reader, offset: u64, len: u64, unit: u64) -> Result<(bool, u64)> {
+    let mut answer = (false, offset);
     if unit >= NO_READ_AHEAD_UNIT {
-        return Ok(false);
+        return Ok(answer);
     }
-    let mut cheap = false;
     for_each_mapping(reader, offset, offset + len, |pos, m| {
         if m.extent != Extent::Data {
             return Ok(std::ops::ControlFlow::Continue(()));
         }
-        cheap = reader.read_ahead(pos, m.len.min(READ_AHEAD_MAX));
+        let n = m.len.min(READ_AHEAD_MAX);
+        answer = (reader.read_ahead(pos, n), pos + n);
         Ok(std::ops::ControlFlow::Break(()))
     })?;
-    Ok(cheap)
+    Ok(answer)
 }
 
 /// The chunks (of `chunk` bytes) that data extents of `reader` touch, in ascending order,
@@ -195,9 +197,9 @@ pub(crate) fn plan_reporting(
             let len = (size - off).min(chunk) as usize;
             // Where small reads are cheap (a file, once read ahead), each unit's first sector
             // decides most units; units no larger than a first read are read whole.
-            let cheap = advise_first(reader, off, len as u64, unit)?;
-            let bits = if unit > first_read(cheap, unit) as u64 {
-                probe_chunk(reader, off, len, unit as usize, cheap)
+            let advice = advise_first(reader, off, len as u64, unit)?;
+            let bits = if unit > first_read(advice.0, unit) as u64 {
+                probe_chunk(reader, off, len, unit as usize, advice)
             } else {
                 load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
             }?;
@@ -212,9 +214,8 @@ pub(crate) fn plan_reporting(
     }
     let mut allocated = BitVec::repeat(false, units);
     for (first, bits) in parts {
-        for u in bits.iter_ones() {
-            allocated.set(first as usize + u, true);
-        }
+        let first = first as usize;
+        allocated[first..first + bits.len()].copy_from_bitslice(&bits);
     }
     Plan::new(size, unit, allocated)
 }

@@ -67,8 +67,12 @@ fn masked(format: Format, mut b: Vec<u8>) -> Vec<u8> {
     b
 }
 
-fn written(format: Format, options: &[&str], compress: bool) -> imgconv::Result<String> {
-    let reader = open_source(Box::new(MemSource::new(disk())), Some(Format::Raw))?;
+/// The options of one case: `format` with `-o` options and `-c`.
+fn options_for(
+    format: Format,
+    options: &[&str],
+    compress: bool,
+) -> imgconv::Result<ConvertOptions> {
     let mut opts = ConvertOptions::new(format);
     let mut wo = WriterOptions::new();
     for o in options {
@@ -76,6 +80,12 @@ fn written(format: Format, options: &[&str], compress: bool) -> imgconv::Result<
     }
     opts.writer_options = wo;
     opts.compress = compress;
+    Ok(opts)
+}
+
+fn written(format: Format, options: &[&str], compress: bool) -> imgconv::Result<String> {
+    let reader = open_source(Box::new(MemSource::new(disk())), Some(Format::Raw))?;
+    let opts = options_for(format, options, compress)?;
     let bytes = if opts.needs_seekable_output(reader.virtual_size())? {
         // Written out of order: into a file.
         let path = std::env::temp_dir().join(format!(
@@ -354,13 +364,7 @@ fn every_writer_writes_the_bytes_it_wrote_before_from_a_file_with_holes() -> img
     let mut got = vec![];
     for (format, options, compress, _) in cases {
         let reader = imgconv::open_image(&input, Some(Format::Raw))?;
-        let mut opts = ConvertOptions::new(format);
-        let mut wo = WriterOptions::new();
-        for o in options {
-            wo.extend(o)?;
-        }
-        opts.writer_options = wo;
-        opts.compress = compress;
+        let mut opts = options_for(format, options, compress)?;
         opts.deterministic = Some(0);
         // The file's name is written into VMDK descriptors and OVA members: no process id.
         let path = dir.join(format!("out-{format}-{}", options.join("-")));
