@@ -736,18 +736,23 @@ def cached_kib():
     return 0
 
 
-def case_scale(t, work, runs):
+def case_scale(t, work, runs, only="all"):
     """Cost grows with the data, never with the holes: sparse RAW images (4 TiB holding 1 GiB
     of data, 64 GiB holding 256 MiB) and the same data in 4 GiB files, into every output
     format, imgconv and qemu-img alternating, with the page cache dropped before each run and
     with the input's data cached (holes never read in). Median wall and system time, peak
     RSS and the growth of `Cached` in /proc/meminfo."""
     images = [
-        ("4 TiB, 1 GiB of data", 4 << 40, 256),
-        ("4 GiB, the same 1 GiB", 4 << 30, 256),
-        ("64 GiB, 256 MiB of data", 64 << 30, 64),
-        ("4 GiB, the same 256 MiB", 4 << 30, 64),
+        ("4t", "4 TiB, 1 GiB of data", 4 << 40, 256),
+        ("4g-1g", "4 GiB, the same 1 GiB", 4 << 30, 256),
+        ("64g", "64 GiB, 256 MiB of data", 64 << 30, 64),
+        ("4g-256m", "4 GiB, the same 256 MiB", 4 << 30, 64),
+        ("1t-tiny", "1 TiB, 8 MiB of data", 1 << 40, 2),
+        ("2g-tiny", "2 GiB, the same 8 MiB", 2 << 30, 2),
     ]
+    if only == "all":
+        only = "4t,4g-1g,64g,4g-256m"
+    images = [i[1:] for i in images if i[0] in only.split(",")]
     outputs = [
         ("RAW", "raw", [], "raw", []),
         ("QCOW2", "qcow2", [], "qcow2", []),
@@ -833,6 +838,9 @@ def main():
                          "floor, scale, memory "
                          "(floor and scale are not in the default set: they drop the page "
                          "cache, and scale writes 4 TiB sparse files)")
+    ap.add_argument("--scale-images", default="all",
+                    help="the scale case's images: all (4t,4g-1g,64g,4g-256m) or a list of "
+                         "those keys and 1t-tiny, 2g-tiny (1 TiB and 2 GiB holding 8 MiB)")
     ap.add_argument("--work", default=str(ROOT / "bench-work"), help="scratch folder")
     ap.add_argument("--out-dir", default=None,
                     help="where outputs are written (default: --work); a tmpfs such as "
@@ -884,7 +892,7 @@ def main():
         if "floor" in cases:
             case_floor(t, str(img), size, out_dir, max(args.runs, 10))
     if "scale" in cases:
-        case_scale(t, work, args.runs)
+        case_scale(t, work, args.runs, args.scale_images)
     if "memory" in cases:
         need("/usr/bin/time", "time")
         case_memory(t, work, [2 * GiB, 8 * GiB], img)
