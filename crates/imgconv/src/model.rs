@@ -242,6 +242,10 @@ pub struct Chunk {
     pub unit: usize,
     /// One bit per unit: set where the unit holds a non-zero byte.
     pub nonzero: BitVec,
+    /// Byte ranges of the chunk (sorted, apart) that the source's map calls zero and that
+    /// were therefore never read. `data` holds zeros there unless the encoder asked for them
+    /// to be left unfilled ([`Encoder::fills_unread`](crate::writer::Encoder::fills_unread)).
+    pub unread: Vec<std::ops::Range<usize>>,
 }
 
 impl Chunk {

@@ -219,7 +219,8 @@ fn commit_all<W: Writer>(
                                 Some(p) => {
                                     let first = (off / unit) as usize;
                                     let bits = p.bitmap().get(first..).unwrap_or_default();
-                                    load_planned_chunk(reader, off, len, unit_len, bits, pool)
+                                    let fill = encoder.fills_unread();
+                                    load_planned_chunk(reader, off, len, unit_len, bits, pool, fill)
                                 }
                                 None => load_chunk(reader, off, len, unit_len, pool),
                             };
@@ -294,6 +295,7 @@ fn commit_zeros<W: Writer>(
             data: None,
             unit,
             nonzero: BitVec::repeat(false, n.div_ceil(unit)),
+            unread: vec![0..n],
         };
         writer.commit(encoder.encode(zero)?, out)?;
         at += n as u64;
@@ -345,19 +347,23 @@ pub(crate) fn load_chunk(
             data: None,
             unit,
             nonzero: BitVec::repeat(false, units),
+            unread: vec![0..len],
         });
     }
     let mut buf = pool.get();
     let bytes = &mut buf.as_mut_slice()[..len];
     let mut cursor = 0usize;
     let mut nonzero = BitVec::repeat(false, units);
+    let mut unread = Vec::new();
     for &(s, l) in &segments {
         let lo = (s - offset) as usize;
         let hi = lo + l as usize;
+        push_unread(&mut unread, cursor..lo);
         bytes[cursor..lo].fill(0);
         reader.read_at(s, &mut bytes[lo..hi])?;
         cursor = hi;
     }
+    push_unread(&mut unread, cursor..len);
     bytes[cursor..].fill(0);
     // Scan only the units that data extents touch: the gaps were zero-filled, not read.
     for &(s, l) in &segments {
@@ -381,13 +387,27 @@ pub(crate) fn load_chunk(
         data,
         unit,
         nonzero,
+        unread,
     })
+}
+
+/// Add `r` to a chunk's sorted unread ranges, joining it to the last one where they touch.
+fn push_unread(unread: &mut Vec<std::ops::Range<usize>>, r: std::ops::Range<usize>) {
+    if r.is_empty() {
+        return;
+    }
+    match unread.last_mut() {
+        Some(last) if last.end == r.start => last.end = r.end,
+        _ => unread.push(r),
+    }
 }
 
 /// Read `[offset, offset + len)` as a [`Chunk`] whose units are those `planned` says hold
 /// data: only they are read, in runs, and they are not scanned again. Once a writer has laid
 /// out its file from a plan, the plan is authoritative; this makes the writing pass read each
-/// data unit once and skip the zero ranges the planning pass already found.
+/// data unit once and skip the zero ranges the planning pass already found. What is not read
+/// (units the plan left out, holes inside planned units) is listed in the chunk's `unread`,
+/// and zero-filled only when `fill`.
 pub(crate) fn load_planned_chunk(
     reader: &dyn Reader,
     offset: u64,
@@ -395,6 +415,7 @@ pub(crate) fn load_planned_chunk(
     unit: usize,
     planned: &bitvec::slice::BitSlice,
     pool: &Arc<BufferPool>,
+    fill: bool,
 ) -> Result<Chunk> {
     let units = len.div_ceil(unit);
     let nonzero: BitVec = planned.iter().by_vals().take(units).collect();
@@ -411,10 +432,12 @@ pub(crate) fn load_planned_chunk(
             data: None,
             unit,
             nonzero,
+            unread: vec![0..len],
         });
     }
     let mut buf = pool.get();
     let bytes = &mut buf.as_mut_slice()[..len];
+    let mut unread = Vec::new();
     let mut i = 0;
     while i < units {
         let start = i;
@@ -424,9 +447,12 @@ pub(crate) fn load_planned_chunk(
         }
         let (lo, hi) = (start * unit, (i * unit).min(len));
         if set {
-            read_data(reader, offset, &mut bytes[lo..hi], lo)?;
+            read_data(reader, offset, &mut bytes[lo..hi], lo, fill, &mut unread)?;
         } else {
-            bytes[lo..hi].fill(0);
+            push_unread(&mut unread, lo..hi);
+            if fill {
+                bytes[lo..hi].fill(0);
+            }
         }
     }
     Ok(Chunk {
@@ -435,13 +461,22 @@ pub(crate) fn load_planned_chunk(
         data: Some(buf.freeze(len)),
         unit,
         nonzero,
+        unread,
     })
 }
 
-/// Fill `buf`, the bytes of the disk at `base + at`, reading only what the map calls data
-/// and zero-filling the rest: a planned unit can be larger than the data in it (a 32 MiB
-/// VHDX block holding 4 MiB), and its holes must cost nothing.
-fn read_data(reader: &dyn Reader, base: u64, buf: &mut [u8], at: usize) -> Result<()> {
+/// Fill `buf`, the bytes of the disk at `base + at`, reading only what the map calls data;
+/// the rest is listed in `unread` (as chunk offsets) and zero-filled only when `fill`: a
+/// planned unit can be larger than the data in it (a 32 MiB VHDX block holding 4 MiB), and
+/// its holes must cost nothing.
+fn read_data(
+    reader: &dyn Reader,
+    base: u64,
+    buf: &mut [u8],
+    at: usize,
+    fill: bool,
+    unread: &mut Vec<std::ops::Range<usize>>,
+) -> Result<()> {
     let start = base + at as u64;
     let end = start + buf.len() as u64;
     for_each_mapping(reader, start, end, |pos, m| {
@@ -450,7 +485,10 @@ fn read_data(reader: &dyn Reader, base: u64, buf: &mut [u8], at: usize) -> Resul
         if m.extent == Extent::Data {
             reader.read_at(pos, &mut buf[lo..hi])?;
         } else {
-            buf[lo..hi].fill(0);
+            push_unread(unread, at + lo..at + hi);
+            if fill {
+                buf[lo..hi].fill(0);
+            }
         }
         Ok(std::ops::ControlFlow::Continue(()))
     })

@@ -65,6 +65,13 @@ pub trait Encoder: Sync {
 
     /// Encode one chunk.
     fn encode(&self, chunk: Chunk) -> Result<Self::Encoded>;
+
+    /// Whether a chunk's [`unread`](Chunk::unread) ranges must hold zeros in its `data`
+    /// (the default). An encoder that never looks at those bytes answers `false` and spares
+    /// the fill: a 32 MiB block holding 1 MiB of data is then 31 MiB of nothing.
+    fn fills_unread(&self) -> bool {
+        true
+    }
 }
 
 /// The encoder of writers that store data as it is (QCOW2 uncompressed, monolithicSparse

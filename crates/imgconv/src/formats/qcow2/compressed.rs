@@ -425,6 +425,7 @@ mod tests {
                 data: Some(Bytes::from_vec(data.clone())),
                 unit: cs,
                 nonzero: BitVec::repeat(true, 1),
+                unread: Vec::new(),
             };
             let got = enc.encode(chunk).map(|e| e.clusters);
             let Ok(mut clusters) = got else {

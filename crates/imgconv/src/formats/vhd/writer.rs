@@ -286,6 +286,37 @@ fn push_zeros(pieces: &mut Vec<BlockPiece>, n: usize) {
     }
 }
 
+/// Append the pieces of `d[lo..hi]`: the `unread` ranges (sorted; never read, not filled) as
+/// zero runs without a look, the rest scanned for zero granules.
+fn push_read(
+    pieces: &mut Vec<BlockPiece>,
+    d: &Bytes,
+    unread: &[std::ops::Range<usize>],
+    lo: usize,
+    hi: usize,
+) {
+    let mut at = lo;
+    let mut next = unread.partition_point(|r| r.end <= lo);
+    while at < hi {
+        match unread.get(next).filter(|r| r.start < hi) {
+            Some(r) if r.start <= at => {
+                let end = r.end.min(hi);
+                push_zeros(pieces, end - at);
+                at = end;
+                next += 1;
+            }
+            Some(r) => {
+                push_data(pieces, d, at, r.start);
+                at = r.start;
+            }
+            None => {
+                push_data(pieces, d, at, hi);
+                at = hi;
+            }
+        }
+    }
+}
+
 /// Append the pieces of `d` (zero granules as zero runs).
 fn push_data(pieces: &mut Vec<BlockPiece>, d: &Bytes, lo: usize, hi: usize) {
     let mut at = lo;
@@ -324,7 +355,7 @@ impl Encoder for BlockEncoder {
                 let hi = (lo + unit).min(range.end);
                 pieces.push(BlockPiece::Start);
                 match &chunk.data {
-                    Some(d) if planned => push_data(&mut pieces, d, lo, hi),
+                    Some(d) if planned => push_read(&mut pieces, d, &chunk.unread, lo, hi),
                     _ => push_zeros(&mut pieces, hi - lo),
                 }
                 push_zeros(&mut pieces, unit - (hi - lo));
@@ -332,6 +363,10 @@ impl Encoder for BlockEncoder {
             }
         }
         Ok(pieces)
+    }
+
+    fn fills_unread(&self) -> bool {
+        false
     }
 }
 
@@ -530,5 +565,60 @@ impl Writer for VhdDynamicWriter {
             allocated_units: self.allocated,
             unit_size: self.layout.block_size,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitvec::vec::BitVec;
+
+    /// The pieces as the bytes they stand for.
+    fn expand(pieces: &[BlockPiece]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in pieces {
+            match p {
+                BlockPiece::Start => {}
+                BlockPiece::Data(d) => out.extend_from_slice(d),
+                BlockPiece::Zeros(n) => out.resize(out.len() + *n as usize, 0),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unread_ranges_are_zeros_whatever_the_buffer_holds() {
+        // One 64 KiB block: data at 4-12 KiB and 40-41 KiB, the rest never read (the
+        // buffer there holds a previous chunk's bytes, as a pooled buffer may).
+        let unit = 64 << 10;
+        let mut bytes = vec![0xeeu8; unit];
+        bytes[4096..12288].fill(7);
+        bytes[40960..41984].fill(9);
+        bytes[41984..45056].fill(0);
+        let chunk = Chunk {
+            offset: 0,
+            len: unit,
+            data: Some(Bytes::from_vec(bytes.clone())),
+            unit,
+            nonzero: BitVec::repeat(true, 1),
+            unread: vec![0..4096, 12288..40960, 45056..unit],
+        };
+        let enc = BlockEncoder { all_units: false };
+        assert!(!enc.fills_unread());
+        let pieces = enc.encode(chunk).unwrap_or_default();
+        let mut want = vec![0u8; unit];
+        want[4096..12288].fill(7);
+        want[40960..41984].fill(9);
+        assert_eq!(expand(&pieces), want);
+        // The unread ranges come out as zero runs, never as data; the read ones are scanned
+        // by 4 KiB granule (40-44 KiB holds data).
+        let data: usize = pieces
+            .iter()
+            .map(|p| match p {
+                BlockPiece::Data(d) => d.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(data, 8192 + 4096);
     }
 }
