@@ -295,7 +295,7 @@ fn commit_zeros<W: Writer>(
             data: None,
             unit,
             nonzero: BitVec::repeat(false, n.div_ceil(unit)),
-            unread: vec![0..n],
+            unread: [0..n].into(),
         };
         writer.commit(encoder.encode(zero)?, out)?;
         at += n as u64;
@@ -347,7 +347,7 @@ pub(crate) fn load_chunk(
             data: None,
             unit,
             nonzero: BitVec::repeat(false, units),
-            unread: vec![0..len],
+            unread: [0..len].into(),
         });
     }
     let mut buf = pool.get();
@@ -432,7 +432,7 @@ pub(crate) fn load_planned_chunk(
             data: None,
             unit,
             nonzero,
-            unread: vec![0..len],
+            unread: [0..len].into(),
         });
     }
     let mut buf = pool.get();
