@@ -295,7 +295,7 @@ fn commit_zeros<W: Writer>(
             data: None,
             unit,
             nonzero: BitVec::repeat(false, n.div_ceil(unit)),
-            unread: [0..n].into(),
+            unread: std::iter::once(0..n).collect(),
         };
         writer.commit(encoder.encode(zero)?, out)?;
         at += n as u64;
@@ -347,7 +347,7 @@ pub(crate) fn load_chunk(
             data: None,
             unit,
             nonzero: BitVec::repeat(false, units),
-            unread: [0..len].into(),
+            unread: std::iter::once(0..len).collect(),
         });
     }
     let mut buf = pool.get();
@@ -432,7 +432,7 @@ pub(crate) fn load_planned_chunk(
             data: None,
             unit,
             nonzero,
-            unread: [0..len].into(),
+            unread: std::iter::once(0..len).collect(),
         });
     }
     let mut buf = pool.get();
