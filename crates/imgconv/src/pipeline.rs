@@ -1,6 +1,7 @@
 //! The pipeline: chunks read, zero-scanned and encoded in parallel, committed strictly in order.
 //!
-//! The committing thread keeps at most `window` chunks in flight on the rayon pool. Workers
+//! The committing thread keeps at most `window` chunks holding data in flight on the rayon
+//! pool (runs of zero chunks between them hold no buffer and do not count). Workers
 //! read a chunk (never the ranges the map calls zero), scan it for zero units and run the
 //! writer's encoder; results come back in any order and wait in a small reorder buffer until
 //! every earlier chunk is committed. Memory is therefore bounded by the window (plus the
@@ -188,9 +189,13 @@ fn commit_all<W: Writer>(
         let mut next_data: Option<u64> = None;
         let mut next_submit = 0u64;
         let mut next_commit = 0u64;
+        // Chunks with data submitted and not yet committed: the window counts these, not
+        // chunk numbers, so a sparse disk keeps as many reads (and as much read-ahead) in
+        // flight as a dense one however far apart its data lies.
+        let mut in_flight = 0u64;
         let outcome = (|| {
             while next_commit < count {
-                while next_submit < count && next_submit < next_commit + window {
+                while next_submit < count && in_flight < window {
                     let i = next_submit;
                     let data_at = match next_data {
                         Some(d) if d >= i => d,
@@ -238,6 +243,7 @@ fn commit_all<W: Writer>(
                         let _ = tx.send((i, result));
                     });
                     next_submit += 1;
+                    in_flight += 1;
                 }
                 if let Some(n) = zero_runs.remove(&next_commit) {
                     cancel.check()?;
@@ -259,6 +265,7 @@ fn commit_all<W: Writer>(
                 };
                 cancel.check()?;
                 writer.commit(encoded?, out)?;
+                in_flight -= 1;
                 let off = next_commit * chunk;
                 progress.advance((size - off).min(chunk));
                 next_commit += 1;

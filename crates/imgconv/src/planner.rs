@@ -6,13 +6,15 @@
 //! scanned for all-zero units. The resulting [`Plan`] lets a writer lay out header, tables and
 //! data up front, answers `imgconv measure`, and gives progress a true total.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
 use bitvec::vec::BitVec;
-use rayon::prelude::*;
 
 use crate::buffer::BufferPool;
 use crate::error::{Error, Result};
 use crate::model::{check_unit, unit_count, Extent, Plan};
-use crate::pipeline::{chunk_size_for, load_chunk};
+use crate::pipeline::{advise_data, chunk_size_for, load_chunk};
 use crate::progress::CancelToken;
 use crate::reader::{for_each_mapping, Reader};
 use crate::zero;
@@ -23,10 +25,11 @@ const PROBE: usize = 64 << 10;
 /// The first read of a unit when the reader says small reads are cheap (see [`first_read`]).
 const FIRST_PROBE: usize = 512;
 
-/// The most read-ahead advice given at once: the probe then works through it before the
-/// next piece is advised, so advice never runs far ahead of the reads (nor fills the page
-/// cache) whatever the chunk size.
-const READ_AHEAD_MAX: u64 = 4 << 20;
+/// Bytes of data advised ahead of the chunk being probed, when units are small. Each unit's
+/// first sector is read, so all the data comes in from storage during planning; advised a
+/// window ahead, it streams at the storage's speed instead of waiting chunk by chunk, and the
+/// window bounds what is brought in early whatever the image size. Holes are never advised.
+const PLAN_READ_AHEAD: u64 = 32 << 20;
 
 /// Units at least this large are probed without read-ahead: a probe or two per MiB costs
 /// less than bringing the whole unit in early.
@@ -49,37 +52,30 @@ fn first_read(cheap: bool, unit: u64) -> usize {
 
 /// Which units of `[offset, offset + len)` hold data, reading units piece by piece and
 /// stopping at the first non-zero piece: a data block of 2 MiB usually costs one read of a
-/// sector, not 2 MiB. Only all-zero units inside data extents are read in full. With `cheap`,
-/// read-ahead is asked for data extents only, at most [`READ_AHEAD_MAX`] bytes at a time, from
-/// `advised` on (what [`advise_first`] advised is not asked again).
+/// sector, not 2 MiB. Only all-zero units inside data extents are read in full. `cheap`: the
+/// reader says small reads are cheap (its data was advised ahead, see [`plan_reporting`]), so
+/// a unit's first read is a sector.
 fn probe_chunk(
     reader: &dyn Reader,
     offset: u64,
     len: usize,
     unit: usize,
-    (cheap, advised): (bool, u64),
+    cheap: bool,
 ) -> Result<BitVec> {
     let end = offset + len as u64;
     let mut nonzero = BitVec::repeat(false, len.div_ceil(unit));
     let mut piece = vec![0u8; PROBE];
     let first = first_read(cheap, unit as u64);
-    let advise = cheap && (unit as u64) < NO_READ_AHEAD_UNIT;
     for_each_mapping(reader, offset, end, |pos, m| {
         if m.extent != Extent::Data {
             return Ok(std::ops::ControlFlow::Continue(()));
         }
         let mut at = pos;
         let stop = pos + m.len;
-        let mut advised = advised.max(at);
         // The unit whose first read was made: an extent may start anywhere in a unit, and a
         // unit's first read (wherever it falls) is the small one.
         let mut started: Option<usize> = None;
         while at < stop {
-            if advise && at >= advised {
-                let n = (stop - at).min(READ_AHEAD_MAX);
-                reader.read_ahead(at, n);
-                advised = at + n;
-            }
             let u = ((at - offset) / unit as u64) as usize;
             let unit_end = offset + (u as u64 + 1) * unit as u64;
             if nonzero[u] {
@@ -104,25 +100,6 @@ fn probe_chunk(
         Ok(std::ops::ControlFlow::Continue(()))
     })?;
     Ok(nonzero)
-}
-
-/// Ask `reader` to read ahead the first data extent of `[offset, offset + len)` (at most
-/// [`READ_AHEAD_MAX`] of it) and answer whether small reads are then cheap, and where the
-/// advice ends. Units of a MiB or more are not read ahead: their probes are few.
-fn advise_first(reader: &dyn Reader, offset: u64, len: u64, unit: u64) -> Result<(bool, u64)> {
-    let mut answer = (false, offset);
-    if unit >= NO_READ_AHEAD_UNIT {
-        return Ok(answer);
-    }
-    for_each_mapping(reader, offset, offset + len, |pos, m| {
-        if m.extent != Extent::Data {
-            return Ok(std::ops::ControlFlow::Continue(()));
-        }
-        let n = m.len.min(READ_AHEAD_MAX);
-        answer = (reader.read_ahead(pos, n), pos + n);
-        Ok(std::ops::ControlFlow::Break(()))
-    })?;
-    Ok(answer)
 }
 
 /// The chunks (of `chunk` bytes) that data extents of `reader` touch, in ascending order,
@@ -187,28 +164,72 @@ pub(crate) fn plan_reporting(
         .iter()
         .map(|&i| (size - i * chunk).min(chunk))
         .sum();
-    let pool = BufferPool::new(chunk_len, rayon::current_num_threads() * 2);
-    let planned = std::sync::atomic::AtomicU64::new(0);
-    let parts: Vec<(u64, BitVec)> = with_data
-        .par_iter()
-        .map(|&i| {
-            cancel.check()?;
-            let off = i * chunk;
-            let len = (size - off).min(chunk) as usize;
-            // Where small reads are cheap (a file, once read ahead), each unit's first sector
-            // decides most units; units no larger than a first read are read whole.
-            let advice = advise_first(reader, off, len as u64, unit)?;
-            let bits = if unit > first_read(advice.0, unit) as u64 {
-                probe_chunk(reader, off, len, unit as usize, advice)
-            } else {
-                load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
-            }?;
-            // Holes are covered the moment the map is walked: they count as done.
-            let done = planned.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
-            progress.planning(size - total + done + len as u64, size);
-            Ok((off / unit, bits))
-        })
-        .collect::<Result<_>>()?;
+    let threads = rayon::current_num_threads().max(1);
+    let pool = BufferPool::new(chunk_len, threads * 2);
+    // Small units: the data is read ahead a window of chunks in front of the probes, where the
+    // reader says that makes small reads cheap (asked with an empty range: no advice).
+    let window = if unit < NO_READ_AHEAD_UNIT {
+        (PLAN_READ_AHEAD / chunk).max(1) as usize
+    } else {
+        0
+    };
+    let cheap = window > 0 && reader.read_ahead(0, 0);
+    let planned = AtomicU64::new(0);
+    // Workers take the chunks in ascending order, so the advice stays one window ahead of
+    // every probe (rayon's splitting would send each thread to its own part of the disk).
+    let next = AtomicUsize::new(0);
+    let advised = Mutex::new(0usize);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Result<(u64, BitVec)>>> = Mutex::new(Vec::new());
+    let probe = |idx: usize| -> Result<(u64, BitVec)> {
+        cancel.check()?;
+        if cheap {
+            let mut upto = advised.lock().unwrap_or_else(|e| e.into_inner());
+            while *upto < with_data.len() && *upto <= idx + window {
+                let off = with_data[*upto] * chunk;
+                advise_data(reader, off, (size - off).min(chunk))?;
+                *upto += 1;
+            }
+        }
+        let off = with_data[idx] * chunk;
+        let len = (size - off).min(chunk) as usize;
+        // Where small reads are cheap (a file, once read ahead), each unit's first sector
+        // decides most units; units no larger than a first read are read whole.
+        let bits = if unit > first_read(cheap, unit) as u64 {
+            probe_chunk(reader, off, len, unit as usize, cheap)
+        } else {
+            load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
+        }?;
+        // Holes are covered the moment the map is walked: they count as done.
+        let done = planned.fetch_add(len as u64, Ordering::Relaxed);
+        progress.planning(size - total + done + len as u64, size);
+        Ok((off / unit, bits))
+    };
+    rayon::scope(|s| {
+        for _ in 0..threads.min(with_data.len()) {
+            s.spawn(|_| {
+                let mut mine = Vec::new();
+                while !failed.load(Ordering::Relaxed) {
+                    let idx = next.fetch_add(1, Ordering::Relaxed);
+                    if idx >= with_data.len() {
+                        break;
+                    }
+                    let part = probe(idx);
+                    failed.fetch_or(part.is_err(), Ordering::Relaxed);
+                    mine.push(part);
+                }
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .append(&mut mine);
+            });
+        }
+    });
+    let parts = results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
     if with_data.is_empty() {
         progress.planning(size, size);
     }
