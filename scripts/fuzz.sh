@@ -12,7 +12,8 @@
 # (-rss_limit_mb / -malloc_limit_mb); either is a failure, like a crash. Each run's counts
 # (executions, coverage, features, corpus size) go to $FUZZ_STATS_DIR/T.txt (default
 # target/fuzz-stats) and to a table
-# on standard output. FUZZ_SANITIZER=none builds without AddressSanitizer (faster to build;
+# on standard output. FUZZ_CORPUS_DIR=DIR runs each target on a copy of its corpus in DIR/T,
+# so that the run leaves fuzz/corpus as it was (the test command's short runs use this). FUZZ_SANITIZER=none builds without AddressSanitizer (faster to build;
 # the default is address). FUZZ_JOBS=N runs N targets at once (default 1). FUZZ_RUNS=N stops
 # each target after N executions (SECONDS is then the cap).
 set -euo pipefail
@@ -58,9 +59,16 @@ stats="${FUZZ_STATS_DIR:-target/fuzz-stats}"
 mkdir -p "$stats"
 
 run_one() {
-  local t="$1" log="$stats/$1.txt"
+  local t="$1" log="$stats/$1.txt" corpus="corpus/$1"
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
-  if (cd fuzz && cargo fuzz run "${build_flags[@]}" "$t" "corpus/$t" "seeds/$t" -- \
+  if [[ -n "${FUZZ_CORPUS_DIR:-}" ]]; then
+    # A copy of the corpus takes the run's new and reduced inputs; the repository's stays.
+    corpus="$PWD/$FUZZ_CORPUS_DIR/$t"
+    rm -rf "$corpus"
+    mkdir -p "$corpus"
+    cp -R "fuzz/corpus/$t/." "$corpus/"
+  fi
+  if (cd fuzz && cargo fuzz run "${build_flags[@]}" "$t" "$corpus" "seeds/$t" -- \
       -max_total_time="$seconds" -timeout=1 -rss_limit_mb=256 -malloc_limit_mb=256 \
       -max_len="$max_len" -print_final_stats=1 -close_fd_mask=1 ${FUZZ_RUNS:+-runs=$FUZZ_RUNS}) \
       >"$log" 2>&1; then

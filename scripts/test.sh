@@ -100,5 +100,7 @@ else
 fi
 # Then every fuzz target runs, coverage-guided, for 10 s on its corpus and seeds (no
 # sanitizer: building with one doubles the build, the slow part here). A crash, an input over
-# 1 s or over 256 MiB fails the run. Longer campaigns: FUZZING.md.
-FUZZ_SANITIZER=none FUZZ_STATS_DIR=target/fuzz-stats-ci scripts/fuzz.sh 10
+# 1 s or over 256 MiB fails the run. The runs work on a copy of each corpus under target/, so
+# the work tree keeps the committed corpora. Longer campaigns: FUZZING.md.
+FUZZ_SANITIZER=none FUZZ_STATS_DIR=target/fuzz-stats-ci FUZZ_CORPUS_DIR=target/fuzz-corpus-ci \
+  scripts/fuzz.sh 10
