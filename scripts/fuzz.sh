@@ -11,10 +11,10 @@
 # Limits on every run: no input may take over 1 s (-timeout=1) or allocate over 256 MiB
 # (-rss_limit_mb / -malloc_limit_mb); either is a failure, like a crash. Each run's counts
 # (executions, coverage, features, corpus size) go to $FUZZ_STATS_DIR/T.txt (default
-# target/fuzz-stats) and to a table
-# on standard output. FUZZ_CORPUS_DIR=DIR runs each target on a copy of its corpus in DIR/T,
-# so that the run leaves fuzz/corpus as it was (the test command's short runs use this). FUZZ_SANITIZER=none builds without AddressSanitizer (faster to build;
-# the default is address). FUZZ_JOBS=N runs N targets at once (default 1). FUZZ_RUNS=N stops
+# target/fuzz-stats) and to a table on standard output. FUZZ_CORPUS_DIR=DIR runs each target
+# on a copy of its corpus in DIR/T, so that the run leaves fuzz/corpus as it was (the test
+# command's short runs use this). FUZZ_SANITIZER=none builds without AddressSanitizer (faster
+# to build; the default is address). FUZZ_JOBS=N runs N targets at once (default 1). FUZZ_RUNS=N stops
 # each target after N executions (SECONDS is then the cap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
