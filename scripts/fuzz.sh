@@ -14,8 +14,8 @@
 # target/fuzz-stats) and to a table on standard output. FUZZ_CORPUS_DIR=DIR runs each target
 # on a copy of its corpus in DIR/T, so that the run leaves fuzz/corpus as it was (the test
 # command's short runs use this). FUZZ_SANITIZER=none builds without AddressSanitizer (faster
-# to build; the default is address). FUZZ_JOBS=N runs N targets at once (default 1). FUZZ_RUNS=N stops
-# each target after N executions (SECONDS is then the cap).
+# to build; the default is address). FUZZ_JOBS=N runs N targets at once (default 1).
+# FUZZ_RUNS=N stops each target after N executions (SECONDS is then the cap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
