@@ -570,6 +570,14 @@ fn run<W: Writer>(
             )));
         }
         Output::new_seekable(sink, &opts.digests)?
+    } else if writer.defers_tables()
+        && sink.is_seekable()
+        && opts.digests.is_empty()
+        && opts.plan.is_none()
+    {
+        // Data as it comes, tables last: one pass over the input instead of two. With
+        // digests asked, the planned layout keeps them inline (a read-back would cost more).
+        Output::new_seekable(sink, &opts.digests)?
     } else {
         Output::new(sink, &opts.digests)?
     };

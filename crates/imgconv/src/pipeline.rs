@@ -60,7 +60,9 @@ impl PipelineConfig {
 }
 
 /// Run a whole conversion of `reader` through `writer` into `out`, with `given` as the plan
-/// when it fits the writer (else the writer's plan is made here).
+/// when it fits the writer (else the writer's plan is made here). A writer that
+/// [defers its tables](Writer::defers_tables) into a seekable `out` is run without a plan
+/// when none is given: one pass over the input.
 pub(crate) fn run<W: Writer>(
     reader: &dyn Reader,
     mut writer: W,
@@ -71,6 +73,28 @@ pub(crate) fn run<W: Writer>(
     cancel: &CancelToken,
 ) -> Result<(WriterSummary, Option<Plan>)> {
     let unit = writer.unit_size();
+    let defer = given.is_none() && writer.needs_plan() && writer.defers_tables();
+    if defer && out.is_seekable() && {
+        let bound = planner::touched_units(reader, unit, cancel)?;
+        writer.begin_deferred(&bound, out)?
+    } {
+        let encoder = writer.encoder();
+        progress.start(reader.virtual_size());
+        let result = commit_all(
+            reader,
+            &mut writer,
+            &encoder,
+            None,
+            out,
+            config,
+            progress,
+            cancel,
+        );
+        progress.finish();
+        result?;
+        let summary = writer.finish(out)?;
+        return Ok((summary, None));
+    }
     let plan = match given {
         // A plan made earlier for this disk at this unit: no second planning read.
         Some(p)
@@ -499,4 +523,89 @@ fn read_data(
         }
         Ok(std::ops::ControlFlow::Continue(()))
     })
+}
+
+/// A writer's bytes for `reader` written both ways: into a seekable output (tables last where
+/// the writer defers them, else the planned layout) and into a stream (planned layout, tables
+/// first). Returns (seekable, stream).
+#[cfg(test)]
+pub(crate) fn written_both_ways<W: Writer>(
+    reader: &dyn Reader,
+    make: impl Fn() -> W,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    use crate::sink::VecSink;
+    let mut got = Vec::new();
+    for seekable in [true, false] {
+        let sink = if seekable {
+            VecSink::seekable()
+        } else {
+            VecSink::new()
+        };
+        let mut out = if seekable {
+            Output::new_seekable(Box::new(sink.clone()), &[])?
+        } else {
+            Output::new(Box::new(sink.clone()), &[])?
+        };
+        run(
+            reader,
+            make(),
+            &mut out,
+            &PipelineConfig::default(),
+            None,
+            &crate::progress::NoProgress,
+            &CancelToken::new(),
+        )?;
+        out.finish()?;
+        got.push(sink.contents());
+    }
+    let stream = got.pop().unwrap_or_default();
+    let seekable = got.pop().unwrap_or_default();
+    Ok((seekable, stream))
+}
+
+/// Disks with holes for [`written_both_ways`]: data across unit edges, a data extent of zeros,
+/// a partial last unit, an empty disk, and a disk mapped as data throughout.
+#[cfg(test)]
+pub(crate) fn disks_with_holes() -> Vec<(&'static str, Box<dyn Reader>)> {
+    use crate::formats::raw::RawReader;
+    use crate::source::{HoledMem, MemSource};
+    let random = |n: usize, seed: u64| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let mib = 1u64 << 20;
+    let size = (24 << 20) + 3 * 512;
+    let text = b"one pass, tables last. ".repeat(50_000);
+    let mut dense = vec![0u8; 9 << 20];
+    dense[(3 << 20) + 7..(5 << 20) + 7].copy_from_slice(&random(2 << 20, 9));
+    vec![
+        (
+            "holes",
+            Box::new(RawReader::new(Box::new(HoledMem::new(
+                size as usize,
+                &[
+                    (0, random(mib as usize, 1)),
+                    (mib + 4096, vec![0u8; 3 << 20]),
+                    (6 * mib - 512, text[..mib as usize].to_vec()),
+                    (13 * mib, random(5 * mib as usize, 2)),
+                    (size - 600, vec![0x5a; 600]),
+                ],
+            )))) as Box<dyn Reader>,
+        ),
+        (
+            "empty",
+            Box::new(RawReader::new(Box::new(HoledMem::new(8 << 20, &[])))),
+        ),
+        (
+            "dense",
+            Box::new(RawReader::new(Box::new(MemSource::new(dense)))),
+        ),
+    ]
 }

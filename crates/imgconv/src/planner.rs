@@ -131,6 +131,30 @@ pub(crate) fn chunks_with_data(
     Ok(chunks)
 }
 
+/// The units (of `unit` bytes) that data extents of `reader` touch, from one walk of the map
+/// and no read: every unit that can hold data, a bound of the exact [`plan`] from above.
+pub(crate) fn touched_units(reader: &dyn Reader, unit: u64, cancel: &CancelToken) -> Result<Plan> {
+    check_unit(unit)?;
+    let size = reader.virtual_size();
+    let units = usize::try_from(unit_count(size, unit))
+        .map_err(|_| Error::invalid_argument("too many units for this platform"))?;
+    let mut touched = BitVec::repeat(false, units);
+    let mut answers = 0u32;
+    for_each_mapping(reader, 0, size, |pos, m| {
+        answers = answers.wrapping_add(1);
+        if answers % 4096 == 0 {
+            cancel.check()?;
+        }
+        if m.extent == Extent::Data && m.len > 0 {
+            let first = (pos / unit) as usize;
+            let last = ((pos + m.len - 1) / unit) as usize;
+            touched[first..=last.min(units - 1)].fill(true);
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
+    })?;
+    Plan::new(size, unit, touched)
+}
+
 /// Build the plan of `reader` at `unit` bytes, reading data extents in parallel on the rayon
 /// pool with `chunk_size`-byte reads.
 pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToken) -> Result<Plan> {

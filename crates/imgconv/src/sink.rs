@@ -45,6 +45,13 @@ pub trait Sink: Send {
         let _ = (offset, buf);
         Err(not_seekable())
     }
+
+    /// Drop what was appended past `len` (at most the current position): the output ends
+    /// there. Only seekable sinks can; the others refuse.
+    fn truncate(&mut self, len: u64) -> Result<()> {
+        let _ = len;
+        Err(not_seekable())
+    }
 }
 
 fn not_seekable() -> Error {
@@ -405,6 +412,20 @@ impl Sink for FileSink {
         Ok(())
     }
 
+    fn truncate(&mut self, len: u64) -> Result<()> {
+        if len > self.pos {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "internal error: truncating the output past its end",
+            ));
+        }
+        self.file()?
+            .set_len(len)
+            .map_err(|e| Error::io("cannot set the output's size", e).with_path(&self.dest))?;
+        self.pos = len;
+        Ok(())
+    }
+
     fn finish(mut self: Box<Self>) -> Result<()> {
         if let Some(f) = self.flusher.take() {
             f.stop();
@@ -604,6 +625,24 @@ impl Sink for VecSink {
         }
     }
 
+    fn truncate(&mut self, len: u64) -> Result<()> {
+        let mut b = self
+            .buf
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Io, "memory sink poisoned"))?;
+        match usize::try_from(len) {
+            Ok(n) if self.seekable && n <= b.len() => {
+                b.truncate(n);
+                self.pos = len;
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorKind::Internal,
+                "internal error: truncating outside what the memory sink holds",
+            )),
+        }
+    }
+
     fn finish(self: Box<Self>) -> Result<()> {
         Ok(())
     }
@@ -669,6 +708,35 @@ impl Output {
             ));
         }
         self.sink.write_at(self.base + offset, data)
+    }
+
+    /// Read back bytes already written (counted from the base); only for outputs made with
+    /// [`Output::new_seekable`].
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if !self.read_back {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "internal error: read_at on an output hashed inline",
+            ));
+        }
+        self.sink.read_at(self.base + offset, buf)
+    }
+
+    /// End the output at `len` bytes (counted from the base), dropping what was written past
+    /// it; only for outputs made with [`Output::new_seekable`].
+    pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
+        if !self.read_back {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "internal error: truncate on an output hashed inline",
+            ));
+        }
+        self.sink.truncate(self.base + len)
+    }
+
+    /// Whether bytes already written can be rewritten and read back ([`Output::new_seekable`]).
+    pub(crate) fn is_seekable(&self) -> bool {
+        self.read_back
     }
 
     /// Bytes appended so far, counted from the base.

@@ -332,6 +332,68 @@ impl Source for MemSource {
     }
 }
 
+/// An in-memory source with holes: the ranges listed are data, the rest reads as zeros and
+/// is mapped unallocated (as a sparse file is), for tests of what follows the map.
+#[cfg(test)]
+pub(crate) struct HoledMem {
+    mem: MemSource,
+    data: Vec<std::ops::Range<u64>>,
+}
+
+#[cfg(test)]
+impl HoledMem {
+    /// `len` bytes holding `pieces` (offset, bytes), sorted and apart; the rest is holes.
+    pub(crate) fn new(len: usize, pieces: &[(u64, Vec<u8>)]) -> HoledMem {
+        let mut bytes = vec![0u8; len];
+        let mut data = Vec::new();
+        for (at, b) in pieces {
+            bytes[*at as usize..*at as usize + b.len()].copy_from_slice(b);
+            data.push(*at..*at + b.len() as u64);
+        }
+        HoledMem {
+            mem: MemSource::new(bytes),
+            data,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Source for HoledMem {
+    fn len(&self) -> u64 {
+        self.mem.len()
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.mem.read_exact_at(offset, buf)
+    }
+
+    fn extent(&self, offset: u64, max_len: u64) -> Result<Mapping> {
+        let end = offset + max_len;
+        for r in &self.data {
+            if r.contains(&offset) {
+                return Ok(Mapping {
+                    extent: Extent::Data,
+                    len: r.end.min(end) - offset,
+                });
+            }
+            if r.start > offset {
+                return Ok(Mapping {
+                    extent: Extent::Unallocated,
+                    len: r.start.min(end) - offset,
+                });
+            }
+        }
+        Ok(Mapping {
+            extent: Extent::Unallocated,
+            len: max_len,
+        })
+    }
+
+    fn read_ahead(&self, _offset: u64, _len: u64) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

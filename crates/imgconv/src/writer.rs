@@ -195,6 +195,27 @@ pub trait Writer: Send {
         })
     }
 
+    /// Whether the writer can write the data as chunks arrive and its header and tables last,
+    /// into room kept for them at the front ([`Writer::begin_deferred`]): one pass over the
+    /// input instead of a planning pass first. The pipeline uses it only for an output that
+    /// can be rewritten and read back, with no digests computed inline (they would need the
+    /// finished file read back).
+    fn defers_tables(&self) -> bool {
+        false
+    }
+
+    /// Start a conversion whose header and tables are written in [`Writer::finish`]: `bound`
+    /// marks every unit that can hold data (the units the input's data extents touch), from
+    /// which the writer keeps room for its tables. Chunks then come loaded without a plan
+    /// (their `nonzero` bits tell which units hold data), and the output must be seekable.
+    /// The bytes written must be the same as with [`Writer::begin`] and the exact plan.
+    /// Answer `false`, writing nothing, to have the plan made first after all (where the
+    /// room the bound asks for is likely to differ from what the data needs).
+    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+        let _ = (bound, out);
+        Ok(false)
+    }
+
     /// The encoder the workers share.
     fn encoder(&self) -> Self::Encoder;
 

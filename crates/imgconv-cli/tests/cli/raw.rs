@@ -304,8 +304,16 @@ fn json_progress_reports_the_planning_read_before_the_conversion() {
         .data(0, 8 * MIB as usize)
         .data(40 * MIB, MIB as usize)
         .done();
+    // With a digest asked, QCOW2 is laid out from a plan (tables first, digests inline).
     let out = imgconv()
-        .args(["convert", "--progress=json", "-O", "qcow2"])
+        .args([
+            "convert",
+            "--progress=json",
+            "--digest",
+            "md5",
+            "-O",
+            "qcow2",
+        ])
         .arg(&input)
         .arg(dir.join("out.qcow2"))
         .output()
@@ -332,4 +340,23 @@ fn json_progress_reports_the_planning_read_before_the_conversion() {
     );
     assert_eq!(lines[first_progress]["done"], 0);
     assert_eq!(lines.last().expect("last")["done"], size);
+
+    // Into a file without digests, the tables are written last: one pass, no planning read.
+    let plain = dir.join("plain.qcow2");
+    let out = imgconv()
+        .args(["convert", "--progress=json", "-O", "qcow2"])
+        .arg(&input)
+        .arg(&plain)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(lines.iter().all(|l| l["event"] != "planning"), "{lines:?}");
+    assert_eq!(lines.last().expect("last")["done"], size);
+    let planned = std::fs::read(dir.join("out.qcow2")).expect("planned output");
+    let one_pass = std::fs::read(&plain).expect("one-pass output");
+    assert!(planned == one_pass, "the two QCOW2 layouts differ");
 }

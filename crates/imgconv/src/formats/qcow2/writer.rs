@@ -217,13 +217,35 @@ impl Layout {
     }
 }
 
-/// Which L2 tables are needed: one bit per L1 entry.
-fn l2_needed(plan: &Plan, per_l2: u64, l1_size: u64) -> BitVec {
+/// Which L2 tables are needed for the clusters `allocated` marks: one bit per L1 entry.
+fn l2_needed(allocated: &BitVec, per_l2: u64, l1_size: u64) -> BitVec {
     let mut need = BitVec::repeat(false, l1_size as usize);
-    for i in plan.bitmap().iter_ones() {
+    for i in allocated.iter_ones() {
         need.set(i / per_l2 as usize, true);
     }
     need
+}
+
+/// Whether the room `kept` (the layout of the clusters `bound` marks) is likely to be what
+/// the data needs, so that writing the tables last costs no move of the data: the input shows
+/// holes (on a disk mapped as data throughout, the bound says nothing: a dense image's zero
+/// clusters are common, and at a power-of-two size one fewer cluster is one refcount block
+/// fewer), and the tables come out the same size with a quarter of the bound's clusters zero.
+/// The clusters' L2 tables are assumed to stay: a table's whole 512 MiB range of data all
+/// zeros is rare in a disk with holes. Where the guess is wrong the data is moved.
+fn room_likely_exact(kept: &Layout, bound: &Plan) -> bool {
+    let all = bound.units();
+    let touched = kept.data_clusters;
+    if touched >= all {
+        return false;
+    }
+    let fewer = Layout::new(
+        bound.virtual_size(),
+        kept.cluster_bits,
+        kept.l2_count,
+        touched - touched / 4,
+    );
+    fewer.data_offset() == kept.data_offset()
 }
 
 /// The sizes a QCOW2 output would take for `plan` (`imgconv measure -O qcow2`): exact.
@@ -232,7 +254,7 @@ fn measure(plan: &Plan, opts: &Qcow2Options) -> Measure {
     let per_l2 = cs / 8;
     let size = plan.virtual_size();
     let l1_size = size.div_ceil(cs).div_ceil(per_l2);
-    let l2 = l2_needed(plan, per_l2, l1_size).count_ones() as u64;
+    let l2 = l2_needed(plan.bitmap(), per_l2, l1_size).count_ones() as u64;
     let used = Layout::new(size, opts.cluster_bits, l2, plan.allocated_units());
     let all = Layout::new(size, opts.cluster_bits, l1_size, size.div_ceil(cs));
     Measure {
@@ -252,7 +274,7 @@ pub(super) fn measure_compressed(plan: &Plan, opts: &Qcow2Options) -> Measure {
     let size = plan.virtual_size();
     let l1_size = size.div_ceil(cs).div_ceil(per_l2);
     let l1_clusters = (l1_size * 8).div_ceil(cs);
-    let l2 = l2_needed(plan, per_l2, l1_size).count_ones() as u64;
+    let l2 = l2_needed(plan.bitmap(), per_l2, l1_size).count_ones() as u64;
     // Cluster 0, then per stored cluster and L2 table at most a cluster of padding and one of
     // content, then padding and the L1 table.
     let base = 1 + 2 * (plan.allocated_units() + l2) + 1 + l1_clusters;
@@ -273,6 +295,9 @@ pub(crate) struct Qcow2Writer {
     layout: Option<Layout>,
     allocated: BitVec,
     written_data: u64,
+    /// Tables last ([`Writer::begin_deferred`]): the layout room was kept for, from the bound;
+    /// the data went after it, and `allocated` is filled in as chunks come.
+    deferred: Option<Layout>,
 }
 
 impl Qcow2Writer {
@@ -292,7 +317,139 @@ impl Qcow2Writer {
             layout: None,
             allocated: BitVec::new(),
             written_data: 0,
+            deferred: None,
         })
+    }
+
+    /// The layout for the units `allocated` marks: which L2 tables it needs, and where
+    /// everything goes.
+    fn layout_for(&self, allocated: &BitVec) -> (Layout, BitVec) {
+        let cs = self.opts.cluster_size();
+        let per_l2 = cs / 8;
+        let l1_size = self.virtual_size.div_ceil(cs).div_ceil(per_l2);
+        let need = l2_needed(allocated, per_l2, l1_size);
+        let l = Layout::new(
+            self.virtual_size,
+            self.opts.cluster_bits,
+            need.count_ones() as u64,
+            allocated.count_ones() as u64,
+        );
+        (l, need)
+    }
+
+    /// Everything before the data, in file order, for layout `l` whose needed L2 tables are
+    /// `need`: header cluster, L1, refcount table and blocks, L2 tables.
+    fn emit_tables(
+        &self,
+        l: &Layout,
+        need: &BitVec,
+        emit: &mut dyn FnMut(Bytes) -> Result<()>,
+    ) -> Result<()> {
+        let cs = self.opts.cluster_size();
+        let per_l2 = cs / 8;
+        let h = output_header(
+            &self.opts,
+            self.virtual_size,
+            (l.l1_offset(), l.l1_size),
+            (l.rt_offset(), l.rt_clusters),
+            Compression::Zlib,
+        )?;
+        let mut cluster0 = vec![0u8; cs as usize];
+        header::encode(&h, &mut cluster0);
+        emit(Bytes::from_vec(cluster0))?;
+
+        // L1: the n-th needed L2 table follows the previous ones.
+        if l.l1_clusters > 0 {
+            let mut next = l.l2_offset();
+            let entries = need.iter().map(|b| {
+                if *b {
+                    let e = next | COPIED;
+                    next += cs;
+                    e
+                } else {
+                    0
+                }
+            });
+            emit(be64_table(entries, cs, l.l1_clusters)?)?;
+        }
+
+        // Refcount table, then blocks: every cluster of the file has refcount 1.
+        let rt = (0..l.rb_count).map(|i| l.rb_offset() + i * cs);
+        emit(be64_table(rt, cs, l.rt_clusters)?)?;
+        let per_block = cs / 2;
+        let total = l.total_clusters();
+        for b in 0..l.rb_count {
+            let first = b * per_block;
+            let ones = total.saturating_sub(first).min(per_block) as usize;
+            let mut block = vec![0u8; cs as usize];
+            for e in block.chunks_exact_mut(2).take(ones) {
+                e[1] = 1;
+            }
+            emit(Bytes::from_vec(block))?;
+        }
+
+        // L2 tables, one per needed L1 entry, pointing at data clusters in guest order.
+        let mut next_data = l.data_offset();
+        for l1i in need.iter_ones() {
+            let first = l1i as u64 * per_l2;
+            let entries = (first..first + per_l2).map(|c| {
+                if self.allocated.get(c as usize).is_some_and(|b| *b) {
+                    let e = next_data | COPIED;
+                    next_data += cs;
+                    e
+                } else {
+                    0
+                }
+            });
+            emit(be64_table(entries, cs, 1)?)?;
+        }
+        Ok(())
+    }
+
+    /// Tables last: with the exact layout known, move the data where it belongs if the room
+    /// kept for the tables was larger (the bound counted units that turned out all zero, and
+    /// with them an L2 table or a refcount block), then write the tables in front of it.
+    fn finish_deferred(&mut self, kept: Layout, out: &mut Output) -> Result<()> {
+        let allocated = std::mem::take(&mut self.allocated);
+        let (l, need) = self.layout_for(&allocated);
+        self.allocated = allocated;
+        let data_len = l.data_clusters * l.cs();
+        let (from, to) = (kept.data_offset(), l.data_offset());
+        if from < to || out.position() != from + data_len {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "internal error: QCOW2 data at {from} (+{data_len}, end {}), its tables need {to}",
+                    out.position()
+                ),
+            ));
+        }
+        if from > to {
+            // Rare: ascending copies are safe as the data moves towards the front.
+            let mut buf = vec![0u8; (4 << 20).min(data_len as usize)];
+            let mut done = 0u64;
+            while done < data_len {
+                let n = (data_len - done).min(buf.len() as u64) as usize;
+                out.read_at(from + done, &mut buf[..n])?;
+                out.write_at(to + done, &buf[..n])?;
+                done += n as u64;
+            }
+            out.truncate(to + data_len)?;
+        }
+        let mut at = 0u64;
+        self.emit_tables(&l, &need, &mut |b| {
+            out.write_at(at, &b)?;
+            at += b.len() as u64;
+            Ok(())
+        })?;
+        if at != to {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "internal error: QCOW2 tables do not end where the data starts",
+            ));
+        }
+        self.layout = Some(l);
+        Ok(())
     }
 
     fn layout(&self) -> Result<Layout> {
@@ -354,6 +511,22 @@ impl Writer for Qcow2Writer {
         PassThrough
     }
 
+    fn defers_tables(&self) -> bool {
+        true
+    }
+
+    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+        // Room for the tables of every cluster the data extents touch; the data follows it.
+        let (kept, _) = self.layout_for(bound.bitmap());
+        if !room_likely_exact(&kept, bound) {
+            return Ok(false);
+        }
+        self.deferred = Some(kept);
+        self.allocated = BitVec::repeat(false, bound.bitmap().len());
+        out.write_zeros(kept.data_offset())?;
+        Ok(true)
+    }
+
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
         let plan = plan.ok_or_else(|| {
             Error::new(
@@ -361,80 +534,28 @@ impl Writer for Qcow2Writer {
                 "internal error: QCOW2 needs an allocation plan",
             )
         })?;
-        let cs = self.opts.cluster_size();
-        let per_l2 = cs / 8;
-        let l1_size = self.virtual_size.div_ceil(cs).div_ceil(per_l2);
-        let need = l2_needed(plan, per_l2, l1_size);
-        let l = Layout::new(
-            self.virtual_size,
-            self.opts.cluster_bits,
-            need.count_ones() as u64,
-            plan.allocated_units(),
-        );
-        self.layout = Some(l);
         self.allocated = plan.bitmap().clone();
-
-        let h = output_header(
-            &self.opts,
-            self.virtual_size,
-            (l.l1_offset(), l.l1_size),
-            (l.rt_offset(), l.rt_clusters),
-            Compression::Zlib,
-        )?;
-        let mut cluster0 = vec![0u8; cs as usize];
-        header::encode(&h, &mut cluster0);
-        out.write(&Bytes::from_vec(cluster0))?;
-
-        // L1: the n-th needed L2 table follows the previous ones.
-        if l.l1_clusters > 0 {
-            let mut next = l.l2_offset();
-            let entries = need.iter().map(|b| {
-                if *b {
-                    let e = next | COPIED;
-                    next += cs;
-                    e
-                } else {
-                    0
-                }
-            });
-            out.write(&be64_table(entries, cs, l.l1_clusters)?)?;
-        }
-
-        // Refcount table, then blocks: every cluster of the file has refcount 1.
-        let rt = (0..l.rb_count).map(|i| l.rb_offset() + i * cs);
-        out.write(&be64_table(rt, cs, l.rt_clusters)?)?;
-        let per_block = cs / 2;
-        let total = l.total_clusters();
-        for b in 0..l.rb_count {
-            let first = b * per_block;
-            let ones = total.saturating_sub(first).min(per_block) as usize;
-            let mut block = vec![0u8; cs as usize];
-            for e in block.chunks_exact_mut(2).take(ones) {
-                e[1] = 1;
-            }
-            out.write(&Bytes::from_vec(block))?;
-        }
-
-        // L2 tables, one per needed L1 entry, pointing at data clusters in guest order.
-        let mut next_data = l.data_offset();
-        for l1i in need.iter_ones() {
-            let first = l1i as u64 * per_l2;
-            let entries = (first..first + per_l2).map(|c| {
-                if self.allocated.get(c as usize).is_some_and(|b| *b) {
-                    let e = next_data | COPIED;
-                    next_data += cs;
-                    e
-                } else {
-                    0
-                }
-            });
-            out.write(&be64_table(entries, cs, 1)?)?;
-        }
-        Ok(())
+        let (l, need) = self.layout_for(plan.bitmap());
+        self.layout = Some(l);
+        self.emit_tables(&l, &need, &mut |b| out.write(&b))
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
-        // The chunk was loaded from the plan: its non-zero units are exactly the planned ones.
+        if self.deferred.is_some() {
+            // No plan: the chunk's scan says which of its clusters hold data.
+            let first = (chunk.offset / self.opts.cluster_size()) as usize;
+            let bits = &chunk.nonzero[..];
+            match self.allocated.get_mut(first..first + bits.len()) {
+                Some(dst) => dst.copy_from_bitslice(bits),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        "internal error: a chunk past the QCOW2 disk's end",
+                    ))
+                }
+            }
+        }
+        // Loaded from the plan, or scanned: its non-zero units are the clusters stored.
         self.written_data += write_unit_runs(&chunk, out, false)?;
         Ok(())
     }
@@ -444,7 +565,10 @@ impl Writer for Qcow2Writer {
         Ok(true)
     }
 
-    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+    fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
+        if let Some(kept) = self.deferred.take() {
+            self.finish_deferred(kept, out)?;
+        }
         let l = self.layout()?;
         if self.written_data != l.data_clusters || out.position() != l.file_len() {
             return Err(Error::new(
@@ -469,6 +593,8 @@ impl Writer for Qcow2Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::CancelToken;
+    use crate::reader::Reader;
 
     #[test]
     fn the_refcount_layout_covers_itself() {
@@ -482,6 +608,87 @@ mod tests {
             assert!(l.rb_count * per_block >= l.total_clusters(), "{l:?}");
             assert!(l.rt_clusters * (1 << bits) / 8 >= l.rb_count, "{l:?}");
         }
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Written tables last into a seekable output, the bytes are those of the planned layout
+    /// written tables first into a stream: where the room kept from the map is exact, where it
+    /// is too large (the data moves), and where the writer declines (no holes: planned).
+    #[test]
+    fn tables_last_writes_the_planned_bytes() -> Result<()> {
+        use crate::formats::raw::RawReader;
+        use crate::pipeline::written_both_ways;
+        use crate::source::{HoledMem, MemSource, Source};
+        let mib = 1u64 << 20;
+        let text: Vec<u8> = b"tables last, data first; ".repeat(60_000);
+        let zeros = vec![0u8; 2 << 20];
+        // (name, source, whether the writer takes the tables-last way, whether the data moves)
+        let cases: Vec<(&str, Box<dyn Source>, bool, bool)> = vec![
+            (
+                "room exact",
+                Box::new(HoledMem::new(
+                    16 << 20,
+                    &[
+                        (0, random(mib as usize, 1)),
+                        (mib, vec![0u8; 64 << 10]),
+                        (8 * mib + 512, text[..mib as usize].to_vec()),
+                        ((16 << 20) - 4096, random(4096, 2)),
+                    ],
+                )),
+                true,
+                false,
+            ),
+            (
+                // A data extent of zeros over a whole L2 table's range (4 KiB clusters: 2 MiB).
+                "room too large",
+                Box::new(HoledMem::new(
+                    16 << 20,
+                    &[(0, zeros.clone()), (4 * mib, random(2 << 20, 3))],
+                )),
+                true,
+                true,
+            ),
+            (
+                "no holes",
+                Box::new(MemSource::new({
+                    let mut d = vec![0u8; 16 << 20];
+                    d[5 << 20..6 << 20].copy_from_slice(&random(mib as usize, 4));
+                    d
+                })),
+                false,
+                true,
+            ),
+        ];
+        for (name, source, defers, moves) in cases {
+            let reader = RawReader::new(source);
+            let opts = Qcow2Options {
+                cluster_bits: 12,
+                ..Qcow2Options::default()
+            };
+            let make = || Qcow2Writer::new(reader.virtual_size(), opts).expect("writer");
+            let cancel = CancelToken::new();
+            let bound = crate::planner::touched_units(&reader, 4096, &cancel)?;
+            let exact = crate::planner::plan(&reader, 4096, 4 << 20, &cancel)?;
+            let w = make();
+            let (kept, _) = w.layout_for(bound.bitmap());
+            let (need, _) = w.layout_for(exact.bitmap());
+            assert_eq!(room_likely_exact(&kept, &bound), defers, "{name}");
+            assert_eq!(kept.data_offset() != need.data_offset(), moves, "{name}");
+            let (seekable, stream) = written_both_ways(&reader, make)?;
+            assert!(seekable == stream, "{name}: the two layouts differ");
+        }
+        Ok(())
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! Writing VDI images: dynamic or fixed, block map and data aligned to 1 MiB, in file order.
+//! Writing VDI images: dynamic or fixed, block map and data aligned to 1 MiB, in file order
+//! from a plan, or into a file with the blocks as they come and the header and map last.
+
+use bitvec::vec::BitVec;
 
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
@@ -60,6 +63,9 @@ pub(crate) struct VdiWriter {
     allocated: u64,
     written: u64,
     identity: Option<crate::identity::Identity>,
+    /// Tables last ([`Writer::begin_deferred`]): which blocks hold data, filled in as chunks
+    /// come; the header and the map are written by `finish`.
+    deferred: Option<BitVec>,
 }
 
 impl VdiWriter {
@@ -81,7 +87,27 @@ impl VdiWriter {
             allocated: 0,
             written: 0,
             identity: None,
+            deferred: None,
         })
+    }
+
+    /// The block map for the blocks `allocated` marks (every block of a fixed disk), padded to
+    /// where the data starts; counts the blocks it allocates.
+    fn block_map(&mut self, allocated: &BitVec) -> Vec<u8> {
+        let mut map = Vec::with_capacity((self.data_offset - ALIGN) as usize);
+        let mut next = 0u32;
+        for b in 0..self.blocks as usize {
+            let e = if self.opts.fixed || allocated.get(b).is_some_and(|x| *x) {
+                next += 1;
+                next - 1
+            } else {
+                FREE
+            };
+            map.extend_from_slice(&e.to_le_bytes());
+        }
+        self.allocated = u64::from(next);
+        map.resize((self.data_offset - ALIGN) as usize, 0);
+        map
     }
 
     fn header(&self) -> Vec<u8> {
@@ -155,28 +181,41 @@ impl Writer for VdiWriter {
         PassThrough
     }
 
+    fn defers_tables(&self) -> bool {
+        true
+    }
+
+    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+        // The map's size is the disk's, whatever the data: the blocks start where they would.
+        self.deferred = Some(BitVec::repeat(false, bound.bitmap().len()));
+        out.write_zeros(self.data_offset)?;
+        Ok(true)
+    }
+
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
         let plan = plan
             .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: VDI needs a plan"))?;
-        let mut map = Vec::with_capacity((self.blocks * 4) as usize);
-        let mut next = 0u32;
-        for b in 0..self.blocks as usize {
-            let e = if self.opts.fixed || plan.bitmap().get(b).is_some_and(|x| *x) {
-                next += 1;
-                next - 1
-            } else {
-                FREE
-            };
-            map.extend_from_slice(&e.to_le_bytes());
-        }
-        self.allocated = u64::from(next);
+        let map = self.block_map(plan.bitmap());
         out.write(&Bytes::from_vec(self.header()))?;
         out.write_zeros(ALIGN - HEADER_BYTES as u64)?;
-        map.resize((self.data_offset - ALIGN) as usize, 0);
         out.write(&Bytes::from_vec(map))
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+        if let Some(blocks) = &mut self.deferred {
+            // No plan: the chunk's scan says which of its blocks hold data.
+            let first = (chunk.offset / BLOCK_SIZE) as usize;
+            let bits = &chunk.nonzero[..];
+            match blocks.get_mut(first..first + bits.len()) {
+                Some(dst) => dst.copy_from_bitslice(bits),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        "internal error: a chunk past the VDI disk's end",
+                    ))
+                }
+            }
+        }
         self.written += write_unit_runs(&chunk, out, self.opts.fixed)?;
         Ok(())
     }
@@ -186,7 +225,12 @@ impl Writer for VdiWriter {
         Ok(true)
     }
 
-    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+    fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
+        if let Some(blocks) = self.deferred.take() {
+            let map = self.block_map(&blocks);
+            out.write_at(0, &self.header())?;
+            out.write_at(ALIGN, &map)?;
+        }
         if self.written != self.allocated
             || out.position() != self.data_offset + self.allocated * BLOCK_SIZE
         {
@@ -200,5 +244,34 @@ impl Writer for VdiWriter {
             allocated_units: self.allocated,
             unit_size: BLOCK_SIZE,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{disks_with_holes, written_both_ways};
+
+    /// Blocks as they come and the header and map last, into a seekable output, give the
+    /// bytes of the planned layout written in order into a stream.
+    #[test]
+    fn tables_last_writes_the_planned_bytes() -> Result<()> {
+        let id = crate::identity::Identity::derive(&[7; 32], "vdi", 0);
+        for fixed in [false, true] {
+            for (name, reader) in disks_with_holes() {
+                let make = || {
+                    let mut w = VdiWriter::new(reader.virtual_size(), VdiOptions { fixed })
+                        .expect("writer");
+                    w.set_identity(&id);
+                    w
+                };
+                let (seekable, stream) = written_both_ways(&*reader, make)?;
+                assert!(
+                    seekable == stream,
+                    "{name}, fixed {fixed}: the layouts differ"
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! The VHD writers: fixed (the disk, then the footer) and dynamic (footer copy, header, BAT,
 //! the allocated blocks in guest order, footer), both in file order.
 
+use bitvec::vec::BitVec;
+
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::{parse_size, WriterOptions};
@@ -267,8 +269,8 @@ pub(crate) struct BlockEncoder {
 /// A piece of block-structured output.
 #[derive(Debug, Clone)]
 pub(crate) enum BlockPiece {
-    /// A block starts here.
-    Start,
+    /// Block number N of the disk starts here.
+    Start(u64),
     /// Bytes to write.
     Data(Bytes),
     /// A run of zeros.
@@ -353,7 +355,7 @@ impl Encoder for BlockEncoder {
             let mut lo = range.start;
             while lo < range.end {
                 let hi = (lo + unit).min(range.end);
-                pieces.push(BlockPiece::Start);
+                pieces.push(BlockPiece::Start((chunk.offset + lo as u64) / unit as u64));
                 match &chunk.data {
                     Some(d) if planned => push_read(&mut pieces, d, &chunk.unread, lo, hi),
                     _ => push_zeros(&mut pieces, hi - lo),
@@ -428,6 +430,9 @@ pub(crate) struct VhdDynamicWriter {
     allocated: u64,
     written: u64,
     note: Option<String>,
+    /// Tables last ([`Writer::begin_deferred`]): which blocks hold data, filled in as blocks
+    /// come; the footer's copy, the header and the BAT are written by `finish`.
+    deferred: Option<BitVec>,
 }
 
 impl VhdDynamicWriter {
@@ -446,12 +451,34 @@ impl VhdDynamicWriter {
             allocated: 0,
             written: 0,
             note,
+            deferred: None,
         })
     }
 
     fn header(&self) -> Vec<u8> {
         let l = &self.layout;
         DynamicHeader::new(TABLE_OFFSET, l.entries as u32, l.block_size).encode()
+    }
+
+    /// The BAT for the blocks `allocated` marks, in guest order, padded to a whole sector;
+    /// counts the blocks it allocates.
+    fn bat(&mut self, allocated: &BitVec) -> Vec<u8> {
+        let l = self.layout;
+        let mut bat = Vec::with_capacity((l.blocks_at - TABLE_OFFSET) as usize);
+        let mut next = 0u64;
+        for b in 0..l.entries as usize {
+            let e = if allocated.get(b).is_some_and(|x| *x) {
+                next += 1;
+                (l.block_at(next - 1) / 512) as u32
+            } else {
+                UNALLOCATED
+            };
+            bat.extend_from_slice(&e.to_be_bytes());
+        }
+        // The rest of the BAT's last sector reads as unallocated entries too.
+        bat.resize((l.blocks_at - TABLE_OFFSET) as usize, 0xff);
+        self.allocated = next;
+        bat
     }
 }
 
@@ -509,24 +536,22 @@ impl Writer for VhdDynamicWriter {
         BlockEncoder::default()
     }
 
+    fn defers_tables(&self) -> bool {
+        true
+    }
+
+    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+        // The BAT's size is the disk's, whatever the data: the blocks start where they would.
+        let _ = bound;
+        self.deferred = Some(BitVec::repeat(false, self.layout.entries as usize));
+        out.write_zeros(self.layout.blocks_at)?;
+        Ok(true)
+    }
+
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
         let plan = plan
             .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: VHD needs a plan"))?;
-        let l = self.layout;
-        let mut bat = Vec::with_capacity((l.blocks_at - TABLE_OFFSET) as usize);
-        let mut next = 0u64;
-        for b in 0..l.entries as usize {
-            let e = if plan.bitmap().get(b).is_some_and(|x| *x) {
-                next += 1;
-                (l.block_at(next - 1) / 512) as u32
-            } else {
-                UNALLOCATED
-            };
-            bat.extend_from_slice(&e.to_be_bytes());
-        }
-        // The rest of the BAT's last sector reads as unallocated entries too.
-        bat.resize((l.blocks_at - TABLE_OFFSET) as usize, 0xff);
-        self.allocated = next;
+        let bat = self.bat(plan.bitmap());
         out.write(&Bytes::from_vec(self.footer.clone()))?;
         out.write(&Bytes::from_vec(self.header()))?;
         out.write(&Bytes::from_vec(bat))
@@ -535,7 +560,18 @@ impl Writer for VhdDynamicWriter {
     fn commit(&mut self, pieces: Vec<BlockPiece>, out: &mut Output) -> Result<()> {
         for piece in pieces {
             match piece {
-                BlockPiece::Start => {
+                BlockPiece::Start(block) => {
+                    if let Some(blocks) = &mut self.deferred {
+                        match blocks.get_mut(block as usize) {
+                            Some(mut b) => *b = true,
+                            None => {
+                                return Err(Error::new(
+                                    ErrorKind::Internal,
+                                    "internal error: a block past the VHD disk's end",
+                                ))
+                            }
+                        }
+                    }
                     self.written += 1;
                     out.write(&self.bitmap)?;
                 }
@@ -551,7 +587,13 @@ impl Writer for VhdDynamicWriter {
         Ok(true)
     }
 
-    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+    fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
+        if let Some(blocks) = self.deferred.take() {
+            let bat = self.bat(&blocks);
+            out.write_at(0, &self.footer)?;
+            out.write_at(FOOTER_SIZE, &self.header())?;
+            out.write_at(TABLE_OFFSET, &bat)?;
+        }
         if self.written != self.allocated || out.position() != self.layout.block_at(self.allocated)
         {
             return Err(Error::new(
@@ -571,14 +613,40 @@ impl Writer for VhdDynamicWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bitvec::vec::BitVec;
+    use crate::pipeline::{disks_with_holes, written_both_ways};
+
+    /// Blocks as they come and the footer's copy, header and BAT last, into a seekable
+    /// output, give the bytes of the planned layout written in order into a stream.
+    #[test]
+    fn tables_last_writes_the_planned_bytes() -> Result<()> {
+        let id = crate::identity::Identity::derive(&[7; 32], "vhd", 0);
+        for block_size in [2 << 20, 512 << 10] {
+            for (name, reader) in disks_with_holes() {
+                let opts = VhdOptions {
+                    block_size,
+                    ..VhdOptions::default()
+                };
+                let make = || {
+                    let mut w = VhdDynamicWriter::new(reader.virtual_size(), opts).expect("writer");
+                    w.set_identity(&id);
+                    w
+                };
+                let (seekable, stream) = written_both_ways(&*reader, make)?;
+                assert!(
+                    seekable == stream,
+                    "{name}, {block_size}: the layouts differ"
+                );
+            }
+        }
+        Ok(())
+    }
 
     /// The pieces as the bytes they stand for.
     fn expand(pieces: &[BlockPiece]) -> Vec<u8> {
         let mut out = Vec::new();
         for p in pieces {
             match p {
-                BlockPiece::Start => {}
+                BlockPiece::Start(_) => {}
                 BlockPiece::Data(d) => out.extend_from_slice(d),
                 BlockPiece::Zeros(n) => out.resize(out.len() + *n as usize, 0),
             }

@@ -380,7 +380,7 @@ impl Writer for VhdxWriter {
     fn commit(&mut self, pieces: Vec<BlockPiece>, out: &mut Output) -> Result<()> {
         for piece in pieces {
             match piece {
-                BlockPiece::Start => self.written += 1,
+                BlockPiece::Start(_) => self.written += 1,
                 BlockPiece::Data(b) => out.write(&b)?,
                 BlockPiece::Zeros(n) => out.write_zeros(n)?,
             }
