@@ -222,7 +222,7 @@ pub(crate) fn plan_reporting(
         let bits = if unit > first_read(cheap, unit) as u64 {
             probe_chunk(reader, off, len, unit as usize, cheap)
         } else {
-            load_chunk(reader, off, len, unit as usize, &pool).map(|c| c.nonzero)
+            load_chunk(reader, off, len, unit as usize, &pool, false).map(|c| c.nonzero)
         }?;
         // Holes are covered the moment the map is walked: they count as done.
         let done = planned.fetch_add(len as u64, Ordering::Relaxed);

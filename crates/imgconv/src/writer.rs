@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::buffer::Bytes;
 use crate::error::Result;
 use crate::model::{Chunk, Format, Plan};
 use crate::sink::Output;
@@ -45,6 +46,73 @@ pub(crate) fn write_zero_units(
     let units = len.div_ceil(unit);
     out.write_zeros(units * unit)?;
     Ok(units)
+}
+
+/// Record, for a writer that [defers its tables](Writer::defers_tables), that units
+/// `first..first + len` hold data where `nonzero` says so (`len` is its length).
+pub(crate) fn mark_units(
+    units: &mut bitvec::vec::BitVec,
+    first: u64,
+    nonzero: &bitvec::slice::BitSlice,
+    format: Format,
+) -> Result<()> {
+    let first = usize::try_from(first).unwrap_or(usize::MAX);
+    match first
+        .checked_add(nonzero.len())
+        .and_then(|end| units.get_mut(first..end))
+    {
+        Some(dst) => {
+            dst.copy_from_bitslice(nonzero);
+            Ok(())
+        }
+        None => Err(crate::error::Error::new(
+            crate::error::ErrorKind::Internal,
+            format!("internal error: data past the end of the {format} disk"),
+        )),
+    }
+}
+
+/// Everything before the data, written in order ([`FrontWriter::new`] with `None`) or, for a
+/// writer that [defers its tables](Writer::defers_tables), over the room kept for it at the
+/// start of the output (with `Some(0)`): the same calls give the same bytes either way.
+pub(crate) struct FrontWriter<'a> {
+    out: &'a mut Output,
+    at: Option<u64>,
+}
+
+impl<'a> FrontWriter<'a> {
+    /// Append to `out` (`at` is `None`), or overwrite it from `at`.
+    pub(crate) fn new(out: &'a mut Output, at: Option<u64>) -> FrontWriter<'a> {
+        FrontWriter { out, at }
+    }
+
+    /// Bytes.
+    pub(crate) fn write(&mut self, data: &Bytes) -> Result<()> {
+        match &mut self.at {
+            None => self.out.write(data),
+            Some(at) => {
+                self.out.write_at(*at, data)?;
+                *at += data.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Zeros: a hole appended, or the room left as it is (it was kept as zeros).
+    pub(crate) fn zeros(&mut self, len: u64) -> Result<()> {
+        match &mut self.at {
+            None => self.out.write_zeros(len),
+            Some(at) => {
+                *at += len;
+                Ok(())
+            }
+        }
+    }
+
+    /// Where the next byte goes.
+    pub(crate) fn position(&self) -> u64 {
+        self.at.unwrap_or_else(|| self.out.position())
+    }
 }
 
 /// The plan a writer's [`Writer::measure`] was promised (it answers `measure_needs_plan`).

@@ -19,7 +19,7 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{write_unit_runs, Measure, PassThrough, Writer, WriterSummary};
+use crate::writer::{mark_units, write_unit_runs, Measure, PassThrough, Writer, WriterSummary};
 
 use super::header::{self, Compression, Header, V2_HEADER_LEN, V3_HEADER_LEN};
 use super::reader::COPIED;
@@ -543,17 +543,8 @@ impl Writer for Qcow2Writer {
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
         if self.deferred.is_some() {
             // No plan: the chunk's scan says which of its clusters hold data.
-            let first = (chunk.offset / self.opts.cluster_size()) as usize;
-            let bits = &chunk.nonzero[..];
-            match self.allocated.get_mut(first..first + bits.len()) {
-                Some(dst) => dst.copy_from_bitslice(bits),
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Internal,
-                        "internal error: a chunk past the QCOW2 disk's end",
-                    ))
-                }
-            }
+            let first = chunk.offset / self.opts.cluster_size();
+            mark_units(&mut self.allocated, first, &chunk.nonzero, Format::Qcow2)?;
         }
         // Loaded from the plan, or scanned: its non-zero units are the clusters stored.
         self.written_data += write_unit_runs(&chunk, out, false)?;

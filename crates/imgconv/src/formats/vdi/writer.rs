@@ -11,7 +11,8 @@ use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
-    plan_given, write_unit_runs, write_zero_units, Measure, PassThrough, Writer, WriterSummary,
+    mark_units, plan_given, write_unit_runs, write_zero_units, Measure, PassThrough, Writer,
+    WriterSummary,
 };
 
 use super::header::{Geometry, Header, HEADER_BYTES};
@@ -204,17 +205,12 @@ impl Writer for VdiWriter {
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
         if let Some(blocks) = &mut self.deferred {
             // No plan: the chunk's scan says which of its blocks hold data.
-            let first = (chunk.offset / BLOCK_SIZE) as usize;
-            let bits = &chunk.nonzero[..];
-            match blocks.get_mut(first..first + bits.len()) {
-                Some(dst) => dst.copy_from_bitslice(bits),
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Internal,
-                        "internal error: a chunk past the VDI disk's end",
-                    ))
-                }
-            }
+            mark_units(
+                blocks,
+                chunk.offset / BLOCK_SIZE,
+                &chunk.nonzero,
+                Format::Vdi,
+            )?;
         }
         self.written += write_unit_runs(&chunk, out, self.opts.fixed)?;
         Ok(())

@@ -11,7 +11,7 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{plan_given, Encoder, Measure, Writer, WriterSummary};
+use crate::writer::{mark_units, plan_given, Encoder, Measure, Writer, WriterSummary};
 
 use super::dynamic_header::DynamicHeader;
 use super::{
@@ -562,15 +562,8 @@ impl Writer for VhdDynamicWriter {
             match piece {
                 BlockPiece::Start(block) => {
                     if let Some(blocks) = &mut self.deferred {
-                        match blocks.get_mut(block as usize) {
-                            Some(mut b) => *b = true,
-                            None => {
-                                return Err(Error::new(
-                                    ErrorKind::Internal,
-                                    "internal error: a block past the VHD disk's end",
-                                ))
-                            }
-                        }
+                        let one = bitvec::bits![usize, bitvec::order::Lsb0; 1];
+                        mark_units(blocks, block, one, Format::Vhd)?;
                     }
                     self.written += 1;
                     out.write(&self.bitmap)?;

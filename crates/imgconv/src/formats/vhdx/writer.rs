@@ -7,13 +7,15 @@
 //! are holes in a file output); a dynamic one only the blocks holding data, the others'
 //! BAT entries saying "not present" (they read as zeros).
 
+use bitvec::vec::BitVec;
+
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::{parse_size, WriterOptions};
 use crate::formats::vhd::{BlockEncoder, BlockPiece};
 use crate::model::{Format, Plan};
 use crate::sink::Output;
-use crate::writer::{plan_given, write_zero_units, Measure, Writer, WriterSummary};
+use crate::writer::{mark_units, plan_given, write_zero_units, Measure, Writer, WriterSummary};
 
 use super::*;
 
@@ -285,6 +287,9 @@ pub(crate) struct VhdxWriter {
     note: Option<String>,
     stored: u64,
     written: u64,
+    /// Tables last ([`Writer::begin_deferred`]): which blocks hold data, filled in as blocks
+    /// come; everything before the blocks is written by `finish`.
+    deferred: Option<BitVec>,
 }
 
 impl VhdxWriter {
@@ -298,7 +303,26 @@ impl VhdxWriter {
             note,
             stored: 0,
             written: 0,
+            deferred: None,
         })
+    }
+
+    /// Everything before the blocks, in file order, for the blocks `stored` says hold data
+    /// (counted): the first MiB (identifier, headers, region tables), then after the empty
+    /// log (a hole of `LOG_LEN`), the metadata and the BAT.
+    fn front(&mut self, stored: impl Fn(u64) -> bool) -> [Bytes; 3] {
+        let l = self.layout;
+        let (bat, count) = if self.opts.fixed {
+            l.bat(|_| true)
+        } else {
+            l.bat(stored)
+        };
+        self.stored = count;
+        [
+            Bytes::from_vec(first_mib(&l, self.identity.as_ref())),
+            Bytes::from_vec(metadata(&l, &self.opts, self.identity.as_ref())),
+            Bytes::from_vec(bat),
+        ]
     }
 }
 
@@ -358,29 +382,42 @@ impl Writer for VhdxWriter {
         }
     }
 
+    fn defers_tables(&self) -> bool {
+        !self.opts.fixed
+    }
+
+    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+        // The BAT's size is the disk's, whatever the data: the blocks start where they would.
+        let _ = bound;
+        let [ids, meta, bat] = self.front(|_| false);
+        self.deferred = Some(BitVec::repeat(false, self.layout.data_blocks as usize));
+        out.write_zeros(ids.len() as u64 + LOG_LEN + meta.len() as u64 + bat.len() as u64)?;
+        Ok(true)
+    }
+
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
-        let l = self.layout;
-        let (bat, stored) = if self.opts.fixed {
-            l.bat(|_| true)
+        let [ids, meta, bat] = if self.opts.fixed {
+            self.front(|_| true)
         } else {
             let plan = plan_given(plan)?;
-            l.bat(|i| plan.bitmap().get(i as usize).is_some_and(|b| *b))
+            self.front(|i| plan.bitmap().get(i as usize).is_some_and(|b| *b))
         };
-        self.stored = stored;
-        out.write(&Bytes::from_vec(first_mib(&l, self.identity.as_ref())))?;
+        out.write(&ids)?;
         out.write_zeros(LOG_LEN)?;
-        out.write(&Bytes::from_vec(metadata(
-            &l,
-            &self.opts,
-            self.identity.as_ref(),
-        )))?;
-        out.write(&Bytes::from_vec(bat))
+        out.write(&meta)?;
+        out.write(&bat)
     }
 
     fn commit(&mut self, pieces: Vec<BlockPiece>, out: &mut Output) -> Result<()> {
         for piece in pieces {
             match piece {
-                BlockPiece::Start(_) => self.written += 1,
+                BlockPiece::Start(block) => {
+                    if let Some(blocks) = &mut self.deferred {
+                        let one = bitvec::bits![usize, bitvec::order::Lsb0; 1];
+                        mark_units(blocks, block, one, Format::Vhdx)?;
+                    }
+                    self.written += 1
+                }
                 BlockPiece::Data(b) => out.write(&b)?,
                 BlockPiece::Zeros(n) => out.write_zeros(n)?,
             }
@@ -395,7 +432,14 @@ impl Writer for VhdxWriter {
         Ok(true)
     }
 
-    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+    fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
+        if let Some(blocks) = self.deferred.take() {
+            let [ids, meta, bat] = self.front(|b| blocks.get(b as usize).is_some_and(|x| *x));
+            out.write_at(0, &ids)?;
+            let at = ids.len() as u64 + LOG_LEN;
+            out.write_at(at, &meta)?;
+            out.write_at(at + meta.len() as u64, &bat)?;
+        }
         if self.written != self.stored || out.position() != self.layout.file_size(self.stored) {
             return Err(Error::new(
                 ErrorKind::Internal,
@@ -407,5 +451,38 @@ impl Writer for VhdxWriter {
             allocated_units: self.stored,
             unit_size: self.layout.block_size,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{disks_with_holes, written_both_ways};
+
+    /// Blocks as they come and everything before them last, into a seekable output, give the
+    /// bytes of the planned layout written in order into a stream.
+    #[test]
+    fn tables_last_writes_the_planned_bytes() -> Result<()> {
+        let id = crate::identity::Identity::derive(&[7; 32], "vhdx", 0);
+        for (block_size, logical_sector) in [(1 << 20, 512), (8 << 20, 4096)] {
+            for (name, reader) in disks_with_holes() {
+                let opts = VhdxOptions {
+                    block_size,
+                    logical_sector,
+                    ..VhdxOptions::default()
+                };
+                let make = || {
+                    let mut w = VhdxWriter::new(reader.virtual_size(), opts).expect("writer");
+                    w.set_identity(&id);
+                    w
+                };
+                let (seekable, stream) = written_both_ways(&*reader, make)?;
+                assert!(
+                    seekable == stream,
+                    "{name}, {block_size}: the layouts differ"
+                );
+            }
+        }
+        Ok(())
     }
 }

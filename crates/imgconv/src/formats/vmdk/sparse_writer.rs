@@ -1,5 +1,7 @@
 //! The monolithicSparse writer: uncompressed grains, layout planned from the allocation map
-//! and written in file order.
+//! and written in file order; into a file, grains as they come and everything before them
+//! last (the directories and tables are sized by the disk, so the grains start where they
+//! would).
 //!
 //! ```text
 //! sector 0     header: version 1, flags 0x3 (newline test, redundant grain directory)
@@ -18,7 +20,10 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{plan_given, write_unit_runs, Measure, PassThrough, Writer, WriterSummary};
+use crate::writer::{
+    mark_units, plan_given, write_unit_runs, FrontWriter, Measure, PassThrough, Writer,
+    WriterSummary,
+};
 
 use super::descriptor::descriptor;
 use super::header::{SparseHeader, DESCRIPTOR_SECTORS, FLAG_RGD, GRAIN_SECTORS, GT_ENTRIES};
@@ -63,6 +68,9 @@ pub(crate) struct SparseWriter {
     layout: Layout,
     grains: u64,
     planned: u64,
+    /// Tables last ([`Writer::begin_deferred`]): which grains hold data, filled in as chunks
+    /// come; the header, descriptor, directories and tables are written by `finish`.
+    deferred: Option<BitVec>,
 }
 
 impl SparseWriter {
@@ -82,10 +90,38 @@ impl SparseWriter {
             layout,
             grains: 0,
             planned: 0,
+            deferred: None,
         })
     }
 
-    fn directory(&self, first_gt: u64, out: &mut Output) -> Result<()> {
+    /// Everything before the grains, for the grains `allocated` marks (counted): header,
+    /// descriptor, both directories with their tables, padding to a whole grain.
+    fn front(&mut self, allocated: &BitVec, out: &mut FrontWriter) -> Result<()> {
+        let l = self.layout;
+        self.planned = allocated.count_ones() as u64;
+        let mut head = SparseHeader::written(1, 1 | FLAG_RGD, l.capacity, l.rgd, l.gd)
+            .with_overhead(l.overhead)
+            .encode()
+            .to_vec();
+        let extent = format!("RW {} SPARSE \"{}\"", l.capacity, self.opts.file_name);
+        let mut d = descriptor(l.capacity, &self.opts, "monolithicSparse", &extent).into_bytes();
+        if d.len() > (DESCRIPTOR_SECTORS * 512) as usize {
+            return Err(Error::invalid_argument(
+                "the descriptor does not fit its 20 sectors",
+            ));
+        }
+        d.resize((DESCRIPTOR_SECTORS * 512) as usize, 0);
+        head.extend_from_slice(&d);
+        out.write(&Bytes::from_vec(head))?;
+        for dir in [l.rgd, l.gd] {
+            self.directory(dir + l.gd_sectors, out)?;
+            self.tables(allocated, out)?;
+        }
+        let pad = l.overhead * 512 - out.position();
+        out.zeros(pad)
+    }
+
+    fn directory(&self, first_gt: u64, out: &mut FrontWriter) -> Result<()> {
         let l = self.layout;
         let mut gd = Vec::with_capacity((l.gd_sectors * 512) as usize);
         for i in 0..l.gd_entries {
@@ -95,7 +131,7 @@ impl SparseWriter {
         out.write(&Bytes::from_vec(gd))
     }
 
-    fn tables(&self, allocated: &BitVec, out: &mut Output) -> Result<()> {
+    fn tables(&self, allocated: &BitVec, out: &mut FrontWriter) -> Result<()> {
         let l = self.layout;
         let mut next = l.overhead;
         for t in 0..l.gd_entries {
@@ -106,7 +142,7 @@ impl SparseWriter {
                 .get(range.start..range.end.min(allocated.len()))
                 .is_none_or(|b| b.not_any())
             {
-                out.write_zeros(GT_SECTORS * 512)?;
+                out.zeros(GT_SECTORS * 512)?;
                 continue;
             }
             let mut gt = Vec::with_capacity((GT_SECTORS * 512) as usize);
@@ -168,6 +204,16 @@ impl Writer for SparseWriter {
         PassThrough
     }
 
+    fn defers_tables(&self) -> bool {
+        true
+    }
+
+    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+        self.deferred = Some(BitVec::repeat(false, bound.bitmap().len()));
+        out.write_zeros(self.layout.overhead * 512)?;
+        Ok(true)
+    }
+
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
         let plan = plan.ok_or_else(|| {
             Error::new(
@@ -175,31 +221,15 @@ impl Writer for SparseWriter {
                 "internal error: monolithicSparse needs a plan",
             )
         })?;
-        let l = self.layout;
-        self.planned = plan.allocated_units();
-        let mut head = SparseHeader::written(1, 1 | FLAG_RGD, l.capacity, l.rgd, l.gd)
-            .with_overhead(l.overhead)
-            .encode()
-            .to_vec();
-        let extent = format!("RW {} SPARSE \"{}\"", l.capacity, self.opts.file_name);
-        let mut d = descriptor(l.capacity, &self.opts, "monolithicSparse", &extent).into_bytes();
-        if d.len() > (DESCRIPTOR_SECTORS * 512) as usize {
-            return Err(Error::invalid_argument(
-                "the descriptor does not fit its 20 sectors",
-            ));
-        }
-        d.resize((DESCRIPTOR_SECTORS * 512) as usize, 0);
-        head.extend_from_slice(&d);
-        out.write(&Bytes::from_vec(head))?;
-        for dir in [l.rgd, l.gd] {
-            self.directory(dir + l.gd_sectors, out)?;
-            self.tables(plan.bitmap(), out)?;
-        }
-        let pad = l.overhead * 512 - out.position();
-        out.write_zeros(pad)
+        self.front(plan.bitmap(), &mut FrontWriter::new(out, None))
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+        if let Some(grains) = &mut self.deferred {
+            // No plan: the chunk's scan says which of its grains hold data.
+            let first = chunk.offset / (GRAIN_SECTORS * 512);
+            mark_units(grains, first, &chunk.nonzero, Format::Vmdk)?;
+        }
         self.grains += write_unit_runs(&chunk, out, false)?;
         Ok(())
     }
@@ -209,7 +239,10 @@ impl Writer for SparseWriter {
         Ok(true)
     }
 
-    fn finish(self, out: &mut Output) -> Result<WriterSummary> {
+    fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
+        if let Some(grains) = self.deferred.take() {
+            self.front(&grains, &mut FrontWriter::new(out, Some(0)))?;
+        }
         let expected = (self.layout.overhead + self.planned * GRAIN_SECTORS) * 512;
         if self.grains != self.planned || out.position() != expected {
             return Err(Error::new(
@@ -222,5 +255,30 @@ impl Writer for SparseWriter {
             allocated_units: self.grains,
             unit_size: GRAIN_SECTORS * 512,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::options::WriterOptions;
+    use crate::pipeline::{disks_with_holes, written_both_ways};
+
+    /// Grains as they come and everything before them last, into a seekable output, give the
+    /// bytes of the planned layout written in order into a stream.
+    #[test]
+    fn tables_last_writes_the_planned_bytes() -> Result<()> {
+        let id = crate::identity::Identity::derive(&[7; 32], "vmdk", 0);
+        let (_, opts) = VmdkOptions::parse(WriterOptions::new(), "disk.vmdk")?;
+        for (name, reader) in disks_with_holes() {
+            let make = || {
+                let mut w = SparseWriter::new(reader.virtual_size(), opts.clone()).expect("writer");
+                w.set_identity(&id);
+                w
+            };
+            let (seekable, stream) = written_both_ways(&*reader, make)?;
+            assert!(seekable == stream, "{name}: the layouts differ");
+        }
+        Ok(())
     }
 }
