@@ -62,7 +62,7 @@ impl PipelineConfig {
 /// Run a whole conversion of `reader` through `writer` into `out`, with `given` as the plan
 /// when it fits the writer (else the writer's plan is made here). A writer that
 /// [defers its tables](Writer::defers_tables) into a seekable `out` is run without a plan
-/// when none is given: one pass over the input.
+/// when no given plan fits: one pass over the input.
 pub(crate) fn run<W: Writer>(
     reader: &dyn Reader,
     mut writer: W,
@@ -73,47 +73,30 @@ pub(crate) fn run<W: Writer>(
     cancel: &CancelToken,
 ) -> Result<(WriterSummary, Option<Plan>)> {
     let unit = writer.unit_size();
-    let defer = given.is_none() && writer.needs_plan() && writer.defers_tables();
-    if defer && out.is_seekable() && {
+    let needs = writer.needs_plan();
+    // A plan made earlier for this disk at this unit: no second planning read.
+    let given = given
+        .filter(|p| needs && p.unit_size() == unit && p.virtual_size() == reader.virtual_size());
+    // Else, into a seekable output, a writer that can writes its tables last: no planning
+    // read at all.
+    let deferred = needs && given.is_none() && writer.defers_tables() && out.is_seekable() && {
         let bound = planner::touched_units(reader, unit, cancel)?;
         writer.begin_deferred(&bound, out)?
-    } {
-        let encoder = writer.encoder();
-        progress.start(reader.virtual_size());
-        let result = commit_all(
-            reader,
-            &mut writer,
-            &encoder,
-            None,
-            out,
-            config,
-            progress,
-            cancel,
-        );
-        progress.finish();
-        result?;
-        let summary = writer.finish(out)?;
-        return Ok((summary, None));
-    }
+    };
     let plan = match given {
-        // A plan made earlier for this disk at this unit: no second planning read.
-        Some(p)
-            if writer.needs_plan()
-                && p.unit_size() == unit
-                && p.virtual_size() == reader.virtual_size() =>
-        {
-            Some(p.clone())
-        }
-        _ if writer.needs_plan() => Some(planner::plan_reporting(
+        Some(p) => Some(p.clone()),
+        None if needs && !deferred => Some(planner::plan_reporting(
             reader,
             unit,
             config.chunk_size,
             cancel,
             progress,
         )?),
-        _ => None,
+        None => None,
     };
-    writer.begin(plan.as_ref(), out)?;
+    if !deferred {
+        writer.begin(plan.as_ref(), out)?;
+    }
     let encoder = writer.encoder();
     progress.start(reader.virtual_size());
     let result = commit_all(
@@ -574,23 +557,41 @@ pub(crate) fn written_both_ways<W: Writer>(
     Ok((seekable, stream))
 }
 
+/// `n` bytes of xorshift noise from `seed` (test data that does not compress or repeat).
+#[cfg(test)]
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Asserts that the writers `make` gives (one per disk) write the same bytes both ways
+/// ([`written_both_ways`]) for each of [`disks_with_holes`]; `what` names the case.
+#[cfg(test)]
+pub(crate) fn assert_tables_last_bytes<W: Writer>(
+    what: &str,
+    make: impl Fn(&dyn Reader) -> W,
+) -> Result<()> {
+    for (name, reader) in disks_with_holes() {
+        let (seekable, stream) = written_both_ways(&*reader, || make(&*reader))?;
+        assert!(seekable == stream, "{what}, {name}: the layouts differ");
+    }
+    Ok(())
+}
+
 /// Disks with holes for [`written_both_ways`]: data across unit edges, a data extent of zeros,
 /// a partial last unit, an empty disk, and a disk mapped as data throughout.
 #[cfg(test)]
 pub(crate) fn disks_with_holes() -> Vec<(&'static str, Box<dyn Reader>)> {
     use crate::formats::raw::RawReader;
     use crate::source::{HoledMem, MemSource};
-    let random = |n: usize, seed: u64| -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let random = noise;
     let mib = 1u64 << 20;
     let size = (24 << 20) + 3 * 512;
     let text = b"one pass, tables last. ".repeat(50_000);

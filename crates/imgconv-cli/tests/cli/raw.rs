@@ -296,6 +296,15 @@ fn json_progress_reports_done_and_total() {
     assert!(last["rate"].is_u64());
 }
 
+/// The JSON lines a successful run printed on stderr.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
 #[test]
 fn json_progress_reports_the_planning_read_before_the_conversion() {
     let dir = scratch("progress-planning");
@@ -318,11 +327,7 @@ fn json_progress_reports_the_planning_read_before_the_conversion() {
         .arg(dir.join("out.qcow2"))
         .output()
         .expect("run");
-    assert!(out.status.success(), "{out:?}");
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let lines = json_lines(&out);
     let planning: Vec<_> = lines.iter().filter(|l| l["event"] == "planning").collect();
     let first_progress = lines
         .iter()
@@ -349,11 +354,7 @@ fn json_progress_reports_the_planning_read_before_the_conversion() {
         .arg(&plain)
         .output()
         .expect("run");
-    assert!(out.status.success(), "{out:?}");
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let lines = json_lines(&out);
     assert!(lines.iter().all(|l| l["event"] != "planning"), "{lines:?}");
     assert_eq!(lines.last().expect("last")["done"], size);
     let planned = std::fs::read(dir.join("out.qcow2")).expect("planned output");

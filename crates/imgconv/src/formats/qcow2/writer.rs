@@ -601,25 +601,13 @@ mod tests {
         }
     }
 
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     /// Written tables last into a seekable output, the bytes are those of the planned layout
     /// written tables first into a stream: where the room kept from the map is exact, where it
     /// is too large (the data moves), and where the writer declines (no holes: planned).
     #[test]
     fn tables_last_writes_the_planned_bytes() -> Result<()> {
         use crate::formats::raw::RawReader;
-        use crate::pipeline::written_both_ways;
+        use crate::pipeline::{noise as random, written_both_ways};
         use crate::source::{HoledMem, MemSource, Source};
         let mib = 1u64 << 20;
         let text: Vec<u8> = b"tables last, data first; ".repeat(60_000);

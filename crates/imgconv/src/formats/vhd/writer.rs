@@ -606,7 +606,7 @@ impl Writer for VhdDynamicWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{disks_with_holes, written_both_ways};
+    use crate::pipeline::assert_tables_last_bytes;
 
     /// Blocks as they come and the footer's copy, header and BAT last, into a seekable
     /// output, give the bytes of the planned layout written in order into a stream.
@@ -614,22 +614,15 @@ mod tests {
     fn tables_last_writes_the_planned_bytes() -> Result<()> {
         let id = crate::identity::Identity::derive(&[7; 32], "vhd", 0);
         for block_size in [2 << 20, 512 << 10] {
-            for (name, reader) in disks_with_holes() {
-                let opts = VhdOptions {
-                    block_size,
-                    ..VhdOptions::default()
-                };
-                let make = || {
-                    let mut w = VhdDynamicWriter::new(reader.virtual_size(), opts).expect("writer");
-                    w.set_identity(&id);
-                    w
-                };
-                let (seekable, stream) = written_both_ways(&*reader, make)?;
-                assert!(
-                    seekable == stream,
-                    "{name}, {block_size}: the layouts differ"
-                );
-            }
+            let opts = VhdOptions {
+                block_size,
+                ..VhdOptions::default()
+            };
+            assert_tables_last_bytes(&format!("block size {block_size}"), |reader| {
+                let mut w = VhdDynamicWriter::new(reader.virtual_size(), opts).expect("writer");
+                w.set_identity(&id);
+                w
+            })?;
         }
         Ok(())
     }
