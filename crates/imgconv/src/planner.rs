@@ -155,6 +155,40 @@ pub(crate) fn touched_units(reader: &dyn Reader, unit: u64, cancel: &CancelToken
     Plan::new(size, unit, touched)
 }
 
+/// Whether any byte of `[offset, end)` of `reader` is not zero, reading its data extents
+/// (never its holes) from the front and stopping at the first non-zero byte: a range holding
+/// data usually costs one read of a page.
+pub(crate) fn holds_data(
+    reader: &dyn Reader,
+    offset: u64,
+    end: u64,
+    cancel: &CancelToken,
+) -> Result<bool> {
+    let mut buf = Vec::new();
+    let mut found = false;
+    for_each_mapping(reader, offset, end, |pos, m| {
+        if m.extent != Extent::Data {
+            return Ok(std::ops::ControlFlow::Continue(()));
+        }
+        let mut at = pos;
+        let mut step = 4096u64;
+        while at < pos + m.len {
+            cancel.check()?;
+            let n = (pos + m.len - at).min(step) as usize;
+            buf.resize(n, 0);
+            reader.read_at(at, &mut buf)?;
+            if !zero::is_zero(&buf) {
+                found = true;
+                return Ok(std::ops::ControlFlow::Break(()));
+            }
+            at += n as u64;
+            step = (step * 4).min(PROBE as u64 * 16);
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
+    })?;
+    Ok(found)
+}
+
 /// Build the plan of `reader` at `unit` bytes, reading data extents in parallel on the rayon
 /// pool with `chunk_size`-byte reads.
 pub fn plan(reader: &dyn Reader, unit: u64, chunk_size: u64, cancel: &CancelToken) -> Result<Plan> {

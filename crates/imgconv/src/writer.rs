@@ -274,13 +274,20 @@ pub trait Writer: Send {
 
     /// Start a conversion whose header and tables are written in [`Writer::finish`]: `bound`
     /// marks every unit that can hold data (the units the input's data extents touch), from
-    /// which the writer keeps room for its tables. Chunks then come loaded without a plan
-    /// (their `nonzero` bits tell which units hold data), and the output must be seekable.
-    /// The bytes written must be the same as with [`Writer::begin`] and the exact plan.
-    /// Answer `false`, writing nothing, to have the plan made first after all (where the
-    /// room the bound asks for is likely to differ from what the data needs).
-    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
-        let _ = (bound, out);
+    /// which the writer keeps room for its tables; it may look into `reader` for what the
+    /// bound leaves open (cheaply: the conversion reads the data next). Chunks then come
+    /// loaded without a plan (their `nonzero` bits tell which units hold data), and the
+    /// output must be seekable. The bytes written must be the same as with [`Writer::begin`]
+    /// and the exact plan. Answer `false`, writing nothing, to have the plan made first after
+    /// all (where the room is likely to differ from what the data needs).
+    fn begin_deferred(
+        &mut self,
+        bound: &Plan,
+        reader: &dyn crate::reader::Reader,
+        cancel: &crate::progress::CancelToken,
+        out: &mut Output,
+    ) -> Result<bool> {
+        let _ = (bound, reader, cancel, out);
         Ok(false)
     }
 

@@ -433,3 +433,67 @@ fn compressed_output_to_a_stream_is_refused_up_front() {
     );
     one_line_error(&out);
 }
+
+#[test]
+fn into_a_file_the_tables_come_last_and_the_bytes_are_the_streamed_ones() {
+    // Written zeros over whole L2 tables' ranges (4 KiB clusters: 2 MiB each), found before
+    // the first byte; with 4 KiB clusters the file's map touches 3840 clusters (two refcount
+    // blocks of 2048) and 1537 are stored (one), so the room kept is a block too large and
+    // the data moves. With 64 KiB clusters the room is exact.
+    use std::os::unix::fs::FileExt;
+    let dir = scratch("qcow2-tables-last");
+    let src = dir.join("in.raw");
+    let f = std::fs::File::create(&src).expect("create");
+    f.set_len(16 * MIB).expect("size");
+    f.write_all_at(&vec![0u8; 9 * MIB as usize], 0)
+        .expect("zeros");
+    let noise: Vec<u8> = (0..6 * MIB as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    f.write_all_at(&noise, 10 * MIB - 4096).expect("data");
+    f.write_all_at(b"tail", 16 * MIB - 4).expect("tail");
+    drop(f);
+    for args in [&["-o", "cluster_size=4K"][..], &[][..]] {
+        let opts = format!("{args:?}");
+        let file = dir.join("file.qcow2");
+        let streamed = dir.join("streamed.qcow2");
+        ok(imgconv()
+            .args(["convert", "--force", "-O", "qcow2"])
+            .args(args)
+            .arg(&src)
+            .arg(&file));
+        let out = imgconv()
+            .args(["convert", "-O", "qcow2"])
+            .args(args)
+            .arg(&src)
+            .arg("-")
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{opts}: {out:?}");
+        std::fs::write(&streamed, &out.stdout).expect("write");
+        assert!(
+            std::fs::read(&file).expect("file") == out.stdout,
+            "{opts}: the file differs from the stream"
+        );
+        let check = tool("qemu-img", &["check", "-f", "qcow2", path(&file)]);
+        assert!(
+            String::from_utf8_lossy(&check.stdout).contains("No errors were found"),
+            "{opts}: {check:?}"
+        );
+        assert_eq!(
+            qemu_compare_formats(&src, "raw", &file, "qcow2"),
+            0,
+            "{opts}"
+        );
+        let (size, md5) = pyqcow_md5(&file);
+        assert_eq!((size, md5), (16 * MIB, md5sum(&src)), "{opts}");
+        let m: serde_json::Value = serde_json::from_str(&ok(imgconv()
+            .args(["measure", "-O", "qcow2", "--output", "json"])
+            .args(args)
+            .arg(&src)))
+        .expect("measure JSON");
+        let len = std::fs::metadata(&file).expect("file").len();
+        assert_eq!(m["required"], len, "{opts}");
+        std::fs::remove_file(&file).ok();
+    }
+}

@@ -191,6 +191,21 @@ impl Layout {
         }
     }
 
+    /// The same layout with `data_clusters` clusters stored instead (the refcount space
+    /// follows).
+    fn with_data_clusters(&self, data_clusters: u64) -> Layout {
+        let (rt, rb) = refcount_space(
+            1 + self.l1_clusters + self.l2_count + data_clusters,
+            self.cs(),
+        );
+        Layout {
+            rt_clusters: rt,
+            rb_count: rb,
+            data_clusters,
+            ..*self
+        }
+    }
+
     fn cs(&self) -> u64 {
         1 << self.cluster_bits
     }
@@ -226,25 +241,15 @@ fn l2_needed(allocated: &BitVec, per_l2: u64, l1_size: u64) -> BitVec {
     need
 }
 
-/// Whether the room `kept` (the layout of the clusters `bound` marks) is likely to be what
-/// the data needs, so that writing the tables last costs no move of the data: the input shows
-/// holes (on a disk mapped as data throughout, the bound says nothing: a dense image's zero
-/// clusters are common, and at a power-of-two size one fewer cluster is one refcount block
-/// fewer), and the tables come out the same size with a quarter of the bound's clusters zero.
-/// The clusters' L2 tables are assumed to stay: a table's whole 512 MiB range of data all
-/// zeros is rare in a disk with holes. Where the guess is wrong the data is moved.
-fn room_likely_exact(kept: &Layout, bound: &Plan) -> bool {
-    let all = bound.units();
+/// Whether the room `kept` (the exact L2 tables, and every cluster the data extents touch) is
+/// likely to be what the data needs, so that writing the tables last costs no move of the
+/// data: the tables come out the same size with a quarter of those clusters zero (the number
+/// of refcount blocks is the one thing left that depends on how many clusters are stored).
+/// Where the guess is wrong the data is moved (one more read and write of it, from the page
+/// cache where it fits).
+fn room_likely_exact(kept: &Layout) -> bool {
     let touched = kept.data_clusters;
-    if touched >= all {
-        return false;
-    }
-    let fewer = Layout::new(
-        bound.virtual_size(),
-        kept.cluster_bits,
-        kept.l2_count,
-        touched - touched / 4,
-    );
+    let fewer = kept.with_data_clusters(touched - touched / 4);
     fewer.data_offset() == kept.data_offset()
 }
 
@@ -515,14 +520,45 @@ impl Writer for Qcow2Writer {
         true
     }
 
-    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
-        // Room for the tables of every cluster the data extents touch; the data follows it.
-        let (kept, _) = self.layout_for(bound.bitmap());
-        if !room_likely_exact(&kept, bound) {
+    fn begin_deferred(
+        &mut self,
+        bound: &Plan,
+        reader: &dyn crate::reader::Reader,
+        cancel: &crate::progress::CancelToken,
+        out: &mut Output,
+    ) -> Result<bool> {
+        let touched = bound.bitmap();
+        if touched.all() {
+            // Mapped as data throughout: the bound says nothing of what is stored.
+            return Ok(false);
+        }
+        // Which L2 tables the data needs: those whose range holds a non-zero byte. A range
+        // of data extents that are all zeros (free space a file system zeroed) needs none;
+        // found now by reading until the first non-zero byte, usually one page a table.
+        let cs = self.opts.cluster_size();
+        let per_l2 = cs / 8;
+        let l1_size = self.virtual_size.div_ceil(cs).div_ceil(per_l2);
+        let mut need = l2_needed(touched, per_l2, l1_size);
+        let size = reader.virtual_size();
+        for t in l2_needed(touched, per_l2, l1_size).iter_ones() {
+            let start = t as u64 * per_l2 * cs;
+            let end = (start + per_l2 * cs).min(size);
+            if !crate::planner::holds_data(reader, start, end, cancel)? {
+                need.set(t, false);
+            }
+        }
+        // Room for those tables and for every cluster the data extents touch.
+        let kept = Layout::new(
+            self.virtual_size,
+            self.opts.cluster_bits,
+            need.count_ones() as u64,
+            touched.count_ones() as u64,
+        );
+        if !room_likely_exact(&kept) {
             return Ok(false);
         }
         self.deferred = Some(kept);
-        self.allocated = BitVec::repeat(false, bound.bitmap().len());
+        self.allocated = BitVec::repeat(false, touched.len());
         out.write_zeros(kept.data_offset())?;
         Ok(true)
     }
@@ -611,7 +647,6 @@ mod tests {
         use crate::source::{HoledMem, MemSource, Source};
         let mib = 1u64 << 20;
         let text: Vec<u8> = b"tables last, data first; ".repeat(60_000);
-        let zeros = vec![0u8; 2 << 20];
         // (name, source, whether the writer takes the tables-last way, whether the data moves)
         let cases: Vec<(&str, Box<dyn Source>, bool, bool)> = vec![
             (
@@ -629,11 +664,22 @@ mod tests {
                 false,
             ),
             (
-                // A data extent of zeros over a whole L2 table's range (4 KiB clusters: 2 MiB).
-                "room too large",
+                // Data extents of zeros over whole L2 tables' ranges (4 KiB clusters: 2 MiB):
+                // found before the first byte, no move.
+                "zero L2 ranges",
                 Box::new(HoledMem::new(
                     16 << 20,
-                    &[(0, zeros.clone()), (4 * mib, random(2 << 20, 3))],
+                    &[(0, vec![0u8; 5 << 20]), (6 * mib, random(2 << 20, 3))],
+                )),
+                true,
+                false,
+            ),
+            (
+                // 3840 clusters touched (two refcount blocks of 2048), 1536 stored (one).
+                "a refcount block fewer",
+                Box::new(HoledMem::new(
+                    16 << 20,
+                    &[(mib, vec![0u8; 9 << 20]), (10 * mib, random(6 << 20, 4))],
                 )),
                 true,
                 true,
@@ -642,11 +688,11 @@ mod tests {
                 "no holes",
                 Box::new(MemSource::new({
                     let mut d = vec![0u8; 16 << 20];
-                    d[5 << 20..6 << 20].copy_from_slice(&random(mib as usize, 4));
+                    d[5 << 20..6 << 20].copy_from_slice(&random(mib as usize, 5));
                     d
                 })),
                 false,
-                true,
+                false,
             ),
         ];
         for (name, source, defers, moves) in cases {
@@ -659,11 +705,17 @@ mod tests {
             let cancel = CancelToken::new();
             let bound = crate::planner::touched_units(&reader, 4096, &cancel)?;
             let exact = crate::planner::plan(&reader, 4096, 4 << 20, &cancel)?;
-            let w = make();
-            let (kept, _) = w.layout_for(bound.bitmap());
-            let (need, _) = w.layout_for(exact.bitmap());
-            assert_eq!(room_likely_exact(&kept, &bound), defers, "{name}");
-            assert_eq!(kept.data_offset() != need.data_offset(), moves, "{name}");
+            let mut w = make();
+            let mut out = Output::new_seekable(Box::new(crate::sink::VecSink::seekable()), &[])?;
+            assert_eq!(
+                w.begin_deferred(&bound, &reader, &cancel, &mut out)?,
+                defers,
+                "{name}"
+            );
+            if let Some(kept) = w.deferred {
+                let (need, _) = w.layout_for(exact.bitmap());
+                assert_eq!(kept.data_offset() != need.data_offset(), moves, "{name}");
+            }
             let (seekable, stream) = written_both_ways(&reader, make)?;
             assert!(seekable == stream, "{name}: the two layouts differ");
         }

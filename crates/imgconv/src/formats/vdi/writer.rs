@@ -186,7 +186,13 @@ impl Writer for VdiWriter {
         true
     }
 
-    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+    fn begin_deferred(
+        &mut self,
+        bound: &Plan,
+        _reader: &dyn crate::reader::Reader,
+        _cancel: &crate::progress::CancelToken,
+        out: &mut Output,
+    ) -> Result<bool> {
         // The map's size is the disk's, whatever the data: the blocks start where they would.
         self.deferred = Some(BitVec::repeat(false, bound.bitmap().len()));
         out.write_zeros(self.data_offset)?;

@@ -540,7 +540,13 @@ impl Writer for VhdDynamicWriter {
         true
     }
 
-    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+    fn begin_deferred(
+        &mut self,
+        bound: &Plan,
+        _reader: &dyn crate::reader::Reader,
+        _cancel: &crate::progress::CancelToken,
+        out: &mut Output,
+    ) -> Result<bool> {
         // The BAT's size is the disk's, whatever the data: the blocks start where they would.
         let _ = bound;
         self.deferred = Some(BitVec::repeat(false, self.layout.entries as usize));

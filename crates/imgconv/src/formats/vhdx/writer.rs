@@ -386,7 +386,13 @@ impl Writer for VhdxWriter {
         !self.opts.fixed
     }
 
-    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+    fn begin_deferred(
+        &mut self,
+        bound: &Plan,
+        _reader: &dyn crate::reader::Reader,
+        _cancel: &crate::progress::CancelToken,
+        out: &mut Output,
+    ) -> Result<bool> {
         // The BAT's size is the disk's, whatever the data: the blocks start where they would.
         let _ = bound;
         let [ids, meta, bat] = self.front(|_| false);

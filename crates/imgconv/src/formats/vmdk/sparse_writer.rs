@@ -208,7 +208,13 @@ impl Writer for SparseWriter {
         true
     }
 
-    fn begin_deferred(&mut self, bound: &Plan, out: &mut Output) -> Result<bool> {
+    fn begin_deferred(
+        &mut self,
+        bound: &Plan,
+        _reader: &dyn crate::reader::Reader,
+        _cancel: &crate::progress::CancelToken,
+        out: &mut Output,
+    ) -> Result<bool> {
         self.deferred = Some(BitVec::repeat(false, bound.bitmap().len()));
         out.write_zeros(self.layout.overhead * 512)?;
         Ok(true)
