@@ -147,15 +147,23 @@ fn commit_all<W: Writer>(
     // workers read: give it a core of its own rather than have it compete with a full set of
     // workers. Compressed input or output keeps every core for the workers.
     let threads = rayon::current_num_threads();
-    let own_pool = if writer.light_encoder() && reader.light_decoder() && threads > 1 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads - 1)
-            .thread_name(|i| format!("imgconv-io-{i}"))
-            .build()
-            .ok()
-    } else {
-        None
-    };
+    // Where the layout puts each chunk's bytes at a place known before commit and the output
+    // is a file, the worker that read a chunk writes it (one worker at a time, see `Placed`);
+    // the committing thread only accounts for it in order (digests, position, flushes). The
+    // kernel's copy out of a buffer that another CPU has just filled cost 4-5 times the copy
+    // into it (`perf`: RAW -> RAW with the input cached, the committing thread's writes),
+    // so the data stays with the CPU that read it, and every core reads and writes.
+    let placed = if encoder.places() { out.placed() } else { None };
+    let own_pool =
+        if placed.is_none() && writer.light_encoder() && reader.light_decoder() && threads > 1 {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads - 1)
+                .thread_name(|i| format!("imgconv-io-{i}"))
+                .build()
+                .ok()
+        } else {
+            None
+        };
     // The same body on either pool (a macro, as the scope's lifetime is the call's own).
     macro_rules! scoped {
         ($body:expr) => {
@@ -219,7 +227,7 @@ fn commit_all<W: Writer>(
                     // storage works while the workers do (holes are never advised).
                     advise_data(reader, i * chunk, (size - i * chunk).min(chunk))?;
                     let tx = tx.clone();
-                    let (pool, abort) = (&pool, &abort);
+                    let (pool, abort, placed) = (&pool, &abort, placed.as_ref());
                     scope.spawn(move |_| {
                         let work = || {
                             if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
@@ -243,7 +251,11 @@ fn commit_all<W: Writer>(
                                     encoder.fills_unread(),
                                 ),
                             };
-                            chunk.and_then(|c| encoder.encode(c))
+                            let mut encoded = chunk.and_then(|c| encoder.encode(c))?;
+                            if let Some(p) = placed {
+                                encoder.write_placed(&mut encoded, off, p)?;
+                            }
+                            Ok(encoded)
                         };
                         // A panic in a worker (a bug, or one in a codec) must become an error
                         // for this chunk, never a committer waiting forever for it.

@@ -52,6 +52,46 @@ pub trait Sink: Send {
         let _ = len;
         Err(not_seekable())
     }
+
+    /// A handle that writes at given offsets from other threads ([`Placed`]), for sinks that
+    /// are files; `None` for the others.
+    fn placed(&self) -> Option<Placed> {
+        None
+    }
+
+    /// Append `len` bytes that were already written at the current position through
+    /// [`Sink::placed`]: the position moves on as if they had been written here.
+    fn advance(&mut self, len: u64) -> Result<()> {
+        let _ = len;
+        Err(Error::new(
+            ErrorKind::Internal,
+            "internal error: this output takes no placed writes",
+        ))
+    }
+}
+
+/// Writes into a file output from the pipeline's workers, at offsets a writer's layout fixes
+/// before the committing thread gets there (a RAW disk's data is at its own offset). The
+/// committing thread then only [advances](Sink::advance) over them, in order: digests, the
+/// position and the background flushes stay its own.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    file: Arc<File>,
+    dest: Arc<PathBuf>,
+    base: u64,
+    /// One writer at a time: the file system serialises buffered writes to a file anyway
+    /// (ext4 holds the inode's lock for each), and a second writer would spin on that lock
+    /// in the kernel; waiting here sleeps, and the waiting worker's next read goes on.
+    turn: Arc<Mutex<()>>,
+}
+
+impl Placed {
+    /// Write `data` at `offset` of the output (counted from the output's base).
+    pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        write_in_pieces(&self.file, data, self.base + offset)
+            .map_err(|e| Error::io("cannot write the output", e).with_path(&*self.dest))
+    }
 }
 
 fn not_seekable() -> Error {
@@ -412,6 +452,28 @@ impl Sink for FileSink {
         Ok(())
     }
 
+    fn placed(&self) -> Option<Placed> {
+        let file = self.file.as_ref()?.try_clone().ok()?;
+        Some(Placed {
+            file: Arc::new(file),
+            dest: Arc::new(self.dest.clone()),
+            base: 0,
+            turn: Arc::new(Mutex::new(())),
+        })
+    }
+
+    fn advance(&mut self, len: u64) -> Result<()> {
+        self.pos += len;
+        self.unflushed += len;
+        if self.unflushed >= FLUSH_EVERY {
+            self.unflushed = 0;
+            if let Some(f) = &self.flusher {
+                f.poke();
+            }
+        }
+        Ok(())
+    }
+
     fn truncate(&mut self, len: u64) -> Result<()> {
         if len > self.pos {
             return Err(Error::new(
@@ -732,6 +794,23 @@ impl Output {
             ));
         }
         self.sink.truncate(self.base + len)
+    }
+
+    /// A handle for writing from the pipeline's workers at offsets known before commit (a
+    /// file output only); the committing thread then calls [`Output::written`] for them.
+    pub(crate) fn placed(&self) -> Option<Placed> {
+        let mut p = self.sink.placed()?;
+        p.base = self.base;
+        Some(p)
+    }
+
+    /// Append `data`, which a worker already wrote at the current position through
+    /// [`Output::placed`]: hashed and counted as [`Output::write`] would, not written again.
+    pub(crate) fn written(&mut self, data: &Bytes) -> Result<()> {
+        if !self.read_back {
+            self.digester.data(data)?;
+        }
+        self.sink.advance(data.len() as u64)
     }
 
     /// Whether bytes already written can be rewritten and read back ([`Output::new_seekable`]).

@@ -140,6 +140,25 @@ pub trait Encoder: Sync {
     fn fills_unread(&self) -> bool {
         true
     }
+
+    /// Whether [`Encoder::write_placed`] writes chunks from the workers (the layout puts each
+    /// chunk's bytes at a place known before it is committed).
+    fn places(&self) -> bool {
+        false
+    }
+
+    /// Write the encoded form of the chunk at disk `offset` into `out` now, on the worker,
+    /// and mark in it what was written, so that [`Writer::commit`] only accounts for those
+    /// bytes ([`Output::written`]). Called only where [`Encoder::places`].
+    fn write_placed(
+        &self,
+        encoded: &mut Self::Encoded,
+        offset: u64,
+        out: &crate::sink::Placed,
+    ) -> Result<()> {
+        let _ = (encoded, offset, out);
+        Ok(())
+    }
 }
 
 /// The encoder of writers that store data as it is (QCOW2 uncompressed, monolithicSparse

@@ -365,3 +365,61 @@ fn a_plan_made_once_serves_measure_and_convert_so_the_source_is_read_twice() -> 
     assert_eq!(disk.read.load(Ordering::Relaxed), 3 * size);
     Ok(())
 }
+
+/// Into a file, RAW and fixed VHD chunks are written by the workers that read them, at their
+/// offsets, while the committing thread hashes them in order: the file and its digests must
+/// be those of the same conversion into a stream, with small chunks and a wide window so that
+/// many chunks are written out of order.
+#[test]
+fn chunks_written_by_the_workers_give_the_streamed_bytes_and_digests() -> imgconv::Result<()> {
+    let data = pattern(9_000_011);
+    let reader = open_source(Box::new(MemSource::new(data)), Some(Format::Raw))?;
+    let dir = tmp("placed");
+    let kinds = [DigestKind::Md5, DigestKind::Sha256, DigestKind::Crc32c];
+    for (format, options) in [
+        (Format::Raw, ""),
+        (Format::Raw, "preallocation=full"),
+        (Format::Vhd, "subformat=fixed"),
+    ] {
+        let mut opts = ConvertOptions::new(format).with_digests(&kinds);
+        // The same ids and dates both ways (a VHD footer holds both).
+        opts.deterministic = Some(0);
+        if !options.is_empty() {
+            opts.writer_options.extend(options)?;
+        }
+        opts.pipeline = PipelineConfig {
+            chunk_size: 64 << 10,
+            window: 16,
+        };
+        let sink = VecSink::new();
+        let streamed = convert(
+            &*reader,
+            Destination::Sink(Box::new(sink.clone())),
+            &opts,
+            &NoProgress,
+            &CancelToken::new(),
+        )?;
+        let path = dir.join(format!("out-{format}-{options}"));
+        let filed = convert(
+            &*reader,
+            Destination::file(&path),
+            &opts,
+            &NoProgress,
+            &CancelToken::new(),
+        )?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("output", e))?;
+        assert!(
+            bytes == sink.contents(),
+            "{format} {options}: the bytes differ"
+        );
+        for kind in kinds {
+            assert_eq!(
+                filed.digest(kind),
+                streamed.digest(kind),
+                "{format} {options}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -37,11 +37,21 @@ impl RawOptions {
 pub(crate) enum RawPiece {
     /// Bytes to write.
     Data(Bytes),
+    /// Bytes a worker already wrote in place ([`Encoder::write_placed`]).
+    Written(Bytes),
     /// A run of zeros.
     Zeros(u64),
 }
 
 /// The RAW encoder: splits a chunk into data runs and zero runs.
+/// Bytes a piece stands for.
+fn piece_len(piece: &RawPiece) -> u64 {
+    match piece {
+        RawPiece::Data(b) | RawPiece::Written(b) => b.len() as u64,
+        RawPiece::Zeros(n) => *n,
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RawEncoder;
 
@@ -62,6 +72,28 @@ impl Encoder for RawEncoder {
                 }
             })
             .collect())
+    }
+
+    fn places(&self) -> bool {
+        true
+    }
+
+    fn write_placed(
+        &self,
+        pieces: &mut Vec<RawPiece>,
+        offset: u64,
+        out: &crate::sink::Placed,
+    ) -> Result<()> {
+        // A chunk's bytes are the disk's at the same offset (RAW, fixed VHD, a flat extent).
+        let mut at = offset;
+        for piece in pieces.iter_mut() {
+            if let RawPiece::Data(b) = piece {
+                out.write_at(at, b)?;
+                *piece = RawPiece::Written(b.clone());
+            }
+            at += piece_len(piece);
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +153,10 @@ impl Writer for RawWriter {
                 RawPiece::Data(b) => {
                     self.allocated_units += (b.len() as u64).div_ceil(RAW_UNIT);
                     out.write(&b)?;
+                }
+                RawPiece::Written(b) => {
+                    self.allocated_units += (b.len() as u64).div_ceil(RAW_UNIT);
+                    out.written(&b)?;
                 }
                 RawPiece::Zeros(n) => out.write_zeros(n)?,
             }
