@@ -81,7 +81,12 @@ pub(crate) fn run<W: Writer>(
     // read at all.
     let deferred = needs && given.is_none() && writer.defers_tables() && out.is_seekable() && {
         let bound = planner::touched_units(reader, unit, cancel)?;
-        writer.begin_deferred(&bound, reader, cancel, out)?
+        let input = crate::writer::Deferral {
+            bound: &bound,
+            reader,
+            cancel,
+        };
+        writer.begin_deferred(&input, out)?
     };
     let plan = match given {
         Some(p) => Some(p.clone()),

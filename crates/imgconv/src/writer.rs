@@ -72,6 +72,24 @@ pub(crate) fn mark_units(
     }
 }
 
+/// What a writer that [defers its tables](Writer::defers_tables) is given to keep room for
+/// them ([`Writer::begin_deferred`]).
+pub struct Deferral<'a> {
+    /// Every unit that can hold data: the units the input's data extents touch.
+    pub bound: &'a Plan,
+    /// The input, for what the bound leaves open.
+    pub reader: &'a dyn crate::reader::Reader,
+    /// Stops a look into the input that takes long.
+    pub cancel: &'a crate::progress::CancelToken,
+}
+
+/// Keep `len` bytes of room at the start of `out` (a hole where it can) and return the empty
+/// bitmap of `units` units that a deferring writer fills in as chunks come.
+pub(crate) fn keep_room(out: &mut Output, len: u64, units: usize) -> Result<bitvec::vec::BitVec> {
+    out.write_zeros(len)?;
+    Ok(bitvec::vec::BitVec::repeat(false, units))
+}
+
 /// Everything before the data, written in order ([`FrontWriter::new`] with `None`) or, for a
 /// writer that [defers its tables](Writer::defers_tables), over the room kept for it at the
 /// start of the output (with `Some(0)`): the same calls give the same bytes either way.
@@ -291,22 +309,16 @@ pub trait Writer: Send {
         false
     }
 
-    /// Start a conversion whose header and tables are written in [`Writer::finish`]: `bound`
-    /// marks every unit that can hold data (the units the input's data extents touch), from
-    /// which the writer keeps room for its tables; it may look into `reader` for what the
-    /// bound leaves open (cheaply: the conversion reads the data next). Chunks then come
+    /// Start a conversion whose header and tables are written in [`Writer::finish`]: the
+    /// input's [`Deferral::bound`] marks every unit that can hold data, from which the writer
+    /// keeps room for its tables; it may look into [`Deferral::reader`] for what the bound
+    /// leaves open (cheaply: the conversion reads the data next). Chunks then come
     /// loaded without a plan (their `nonzero` bits tell which units hold data), and the
     /// output must be seekable. The bytes written must be the same as with [`Writer::begin`]
     /// and the exact plan. Answer `false`, writing nothing, to have the plan made first after
     /// all (where the room is likely to differ from what the data needs).
-    fn begin_deferred(
-        &mut self,
-        bound: &Plan,
-        reader: &dyn crate::reader::Reader,
-        cancel: &crate::progress::CancelToken,
-        out: &mut Output,
-    ) -> Result<bool> {
-        let _ = (bound, reader, cancel, out);
+    fn begin_deferred(&mut self, input: &Deferral, out: &mut Output) -> Result<bool> {
+        let _ = (input, out);
         Ok(false)
     }
 

@@ -19,7 +19,9 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{mark_units, write_unit_runs, Measure, PassThrough, Writer, WriterSummary};
+use crate::writer::{
+    keep_room, mark_units, write_unit_runs, Deferral, Measure, PassThrough, Writer, WriterSummary,
+};
 
 use super::header::{self, Compression, Header, V2_HEADER_LEN, V3_HEADER_LEN};
 use super::reader::COPIED;
@@ -520,13 +522,8 @@ impl Writer for Qcow2Writer {
         true
     }
 
-    fn begin_deferred(
-        &mut self,
-        bound: &Plan,
-        reader: &dyn crate::reader::Reader,
-        cancel: &crate::progress::CancelToken,
-        out: &mut Output,
-    ) -> Result<bool> {
+    fn begin_deferred(&mut self, input: &Deferral, out: &mut Output) -> Result<bool> {
+        let (bound, reader, cancel) = (input.bound, input.reader, input.cancel);
         let touched = bound.bitmap();
         if touched.all() {
             // Mapped as data throughout: the bound says nothing of what is stored.
@@ -558,8 +555,7 @@ impl Writer for Qcow2Writer {
             return Ok(false);
         }
         self.deferred = Some(kept);
-        self.allocated = BitVec::repeat(false, touched.len());
-        out.write_zeros(kept.data_offset())?;
+        self.allocated = keep_room(out, kept.data_offset(), touched.len())?;
         Ok(true)
     }
 
@@ -708,7 +704,14 @@ mod tests {
             let mut w = make();
             let mut out = Output::new_seekable(Box::new(crate::sink::VecSink::seekable()), &[])?;
             assert_eq!(
-                w.begin_deferred(&bound, &reader, &cancel, &mut out)?,
+                w.begin_deferred(
+                    &Deferral {
+                        bound: &bound,
+                        reader: &reader,
+                        cancel: &cancel
+                    },
+                    &mut out
+                )?,
                 defers,
                 "{name}"
             );

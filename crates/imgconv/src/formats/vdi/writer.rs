@@ -11,8 +11,8 @@ use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
-    mark_units, plan_given, write_unit_runs, write_zero_units, Measure, PassThrough, Writer,
-    WriterSummary,
+    keep_room, mark_units, plan_given, write_unit_runs, write_zero_units, Deferral, Measure,
+    PassThrough, Writer, WriterSummary,
 };
 
 use super::header::{Geometry, Header, HEADER_BYTES};
@@ -186,16 +186,10 @@ impl Writer for VdiWriter {
         true
     }
 
-    fn begin_deferred(
-        &mut self,
-        bound: &Plan,
-        _reader: &dyn crate::reader::Reader,
-        _cancel: &crate::progress::CancelToken,
-        out: &mut Output,
-    ) -> Result<bool> {
+    fn begin_deferred(&mut self, input: &Deferral, out: &mut Output) -> Result<bool> {
         // The map's size is the disk's, whatever the data: the blocks start where they would.
-        self.deferred = Some(BitVec::repeat(false, bound.bitmap().len()));
-        out.write_zeros(self.data_offset)?;
+        let units = input.bound.bitmap().len();
+        self.deferred = Some(keep_room(out, self.data_offset, units)?);
         Ok(true)
     }
 

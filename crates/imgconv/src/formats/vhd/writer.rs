@@ -11,7 +11,9 @@ use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
-use crate::writer::{mark_units, plan_given, Encoder, Measure, Writer, WriterSummary};
+use crate::writer::{
+    keep_room, mark_units, plan_given, Deferral, Encoder, Measure, Writer, WriterSummary,
+};
 
 use super::dynamic_header::DynamicHeader;
 use super::{
@@ -540,17 +542,11 @@ impl Writer for VhdDynamicWriter {
         true
     }
 
-    fn begin_deferred(
-        &mut self,
-        bound: &Plan,
-        _reader: &dyn crate::reader::Reader,
-        _cancel: &crate::progress::CancelToken,
-        out: &mut Output,
-    ) -> Result<bool> {
+    fn begin_deferred(&mut self, input: &Deferral, out: &mut Output) -> Result<bool> {
         // The BAT's size is the disk's, whatever the data: the blocks start where they would.
-        let _ = bound;
-        self.deferred = Some(BitVec::repeat(false, self.layout.entries as usize));
-        out.write_zeros(self.layout.blocks_at)?;
+        let _ = input;
+        let units = self.layout.entries as usize;
+        self.deferred = Some(keep_room(out, self.layout.blocks_at, units)?);
         Ok(true)
     }
 

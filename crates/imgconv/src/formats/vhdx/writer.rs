@@ -15,7 +15,9 @@ use crate::formats::options::{parse_size, WriterOptions};
 use crate::formats::vhd::{BlockEncoder, BlockPiece};
 use crate::model::{Format, Plan};
 use crate::sink::Output;
-use crate::writer::{mark_units, plan_given, write_zero_units, Measure, Writer, WriterSummary};
+use crate::writer::{
+    keep_room, mark_units, plan_given, write_zero_units, Deferral, Measure, Writer, WriterSummary,
+};
 
 use super::*;
 
@@ -386,18 +388,12 @@ impl Writer for VhdxWriter {
         !self.opts.fixed
     }
 
-    fn begin_deferred(
-        &mut self,
-        bound: &Plan,
-        _reader: &dyn crate::reader::Reader,
-        _cancel: &crate::progress::CancelToken,
-        out: &mut Output,
-    ) -> Result<bool> {
+    fn begin_deferred(&mut self, input: &Deferral, out: &mut Output) -> Result<bool> {
         // The BAT's size is the disk's, whatever the data: the blocks start where they would.
-        let _ = bound;
+        let _ = input;
         let [ids, meta, bat] = self.front(|_| false);
-        self.deferred = Some(BitVec::repeat(false, self.layout.data_blocks as usize));
-        out.write_zeros(ids.len() as u64 + LOG_LEN + meta.len() as u64 + bat.len() as u64)?;
+        let len = ids.len() as u64 + LOG_LEN + meta.len() as u64 + bat.len() as u64;
+        self.deferred = Some(keep_room(out, len, self.layout.data_blocks as usize)?);
         Ok(true)
     }
 

@@ -21,8 +21,8 @@ use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
-    mark_units, plan_given, write_unit_runs, FrontWriter, Measure, PassThrough, Writer,
-    WriterSummary,
+    keep_room, mark_units, plan_given, write_unit_runs, Deferral, FrontWriter, Measure,
+    PassThrough, Writer, WriterSummary,
 };
 
 use super::descriptor::descriptor;
@@ -208,15 +208,10 @@ impl Writer for SparseWriter {
         true
     }
 
-    fn begin_deferred(
-        &mut self,
-        bound: &Plan,
-        _reader: &dyn crate::reader::Reader,
-        _cancel: &crate::progress::CancelToken,
-        out: &mut Output,
-    ) -> Result<bool> {
-        self.deferred = Some(BitVec::repeat(false, bound.bitmap().len()));
-        out.write_zeros(self.layout.overhead * 512)?;
+    fn begin_deferred(&mut self, input: &Deferral, out: &mut Output) -> Result<bool> {
+        // The directories and tables are sized by the disk: the grains start where they would.
+        let units = input.bound.bitmap().len();
+        self.deferred = Some(keep_room(out, self.layout.overhead * 512, units)?);
         Ok(true)
     }
 
