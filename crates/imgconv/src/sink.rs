@@ -380,15 +380,7 @@ impl Sink for FileSink {
         let pos = self.pos;
         write_in_pieces(self.file()?, data, pos)
             .map_err(|e| Error::io("cannot write the output", e).with_path(&self.dest))?;
-        self.pos += data.len() as u64;
-        self.unflushed += data.len() as u64;
-        if self.unflushed >= FLUSH_EVERY {
-            self.unflushed = 0;
-            if let Some(f) = &self.flusher {
-                f.poke();
-            }
-        }
-        Ok(())
+        self.advance(data.len() as u64)
     }
 
     fn write_zeros(&mut self, len: u64) -> Result<()> {
@@ -763,37 +755,35 @@ impl Output {
 
     /// Overwrite bytes already appended; only for outputs made with [`Output::new_seekable`].
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        if !self.read_back {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                "internal error: write_at on an output hashed inline",
-            ));
-        }
+        self.seekable_only("write_at")?;
         self.sink.write_at(self.base + offset, data)
     }
 
     /// Read back bytes already written (counted from the base); only for outputs made with
     /// [`Output::new_seekable`].
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if !self.read_back {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                "internal error: read_at on an output hashed inline",
-            ));
-        }
+        self.seekable_only("read_at")?;
         self.sink.read_at(self.base + offset, buf)
     }
 
     /// End the output at `len` bytes (counted from the base), dropping what was written past
     /// it; only for outputs made with [`Output::new_seekable`].
     pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
-        if !self.read_back {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                "internal error: truncate on an output hashed inline",
-            ));
-        }
+        self.seekable_only("truncate")?;
         self.sink.truncate(self.base + len)
+    }
+
+    /// An internal error unless the output was made with [`Output::new_seekable`] (an output
+    /// hashed inline must be written in order).
+    fn seekable_only(&self, what: &str) -> Result<()> {
+        if self.read_back {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Internal,
+                format!("internal error: {what} on an output hashed inline"),
+            ))
+        }
     }
 
     /// A handle for writing from the pipeline's workers at offsets known before commit (a

@@ -20,7 +20,8 @@ use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
-    keep_room, mark_units, write_unit_runs, Deferral, Measure, PassThrough, Writer, WriterSummary,
+    keep_room, mark_units, write_unit_runs, Deferral, FrontWriter, Measure, PassThrough, Writer,
+    WriterSummary,
 };
 
 use super::header::{self, Compression, Header, V2_HEADER_LEN, V3_HEADER_LEN};
@@ -346,12 +347,7 @@ impl Qcow2Writer {
 
     /// Everything before the data, in file order, for layout `l` whose needed L2 tables are
     /// `need`: header cluster, L1, refcount table and blocks, L2 tables.
-    fn emit_tables(
-        &self,
-        l: &Layout,
-        need: &BitVec,
-        emit: &mut dyn FnMut(Bytes) -> Result<()>,
-    ) -> Result<()> {
+    fn emit_tables(&self, l: &Layout, need: &BitVec, out: &mut FrontWriter) -> Result<()> {
         let cs = self.opts.cluster_size();
         let per_l2 = cs / 8;
         let h = output_header(
@@ -363,7 +359,7 @@ impl Qcow2Writer {
         )?;
         let mut cluster0 = vec![0u8; cs as usize];
         header::encode(&h, &mut cluster0);
-        emit(Bytes::from_vec(cluster0))?;
+        out.write(&Bytes::from_vec(cluster0))?;
 
         // L1: the n-th needed L2 table follows the previous ones.
         if l.l1_clusters > 0 {
@@ -377,12 +373,12 @@ impl Qcow2Writer {
                     0
                 }
             });
-            emit(be64_table(entries, cs, l.l1_clusters)?)?;
+            out.write(&be64_table(entries, cs, l.l1_clusters)?)?;
         }
 
         // Refcount table, then blocks: every cluster of the file has refcount 1.
         let rt = (0..l.rb_count).map(|i| l.rb_offset() + i * cs);
-        emit(be64_table(rt, cs, l.rt_clusters)?)?;
+        out.write(&be64_table(rt, cs, l.rt_clusters)?)?;
         let per_block = cs / 2;
         let total = l.total_clusters();
         for b in 0..l.rb_count {
@@ -392,7 +388,7 @@ impl Qcow2Writer {
             for e in block.chunks_exact_mut(2).take(ones) {
                 e[1] = 1;
             }
-            emit(Bytes::from_vec(block))?;
+            out.write(&Bytes::from_vec(block))?;
         }
 
         // L2 tables, one per needed L1 entry, pointing at data clusters in guest order.
@@ -408,7 +404,7 @@ impl Qcow2Writer {
                     0
                 }
             });
-            emit(be64_table(entries, cs, 1)?)?;
+            out.write(&be64_table(entries, cs, 1)?)?;
         }
         Ok(())
     }
@@ -417,9 +413,7 @@ impl Qcow2Writer {
     /// kept for the tables was larger (the bound counted units that turned out all zero, and
     /// with them an L2 table or a refcount block), then write the tables in front of it.
     fn finish_deferred(&mut self, kept: Layout, out: &mut Output) -> Result<()> {
-        let allocated = std::mem::take(&mut self.allocated);
-        let (l, need) = self.layout_for(&allocated);
-        self.allocated = allocated;
+        let (l, need) = self.layout_for(&self.allocated);
         let data_len = l.data_clusters * l.cs();
         let (from, to) = (kept.data_offset(), l.data_offset());
         if from < to || out.position() != from + data_len {
@@ -443,13 +437,9 @@ impl Qcow2Writer {
             }
             out.truncate(to + data_len)?;
         }
-        let mut at = 0u64;
-        self.emit_tables(&l, &need, &mut |b| {
-            out.write_at(at, &b)?;
-            at += b.len() as u64;
-            Ok(())
-        })?;
-        if at != to {
+        let mut front = FrontWriter::new(out, Some(0));
+        self.emit_tables(&l, &need, &mut front)?;
+        if front.position() != to {
             return Err(Error::new(
                 ErrorKind::Internal,
                 "internal error: QCOW2 tables do not end where the data starts",
@@ -537,7 +527,7 @@ impl Writer for Qcow2Writer {
         let l1_size = self.virtual_size.div_ceil(cs).div_ceil(per_l2);
         let mut need = l2_needed(touched, per_l2, l1_size);
         let size = reader.virtual_size();
-        for t in l2_needed(touched, per_l2, l1_size).iter_ones() {
+        for t in need.clone().iter_ones() {
             let start = t as u64 * per_l2 * cs;
             let end = (start + per_l2 * cs).min(size);
             if !crate::planner::holds_data(reader, start, end, cancel)? {
@@ -569,7 +559,7 @@ impl Writer for Qcow2Writer {
         self.allocated = plan.bitmap().clone();
         let (l, need) = self.layout_for(plan.bitmap());
         self.layout = Some(l);
-        self.emit_tables(&l, &need, &mut |b| out.write(&b))
+        self.emit_tables(&l, &need, &mut FrontWriter::new(out, None))
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {

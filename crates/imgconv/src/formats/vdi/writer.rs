@@ -11,8 +11,8 @@ use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
-    keep_room, mark_units, plan_given, write_unit_runs, write_zero_units, Deferral, Measure,
-    PassThrough, Writer, WriterSummary,
+    keep_room, mark_units, plan_given, write_unit_runs, write_zero_units, Deferral, FrontWriter,
+    Measure, PassThrough, Writer, WriterSummary,
 };
 
 use super::header::{Geometry, Header, HEADER_BYTES};
@@ -111,6 +111,14 @@ impl VdiWriter {
         map
     }
 
+    /// Everything before the blocks, for the blocks `allocated` marks: header, padding, map.
+    fn front(&mut self, allocated: &BitVec, out: &mut FrontWriter) -> Result<()> {
+        let map = self.block_map(allocated);
+        out.write(&Bytes::from_vec(self.header()))?;
+        out.zeros(ALIGN - HEADER_BYTES as u64)?;
+        out.write(&Bytes::from_vec(map))
+    }
+
     fn header(&self) -> Vec<u8> {
         let mut h = Header::new(
             if self.opts.fixed { 2 } else { 1 },
@@ -196,10 +204,7 @@ impl Writer for VdiWriter {
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
         let plan = plan
             .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: VDI needs a plan"))?;
-        let map = self.block_map(plan.bitmap());
-        out.write(&Bytes::from_vec(self.header()))?;
-        out.write_zeros(ALIGN - HEADER_BYTES as u64)?;
-        out.write(&Bytes::from_vec(map))
+        self.front(plan.bitmap(), &mut FrontWriter::new(out, None))
     }
 
     fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
@@ -223,9 +228,7 @@ impl Writer for VdiWriter {
 
     fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
         if let Some(blocks) = self.deferred.take() {
-            let map = self.block_map(&blocks);
-            out.write_at(0, &self.header())?;
-            out.write_at(ALIGN, &map)?;
+            self.front(&blocks, &mut FrontWriter::new(out, Some(0)))?;
         }
         if self.written != self.allocated
             || out.position() != self.data_offset + self.allocated * BLOCK_SIZE

@@ -12,7 +12,8 @@ use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
-    keep_room, mark_units, plan_given, Deferral, Encoder, Measure, Writer, WriterSummary,
+    keep_room, mark_units, plan_given, Deferral, Encoder, FrontWriter, Measure, Writer,
+    WriterSummary,
 };
 
 use super::dynamic_header::DynamicHeader;
@@ -462,6 +463,15 @@ impl VhdDynamicWriter {
         DynamicHeader::new(TABLE_OFFSET, l.entries as u32, l.block_size).encode()
     }
 
+    /// Everything before the blocks, for the blocks `allocated` marks: the footer's copy, the
+    /// dynamic header, the BAT.
+    fn front(&mut self, allocated: &BitVec, out: &mut FrontWriter) -> Result<()> {
+        let bat = self.bat(allocated);
+        out.write(&Bytes::from_vec(self.footer.clone()))?;
+        out.write(&Bytes::from_vec(self.header()))?;
+        out.write(&Bytes::from_vec(bat))
+    }
+
     /// The BAT for the blocks `allocated` marks, in guest order, padded to a whole sector;
     /// counts the blocks it allocates.
     fn bat(&mut self, allocated: &BitVec) -> Vec<u8> {
@@ -553,10 +563,7 @@ impl Writer for VhdDynamicWriter {
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
         let plan = plan
             .ok_or_else(|| Error::new(ErrorKind::Internal, "internal error: VHD needs a plan"))?;
-        let bat = self.bat(plan.bitmap());
-        out.write(&Bytes::from_vec(self.footer.clone()))?;
-        out.write(&Bytes::from_vec(self.header()))?;
-        out.write(&Bytes::from_vec(bat))
+        self.front(plan.bitmap(), &mut FrontWriter::new(out, None))
     }
 
     fn commit(&mut self, pieces: Vec<BlockPiece>, out: &mut Output) -> Result<()> {
@@ -584,10 +591,7 @@ impl Writer for VhdDynamicWriter {
 
     fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
         if let Some(blocks) = self.deferred.take() {
-            let bat = self.bat(&blocks);
-            out.write_at(0, &self.footer)?;
-            out.write_at(FOOTER_SIZE, &self.header())?;
-            out.write_at(TABLE_OFFSET, &bat)?;
+            self.front(&blocks, &mut FrontWriter::new(out, Some(0)))?;
         }
         if self.written != self.allocated || out.position() != self.layout.block_at(self.allocated)
         {

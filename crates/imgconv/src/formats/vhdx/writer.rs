@@ -16,7 +16,8 @@ use crate::formats::vhd::{BlockEncoder, BlockPiece};
 use crate::model::{Format, Plan};
 use crate::sink::Output;
 use crate::writer::{
-    keep_room, mark_units, plan_given, write_zero_units, Deferral, Measure, Writer, WriterSummary,
+    keep_room, mark_units, plan_given, write_zero_units, Deferral, FrontWriter, Measure, Writer,
+    WriterSummary,
 };
 
 use super::*;
@@ -309,10 +310,20 @@ impl VhdxWriter {
         })
     }
 
+    /// Everything before the blocks, for the blocks `stored` says hold data: the parts of
+    /// [`VhdxWriter::front_parts`] with the empty log between the first MiB and the metadata.
+    fn front(&mut self, stored: impl Fn(u64) -> bool, out: &mut FrontWriter) -> Result<()> {
+        let [ids, meta, bat] = self.front_parts(stored);
+        out.write(&ids)?;
+        out.zeros(LOG_LEN)?;
+        out.write(&meta)?;
+        out.write(&bat)
+    }
+
     /// Everything before the blocks, in file order, for the blocks `stored` says hold data
     /// (counted): the first MiB (identifier, headers, region tables), then after the empty
     /// log (a hole of `LOG_LEN`), the metadata and the BAT.
-    fn front(&mut self, stored: impl Fn(u64) -> bool) -> [Bytes; 3] {
+    fn front_parts(&mut self, stored: impl Fn(u64) -> bool) -> [Bytes; 3] {
         let l = self.layout;
         let (bat, count) = if self.opts.fixed {
             l.bat(|_| true)
@@ -391,23 +402,20 @@ impl Writer for VhdxWriter {
     fn begin_deferred(&mut self, input: &Deferral, out: &mut Output) -> Result<bool> {
         // The BAT's size is the disk's, whatever the data: the blocks start where they would.
         let _ = input;
-        let [ids, meta, bat] = self.front(|_| false);
+        let [ids, meta, bat] = self.front_parts(|_| false);
         let len = ids.len() as u64 + LOG_LEN + meta.len() as u64 + bat.len() as u64;
         self.deferred = Some(keep_room(out, len, self.layout.data_blocks as usize)?);
         Ok(true)
     }
 
     fn begin(&mut self, plan: Option<&Plan>, out: &mut Output) -> Result<()> {
-        let [ids, meta, bat] = if self.opts.fixed {
-            self.front(|_| true)
+        let out = &mut FrontWriter::new(out, None);
+        if self.opts.fixed {
+            self.front(|_| true, out)
         } else {
             let plan = plan_given(plan)?;
-            self.front(|i| plan.bitmap().get(i as usize).is_some_and(|b| *b))
-        };
-        out.write(&ids)?;
-        out.write_zeros(LOG_LEN)?;
-        out.write(&meta)?;
-        out.write(&bat)
+            self.front(|i| plan.bitmap().get(i as usize).is_some_and(|b| *b), out)
+        }
     }
 
     fn commit(&mut self, pieces: Vec<BlockPiece>, out: &mut Output) -> Result<()> {
@@ -436,11 +444,8 @@ impl Writer for VhdxWriter {
 
     fn finish(mut self, out: &mut Output) -> Result<WriterSummary> {
         if let Some(blocks) = self.deferred.take() {
-            let [ids, meta, bat] = self.front(|b| blocks.get(b as usize).is_some_and(|x| *x));
-            out.write_at(0, &ids)?;
-            let at = ids.len() as u64 + LOG_LEN;
-            out.write_at(at, &meta)?;
-            out.write_at(at + meta.len() as u64, &bat)?;
+            let stored = |b: u64| blocks.get(b as usize).is_some_and(|x| *x);
+            self.front(stored, &mut FrontWriter::new(out, Some(0)))?;
         }
         if self.written != self.stored || out.position() != self.layout.file_size(self.stored) {
             return Err(Error::new(
