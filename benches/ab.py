@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--warm", help="read this file's data in before each run instead of "
                                    "dropping the page cache")
     ap.add_argument("--rm", help="a shell pattern of outputs removed before each run")
+    ap.add_argument("--each", action="store_true", help="print every run's wall time too")
     ap.add_argument("cmds", nargs="+", help="shell commands")
     a = ap.parse_args()
     res = {c: [] for c in a.cmds}
@@ -51,6 +52,8 @@ def main():
     for c, xs in res.items():
         med = statistics.median(x[0] for x in xs)
         base = base or med
+        if a.each:
+            print("   runs: " + " ".join(f"{x[0]:.3f}" for x in xs))
         print(f"{med:7.3f} s (fastest {min(x[0] for x in xs):.3f}) system "
               f"{statistics.median(x[1] for x in xs):.3f} s  {med / base:5.2f}x  {c}")
 

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::{Condvar, Mutex};
 
 use bitvec::vec::BitVec;
 
@@ -24,7 +25,7 @@ use crate::planner;
 use crate::progress::{CancelToken, Progress};
 use crate::reader::{for_each_mapping, Reader};
 use crate::sink::Output;
-use crate::writer::{Encoder, Writer, WriterSummary};
+use crate::writer::{Encoder, Placement, Writer, WriterSummary};
 use crate::zero;
 
 /// The default chunk size: large enough for efficient reads and writes, small enough that a
@@ -158,7 +159,17 @@ fn commit_all<W: Writer>(
     // kernel's copy out of a buffer that another CPU has just filled cost 4-5 times the copy
     // into it (`perf`: RAW -> RAW with the input cached, the committing thread's writes),
     // so the data stays with the CPU that read it, and every core reads and writes.
-    let placed = if encoder.places() { out.placed() } else { None };
+    //
+    // Where the layout packs the chunks' data one after the other in guest order (QCOW2,
+    // VDI, VMDK sparse), a chunk's place is known once every earlier chunk has taken its
+    // room: the workers take turns in chunk order (`Turns`) for their places, then write.
+    let placement = encoder.placement();
+    let placed = match placement {
+        Placement::Committed => None,
+        Placement::Guest | Placement::Appended => out.placed(),
+    };
+    let turns =
+        (placed.is_some() && placement == Placement::Appended).then(|| Turns::new(out.position()));
     let own_pool =
         if placed.is_none() && writer.light_encoder() && reader.light_decoder() && threads > 1 {
             rayon::ThreadPoolBuilder::new()
@@ -223,6 +234,9 @@ fn commit_all<W: Writer>(
                     };
                     if data_at > i {
                         zero_runs.insert(i, data_at - i);
+                        if let Some(t) = &turns {
+                            t.skip(i, data_at - i);
+                        }
                         next_data = Some(data_at);
                         next_submit = data_at;
                         continue;
@@ -232,7 +246,8 @@ fn commit_all<W: Writer>(
                     // storage works while the workers do (holes are never advised).
                     advise_data(reader, i * chunk, (size - i * chunk).min(chunk))?;
                     let tx = tx.clone();
-                    let (pool, abort, placed) = (&pool, &abort, placed.as_ref());
+                    let (pool, abort, placed, turns) =
+                        (&pool, &abort, placed.as_ref(), turns.as_ref());
                     scope.spawn(move |_| {
                         let work = || {
                             if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
@@ -258,7 +273,14 @@ fn commit_all<W: Writer>(
                             };
                             let mut encoded = chunk.and_then(|c| encoder.encode(c))?;
                             if let Some(p) = placed {
-                                encoder.write_placed(&mut encoded, off, p)?;
+                                let at = match turns {
+                                    Some(t) => {
+                                        let len = encoder.placed_len(&encoded);
+                                        t.take(i, len, abort, cancel)?
+                                    }
+                                    None => off,
+                                };
+                                encoder.write_placed(&mut encoded, at, p)?;
                             }
                             Ok(encoded)
                         };
@@ -271,6 +293,10 @@ fn commit_all<W: Writer>(
                                     format!("internal error: a worker failed on chunk {i}"),
                                 ))
                             });
+                        if let (Err(_), Some(t)) = (&result, turns) {
+                            // Later chunks wait for this one's turn: never in vain.
+                            t.fail();
+                        }
                         let _ = tx.send((i, result));
                     });
                     next_submit += 1;
@@ -308,6 +334,95 @@ fn commit_all<W: Writer>(
         }
         outcome
     })
+}
+
+/// The chunks' turns to take their room in an output that stores them one after the other in
+/// chunk order ([`Placement::Appended`]): chunk `i` learns its place once every chunk before
+/// it has taken its room or was skipped (a run of chunks storing nothing).
+struct Turns {
+    state: Mutex<TurnState>,
+    moved: Condvar,
+}
+
+struct TurnState {
+    /// The chunk whose turn it is.
+    next: u64,
+    /// Where its bytes go.
+    at: u64,
+    /// Runs of chunks that store nothing and have no worker: first chunk -> count.
+    skips: BTreeMap<u64, u64>,
+    /// A chunk failed before its turn: the turns stop there.
+    failed: bool,
+}
+
+impl TurnState {
+    fn settle(&mut self) {
+        while let Some(n) = self.skips.remove(&self.next) {
+            self.next += n;
+        }
+    }
+}
+
+impl Turns {
+    fn new(at: u64) -> Turns {
+        Turns {
+            state: Mutex::new(TurnState {
+                next: 0,
+                at,
+                skips: BTreeMap::new(),
+                failed: false,
+            }),
+            moved: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chunks `first..first + n` store nothing.
+    fn skip(&self, first: u64, n: u64) {
+        let mut st = self.lock();
+        st.skips.insert(first, n);
+        st.settle();
+        drop(st);
+        self.moved.notify_all();
+    }
+
+    /// Wait for chunk `i`'s turn, and take `len` bytes from there: their place.
+    fn take(&self, i: u64, len: u64, abort: &AtomicBool, cancel: &CancelToken) -> Result<u64> {
+        let mut st = self.lock();
+        loop {
+            if st.failed {
+                return Err(Error::cancelled());
+            }
+            if st.next == i {
+                let at = st.at;
+                st.at += len;
+                st.next += 1;
+                st.settle();
+                drop(st);
+                self.moved.notify_all();
+                return Ok(at);
+            }
+            if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
+                return Err(Error::cancelled());
+            }
+            // Every chunk before this one either takes its turn or fails (and says so); the
+            // timeout only bounds how late an abort from the committing thread is seen.
+            st = self
+                .moved
+                .wait_timeout(st, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// A chunk failed before or during its turn: every later one stops waiting.
+    fn fail(&self) {
+        self.lock().failed = true;
+        self.moved.notify_all();
+    }
 }
 
 /// Commit `len` bytes of zeros from `offset` (whole chunks of `chunk_len`): in one call where
@@ -644,6 +759,49 @@ mod tests {
     use super::*;
     use crate::formats::raw::RawReader;
     use crate::source::HoledMem;
+
+    /// Chunks take their places in chunk order whatever order their workers come in, runs of
+    /// skipped chunks take none, and a failed chunk releases every later one's wait.
+    #[test]
+    fn turns_give_places_in_chunk_order_and_a_failure_ends_the_waits() {
+        let turns = Turns::new(100);
+        let abort = AtomicBool::new(false);
+        let cancel = CancelToken::new();
+        turns.skip(2, 3);
+        // Chunks 0, 1, 5, 6, 7 each take 10 bytes, from threads started in reverse order.
+        let places = std::thread::scope(|s| {
+            let handles: Vec<_> = [7u64, 6, 5, 1, 0]
+                .into_iter()
+                .map(|i| {
+                    let (turns, abort, cancel) = (&turns, &abort, &cancel);
+                    s.spawn(move || (i, turns.take(i, 10, abort, cancel).ok()))
+                })
+                .collect();
+            let mut got: Vec<_> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+            got.sort();
+            got
+        });
+        let want: Vec<_> = [(0, 100), (1, 110), (5, 120), (6, 130), (7, 140)]
+            .into_iter()
+            .map(|(i, at)| (i, Some(at)))
+            .collect();
+        assert_eq!(places, want);
+        // Chunk 8 fails: 9 and 10, already waiting, stop with an error.
+        std::thread::scope(|s| {
+            let waiting: Vec<_> = [9u64, 10]
+                .into_iter()
+                .map(|i| {
+                    let (turns, abort, cancel) = (&turns, &abort, &cancel);
+                    s.spawn(move || turns.take(i, 10, abort, cancel).is_err())
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            turns.fail();
+            for w in waiting {
+                assert!(w.join().unwrap_or(false));
+            }
+        });
+    }
 
     /// Without the fill, the bytes between data extents are whatever a pooled buffer held
     /// before: units are still judged by the bytes read only, and the gaps are listed unread.

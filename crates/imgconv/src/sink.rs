@@ -803,6 +803,19 @@ impl Output {
         self.sink.advance(data.len() as u64)
     }
 
+    /// Append `len` bytes of zeros that need no writing (a worker left them as a hole of the
+    /// new file, after bytes it wrote through [`Output::placed`]): hashed and counted as
+    /// [`Output::write_zeros`] would.
+    pub(crate) fn written_zeros(&mut self, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if !self.read_back {
+            self.digester.zeros(len)?;
+        }
+        self.sink.advance(len)
+    }
+
     /// Whether bytes already written can be rewritten and read back ([`Output::new_seekable`]).
     pub(crate) fn is_seekable(&self) -> bool {
         self.read_back

@@ -12,7 +12,8 @@ use crate::sink::Output;
 /// units is one write (they are consecutive in the output too), and a short last unit is
 /// padded to a whole one. With `all_units`, unplanned runs are written as zeros as well (fixed
 /// layouts). Returns the number of units written.
-pub(crate) fn write_unit_runs(chunk: &Chunk, out: &mut Output, all_units: bool) -> Result<u64> {
+pub(crate) fn write_unit_runs(units: &Units, out: &mut Output, all_units: bool) -> Result<u64> {
+    let chunk = &units.chunk;
     let unit = chunk.unit;
     let mut written = 0u64;
     for (range, planned) in chunk.runs() {
@@ -20,13 +21,21 @@ pub(crate) fn write_unit_runs(chunk: &Chunk, out: &mut Output, all_units: bool) 
             continue;
         }
         let len = range.len();
+        let n = len.div_ceil(unit);
+        let pad = (n * unit - len) as u64;
         match (&chunk.data, planned) {
-            (Some(d), true) => out.write(&d.slice(range))?,
-            _ => out.write_zeros(len as u64)?,
+            // A worker wrote these already (padding left as a hole): account for them.
+            (Some(d), true) if units.written => {
+                out.written(&d.slice(range))?;
+                out.written_zeros(pad)?;
+            }
+            (Some(d), true) => {
+                out.write(&d.slice(range))?;
+                out.write_zeros(pad)?;
+            }
+            _ => out.write_zeros(len as u64 + pad)?,
         }
-        let units = len.div_ceil(unit);
-        out.write_zeros((units * unit - len) as u64)?;
-        written += units as u64;
+        written += n as u64;
     }
     Ok(written)
 }
@@ -159,36 +168,106 @@ pub trait Encoder: Sync {
         true
     }
 
-    /// Whether [`Encoder::write_placed`] writes chunks from the workers (the layout puts each
-    /// chunk's bytes at a place known before it is committed).
-    fn places(&self) -> bool {
-        false
+    /// Whether, and where, [`Encoder::write_placed`] writes chunks from the workers.
+    fn placement(&self) -> Placement {
+        Placement::Committed
     }
 
-    /// Write the encoded form of the chunk at disk `offset` into `out` now, on the worker,
-    /// and mark in it what was written, so that [`Writer::commit`] only accounts for those
-    /// bytes ([`Output::written`]). Called only where [`Encoder::places`].
+    /// Bytes the encoded chunk takes in the output, for [`Placement::Appended`].
+    fn placed_len(&self, encoded: &Self::Encoded) -> u64 {
+        let _ = encoded;
+        0
+    }
+
+    /// Write the encoded form of the chunk into `out` now, on the worker, from output offset
+    /// `at` (the chunk's disk offset for [`Placement::Guest`], the place its turn gave it for
+    /// [`Placement::Appended`]), and mark in it what was written, so that [`Writer::commit`]
+    /// only accounts for those bytes ([`Output::written`]). Called only where
+    /// [`Encoder::placement`] is not [`Placement::Committed`].
     fn write_placed(
         &self,
         encoded: &mut Self::Encoded,
-        offset: u64,
+        at: u64,
         out: &crate::sink::Placed,
     ) -> Result<()> {
-        let _ = (encoded, offset, out);
+        let _ = (encoded, at, out);
         Ok(())
     }
 }
 
-/// The encoder of writers that store data as it is (QCOW2 uncompressed, monolithicSparse
-/// VMDK, VDI): chunks pass through untouched.
+/// Where an encoder's chunks go in a file output, and who writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The committing thread writes each chunk when its turn comes (the default).
+    Committed,
+    /// Each chunk's bytes go at its own disk offset (RAW, fixed VHD): the worker that read
+    /// it writes it.
+    Guest,
+    /// Each chunk's bytes follow the previous chunk's, [`Encoder::placed_len`] of them (data
+    /// stored packed in guest order): the worker that read it writes it once every earlier
+    /// chunk has taken its room.
+    Appended,
+}
+
+/// The encoder of writers that store data as it is, the units holding data one after the
+/// other in guest order (QCOW2 uncompressed, monolithicSparse VMDK, VDI): chunks pass
+/// through untouched, and into a file the worker that read a chunk writes its units.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PassThrough;
+pub(crate) struct PassThrough {
+    /// Every unit is stored, zeros included (fixed layouts): nothing is placed by workers.
+    pub all_units: bool,
+}
+
+/// A chunk through [`PassThrough`]: its units holding data, and whether a worker already
+/// wrote them.
+#[derive(Debug)]
+pub(crate) struct Units {
+    /// The chunk.
+    pub chunk: Chunk,
+    /// Its units holding data were written by the worker ([`Placement::Appended`]).
+    pub written: bool,
+}
 
 impl Encoder for PassThrough {
-    type Encoded = Chunk;
+    type Encoded = Units;
 
-    fn encode(&self, chunk: Chunk) -> Result<Chunk> {
-        Ok(chunk)
+    fn encode(&self, chunk: Chunk) -> Result<Units> {
+        Ok(Units {
+            chunk,
+            written: false,
+        })
+    }
+
+    fn placement(&self) -> Placement {
+        if self.all_units {
+            Placement::Committed
+        } else {
+            Placement::Appended
+        }
+    }
+
+    fn placed_len(&self, units: &Units) -> u64 {
+        let c = &units.chunk;
+        c.nonzero.count_ones() as u64 * c.unit as u64
+    }
+
+    fn write_placed(&self, units: &mut Units, at: u64, out: &crate::sink::Placed) -> Result<()> {
+        let c = &units.chunk;
+        let Some(data) = &c.data else {
+            // Never read: the committing thread writes what it stands for (zeros, if any).
+            return Ok(());
+        };
+        // Data runs one after the other from `at`; a short last unit's padding stays a hole
+        // of the new file, read as zeros.
+        let mut pos = at;
+        for (range, stored) in c.runs() {
+            if stored {
+                out.write_at(pos, &data[range.clone()])?;
+                pos += range.len().div_ceil(c.unit) as u64 * c.unit as u64;
+            }
+        }
+        units.written = true;
+        Ok(())
     }
 }
 

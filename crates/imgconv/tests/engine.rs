@@ -366,6 +366,85 @@ fn a_plan_made_once_serves_measure_and_convert_so_the_source_is_read_twice() -> 
     Ok(())
 }
 
+/// Into a file, the writers that store their units packed in guest order (QCOW2, VDI,
+/// monolithicSparse VMDK, dynamic VHD, VHDX) have each chunk's units written by the worker that read it, at the
+/// place its turn gives it: the file and its digests must be those of the same conversion
+/// into a stream, planned (digests asked) or tables last, with small chunks, a wide window,
+/// runs of chunks storing nothing, units holding zeros inside chunks holding data and a short
+/// last unit.
+#[test]
+fn packed_chunks_written_by_the_workers_give_the_streamed_bytes() -> imgconv::Result<()> {
+    let len = (40 << 20) + 7 * 512;
+    let mut data = vec![0u8; len];
+    for k in 0..40usize {
+        if k % 3 != 2 {
+            let at = k * 1_000_003;
+            for (j, b) in data[at..at + 70_000].iter_mut().enumerate() {
+                *b = ((j * 7 + k) % 251) as u8 | 1;
+            }
+        }
+    }
+    data[len - 100..].fill(0xa5);
+    let reader = open_source(Box::new(MemSource::new(data)), Some(Format::Raw))?;
+    let dir = tmp("packed");
+    for (format, options) in [
+        (Format::Qcow2, ""),
+        (Format::Vdi, ""),
+        (Format::Vdi, "subformat=fixed"),
+        (Format::Vmdk, "subformat=monolithicSparse"),
+        (Format::Vhd, "subformat=dynamic"),
+        (Format::Vhd, "subformat=dynamic,block_size=524288"),
+        (Format::Vhdx, ""),
+        (Format::Vhdx, "block_size=1M"),
+        (Format::Vhdx, "subformat=fixed,block_size=1M"),
+    ] {
+        for kinds in [&[][..], &[DigestKind::Md5, DigestKind::Sha256][..]] {
+            let mut opts = ConvertOptions::new(format).with_digests(kinds);
+            opts.deterministic = Some(0);
+            if !options.is_empty() {
+                opts.writer_options.extend(options)?;
+            }
+            opts.pipeline = PipelineConfig {
+                chunk_size: 64 << 10,
+                window: 16,
+            };
+            let sink = VecSink::new();
+            let streamed = convert(
+                &*reader,
+                Destination::Sink(Box::new(sink.clone())),
+                &opts,
+                &NoProgress,
+                &CancelToken::new(),
+            )?;
+            // A VMDK names its extent after its file: the stream's is "disk.vmdk".
+            let sub = dir.join(format!("{format}-{options}-{}", kinds.len()));
+            std::fs::create_dir_all(&sub).map_err(|e| Error::io("mkdir", e))?;
+            let path = sub.join("disk.vmdk");
+            let filed = convert(
+                &*reader,
+                Destination::file(&path),
+                &opts,
+                &NoProgress,
+                &CancelToken::new(),
+            )?;
+            let bytes = std::fs::read(&path).map_err(|e| Error::io("output", e))?;
+            assert!(
+                bytes == sink.contents(),
+                "{format} {options} {kinds:?}: the bytes differ"
+            );
+            for kind in kinds {
+                assert_eq!(
+                    filed.digest(*kind),
+                    streamed.digest(*kind),
+                    "{format} {options}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// Into a file, RAW and fixed VHD chunks are written by the workers that read them, at their
 /// offsets, while the committing thread hashes them in order: the file and its digests must
 /// be those of the same conversion into a stream, with small chunks and a wide window so that

@@ -15,13 +15,12 @@ use bitvec::vec::BitVec;
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::{parse_size, WriterOptions};
-use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
-    keep_room, mark_units, write_unit_runs, Deferral, FrontWriter, Measure, PassThrough, Writer,
-    WriterSummary,
+    keep_room, mark_units, write_unit_runs, Deferral, FrontWriter, Measure, PassThrough, Units,
+    Writer, WriterSummary,
 };
 
 use super::header::{self, Compression, Header, V2_HEADER_LEN, V3_HEADER_LEN};
@@ -505,7 +504,7 @@ impl Writer for Qcow2Writer {
     }
 
     fn encoder(&self) -> PassThrough {
-        PassThrough
+        PassThrough::default()
     }
 
     fn defers_tables(&self) -> bool {
@@ -562,14 +561,19 @@ impl Writer for Qcow2Writer {
         self.emit_tables(&l, &need, &mut FrontWriter::new(out, None))
     }
 
-    fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+    fn commit(&mut self, units: Units, out: &mut Output) -> Result<()> {
         if self.deferred.is_some() {
             // No plan: the chunk's scan says which of its clusters hold data.
-            let first = chunk.offset / self.opts.cluster_size();
-            mark_units(&mut self.allocated, first, &chunk.nonzero, Format::Qcow2)?;
+            let first = units.chunk.offset / self.opts.cluster_size();
+            mark_units(
+                &mut self.allocated,
+                first,
+                &units.chunk.nonzero,
+                Format::Qcow2,
+            )?;
         }
         // Loaded from the plan, or scanned: its non-zero units are the clusters stored.
-        self.written_data += write_unit_runs(&chunk, out, false)?;
+        self.written_data += write_unit_runs(&units, out, false)?;
         Ok(())
     }
 

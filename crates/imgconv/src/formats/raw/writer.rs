@@ -74,8 +74,8 @@ impl Encoder for RawEncoder {
             .collect())
     }
 
-    fn places(&self) -> bool {
-        true
+    fn placement(&self) -> crate::writer::Placement {
+        crate::writer::Placement::Guest
     }
 
     fn write_placed(

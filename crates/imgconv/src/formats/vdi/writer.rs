@@ -6,13 +6,12 @@ use bitvec::vec::BitVec;
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::options::WriterOptions;
-use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
     keep_room, mark_units, plan_given, write_unit_runs, write_zero_units, Deferral, FrontWriter,
-    Measure, PassThrough, Writer, WriterSummary,
+    Measure, PassThrough, Units, Writer, WriterSummary,
 };
 
 use super::header::{Geometry, Header, HEADER_BYTES};
@@ -187,7 +186,9 @@ impl Writer for VdiWriter {
     }
 
     fn encoder(&self) -> PassThrough {
-        PassThrough
+        PassThrough {
+            all_units: self.opts.fixed,
+        }
     }
 
     fn defers_tables(&self) -> bool {
@@ -207,17 +208,17 @@ impl Writer for VdiWriter {
         self.front(plan.bitmap(), &mut FrontWriter::new(out, None))
     }
 
-    fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+    fn commit(&mut self, units: Units, out: &mut Output) -> Result<()> {
         if let Some(blocks) = &mut self.deferred {
             // No plan: the chunk's scan says which of its blocks hold data.
             mark_units(
                 blocks,
-                chunk.offset / BLOCK_SIZE,
-                &chunk.nonzero,
+                units.chunk.offset / BLOCK_SIZE,
+                &units.chunk.nonzero,
                 Format::Vdi,
             )?;
         }
-        self.written += write_unit_runs(&chunk, out, self.opts.fixed)?;
+        self.written += write_unit_runs(&units, out, self.opts.fixed)?;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
-    keep_room, mark_units, plan_given, Deferral, Encoder, FrontWriter, Measure, Writer,
+    keep_room, mark_units, plan_given, Deferral, Encoder, FrontWriter, Measure, Placement, Writer,
     WriterSummary,
 };
 
@@ -263,19 +263,27 @@ impl Writer for VhdFixedWriter {
 /// where runs of zeros (4 KiB granules) become holes in a file output, as in a RAW one. Shared
 /// by the dynamic VHD writer (which puts a sector bitmap at each block's start) and the VHDX
 /// writers.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct BlockEncoder {
     /// Lay out every block, planned or not (fixed layouts).
     pub all_units: bool,
+    /// What each block starts with (a dynamic VHD's sector bitmap), for the workers' writes
+    /// ([`Encoder::write_placed`]); the committing thread writes it from its own copy
+    /// otherwise.
+    pub head: Option<Bytes>,
 }
 
 /// A piece of block-structured output.
 #[derive(Debug, Clone)]
 pub(crate) enum BlockPiece {
-    /// Block number N of the disk starts here.
+    /// Block number N of the disk starts here (with its head, if the layout has one).
     Start(u64),
+    /// Block number N starts here, its head already written by a worker.
+    StartWritten(u64),
     /// Bytes to write.
     Data(Bytes),
+    /// Bytes a worker already wrote in place.
+    Written(Bytes),
     /// A run of zeros.
     Zeros(u64),
 }
@@ -372,6 +380,57 @@ impl Encoder for BlockEncoder {
 
     fn fills_unread(&self) -> bool {
         false
+    }
+
+    fn placement(&self) -> Placement {
+        // Dynamic layouts store the blocks holding data one after the other in guest order;
+        // fixed ones store every block (zero chunks too, from the committing thread).
+        if self.all_units {
+            Placement::Committed
+        } else {
+            Placement::Appended
+        }
+    }
+
+    fn placed_len(&self, pieces: &Vec<BlockPiece>) -> u64 {
+        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        pieces
+            .iter()
+            .map(|p| match p {
+                BlockPiece::Start(_) | BlockPiece::StartWritten(_) => head,
+                BlockPiece::Data(b) | BlockPiece::Written(b) => b.len() as u64,
+                BlockPiece::Zeros(n) => *n,
+            })
+            .sum()
+    }
+
+    fn write_placed(
+        &self,
+        pieces: &mut Vec<BlockPiece>,
+        at: u64,
+        out: &crate::sink::Placed,
+    ) -> Result<()> {
+        // Zero runs stay holes of the new file, as the committing thread leaves them.
+        let mut pos = at;
+        for piece in pieces.iter_mut() {
+            match piece {
+                BlockPiece::Start(block) => {
+                    if let Some(h) = &self.head {
+                        out.write_at(pos, h)?;
+                        pos += h.len() as u64;
+                    }
+                    *piece = BlockPiece::StartWritten(*block);
+                }
+                BlockPiece::Data(b) => {
+                    out.write_at(pos, b)?;
+                    pos += b.len() as u64;
+                    *piece = BlockPiece::Written(b.clone());
+                }
+                BlockPiece::Zeros(n) => pos += *n,
+                BlockPiece::StartWritten(_) | BlockPiece::Written(_) => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -545,7 +604,10 @@ impl Writer for VhdDynamicWriter {
     }
 
     fn encoder(&self) -> BlockEncoder {
-        BlockEncoder::default()
+        BlockEncoder {
+            all_units: false,
+            head: Some(self.bitmap.clone()),
+        }
     }
 
     fn defers_tables(&self) -> bool {
@@ -577,7 +639,16 @@ impl Writer for VhdDynamicWriter {
                     self.written += 1;
                     out.write(&self.bitmap)?;
                 }
+                BlockPiece::StartWritten(block) => {
+                    if let Some(blocks) = &mut self.deferred {
+                        let one = bitvec::bits![usize, bitvec::order::Lsb0; 1];
+                        mark_units(blocks, block, one, Format::Vhd)?;
+                    }
+                    self.written += 1;
+                    out.written(&self.bitmap)?;
+                }
                 BlockPiece::Data(b) => out.write(&b)?,
+                BlockPiece::Written(b) => out.written(&b)?,
                 BlockPiece::Zeros(n) => out.write_zeros(n)?,
             }
         }
@@ -638,8 +709,8 @@ mod tests {
         let mut out = Vec::new();
         for p in pieces {
             match p {
-                BlockPiece::Start(_) => {}
-                BlockPiece::Data(d) => out.extend_from_slice(d),
+                BlockPiece::Start(_) | BlockPiece::StartWritten(_) => {}
+                BlockPiece::Data(d) | BlockPiece::Written(d) => out.extend_from_slice(d),
                 BlockPiece::Zeros(n) => out.resize(out.len() + *n as usize, 0),
             }
         }
@@ -663,7 +734,7 @@ mod tests {
             nonzero: BitVec::repeat(true, 1),
             unread: vec![0..4096, 12288..40960, 45056..unit],
         };
-        let enc = BlockEncoder { all_units: false };
+        let enc = BlockEncoder::default();
         assert!(!enc.fills_unread());
         let pieces = enc.encode(chunk).unwrap_or_default();
         let mut want = vec![0u8; unit];

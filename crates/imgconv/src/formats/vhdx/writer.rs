@@ -392,6 +392,7 @@ impl Writer for VhdxWriter {
     fn encoder(&self) -> BlockEncoder {
         BlockEncoder {
             all_units: self.opts.fixed,
+            head: None,
         }
     }
 
@@ -421,7 +422,7 @@ impl Writer for VhdxWriter {
     fn commit(&mut self, pieces: Vec<BlockPiece>, out: &mut Output) -> Result<()> {
         for piece in pieces {
             match piece {
-                BlockPiece::Start(block) => {
+                BlockPiece::Start(block) | BlockPiece::StartWritten(block) => {
                     if let Some(blocks) = &mut self.deferred {
                         let one = bitvec::bits![usize, bitvec::order::Lsb0; 1];
                         mark_units(blocks, block, one, Format::Vhdx)?;
@@ -429,6 +430,7 @@ impl Writer for VhdxWriter {
                     self.written += 1
                 }
                 BlockPiece::Data(b) => out.write(&b)?,
+                BlockPiece::Written(b) => out.written(&b)?,
                 BlockPiece::Zeros(n) => out.write_zeros(n)?,
             }
         }

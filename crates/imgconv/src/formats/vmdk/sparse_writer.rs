@@ -16,13 +16,12 @@ use bitvec::vec::BitVec;
 
 use crate::buffer::Bytes;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::Chunk;
 use crate::model::Format;
 use crate::model::Plan;
 use crate::sink::Output;
 use crate::writer::{
     keep_room, mark_units, plan_given, write_unit_runs, Deferral, FrontWriter, Measure,
-    PassThrough, Writer, WriterSummary,
+    PassThrough, Units, Writer, WriterSummary,
 };
 
 use super::descriptor::descriptor;
@@ -201,7 +200,7 @@ impl Writer for SparseWriter {
     }
 
     fn encoder(&self) -> PassThrough {
-        PassThrough
+        PassThrough::default()
     }
 
     fn defers_tables(&self) -> bool {
@@ -225,13 +224,13 @@ impl Writer for SparseWriter {
         self.front(plan.bitmap(), &mut FrontWriter::new(out, None))
     }
 
-    fn commit(&mut self, chunk: Chunk, out: &mut Output) -> Result<()> {
+    fn commit(&mut self, units: Units, out: &mut Output) -> Result<()> {
         if let Some(grains) = &mut self.deferred {
             // No plan: the chunk's scan says which of its grains hold data.
-            let first = chunk.offset / (GRAIN_SECTORS * 512);
-            mark_units(grains, first, &chunk.nonzero, Format::Vmdk)?;
+            let first = units.chunk.offset / (GRAIN_SECTORS * 512);
+            mark_units(grains, first, &units.chunk.nonzero, Format::Vmdk)?;
         }
-        self.grains += write_unit_runs(&chunk, out, false)?;
+        self.grains += write_unit_runs(&units, out, false)?;
         Ok(())
     }
 
