@@ -678,23 +678,23 @@ fn read_metadata(path: &Path) -> Result<serde_json::Value, Error> {
 /// failed; 130 when it was cancelled. `--work` runs queued jobs instead (see [`work`]).
 pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
     use imgconv_export::api::{Api, Context};
-    use imgconv_export::jobs::{JobState, JobStore};
+    use imgconv_export::jobs::{JobState, JobStore, DEFAULT_ACCOUNT};
     let api: Api = a.api.parse()?;
     let mut store = JobStore::open(&a.db)?;
     if a.work {
         return work(api, &store);
     }
     let reply = if let Some(id) = &a.describe {
-        api.describe(&store, id)
+        api.describe(&store, DEFAULT_ACCOUNT, id)
     } else if let Some(id) = &a.cancel {
-        api.cancel(&store, id)
+        api.cancel(&store, DEFAULT_ACCOUNT, id)
     } else if a.list {
-        api.list(&store)
+        api.list(&store, DEFAULT_ACCOUNT)
     } else if let Some(id) = &a.run {
         let cancel = CancelToken::new();
         install_signal_handler(&cancel);
         let job = store.run(id, None, &cancel)?;
-        api.describe(&store, &job.id)
+        api.describe(&store, &job.account, &job.id)
     } else {
         let Some(path) = &a.request else {
             return Err(Error::invalid_argument(
@@ -785,7 +785,7 @@ fn work(api: imgconv_export::api::Api, store: &imgconv_export::jobs::JobStore) -
     let cancel = CancelToken::new();
     install_signal_handler(&cancel);
     while let Some(job) = store.run_next(api.name(), None, &cancel)? {
-        let reply = api.describe(store, &job.id);
+        let reply = api.describe(store, &job.account, &job.id);
         println!("{}", serde_json::to_string(&reply.body).unwrap_or_default());
         let _ = std::io::stdout().flush();
         eprintln!("imgconv: export job {}: {}", job.id, job.message);

@@ -27,21 +27,31 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
                 Caller::Aws {
                     access_key_id,
                     secret_access_key,
+                    ..
                 } => Some((access_key_id.as_str(), secret_access_key.as_str())),
                 _ => None,
             },
             k,
         )
     });
-    if let Err(e) = signed {
-        let (status, code) = match &e {
-            AuthError::Missing(_) => (401, "AuthFailure"),
-            AuthError::UnknownKey(_) => (401, "AuthFailure"),
-            AuthError::BadSignature(_) => (403, "SignatureDoesNotMatch"),
-            AuthError::Expired(_) => (403, "RequestExpired"),
-        };
-        return err(req, status, code, e.message());
-    }
+    let key = match signed {
+        Ok(key) => key,
+        Err(e) => {
+            let (status, code) = match &e {
+                AuthError::Missing(_) => (401, "AuthFailure"),
+                AuthError::UnknownKey(_) => (401, "AuthFailure"),
+                AuthError::BadSignature(_) => (403, "SignatureDoesNotMatch"),
+                // EC2 answers a stale request with 400.
+                AuthError::Expired(_) => (400, "RequestExpired"),
+            };
+            return err(req, status, code, e.message());
+        }
+    };
+    let caller = Verified {
+        svc,
+        req,
+        account: svc.account_of(Provider::Aws, &key),
+    };
     let text = if req.method == axum::http::Method::POST {
         req.body
     } else {
@@ -65,11 +75,11 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
         );
     }
     match form.get("Action").map(String::as_str) {
-        Some("ExportImage") => export_image(svc, req, &form),
-        Some("DescribeExportImageTasks") => describe(svc, req, &form),
-        Some("CreateInstanceExportTask") => export_instance(svc, req, &form),
-        Some("DescribeExportTasks") => describe_instance_tasks(svc, req, &form),
-        Some("CancelExportTask") => cancel(svc, req, &form),
+        Some("ExportImage") => export_image(&caller, &form),
+        Some("DescribeExportImageTasks") => describe(&caller, &form),
+        Some("CreateInstanceExportTask") => export_instance(&caller, &form),
+        Some("DescribeExportTasks") => describe_instance_tasks(&caller, &form),
+        Some("CancelExportTask") => cancel(&caller, &form),
         Some(other) => err(
             req,
             400,
@@ -83,6 +93,13 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
             "The request must contain the parameter Action",
         ),
     }
+}
+
+/// A verified request: the service, the request, and the account its key acts for.
+struct Verified<'a> {
+    svc: &'a Service,
+    req: &'a Incoming<'a>,
+    account: String,
 }
 
 /// A form's fields (one more than [`MAX_FIELDS`] at most, so that too many can be told).
@@ -179,7 +196,8 @@ pub(crate) fn request_of(form: &BTreeMap<String, String>) -> Value {
     Value::Object(r)
 }
 
-fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) -> Wire {
+fn export_image(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
+    let (svc, req) = (c.svc, c.req);
     let request = request_of(form);
     let Some(image) = form.get("ImageId") else {
         return err(
@@ -189,7 +207,7 @@ fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, Strin
             "The request must contain the parameter ImageId",
         );
     };
-    let Some(source) = svc.config.images.get(image) else {
+    let Some(source) = Service::visible(&svc.config.images, image, &c.account) else {
         return err(
             req,
             400,
@@ -197,7 +215,7 @@ fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, Strin
             &format!("The image id '[{image}]' does not exist"),
         );
     };
-    let reply = match submit(svc, req, source, &request) {
+    let reply = match submit(c, source, &request) {
         Ok(r) => r,
         Err(w) => return w,
     };
@@ -207,7 +225,8 @@ fn export_image(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, Strin
     Wire::xml(200, x)
 }
 
-fn export_instance(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) -> Wire {
+fn export_instance(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
+    let (svc, req) = (c.svc, c.req);
     let request = request_of(form);
     let Some(instance) = form.get("InstanceId") else {
         return err(
@@ -217,7 +236,7 @@ fn export_instance(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, St
             "The request must contain the parameter InstanceId",
         );
     };
-    let Some(source) = svc.config.instances.get(instance) else {
+    let Some(source) = Service::visible(&svc.config.instances, instance, &c.account) else {
         return err(
             req,
             400,
@@ -225,7 +244,7 @@ fn export_instance(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, St
             &format!("The instance ID '{instance}' does not exist"),
         );
     };
-    let reply = match submit(svc, req, source, &request) {
+    let reply = match submit(c, source, &request) {
         Ok(r) => r,
         Err(w) => return w,
     };
@@ -273,17 +292,14 @@ fn instance_task_fields(x: &mut String, t: &Value) {
     }
 }
 
-fn describe_instance_tasks(
-    svc: &Service,
-    req: &Incoming<'_>,
-    form: &BTreeMap<String, String>,
-) -> Wire {
+fn describe_instance_tasks(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
+    let (svc, req, account) = (c.svc, c.req, c.account.as_str());
     let ids: Vec<&str> = indexed(form, "ExportTaskId")
         .into_values()
         .flat_map(|v| v.into_iter().map(|(_, id)| id))
         .collect();
     let tasks: Vec<Value> = if ids.is_empty() {
-        let reply = svc.with_store(|s| Api::Aws.list(s));
+        let reply = svc.with_store(|s| Api::Aws.list(s, account));
         if reply.status != 200 {
             return api_error(req, &reply.status, &reply.body);
         }
@@ -294,7 +310,7 @@ fn describe_instance_tasks(
     } else {
         let mut out = Vec::new();
         for id in ids {
-            let reply = svc.with_store(|s| Api::Aws.describe(s, id));
+            let reply = svc.with_store(|s| Api::Aws.describe(s, account, id));
             match reply.body.get("ExportTasks") {
                 Some(t) if reply.status == 200 => out.push(t[0].clone()),
                 _ if reply.status >= 500 => {
@@ -325,12 +341,12 @@ fn describe_instance_tasks(
 
 /// Submit an export of `source`; the accepted reply, or the error to answer.
 fn submit(
-    svc: &Service,
-    req: &Incoming<'_>,
+    c: &Verified<'_>,
     source: &std::path::Path,
     request: &Value,
 ) -> Result<imgconv_export::api::Reply, Wire> {
-    let ctx = svc.context(source, None, req.headers);
+    let (svc, req) = (c.svc, c.req);
+    let ctx = svc.context(source, None, req.headers, &c.account);
     let reply = svc.with_store(|s| Api::Aws.submit(s, &ctx, request));
     if reply.run.is_some() {
         svc.notify();
@@ -399,7 +415,8 @@ fn task_fields(x: &mut String, t: &Value) {
     }
 }
 
-fn describe(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) -> Wire {
+fn describe(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
+    let (svc, req, account) = (c.svc, c.req, c.account.as_str());
     let ids: Vec<&str> = indexed(form, "ExportImageTaskId")
         .into_values()
         .flat_map(|v| v.into_iter().map(|(_, id)| id))
@@ -429,7 +446,7 @@ fn describe(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) 
         }
     };
     let tasks: Result<Vec<Value>, Wire> = if ids.is_empty() {
-        let reply = svc.with_store(|s| Api::Aws.list(s));
+        let reply = svc.with_store(|s| Api::Aws.list(s, account));
         if reply.status != 200 {
             return api_error(req, &reply.status, &reply.body);
         }
@@ -440,7 +457,7 @@ fn describe(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) 
     } else {
         ids.iter()
             .map(|id| {
-                let reply = svc.with_store(|s| Api::Aws.describe(s, id));
+                let reply = svc.with_store(|s| Api::Aws.describe(s, account, id));
                 if reply.status == 200 && reply.body.get("ExportImageTasks").is_some() {
                     Ok(reply.body["ExportImageTasks"][0].clone())
                 } else if reply.status >= 500 {
@@ -477,7 +494,8 @@ fn describe(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) 
     Wire::xml(200, x)
 }
 
-fn cancel(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) -> Wire {
+fn cancel(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
+    let (svc, req, account) = (c.svc, c.req, c.account.as_str());
     let Some(id) = form.get("ExportTaskId") else {
         return err(
             req,
@@ -486,7 +504,7 @@ fn cancel(svc: &Service, req: &Incoming<'_>, form: &BTreeMap<String, String>) ->
             "The request must contain the parameter ExportTaskId",
         );
     };
-    let reply = svc.with_store(|s| Api::Aws.cancel(s, id));
+    let reply = svc.with_store(|s| Api::Aws.cancel(s, account, id));
     if reply.status != 200 {
         return api_error(req, &reply.status, &reply.body);
     }

@@ -40,16 +40,21 @@ pub struct Config {
     pub lease_secs: u64,
     /// The object storage exports go to.
     pub storage: Storage,
-    /// Image ids the APIs name, and the disk files they stand for.
+    /// Image ids the APIs name, and the disk files they stand for: a path (a public image,
+    /// any account may export it) or `{ path, owner, shared_with }`.
     #[serde(default)]
-    pub images: BTreeMap<String, PathBuf>,
-    /// EVS volume ids, and the disk files they stand for.
+    pub images: BTreeMap<String, Image>,
+    /// EVS volume ids, and the disk files they stand for (owned as images are).
     #[serde(default)]
-    pub volumes: BTreeMap<String, PathBuf>,
+    pub volumes: BTreeMap<String, Image>,
     /// EC2 instance ids (`CreateInstanceExportTask`), and the disk files of their root
-    /// volumes.
+    /// volumes (owned as images are).
     #[serde(default)]
-    pub instances: BTreeMap<String, PathBuf>,
+    pub instances: BTreeMap<String, Image>,
+    /// The accounts' grants: the buckets each may export into, and its own storage keys.
+    /// An account not listed may export into any bucket with the service's keys.
+    #[serde(default)]
+    pub accounts: Vec<Account>,
     /// Huawei IMS and EVS settings.
     pub huawei: Option<Huawei>,
     /// OCI settings.
@@ -91,6 +96,97 @@ pub struct Storage {
     pub secret_access_key: String,
 }
 
+/// A disk the APIs may export, and who may see it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "ImageEntry")]
+pub struct Image {
+    /// The disk file.
+    pub path: PathBuf,
+    /// The account that owns it; `None`: public (every account sees it).
+    pub owner: Option<String>,
+    /// Other accounts that may export it.
+    pub shared_with: Vec<String>,
+}
+
+impl Image {
+    /// A public image at `path`.
+    pub fn public(path: impl Into<PathBuf>) -> Image {
+        Image {
+            path: path.into(),
+            owner: None,
+            shared_with: Vec::new(),
+        }
+    }
+
+    /// Whether `account` may see (and export) it.
+    pub fn visible_to(&self, account: &str) -> bool {
+        match &self.owner {
+            None => true,
+            Some(o) => o == account || self.shared_with.iter().any(|a| a == account),
+        }
+    }
+}
+
+/// An image as the file writes it: a path, or a table.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ImageEntry {
+    Path(PathBuf),
+    Owned {
+        path: PathBuf,
+        #[serde(default)]
+        owner: Option<String>,
+        #[serde(default)]
+        shared_with: Vec<String>,
+    },
+}
+
+impl From<ImageEntry> for Image {
+    fn from(e: ImageEntry) -> Image {
+        match e {
+            ImageEntry::Path(path) => Image::public(path),
+            ImageEntry::Owned {
+                path,
+                owner,
+                shared_with,
+            } => Image {
+                path,
+                owner,
+                shared_with,
+            },
+        }
+    }
+}
+
+/// An account's grants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// The account's id (an AWS account number, an OCI tenancy, a Huawei project, a ZStack
+    /// account name): what its callers' `account` names.
+    pub id: String,
+    /// The buckets it may export into: `bucket`, or `bucket/prefix/` for the keys under a
+    /// prefix. Absent: every bucket.
+    pub buckets: Option<Vec<String>>,
+    /// Its own object-storage keys (what AWS calls the `vmimport` role), and optionally its
+    /// own endpoint and region; absent: the service's `[storage]`.
+    pub storage: Option<AccountStorage>,
+}
+
+/// An account's own object storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountStorage {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Endpoint URL (default: the service's).
+    pub endpoint: Option<String>,
+    /// Signing region (default: the service's).
+    pub region: Option<String>,
+}
+
 /// Huawei Cloud settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +226,9 @@ pub struct Zstack {
 pub enum Caller {
     /// AWS SigV4 keys.
     Aws {
+        /// The account the key acts for (default `default`).
+        #[serde(default)]
+        account: Option<String>,
         /// Access key id.
         access_key_id: String,
         /// Secret access key.
@@ -137,6 +236,9 @@ pub enum Caller {
     },
     /// An OCI API signing key.
     Oci {
+        /// The account (tenancy) the key acts for (default `default`).
+        #[serde(default)]
+        account: Option<String>,
         /// `TENANCY/USER/FINGERPRINT`.
         key_id: String,
         /// The PEM public key.
@@ -144,6 +246,9 @@ pub enum Caller {
     },
     /// Huawei AK/SK (IMS and EVS).
     Huawei {
+        /// The account (project) the key acts for (default `default`).
+        #[serde(default)]
+        account: Option<String>,
         /// Access key.
         access_key: String,
         /// Secret key.
@@ -158,7 +263,27 @@ pub enum Caller {
     },
 }
 
+impl Caller {
+    /// The account this caller acts for (a ZStack account is its login name).
+    pub fn account(&self) -> &str {
+        let named = match self {
+            Caller::Aws { account, .. }
+            | Caller::Oci { account, .. }
+            | Caller::Huawei { account, .. } => account.as_deref(),
+            Caller::Zstack { account, .. } => Some(account.as_str()),
+        };
+        named
+            .filter(|a| !a.is_empty())
+            .unwrap_or(imgconv_export::jobs::DEFAULT_ACCOUNT)
+    }
+}
+
 impl Config {
+    /// The grants of `account`, if the file lists it.
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+
     /// Read and check the file at `path`.
     pub fn load(path: &Path) -> Result<Config> {
         let text =
@@ -186,9 +311,18 @@ impl Config {
         }
         c.tls_cert.as_mut().map(abs);
         c.tls_key.as_mut().map(abs);
-        c.images.values_mut().for_each(abs);
-        c.volumes.values_mut().for_each(abs);
-        c.instances.values_mut().for_each(abs);
+        for map in [&mut c.images, &mut c.volumes, &mut c.instances] {
+            map.values_mut().for_each(|i| abs(&mut i.path));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for a in &c.accounts {
+            if a.id.is_empty() || !seen.insert(a.id.as_str()) {
+                return Err(Error::invalid_argument(format!(
+                    "configuration: account '{}' is empty or listed twice",
+                    a.id
+                )));
+            }
+        }
         if let Some(h) = &mut c.huawei {
             abs(&mut h.image_store);
         }

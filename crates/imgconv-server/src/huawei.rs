@@ -28,29 +28,36 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
                 Caller::Huawei {
                     access_key,
                     secret_key,
+                    ..
                 } => Some((access_key.as_str(), secret_key.as_str())),
                 _ => None,
             },
             k,
         )
     });
-    if let Err(e) = auth {
-        // API Gateway's own shape, as Huawei's gateways answer authentication failures.
-        return Wire::json(
-            401,
-            &json!({
-                "error_code": "APIGW.0301",
-                "error_msg": format!("Incorrect IAM authentication information: {}", e.message()),
-                "request_id": req.request_id,
-            }),
-        )
-        .with_header("X-Request-Id", req.request_id);
-    }
-    let w = route(svc, req);
+    let key = match auth {
+        Ok(key) => key,
+        Err(e) => return gateway_refusal(req, e.message()),
+    };
+    let account = svc.account_of(Provider::Huawei, &key);
+    let w = route(svc, req, &account);
     w.with_header("X-Request-Id", req.request_id)
 }
 
-fn route(svc: &Service, req: &Incoming<'_>) -> Wire {
+/// API Gateway's own shape, as Huawei's gateways answer authentication failures.
+fn gateway_refusal(req: &Incoming<'_>, message: &str) -> Wire {
+    Wire::json(
+        401,
+        &json!({
+            "error_code": "APIGW.0301",
+            "error_msg": format!("Incorrect IAM authentication information: {message}"),
+            "request_id": req.request_id,
+        }),
+    )
+    .with_header("X-Request-Id", req.request_id)
+}
+
+fn route(svc: &Service, req: &Incoming<'_>, account: &str) -> Wire {
     let Some(seg) = req.segments("/") else {
         return err(
             req,
@@ -62,12 +69,12 @@ fn route(svc: &Service, req: &Incoming<'_>) -> Wire {
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
     let project = svc.config.huawei.as_ref().map(|h| h.project_id.as_str());
     match (req.method.as_str(), seg.as_slice()) {
-        ("POST", ["v1", "cloudimages", id, "file"]) => ims_export(svc, req, id),
-        ("GET", ["v1", p, "jobs", job]) if Some(*p) == project => job_of(svc, req, job),
-        ("GET", ["v1", "cloudimages", "job", job]) => job_of(svc, req, job),
-        ("GET", ["v2", "cloudimages"]) => list_images(svc, req),
+        ("POST", ["v1", "cloudimages", id, "file"]) => ims_export(svc, req, account, id),
+        ("GET", ["v1", p, "jobs", job]) if Some(*p) == project => job_of(svc, req, account, job),
+        ("GET", ["v1", "cloudimages", "job", job]) => job_of(svc, req, account, job),
+        ("GET", ["v2", "cloudimages"]) => list_images(svc, req, account),
         ("POST", ["v2", p, "volumes", volume, "action"]) if Some(*p) == project => {
-            evs_upload(svc, req, volume)
+            evs_upload(svc, req, account, volume)
         }
         _ => err(
             req,
@@ -90,12 +97,18 @@ fn json_body(req: &Incoming<'_>) -> Result<Value, Wire> {
     }
 }
 
-/// An image the service knows: configured, or made by EVS (then only once made).
-fn image_source(svc: &Service, id: &str) -> Result<PathBuf, (u16, String)> {
-    if let Some(p) = svc.config.images.get(id) {
-        return Ok(p.clone());
+/// An image `account` may see: configured, or made by its own EVS upload (then only once
+/// made). Any other is not found.
+fn image_source(svc: &Service, account: &str, id: &str) -> Result<PathBuf, (u16, String)> {
+    if svc.config.images.contains_key(id) {
+        return Service::visible(&svc.config.images, id, account)
+            .map(PathBuf::from)
+            .ok_or_else(|| (404, format!("the image {id} does not exist")));
     }
     match svc.with_store(|s| s.image(id)) {
+        Ok(Some(img)) if img.account != account => {
+            Err((404, format!("the image {id} does not exist")))
+        }
         Ok(Some(img)) if img.state == JobState::Completed => Ok(img.path),
         Ok(Some(img)) => Err((
             400,
@@ -129,8 +142,8 @@ fn submitted(
     Wire::json(ok, &reply.body)
 }
 
-fn ims_export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
-    let source = match image_source(svc, id) {
+fn ims_export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
+    let source = match image_source(svc, account, id) {
         Ok(p) => p,
         Err((status, m)) => return err(req, status, "IMG.0004", &m),
     };
@@ -138,13 +151,13 @@ fn ims_export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
         Ok(b) => b,
         Err(w) => return w,
     };
-    let ctx = svc.context(&source, Some(id), req.headers);
+    let ctx = svc.context(&source, Some(id), req.headers, account);
     let reply = svc.with_store(|s| Api::HuaweiIms.submit(s, &ctx, &body));
     submitted(svc, req, reply, 200)
 }
 
-fn job_of(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
-    let job = match svc.with_store(|s| s.get(id)) {
+fn job_of(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
+    let job = match svc.with_store(|s| s.get_of(id, account)) {
         Ok(j) => j,
         Err(e) if is_not_found(&e) => {
             return err(
@@ -168,7 +181,7 @@ fn job_of(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
             )
         }
     };
-    let reply = svc.with_store(|s| api.describe(s, id));
+    let reply = svc.with_store(|s| api.describe(s, account, id));
     Wire::json(reply.status, &reply.body)
 }
 
@@ -196,13 +209,14 @@ fn image_view(
     })
 }
 
-fn list_images(svc: &Service, req: &Incoming<'_>) -> Wire {
+fn list_images(svc: &Service, req: &Incoming<'_>, account: &str) -> Wire {
     let wanted = req.query_value("id");
     let mut images = vec![];
-    for (id, path) in &svc.config.images {
-        if wanted.as_deref().is_some_and(|w| w != id) {
+    for (id, image) in &svc.config.images {
+        if wanted.as_deref().is_some_and(|w| w != id) || !image.visible_to(account) {
             continue;
         }
+        let path = &image.path;
         let format = imgconv::open_image(path, None)
             .map(|r| r.format().name().to_string())
             .unwrap_or_default();
@@ -210,7 +224,10 @@ fn list_images(svc: &Service, req: &Incoming<'_>) -> Wire {
         images.push(image_view(id, id, "active", &format, size, 0));
     }
     if let Some(w) = &wanted {
-        if let Ok(Some(img)) = svc.with_store(|s| s.image(w)) {
+        if let Ok(Some(img)) = svc
+            .with_store(|s| s.image(w))
+            .map(|i| i.filter(|i| i.account == account))
+        {
             let status = match img.state {
                 JobState::Queued | JobState::Active => "saving",
                 JobState::Completed => "active",
@@ -229,8 +246,8 @@ fn list_images(svc: &Service, req: &Incoming<'_>) -> Wire {
     Wire::json(200, &json!({ "images": images }))
 }
 
-fn evs_upload(svc: &Service, req: &Incoming<'_>, volume: &str) -> Wire {
-    let Some(source) = svc.config.volumes.get(volume).cloned() else {
+fn evs_upload(svc: &Service, req: &Incoming<'_>, account: &str, volume: &str) -> Wire {
+    let Some(source) = Service::visible(&svc.config.volumes, volume, account) else {
         return err(
             req,
             404,
@@ -249,7 +266,7 @@ fn evs_upload(svc: &Service, req: &Incoming<'_>, volume: &str) -> Wire {
             )
         }
     };
-    let ctx = svc.context(&source, Some(volume), req.headers);
+    let ctx = svc.context(source, Some(volume), req.headers, account);
     let reply = svc.with_store(|s| Api::HuaweiEvs.submit(s, &ctx, &body));
     submitted(svc, req, reply, 202)
 }

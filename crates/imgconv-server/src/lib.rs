@@ -42,12 +42,12 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use imgconv::{CancelToken, Error, ErrorKind, Result};
-use imgconv_export::jobs::{JobStore, Recovery, StoreOptions};
+use imgconv_export::jobs::{JobStore, KeyRing, Recovery, StoreOptions};
 use imgconv_export::Credentials;
 use openssl::pkey::{PKey, Public};
 
 pub use auth::{verify_huawei, verify_oci, verify_sigv4, AuthError, Signed, MAX_SKEW};
-pub use config::{Caller, Config, Huawei, Oci, Storage, Zstack};
+pub use config::{Account, AccountStorage, Caller, Config, Huawei, Image, Oci, Storage, Zstack};
 pub use wire::Wire;
 pub use workers::Workers;
 
@@ -101,6 +101,8 @@ pub struct Service {
     config: Config,
     store: Mutex<JobStore>,
     credentials: Credentials,
+    /// The accounts' own object-storage keys (the runners read them by account).
+    account_keys: KeyRing,
     oci_keys: BTreeMap<String, PKey<Public>>,
     metrics: Metrics,
     wake: (Mutex<u64>, Condvar),
@@ -125,12 +127,18 @@ impl Service {
             &config.storage.secret_access_key,
             None,
         );
-        let store = JobStore::open_with(config.db.as_str(), store_options(&config, &credentials))?;
+        let account_keys = KeyRing::default();
+        account_keys.replace(own_keys(&config));
+        let store = JobStore::open_with(
+            config.db.as_str(),
+            store_options(&config, &credentials, &account_keys),
+        )?;
         let mut oci_keys = BTreeMap::new();
         for c in &config.callers {
             if let Caller::Oci {
                 key_id,
                 public_key_file,
+                ..
             } = c
             {
                 let pem = std::fs::read(public_key_file)
@@ -157,6 +165,7 @@ impl Service {
             config,
             store: Mutex::new(store),
             credentials,
+            account_keys,
             oci_keys,
             metrics: Metrics::default(),
             wake: (Mutex::new(0), Condvar::new()),
@@ -180,25 +189,73 @@ impl Service {
     }
 
     /// What the export module needs to know beyond the request: the source, the path's id,
-    /// the headers, and where the storage is.
+    /// the headers, the caller's account with its grants, and where its storage is (the
+    /// account's own, else the service's).
     fn context(
         &self,
         source: &std::path::Path,
         path_id: Option<&str>,
         headers: &HeaderMap,
+        account: &str,
     ) -> imgconv_export::api::Context {
+        let grants = self.config.account(account);
+        let own = grants.and_then(|a| a.storage.as_ref());
+        let storage = &self.config.storage;
+        let (endpoint, region, credentials) = match own {
+            Some(o) => (
+                o.endpoint
+                    .clone()
+                    .unwrap_or_else(|| storage.endpoint.clone()),
+                o.region.clone().unwrap_or_else(|| storage.region.clone()),
+                Credentials::new(&o.access_key_id, &o.secret_access_key, None),
+            ),
+            None => (
+                storage.endpoint.clone(),
+                storage.region.clone(),
+                self.credentials.clone(),
+            ),
+        };
         imgconv_export::api::Context {
             source: source.to_path_buf(),
             path_id: path_id.map(str::to_string),
             headers: header_map(headers),
-            endpoint: Some((
-                self.config.storage.endpoint.clone(),
-                self.config.storage.region.clone(),
-            )),
-            credentials: Some(self.credentials.clone()),
+            endpoint: Some((endpoint, region)),
+            credentials: Some(credentials),
             image_store: self.config.huawei.as_ref().map(|h| h.image_store.clone()),
+            account: account.to_string(),
+            buckets: grants.and_then(|a| a.buckets.clone()),
+            own_keys: own.is_some(),
             ..imgconv_export::api::Context::default()
         }
+    }
+
+    /// The account a verified key of `provider` acts for.
+    fn account_of(&self, provider: Provider, key: &str) -> String {
+        self.config
+            .callers
+            .iter()
+            .find(|c| match (provider, c) {
+                (Provider::Aws, Caller::Aws { access_key_id, .. }) => access_key_id == key,
+                (Provider::Oci, Caller::Oci { key_id, .. }) => key_id == key,
+                (Provider::Huawei, Caller::Huawei { access_key, .. }) => access_key == key,
+                (Provider::Zstack, Caller::Zstack { account, .. }) => account == key,
+                _ => false,
+            })
+            .map_or(imgconv_export::jobs::DEFAULT_ACCOUNT, Caller::account)
+            .to_string()
+    }
+
+    /// The disk behind `id` in `images` if `account` may see it: an image it may not see is
+    /// not found, exactly as one that does not exist.
+    fn visible<'a>(
+        images: &'a BTreeMap<String, Image>,
+        id: &str,
+        account: &str,
+    ) -> Option<&'a std::path::Path> {
+        images
+            .get(id)
+            .filter(|i| i.visible_to(account))
+            .map(|i| i.path.as_path())
     }
 
     /// Tell the workers a job was queued.
@@ -227,13 +284,29 @@ impl Service {
     }
 }
 
-fn store_options(config: &Config, credentials: &Credentials) -> StoreOptions {
+fn store_options(config: &Config, credentials: &Credentials, keys: &KeyRing) -> StoreOptions {
     StoreOptions {
         recovery: Recovery::Requeue,
         credentials: Some(credentials.clone()),
         interrupt_requeues: true,
         lease: Some(Duration::from_secs(config.lease_secs)),
+        account_keys: keys.clone(),
     }
+}
+
+/// The accounts that have their own object-storage keys, and those keys.
+fn own_keys(config: &Config) -> BTreeMap<String, Credentials> {
+    config
+        .accounts
+        .iter()
+        .filter_map(|a| {
+            let s = a.storage.as_ref()?;
+            Some((
+                a.id.clone(),
+                Credentials::new(&s.access_key_id, &s.secret_access_key, None),
+            ))
+        })
+        .collect()
 }
 
 /// The service's routes: the providers' APIs, `/healthz`, `/metrics`, and the ZStack export

@@ -24,17 +24,19 @@ fn not_found(req: &Incoming<'_>) -> Wire {
 }
 
 pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
-    if let Err(e) = verify_oci(&req.signed(), |k| svc.oci_keys.get(k)) {
-        return err(req, 401, "NotAuthenticated", e.message());
-    }
+    let account = match verify_oci(&req.signed(), |k| svc.oci_keys.get(k)) {
+        Ok(key) => svc.account_of(Provider::Oci, &key),
+        Err(e) => return err(req, 401, "NotAuthenticated", e.message()),
+    };
+    let account = account.as_str();
     let Some(seg) = req.segments("/20160918/") else {
         return not_found(req);
     };
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
     let w = match (req.method.as_str(), seg.as_slice()) {
-        ("POST", ["images", id, "actions", "export"]) => export(svc, req, id),
-        ("GET", ["workRequests", id]) => work_request(svc, req, id),
-        ("GET", ["images", id]) => image(svc, req, id),
+        ("POST", ["images", id, "actions", "export"]) => export(svc, req, account, id),
+        ("GET", ["workRequests", id]) => work_request(svc, req, account, id),
+        ("GET", ["images", id]) => image(svc, req, account, id),
         _ => not_found(req),
     };
     w.with_header("opc-request-id", req.request_id)
@@ -54,8 +56,8 @@ fn image_body(svc: &Service, id: &str, state: &str) -> Value {
     })
 }
 
-fn export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
-    let Some(source) = svc.config.images.get(id) else {
+fn export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
+    let Some(source) = Service::visible(&svc.config.images, id, account) else {
         return not_found(req);
     };
     let body: Value = match serde_json::from_slice(req.body) {
@@ -96,7 +98,7 @@ fn export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
             );
         }
     }
-    let ctx = svc.context(source, Some(id), req.headers);
+    let ctx = svc.context(source, Some(id), req.headers, account);
     let reply = svc.with_store(|s| Api::Oci.submit(s, &ctx, &body));
     if reply.run.is_some() {
         svc.notify();
@@ -118,8 +120,8 @@ fn export(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
     w
 }
 
-fn work_request(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
-    let reply = svc.with_store(|s| Api::Oci.describe(s, id));
+fn work_request(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
+    let reply = svc.with_store(|s| Api::Oci.describe(s, account, id));
     if reply.status != 200 {
         return not_found(req);
     }
@@ -131,12 +133,13 @@ fn work_request(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
     Wire::json(200, &w)
 }
 
-fn image(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
-    if !svc.config.images.contains_key(id) {
+fn image(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
+    let Some(source) = Service::visible(&svc.config.images, id, account) else {
         return not_found(req);
-    }
+    };
+    let etag = imgconv_export::api::oci_image_etag(source);
     let exporting = svc.with_store(|s| {
-        s.list("oci").map(|jobs| {
+        s.list("oci", account).map(|jobs| {
             jobs.iter().any(|j| {
                 j.request["imageId"] == id && !j.state.is_final() && j.state != JobState::Failed
             })
@@ -147,5 +150,5 @@ fn image(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
     } else {
         "AVAILABLE"
     };
-    Wire::json(200, &image_body(svc, id, state))
+    Wire::json(200, &image_body(svc, id, state)).with_header("etag", &etag)
 }

@@ -94,7 +94,7 @@ fn work(svc: &Service) {
     let store = loop {
         match JobStore::open_with(
             svc.config.db.as_str(),
-            store_options(&svc.config, &svc.credentials),
+            store_options(&svc.config, &svc.credentials, &svc.account_keys),
         ) {
             Ok(s) => break s,
             Err(e) => {

@@ -54,9 +54,9 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
     };
     match (req.method.as_str(), seg.as_slice()) {
         ("PUT", ["backup-storage", bs, "actions"]) if *bs == z.backup_storage_uuid => {
-            export(svc, req, z)
+            export(svc, req, z, &account)
         }
-        ("GET", ["api-jobs", id]) => poll(svc, req, id),
+        ("GET", ["api-jobs", id]) => poll(svc, req, &account, id),
         ("DELETE", ["accounts", "sessions", id]) => {
             match svc.with_store(|s| s.delete_session(id, &account)) {
                 Ok(()) => Wire::json(200, &json!({})),
@@ -97,6 +97,7 @@ fn login(svc: &Service, req: &Incoming<'_>, timeout: u64) -> Wire {
         Caller::Zstack {
             account,
             password_sha512,
+            ..
         } => {
             account == name
                 && same_secret(
@@ -146,7 +147,7 @@ fn session_of(svc: &Service, req: &Incoming<'_>) -> Result<String, Wire> {
     }
 }
 
-fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack) -> Wire {
+fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack, account: &str) -> Wire {
     let b = match body(req) {
         Ok(b) => b,
         Err(w) => return w,
@@ -159,7 +160,7 @@ fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack) -> Wire {
             "exportImageFromBackupStorage.imageUuid is required",
         );
     };
-    let Some(source) = svc.config.images.get(image) else {
+    let Some(source) = Service::visible(&svc.config.images, image, account) else {
         return err(
             req,
             404,
@@ -172,7 +173,7 @@ fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack) -> Wire {
             z.publish_dir.clone(),
             format!("{}/export/", svc.config.public_url),
         )),
-        ..svc.context(source, None, req.headers)
+        ..svc.context(source, None, req.headers, account)
     };
     let reply = svc.with_store(|s| Api::Zstack.submit(s, &ctx, &b));
     if reply.run.is_some() {
@@ -198,12 +199,12 @@ fn absolute(svc: &Service, mut body: Value) -> Value {
     body
 }
 
-fn poll(svc: &Service, req: &Incoming<'_>, id: &str) -> Wire {
-    match svc.with_store(|s| s.get(id)) {
-        Ok(j) if j.provider == Api::Zstack.name() => {}
+fn poll(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
+    let job = match svc.with_store(|s| s.job_by_token(Api::Zstack.name(), account, id)) {
+        Ok(j) if j.provider == Api::Zstack.name() => j,
         _ => return err(req, 404, "SYS.1001", &format!("no API job {id}")),
-    }
-    let reply = svc.with_store(|s| Api::Zstack.describe(s, id));
+    };
+    let reply = svc.with_store(|s| Api::Zstack.describe(s, account, &job.id));
     if reply.body.get("error").is_some() {
         // A failed export polls as 503 with its error, as ZStack answers it.
         return Wire::json(503, &reply.body);

@@ -17,6 +17,8 @@ pub struct S3Server {
     child: Child,
     port: u16,
     root: PathBuf,
+    access: String,
+    secret: String,
 }
 
 impl Drop for S3Server {
@@ -31,6 +33,12 @@ impl S3Server {
     /// Start the server (the binary is `$IMGCONV_S3S_FS`, or `s3s-fs` on `PATH`); `name`
     /// keeps each test's storage apart.
     pub fn start(name: &str) -> S3Server {
+        S3Server::start_with_keys(name, ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// Start a server that accepts only the keys `access` and `secret` (an account's own
+    /// storage, which the service's keys cannot write).
+    pub fn start_with_keys(name: &str, access: &str, secret: &str) -> S3Server {
         let root = std::env::temp_dir().join(format!("imgconv-s3-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("exports")).expect("server root");
@@ -38,7 +46,7 @@ impl S3Server {
         let bin = std::env::var("IMGCONV_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
         let child = Command::new(&bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .args(["--access-key", access, "--secret-key", secret])
             .arg(&root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -49,7 +57,13 @@ impl S3Server {
                      or set IMGCONV_S3S_FS"
                 )
             });
-        let server = S3Server { child, port, root };
+        let server = S3Server {
+            child,
+            port,
+            root,
+            access: access.to_string(),
+            secret: secret.to_string(),
+        };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return server;
@@ -95,7 +109,7 @@ impl S3Server {
 
     /// GET an object of `bucket`; `None` when there is none.
     pub fn download_from(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
-        let creds = Credentials::new(ACCESS_KEY, SECRET_KEY);
+        let creds = Credentials::new(&self.access, &self.secret);
         let url = self
             .bucket_named(bucket)
             .get_object(Some(&creds), key)
@@ -115,7 +129,7 @@ impl S3Server {
     /// `s3s-fs` has no ListMultipartUploads, and lists the part files that remain for an
     /// upload id whether or not the upload exists; [`S3Server::files`] shows its markers.
     pub fn listed_parts(&self, key: &str, upload_id: &str) -> Option<usize> {
-        let creds = Credentials::new(ACCESS_KEY, SECRET_KEY);
+        let creds = Credentials::new(&self.access, &self.secret);
         let url = self
             .bucket()
             .list_parts(Some(&creds), key, upload_id)

@@ -205,13 +205,16 @@ password_sha512 = "{pw}"
     /// Start an instance whose configuration is `NAME.toml` (instances in one folder share
     /// the job store, the image store and the published folder), with `extra` settings.
     fn serve_named(&self, name: &str, storage: &str, extra: &str) -> Served {
+        self.serve_edited(name, storage, |text| {
+            text.replacen("workers = 1\n", &format!("workers = 1\n{extra}"), 1)
+        })
+    }
+
+    /// Start an instance whose configuration is the usual one as `edit` changes it.
+    fn serve_edited(&self, name: &str, storage: &str, edit: impl Fn(String) -> String) -> Served {
         let port = free_port();
         let config = self.dir.join(format!("{name}.toml"));
-        let text = self.config(port, storage).replacen(
-            "workers = 1\n",
-            &format!("workers = 1\n{extra}"),
-            1,
-        );
+        let text = edit(self.config(port, storage));
         std::fs::write(&config, text).expect("config");
         let mut s = Served {
             child: None,
@@ -405,6 +408,179 @@ fn boto3_exports_vmdk_raw_and_vhd_that_read_back_with_tokens_and_dry_runs() {
     assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
 }
 
+/// Accounts, with boto3: account A (111122223333) owns an image and is granted its bucket
+/// `team-a`; B (444455556666) sees A's image only where A shared it and may write under
+/// `exports/b/` only; C (777788889999) has its own storage and keys. B's list, describe and
+/// cancel of A's task, and B's export of A's private image, answer exactly as for ids that do
+/// not exist, and change nothing; B writing into A's bucket is refused with EC2's access
+/// error and nothing is written; the same ClientToken from A and B makes two tasks; C's object
+/// is written into its own storage with its own keys (the service's storage accepts only the
+/// service's keys, C's only C's).
+#[test]
+fn aws_accounts_see_and_export_only_what_they_own_or_were_granted() {
+    const A: &str = "111122223333";
+    const B: &str = "444455556666";
+    let s = setup("serve-accounts");
+    s.s3.create_bucket("team-a");
+    let own_key = "own-access-key";
+    let own_secret = "own-secret-key-0123456789";
+    let own = S3Server::start_with_keys("serve-accounts-own", own_key, own_secret);
+    let d = s.dir.display();
+    let served = s.serve_edited("serve", &s.s3.endpoint(), |text| {
+        let images = format!(
+            "[images]\n\
+             \"ami-a\" = {{ path = \"{d}/web.qcow2\", owner = \"{A}\" }}\n\
+             \"ami-shared\" = {{ path = \"{d}/web.qcow2\", owner = \"{A}\", \
+             shared_with = [\"{B}\", \"777788889999\"] }}\n"
+        );
+        let mut t = text.replacen("[images]\n", &images, 1);
+        t.push_str(&format!(
+            r#"
+[[callers]]
+api = "aws"
+account = "{A}"
+access_key_id = "AKIDACCOUNTA"
+secret_access_key = "secret-of-account-a"
+
+[[callers]]
+api = "aws"
+account = "{B}"
+access_key_id = "AKIDACCOUNTB"
+secret_access_key = "secret-of-account-b"
+
+[[callers]]
+api = "aws"
+account = "777788889999"
+access_key_id = "AKIDACCOUNTC"
+secret_access_key = "secret-of-account-c"
+
+[[accounts]]
+id = "{A}"
+buckets = ["team-a"]
+
+[[accounts]]
+id = "{B}"
+buckets = ["exports/b/"]
+
+[[accounts]]
+id = "777788889999"
+storage = {{ access_key_id = "{own_key}", secret_access_key = "{own_secret}", endpoint = "{own_endpoint}" }}
+"#,
+            own_endpoint = own.endpoint(),
+        ));
+        t
+    });
+    let r = sdk(
+        "aws_accounts",
+        &s.args(
+            &served,
+            json!({
+                "key": "AKIDACCOUNTA", "secret": "secret-of-account-a",
+                "key_b": "AKIDACCOUNTB", "secret_b": "secret-of-account-b",
+                "key_c": "AKIDACCOUNTC", "secret_c": "secret-of-account-c",
+                "bucket_a": "team-a", "image_a": "ami-a", "image_shared": "ami-shared",
+            }),
+        ),
+    );
+    let task_a = r["task_a"].as_str().expect("A's task");
+    let listed = |k: &str| r[k].as_array().cloned().unwrap_or_default();
+    assert!(listed("a_lists").contains(&json!(task_a)), "{r}");
+    assert!(!listed("b_lists").contains(&json!(task_a)), "{r}");
+    assert_eq!(r["b_describes_a"], r["b_describes_unknown"], "{r}");
+    assert_eq!(
+        r["b_describes_a"][1], "InvalidExportImageTaskId.NotFound",
+        "{r}"
+    );
+    assert_eq!(r["b_cancels_a"], r["b_cancels_unknown"], "{r}");
+    assert!(
+        r["b_cancels_a"].is_array(),
+        "B's cancel of A's task was accepted: {r}"
+    );
+    assert_eq!(r["b_exports_a_image"], r["b_exports_unknown_image"], "{r}");
+    assert_eq!(r["b_exports_a_image"][1], "InvalidAMIID.NotFound", "{r}");
+    assert_eq!(
+        r["b_into_a_bucket"],
+        json!([403, "UnauthorizedOperation"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["b_into_a_bucket_dry"],
+        json!([403, "UnauthorizedOperation"]),
+        "{r}"
+    );
+    assert_ne!(
+        r["task_b"], r["task_a"],
+        "one ClientToken, two accounts: {r}"
+    );
+    // B's cancel changed nothing: A's task completed.
+    assert_eq!(r["a_status"], "completed", "{r}");
+    assert_eq!(r["b_status"], "completed", "{r}");
+    let key = |k: &str| r[k].as_str().expect("key").to_string();
+    let a_obj = s.dir.join("account-a.raw");
+    let bytes =
+        s.s3.download_from("team-a", &key("a_key"))
+            .expect("A's object");
+    std::fs::write(&a_obj, bytes).expect("write");
+    s.same(&a_obj, "raw");
+    assert!(s.s3.download(&key("b_key")).is_some(), "{r}");
+    assert!(
+        !s.s3.files().iter().any(|f| f.starts_with("team-a/b/")),
+        "nothing of B's in A's bucket: {:?}",
+        s.s3.files()
+    );
+    // C's object is in C's storage, written with C's keys; none in the service's.
+    assert_eq!(r["c_status"], "completed", "{r}");
+    let c_obj = s.dir.join("account-c.raw");
+    std::fs::write(&c_obj, own.download(&key("c_key")).expect("C's object")).expect("write");
+    s.same(&c_obj, "raw");
+    assert!(s.s3.download(&key("c_key")).is_none(), "{r}");
+    // The store recorded each task's account.
+    let store = s.store();
+    assert_eq!(
+        store.get(task_a).map(|j| j.account).ok().as_deref(),
+        Some(A)
+    );
+}
+
+/// Two ZStack accounts: B's poll of A's job is answered as an unknown job's; B naming its
+/// job as A did (X-Job-UUID) gets a job of its own; the published files' names cannot be
+/// guessed from the image and format.
+#[test]
+fn zstack_accounts_poll_only_their_own_jobs() {
+    let s = setup("serve-zstack-accounts");
+    let served = s.serve_edited("serve", &s.s3.endpoint(), |mut t| {
+        t.push_str(&format!(
+            "\n[[callers]]\napi = \"zstack\"\naccount = \"tenant-b\"\npassword_sha512 = \"{}\"\n",
+            sha512_hex("password-b")
+        ));
+        t
+    });
+    let r = sdk(
+        "zstack_accounts",
+        &s.args(
+            &served,
+            json!({ "image": AMI, "account_b": "tenant-b", "password_b": "password-b" }),
+        ),
+    );
+    assert_eq!(r["b_polls_a"], r["b_polls_unknown"], "{r}");
+    assert_eq!(r["b_polls_a"], 404, "{r}");
+    assert_eq!(r["b_same_name"], 202, "{r}");
+    assert_eq!(r["a"][0], 200, "{r}");
+    assert_eq!(r["b"][0], 200, "{r}");
+    let (a_url, b_url) = (
+        r["a"][1].as_str().unwrap_or(""),
+        r["b"][1].as_str().unwrap_or(""),
+    );
+    assert_ne!(a_url, b_url, "{r}");
+    for url in [a_url, b_url] {
+        let name = url.rsplit('/').next().unwrap_or("");
+        assert!(
+            name.starts_with(AMI) && name.len() > AMI.len() + 30,
+            "{url}"
+        );
+    }
+}
+
 #[test]
 fn boto3_exports_an_instance_as_an_ova_that_reads_back() {
     let s = setup("serve-aws-instance");
@@ -480,6 +656,9 @@ fn oci_sdk_exports_by_tuple_and_uri_with_etags_and_retry_tokens() {
     s.same(&s.dir.join("oci.out.uri"), "vmdk");
     assert_eq!(r["image_state"], "AVAILABLE", "{r}");
     assert_eq!(r["if_match"], json!([412, "NoEtagMatch"]), "{r}");
+    // GetImage answers the etag that ExportImage's if-match accepts.
+    assert!(r["etag"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    assert_eq!(r["if_match_etag"], "SUCCEEDED", "{r}");
     assert_eq!(r["retry_same"], true, "{r}");
     assert_eq!(
         r["retry_conflict"],
@@ -555,7 +734,7 @@ fn bad_signatures_get_each_providers_authentication_error_and_queue_nothing() {
         json!([403, "SignatureDoesNotMatch"]),
         "{aws}"
     );
-    assert_eq!(aws["stale"], json!([403, "RequestExpired"]), "{aws}");
+    assert_eq!(aws["stale"], json!([400, "RequestExpired"]), "{aws}");
     let oci = sdk("oci_auth", &s.args(&served, json!({ "image": OCI_IMAGE })));
     for case in ["wrong_key", "tampered", "stale"] {
         assert_eq!(oci[case], json!([401, "NotAuthenticated"]), "{case}: {oci}");
@@ -576,7 +755,13 @@ fn bad_signatures_get_each_providers_authentication_error_and_queue_nothing() {
     }
     let store = s.store();
     for p in ["aws", "oci", "huawei-ims", "huawei-evs", "zstack"] {
-        assert!(store.list(p).expect("list").is_empty(), "{p} has jobs");
+        assert!(
+            store
+                .list(p, imgconv_export::jobs::DEFAULT_ACCOUNT)
+                .expect("list")
+                .is_empty(),
+            "{p} has jobs"
+        );
     }
 }
 
@@ -681,7 +866,13 @@ fn hostile_requests_get_errors_in_each_providers_shape_and_the_server_lives() {
     );
     let store = s.store();
     for p in ["aws", "oci", "huawei-ims", "huawei-evs", "zstack"] {
-        assert!(store.list(p).expect("list").is_empty(), "{p} has jobs");
+        assert!(
+            store
+                .list(p, imgconv_export::jobs::DEFAULT_ACCOUNT)
+                .expect("list")
+                .is_empty(),
+            "{p} has jobs"
+        );
     }
 }
 
@@ -1284,7 +1475,11 @@ fn on_postgres_three_instances_run_24_exports_from_every_api_once_each() {
     let store = s.store();
     let mut jobs = vec![];
     for p in ["aws", "oci", "huawei-ims"] {
-        jobs.extend(store.list(p).expect("list"));
+        jobs.extend(
+            store
+                .list(p, imgconv_export::jobs::DEFAULT_ACCOUNT)
+                .expect("list"),
+        );
     }
     assert_eq!(jobs.len(), 24);
     assert!(

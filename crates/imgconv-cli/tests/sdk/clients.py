@@ -340,6 +340,13 @@ def oci_export(a):
     except oci.exceptions.ServiceError as e:
         out["retry_conflict"] = [e.status, e.code]
     oci.wait_until(wr, wr.get_work_request(w1), "status", "SUCCEEDED", max_wait_seconds=WAIT, max_interval_seconds=1)
+    # get_image's etag, then export_image(if_match=etag): accepted.
+    got = compute.get_image(a["image"])
+    out["etag"] = got.headers.get("etag")
+    d.object_name = "oci/if-match.qcow2"
+    w3 = compute.export_image(a["image"], d, if_match=out["etag"]).headers["opc-work-request-id"]
+    oci.wait_until(wr, wr.get_work_request(w3), "status", "SUCCEEDED", max_wait_seconds=WAIT, max_interval_seconds=1)
+    out["if_match_etag"] = "SUCCEEDED"
     return out
 
 
@@ -607,6 +614,43 @@ def zstack_across(a):
             "md5_matches": hashlib.md5(data).hexdigest() == result["exportMd5Sum"]}
 
 
+def zstack_accounts(a):
+    """Accounts `account` (A) and `account_b` (B): B polling A's job gets what an unknown job
+    gets; B naming its job as A did gets its own job; each polls its own to the end; the
+    published files' names carry more than the image and format."""
+    def session(name, pw):
+        status, _, body = zstack_login({**a, "account": name}, password=pw)
+        assert status == 200, body
+        return {"Authorization": "OAuth " + json.loads(body)["inventory"]["uuid"]}
+
+    A, B = session(a["account"], a["password"]), session(a["account_b"], a["password_b"])
+    url = f"{a['endpoint']}/zstack/v1/backup-storage/{a['bs']}/actions"
+    req = {"exportImageFromBackupStorage": {"imageUuid": a["image"], "exportFormat": "raw"}}
+    job = hashlib.md5(str(time.time()).encode()).hexdigest()
+    out = {}
+
+    def poll(auth, name):
+        deadline = time.time() + WAIT
+        while time.time() < deadline:
+            status, _, body = http("GET", f"{a['endpoint']}/zstack/v1/api-jobs/{name}", headers=auth)
+            if status != 202:
+                return status, json.loads(body)
+            time.sleep(0.2)
+        raise SystemExit(f"job {name} did not end")
+
+    status, _, body = http("PUT", url, req, {**A, "X-Job-UUID": job})
+    assert status == 202, (status, body)
+    st, body = http("GET", f"{a['endpoint']}/zstack/v1/api-jobs/{job}", headers=B)[:2], None
+    out["b_polls_a"] = st[0]
+    out["b_polls_unknown"] = http("GET", f"{a['endpoint']}/zstack/v1/api-jobs/{'f' * 32}", headers=B)[0]
+    status, _, body = http("PUT", url, req, {**B, "X-Job-UUID": job})
+    out["b_same_name"] = status
+    ra, rb = poll(A, job), poll(B, job)
+    out["a"] = [ra[0], ra[1].get("imageUrl")]
+    out["b"] = [rb[0], rb[1].get("imageUrl")]
+    return out
+
+
 def poll_load(a):
     """`clients` threads poll `url` (GET, signed as AWS) for `seconds`; latencies."""
     import threading
@@ -690,6 +734,61 @@ def fleet_round_robin(a):
         j["file"] = f"{a['out']}/{j['key'].replace('/', '_')}"
         download(a, a["bucket"], j["key"], j["file"])
     return {"exports": jobs}
+
+
+def aws_accounts(a):
+    """Two AWS accounts, A (keys key/secret) and B (key_b/secret_b). A exports its private
+    image into its own bucket; B's listing, describe and cancel of A's task, and B's export of
+    A's image, answer as for ids that do not exist; an image shared with B exports for B; B
+    writing into A's bucket is refused; the same ClientToken from A and B makes two tasks; an
+    account with its own storage keys gets its object in its own storage."""
+    from botocore.exceptions import ClientError
+
+    A = ec2_client(a)
+    B = ec2_client({**a, "key": a["key_b"]}, secret=a["secret_b"])
+
+    def code(f):
+        try:
+            f()
+        except ClientError as e:
+            return [e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]]
+        return None
+
+    loc = {"S3Bucket": a["bucket_a"], "S3Prefix": "a/"}
+    ta = A.export_image(DiskImageFormat="RAW", ImageId=a["image_a"], S3ExportLocation=loc,
+                        ClientToken="same-token")["ExportImageTaskId"]
+    out = {"task_a": ta}
+    out["b_lists"] = [t["ExportImageTaskId"] for t in B.describe_export_image_tasks()["ExportImageTasks"]]
+    out["a_lists"] = [t["ExportImageTaskId"] for t in A.describe_export_image_tasks()["ExportImageTasks"]]
+    unknown = "export-ami-0123456789abcdef0"
+    out["b_describes_a"] = code(lambda: B.describe_export_image_tasks(ExportImageTaskIds=[ta]))
+    out["b_describes_unknown"] = code(lambda: B.describe_export_image_tasks(ExportImageTaskIds=[unknown]))
+    out["b_cancels_a"] = code(lambda: B.cancel_export_task(ExportTaskId=ta))
+    out["b_cancels_unknown"] = code(lambda: B.cancel_export_task(ExportTaskId=unknown))
+    out["b_exports_a_image"] = code(lambda: B.export_image(
+        DiskImageFormat="RAW", ImageId=a["image_a"], S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "b/"}))
+    out["b_exports_unknown_image"] = code(lambda: B.export_image(
+        DiskImageFormat="RAW", ImageId="ami-00000000000000000", S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "b/"}))
+    out["b_into_a_bucket"] = code(lambda: B.export_image(
+        DiskImageFormat="RAW", ImageId=a["image_shared"], S3ExportLocation={"S3Bucket": a["bucket_a"], "S3Prefix": "b/"}))
+    out["b_into_a_bucket_dry"] = code(lambda: B.export_image(
+        DiskImageFormat="RAW", ImageId=a["image_shared"], DryRun=True,
+        S3ExportLocation={"S3Bucket": a["bucket_a"], "S3Prefix": "b/"}))
+    tb = B.export_image(DiskImageFormat="RAW", ImageId=a["image_shared"], ClientToken="same-token",
+                        S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "b/"})["ExportImageTaskId"]
+    out["task_b"] = tb
+    out["a_status"] = aws_wait(A, ta, ["completed", "deleted"])["Status"]
+    out["b_status"] = aws_wait(B, tb, ["completed", "deleted"])["Status"]
+    out["a_key"] = f"a/{ta}.raw"
+    out["b_key"] = f"b/{tb}.raw"
+    # A third account with its own storage and keys.
+    if a.get("key_c"):
+        C = ec2_client({**a, "key": a["key_c"]}, secret=a["secret_c"])
+        tc = C.export_image(DiskImageFormat="RAW", ImageId=a["image_shared"],
+                            S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "c/"})["ExportImageTaskId"]
+        out["c_status"] = aws_wait(C, tc, ["completed", "deleted"])["Status"]
+        out["c_key"] = f"c/{tc}.raw"
+    return out
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ pub(super) fn aws_submit(
             region,
             bucket,
             key,
+            ..
         } = &spec.target
         {
             let checked = crate::S3Config::new(endpoint, region).and_then(|c| {
@@ -132,6 +133,7 @@ pub(super) fn aws_submit(
     let (job, new) = submit_job(
         Api::Aws,
         store,
+        ctx,
         &id,
         str_field(req, "ClientToken"),
         &canonical,
@@ -159,7 +161,7 @@ fn s3_job(
         format: fmt.name().into(),
         writer_options: opts,
         compress: false,
-        target: s3_target(ctx, bucket, key)?,
+        target: s3_target(Api::Aws, ctx, bucket, key)?,
         oci_archive: false,
         oci_metadata: None,
     })
@@ -281,7 +283,7 @@ fn instance_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<R
         "ExportToS3Task": to_s3,
         "Tags": tags,
     });
-    let (job, new) = submit_job(Api::Aws, store, &id, None, req, &spec, &echo)?;
+    let (job, new) = submit_job(Api::Aws, store, ctx, &id, None, req, &spec, &echo)?;
     let t = instance_task(&job);
     Ok(reply_for(&job, new, json!({ "ExportTask": t })))
 }

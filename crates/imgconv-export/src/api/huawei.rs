@@ -78,13 +78,13 @@ pub(super) fn ims_submit(
         format: fmt.name().into(),
         writer_options: opts,
         compress: false,
-        target: s3_target(ctx, bucket, file)?,
+        target: s3_target(Api::HuaweiIms, ctx, bucket, file)?,
         oci_archive: false,
         oci_metadata: None,
     };
     let mut echo = req.clone();
     echo["image_id"] = json!(image_id);
-    let (job, new) = submit_job(Api::HuaweiIms, store, &id, None, req, &spec, &echo)?;
+    let (job, new) = submit_job(Api::HuaweiIms, store, ctx, &id, None, req, &spec, &echo)?;
     Ok(reply_for(&job, new, json!({ "job_id": job.id })))
 }
 
@@ -191,7 +191,9 @@ pub(super) fn evs_submit(
                     message: "the image store must be an absolute folder".into(),
                 })?,
         },
-        (None, Some((bucket, prefix))) => s3_target(ctx, bucket, &format!("{prefix}{file}"))?,
+        (None, Some((bucket, prefix))) => {
+            s3_target(Api::HuaweiEvs, ctx, bucket, &format!("{prefix}{file}"))?
+        }
         (None, None) => {
             return Err(ApiError {
                 status: 500,
@@ -229,10 +231,26 @@ pub(super) fn evs_submit(
     if let Some(os) = str_field(body, "__os_type") {
         echo["__os_type"] = json!(os);
     }
-    let (job, new) = submit_job(Api::HuaweiEvs, store, &image_id, None, req, &spec, &echo)?;
+    let (job, new) = submit_job(
+        Api::HuaweiEvs,
+        store,
+        ctx,
+        &image_id,
+        None,
+        req,
+        &spec,
+        &echo,
+    )?;
     if let (Some(dir), true) = (&ctx.image_store, new) {
         store
-            .register_image(&image_id, name, &dir.join(&file), fmt.name(), &job.id)
+            .register_image(
+                &image_id,
+                name,
+                &dir.join(&file),
+                fmt.name(),
+                &job.id,
+                ctx.account(),
+            )
             .map_err(|e| Api::HuaweiEvs.error_of(&e))?;
     }
     let mut out = job.request.clone();

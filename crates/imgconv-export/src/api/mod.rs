@@ -29,6 +29,7 @@ mod zstack;
 
 use aws::{aws_describe, aws_submit};
 use huawei::{evs_submit, huawei_job, ims_submit};
+pub use oci::oci_image_etag;
 use oci::{oci_submit, oci_work_request};
 use zstack::{zstack_result, zstack_submit};
 
@@ -104,6 +105,38 @@ pub struct Context {
     /// For EVS: a folder to make the new image in (it is registered in the store's image
     /// catalogue under the answered `image_id`), instead of an object in [`Context::bucket`].
     pub image_store: Option<PathBuf>,
+    /// The account the caller acts for: the job is its own ([`crate::jobs::DEFAULT_ACCOUNT`]
+    /// when empty).
+    pub account: String,
+    /// The buckets (`bucket`, or `bucket/prefix/`) the account may export into; `None`:
+    /// every bucket. A destination outside them is refused before anything is written.
+    pub buckets: Option<Vec<String>>,
+    /// Sign the upload with the account's own object-storage keys (the job names the
+    /// account; the runner finds its keys), instead of [`Context::credentials`].
+    pub own_keys: bool,
+}
+
+impl Context {
+    /// The account the caller acts for.
+    pub fn account(&self) -> &str {
+        if self.account.is_empty() {
+            crate::jobs::DEFAULT_ACCOUNT
+        } else {
+            &self.account
+        }
+    }
+
+    /// Whether the account may write `key` into `bucket`.
+    pub fn may_write(&self, bucket: &str, key: &str) -> bool {
+        let Some(grants) = &self.buckets else {
+            return true;
+        };
+        grants.iter().any(|g| match g.split_once('/') {
+            // `bucket/prefix`: keys under the prefix only (a prefix ends where it says).
+            Some((b, prefix)) => b == bucket && key.starts_with(prefix),
+            None => g == bucket,
+        })
+    }
 }
 
 /// An answer: HTTP status, body, and the job to run (a new one).
@@ -196,10 +229,10 @@ impl Api {
         outcome.unwrap_or_else(|e| self.error(&e))
     }
 
-    /// Describe a job (AWS DescribeExportImageTasks, OCI GetWorkRequest, Huawei job query,
-    /// ZStack API job).
-    pub fn describe(self, store: &JobStore, id: &str) -> Reply {
-        match store.get(id) {
+    /// Describe a job of `account` (AWS DescribeExportImageTasks, OCI GetWorkRequest, Huawei
+    /// job query, ZStack API job): another account's job is not found.
+    pub fn describe(self, store: &JobStore, account: &str, id: &str) -> Reply {
+        match store.get_of(id, account) {
             Ok(job) if job.provider == self.name() => {
                 let mut r = ok(self.describe_body(&job));
                 if self == Api::Zstack && !job.state.is_final() {
@@ -215,9 +248,9 @@ impl Api {
         }
     }
 
-    /// Every job of this API.
-    pub fn list(self, store: &JobStore) -> Reply {
-        match store.list(self.name()) {
+    /// Every job of this API that `account` submitted.
+    pub fn list(self, store: &JobStore, account: &str) -> Reply {
+        match store.list(self.name(), account) {
             Ok(jobs) => {
                 let items: Vec<Value> = jobs.iter().map(|j| self.describe_body(j)).collect();
                 ok(match self {
@@ -238,9 +271,10 @@ impl Api {
         }
     }
 
-    /// Cancel a job (AWS CancelExportTask, OCI CancelWorkRequest, ...).
-    pub fn cancel(self, store: &JobStore, id: &str) -> Reply {
-        match store.get(id).and_then(|j| {
+    /// Cancel a job of `account` (AWS CancelExportTask, OCI CancelWorkRequest, ...): another
+    /// account's job is not found, and nothing changes.
+    pub fn cancel(self, store: &JobStore, account: &str, id: &str) -> Reply {
+        match store.get_of(id, account).and_then(|j| {
             if j.provider == self.name() {
                 store.cancel(id)
             } else {
@@ -306,6 +340,7 @@ pub fn rfc3339(unix: u64) -> String {
 fn submit_job(
     api: Api,
     store: &mut JobStore,
+    ctx: &Context,
     id: &str,
     token: Option<&str>,
     request: &Value,
@@ -314,7 +349,7 @@ fn submit_job(
 ) -> Result<(Job, bool), ApiError> {
     // The request and the image it names; not the job's own (random) id or object key.
     let fp = fingerprint(&json!({ "request": request, "source": spec.source }));
-    match store.submit(api.name(), id, token, &fp, spec, echo) {
+    match store.submit(api.name(), ctx.account(), id, token, &fp, spec, echo) {
         Ok(Submitted::New(job)) => Ok((job, true)),
         Ok(Submitted::Existing(job)) => Ok((job, false)),
         Err(e) => Err(api.error_of(&e)),
@@ -330,7 +365,10 @@ fn reply_for(job: &Job, new: bool, body: Value) -> Reply {
     }
 }
 
-fn s3_target(ctx: &Context, bucket: &str, key: &str) -> Result<TargetSpec, ApiError> {
+fn s3_target(api: Api, ctx: &Context, bucket: &str, key: &str) -> Result<TargetSpec, ApiError> {
+    if !ctx.may_write(bucket, key) {
+        return Err(api.access_denied(bucket, key));
+    }
     let (endpoint, region) = ctx.endpoint.clone().ok_or_else(|| ApiError {
         status: 500,
         code: "InternalError".into(),
@@ -341,7 +379,29 @@ fn s3_target(ctx: &Context, bucket: &str, key: &str) -> Result<TargetSpec, ApiEr
         region,
         bucket: bucket.into(),
         key: key.into(),
+        keys: ctx.own_keys.then(|| ctx.account().to_string()),
     })
+}
+
+impl Api {
+    /// The provider's answer to a destination the account was not granted.
+    fn access_denied(self, bucket: &str, key: &str) -> ApiError {
+        let (status, code) = match self {
+            Api::Aws => (403, "UnauthorizedOperation"),
+            Api::Oci => (404, "NotAuthorizedOrNotFound"),
+            Api::HuaweiIms => (403, "IMG.0003"),
+            Api::HuaweiEvs => (403, "EVS.1003"),
+            Api::Zstack => (403, "SYS.1002"),
+        };
+        ApiError {
+            status,
+            code: code.into(),
+            message: format!(
+                "You are not authorized to write s3://{bucket}/{key}: the bucket is not \
+                 granted to this account"
+            ),
+        }
+    }
 }
 
 fn image_size(ctx: &Context) -> Result<u64, Error> {

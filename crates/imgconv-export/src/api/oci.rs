@@ -10,7 +10,13 @@ use crate::jobs::{Job, JobSpec, JobState, JobStore, TargetSpec};
 
 /// The image's etag: changes when the source file does.
 fn oci_etag(ctx: &Context) -> String {
-    let meta = std::fs::metadata(&ctx.source).ok();
+    oci_image_etag(&ctx.source)
+}
+
+/// The etag of the OCI image whose disk is `source` (what `GetImage` answers and
+/// `ExportImage`'s `if-match` is compared with): changes when the file does.
+pub fn oci_image_etag(source: &std::path::Path) -> String {
+    let meta = std::fs::metadata(source).ok();
     let stamp = meta
         .as_ref()
         .and_then(|m| m.modified().ok())
@@ -70,7 +76,7 @@ pub(super) fn oci_submit(
                 let parts: Vec<&str> = u.path().trim_start_matches('/').splitn(6, '/').collect();
                 match parts.as_slice() {
                     ["n", _, "b", bucket, "o", object] if !object.is_empty() => {
-                        s3_target(ctx, bucket, object)?
+                        s3_target(Api::Oci, ctx, bucket, object)?
                     }
                     _ => {
                         return Err(bad(
@@ -86,7 +92,7 @@ pub(super) fn oci_submit(
                 .ok_or_else(|| bad("MissingParameter", "bucketName is required"))?;
             let object = str_field(req, "objectName")
                 .ok_or_else(|| bad("MissingParameter", "objectName is required"))?;
-            s3_target(ctx, bucket, object)?
+            s3_target(Api::Oci, ctx, bucket, object)?
         }
         _ => {
             return Err(bad(
@@ -124,6 +130,7 @@ pub(super) fn oci_submit(
     let (job, new) = submit_job(
         Api::Oci,
         store,
+        ctx,
         &id,
         ctx.headers.get("opc-retry-token").map(String::as_str),
         req,

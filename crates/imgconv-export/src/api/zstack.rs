@@ -39,12 +39,24 @@ pub(super) fn zstack_submit(
         code: "SYS.1006".into(),
         message: "the backup storage has no published folder configured".into(),
     })?;
-    // ZStack clients name their API job (X-Job-UUID, 32 hex digits); else one is made.
-    let id = match ctx.headers.get("x-job-uuid") {
-        Some(u) if u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit()) => u.to_lowercase(),
+    // ZStack clients name their API job (X-Job-UUID, 32 hex digits): the name is the
+    // submission's idempotency token within the account, and the job's own id is fresh (a
+    // client's name must not collide with, or reveal, another account's job).
+    let token = match ctx.headers.get("x-job-uuid") {
+        Some(u) if u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(u.to_lowercase())
+        }
         Some(_) => return Err(bad("SYS.1007", "X-Job-UUID must be 32 hexadecimal digits")),
-        None => uuid::Uuid::new_v4().simple().to_string(),
+        None => None,
     };
+    // ZStack polls the job by the client's name; it is the job's id too unless that id is
+    // taken (by another account's job: then the job gets a fresh id, and polls find it by
+    // its name within the account, [`JobStore::job_by_token`]).
+    let id = match &token {
+        Some(t) if store.get(t).is_err() => t.clone(),
+        _ => hex_id(32),
+    };
+    let name = token.clone().unwrap_or_else(|| id.clone());
     let spec = JobSpec {
         source: ctx.source.clone(),
         format: fmt.name().into(),
@@ -52,21 +64,29 @@ pub(super) fn zstack_submit(
         compress: false,
         target: TargetSpec::Folder {
             dir,
-            name: format!("{image}.{format}"),
+            // Served to anyone who has the URL: a name nobody can guess from the ids
+            // another account sees.
+            name: format!("{image}-{}.{format}", hex_id(32)),
             base_url: base,
         },
         oci_archive: false,
         oci_metadata: None,
     };
-    let echo = json!({ "imageUuid": image, "exportFormat": format });
-    // The job's UUID doubles as its idempotency token: a client that sends it again gets
-    // the same job.
-    let token = ctx.headers.get("x-job-uuid").map(|_| id.clone());
-    let (job, new) = submit_job(Api::Zstack, store, &id, token.as_deref(), req, &spec, &echo)?;
+    let echo = json!({ "imageUuid": image, "exportFormat": format, "jobUuid": name });
+    let (job, new) = submit_job(
+        Api::Zstack,
+        store,
+        ctx,
+        &id,
+        token.as_deref(),
+        req,
+        &spec,
+        &echo,
+    )?;
     let mut reply = reply_for(
         &job,
         new,
-        json!({ "location": format!("/zstack/v1/api-jobs/{}", job.id) }),
+        json!({ "location": format!("/zstack/v1/api-jobs/{}", job_name(&job)) }),
     );
     reply.status = 202;
     Ok(reply)
@@ -81,6 +101,11 @@ pub(super) fn zstack_result(job: &Job) -> Value {
         (JobState::Failed | JobState::Cancelled, _) => json!({
             "error": { "code": "SYS.1006", "description": "the export failed", "details": job.message }
         }),
-        _ => json!({ "location": format!("/zstack/v1/api-jobs/{}", job.id) }),
+        _ => json!({ "location": format!("/zstack/v1/api-jobs/{}", job_name(job)) }),
     }
+}
+
+/// The name a ZStack client polls a job by (its `X-Job-UUID`, else the job's id).
+fn job_name(job: &Job) -> &str {
+    job.request["jobUuid"].as_str().unwrap_or(&job.id)
 }

@@ -26,6 +26,10 @@ pub enum TargetSpec {
         bucket: String,
         /// Key.
         key: String,
+        /// The account whose own object-storage keys sign the upload ([`KeyRing`]); `None`:
+        /// the service's keys.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keys: Option<String>,
     },
     /// An OCI pre-authenticated request URL (a secret, kept in the job database only).
     Par {
@@ -153,6 +157,45 @@ pub struct Job {
     pub attempts: u32,
     /// The process id of its runner while it is active (on the lease holder's host).
     pub runner_pid: Option<u32>,
+    /// The account that submitted it: only that account sees, polls and cancels it.
+    pub account: String,
+}
+
+/// The account of callers, jobs and images that name none (a configuration without
+/// accounts is one account).
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// The accounts' own object-storage keys, by account id, that a job's upload uses when its
+/// target names the account ([`TargetSpec::S3`]'s `keys`). Shared by every clone, and
+/// replaced whole when the service's configuration is read again.
+#[derive(Clone, Default)]
+pub struct KeyRing(
+    std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, Credentials>>>,
+);
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .0
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        f.debug_tuple("KeyRing").field(&names).finish()
+    }
+}
+
+impl KeyRing {
+    /// The keys of `account`, if it has its own.
+    pub fn get(&self, account: &str) -> Option<Credentials> {
+        self.0.read().ok()?.get(account).cloned()
+    }
+
+    /// Replace every account's keys.
+    pub fn replace(&self, keys: std::collections::BTreeMap<String, Credentials>) {
+        if let Ok(mut m) = self.0.write() {
+            *m = keys;
+        }
+    }
 }
 
 /// What a submission answers besides errors.
@@ -205,6 +248,8 @@ pub struct StoreOptions {
     /// and its old runner can no longer write to it or publish its object. `None`: no lease
     /// (a dead runner is found by its process id only, on this host).
     pub lease: Option<Duration>,
+    /// The accounts' own keys, for jobs whose target names an account.
+    pub account_keys: KeyRing,
 }
 
 /// An image that an export made (registered when the job is submitted, usable once the job
@@ -227,6 +272,8 @@ pub struct ImageRecord {
     pub size: Option<u64>,
     /// Seconds since the epoch.
     pub created: u64,
+    /// The account it belongs to (the one whose export made it).
+    pub account: String,
 }
 
 /// A hex SHA-256 of a request, for telling requests apart under one token.

@@ -222,9 +222,13 @@ impl JobStore {
                 }
             }))
         };
-        let credentials = match credentials {
-            Some(c) => Some(c),
-            None => self.options.credentials.clone(),
+        // The account's own keys where the target names them; else the caller's or the
+        // store's. An account whose keys are gone fails the job, never falls back.
+        let credentials = match &job.spec.target {
+            TargetSpec::S3 { keys: Some(_), .. } => {
+                self.credentials_for(&job.spec.target, None).map(Some)
+            }
+            _ => Ok(credentials.or_else(|| self.options.credentials.clone())),
         };
         // An earlier attempt's unfinished upload (it crashed, lost its lease or was stopped):
         // the output is reproducible, so the parts it holds are this attempt's parts too.
@@ -284,16 +288,22 @@ impl JobStore {
                 }
             }))
         };
-        let outcome = run_spec(
-            &job.spec,
-            job.created,
-            credentials.clone(),
-            resume,
-            &progress,
-            &cancel,
-            (recorder, part_recorder),
-            gate,
-        );
+        let (outcome, credentials) = match credentials {
+            Ok(credentials) => (
+                run_spec(
+                    &job.spec,
+                    job.created,
+                    credentials.clone(),
+                    resume,
+                    &progress,
+                    &cancel,
+                    (recorder, part_recorder),
+                    gate,
+                ),
+                credentials,
+            ),
+            Err(e) => (Err(e), None),
+        };
         stop.store(true, Ordering::Relaxed);
         let _ = watcher.join();
         if lost.load(Ordering::SeqCst) {
@@ -399,7 +409,7 @@ impl JobStore {
         if let Ok(Some(upload)) =
             row.map(|r| r.and_then(|r| r.get::<Option<String>>(0).ok().flatten()))
         {
-            let creds = credentials.map_or_else(|| self.credentials(), Ok);
+            let creds = self.credentials_for(&spec.target, credentials);
             if let Ok(c) = creds {
                 let _ = abort_upload(&spec.target, &upload, c);
             }
@@ -458,6 +468,7 @@ pub(super) fn abort_upload(
             region,
             bucket,
             key,
+            ..
         } => crate::S3Sink::abort_upload(
             &S3Config::new(endpoint, region)?.retries(2),
             credentials,
@@ -511,6 +522,7 @@ fn run_spec(
             region,
             bucket,
             key,
+            ..
         } => Target::S3 {
             config: S3Config::new(endpoint, region)?
                 .on_upload_started(recorder)

@@ -42,7 +42,7 @@ pub(super) fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Version 1: jobs and client tokens.
 const SCHEMA_V1: &str = "
@@ -115,13 +115,45 @@ CREATE TABLE upload_parts (
 );
 ";
 
+/// Version 6: accounts. Jobs and the images exports make belong to the account that
+/// submitted them; client tokens are unique per provider and account; the catalogue of images
+/// that may be exported (with their owners and the accounts they are shared with) lives here,
+/// so that every instance of a fleet sees a change at once. The same statements serve both
+/// databases.
+const SCHEMA_V6: &str = "
+ALTER TABLE jobs ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX jobs_account ON jobs (provider, account, created);
+CREATE TABLE tokens_v6 (
+    provider TEXT NOT NULL,
+    account TEXT NOT NULL,
+    token TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (provider, account, token)
+);
+INSERT INTO tokens_v6 (provider, account, token, fingerprint, job_id, created)
+    SELECT provider, 'default', token, fingerprint, job_id, created FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_v6 RENAME TO tokens;
+ALTER TABLE images ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+CREATE TABLE catalogue (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    owner TEXT,
+    shared_with TEXT NOT NULL DEFAULT '',
+    created BIGINT NOT NULL
+);
+";
+
 /// SQLite's migrations: the statements that bring version N-1 to N.
-const SQLITE_STEPS: [(i64, &str); 5] = [
+const SQLITE_STEPS: [(i64, &str); 6] = [
     (1, SCHEMA_V1),
     (2, SCHEMA_V2),
     (3, SCHEMA_V3),
     (4, SCHEMA_V4),
     (5, SCHEMA_V5),
+    (6, SCHEMA_V6),
 ];
 
 /// PostgreSQL's schema at version 4 (PostgreSQL stores start there). Integers are `BIGINT`;
@@ -185,7 +217,7 @@ CREATE TABLE upload_parts (
 ";
 
 /// PostgreSQL's migrations, as SQLite's.
-const PG_STEPS: [(i64, &str); 2] = [(4, PG_V4), (5, PG_V5)];
+const PG_STEPS: [(i64, &str); 3] = [(4, PG_V4), (5, PG_V5), (6, SCHEMA_V6)];
 
 /// The key of the advisory lock that serialises migrations of a PostgreSQL store (instances
 /// of a fleet that start at once migrate it once).
@@ -270,7 +302,7 @@ fn migrate(db: &Db) -> Result<()> {
 
 /// The columns [`row_to_job`] reads.
 const JOB_COLUMNS: &str = "id, provider, state, cancel_requested, progress, message, spec, \
-                           request, result, created, updated, attempts, runner_pid";
+                           request, result, created, updated, attempts, runner_pid, account";
 
 impl JobStore {
     /// Open (or create) the store at `location` (a SQLite file, or a `postgres://` URL),
@@ -308,6 +340,28 @@ impl JobStore {
             Some(c) => Ok(c.clone()),
             None => Credentials::from_env(),
         }
+    }
+
+    /// The keys a job's upload is signed with: its account's own where its target names
+    /// them, else `given`, else the store's ([`JobStore::credentials`]).
+    pub(super) fn credentials_for(
+        &self,
+        target: &TargetSpec,
+        given: Option<Credentials>,
+    ) -> Result<Credentials> {
+        if let TargetSpec::S3 {
+            keys: Some(account),
+            ..
+        } = target
+        {
+            return self.options.account_keys.get(account).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::AccessDenied,
+                    format!("account '{account}' has no object-storage keys configured"),
+                )
+            });
+        }
+        given.map_or_else(|| self.credentials(), Ok)
     }
 
     /// Where the store lives.
@@ -358,8 +412,11 @@ impl JobStore {
             }
             if let Some(upload) = upload {
                 let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
-                let creds = self.credentials();
-                match spec.map(|s| creds.and_then(|c| abort_upload(&s.target, &upload, c))) {
+                let abort = |s: JobSpec| {
+                    let c = self.credentials_for(&s.target, None)?;
+                    abort_upload(&s.target, &upload, c)
+                };
+                match spec.map(abort) {
                     Some(Ok(())) => message.push_str("; its pending upload was aborted"),
                     Some(Err(e)) => message.push_str(&format!(
                         "; its pending upload {upload} could not be aborted ({})",
@@ -402,10 +459,11 @@ impl JobStore {
             // A requeued job keeps its upload for the next attempt to resume.
             if let Some(upload) = upload.filter(|_| !requeue) {
                 let spec: Option<JobSpec> = serde_json::from_str(&spec).ok();
-                let creds = self.credentials();
-                if let Some(Err(e)) =
-                    spec.map(|s| creds.and_then(|c| abort_upload(&s.target, &upload, c)))
-                {
+                let abort = |s: JobSpec| {
+                    let c = self.credentials_for(&s.target, None)?;
+                    abort_upload(&s.target, &upload, c)
+                };
+                if let Some(Err(e)) = spec.map(abort) {
                     message.push_str(&format!(
                         "; its upload could not be aborted ({})",
                         e.message()
@@ -424,12 +482,15 @@ impl JobStore {
         Ok(n)
     }
 
-    /// Submit a job, honouring `token` as the APIs define idempotency. `request` is what the
-    /// responses echo; `fingerprint` tells requests apart under one token. The database
-    /// enforces one job per provider and token, however many processes submit at once.
+    /// Submit a job for `account`, honouring `token` as the APIs define idempotency.
+    /// `request` is what the responses echo; `fingerprint` tells requests apart under one
+    /// token. The database enforces one job per provider, account and token, however many
+    /// processes submit at once; another account's token names nothing of this one's.
+    #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &mut self,
         provider: &str,
+        account: &str,
         id: &str,
         token: Option<&str>,
         fingerprint: &str,
@@ -446,18 +507,19 @@ impl JobStore {
                 // with the same token waits here for this one's outcome and then finds it.
                 let expired_before = t.saturating_sub(TOKEN_LIFETIME.as_secs());
                 let took = tx.execute(
-                    "INSERT INTO tokens (provider, token, fingerprint, job_id, created) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (provider, token) DO UPDATE SET \
+                    "INSERT INTO tokens (provider, account, token, fingerprint, job_id, \
+                     created) VALUES (?1, ?7, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (provider, account, token) DO UPDATE SET \
                      fingerprint = excluded.fingerprint, job_id = excluded.job_id, \
                      created = excluded.created WHERE tokens.created <= ?6",
-                    vals![provider, token, fingerprint, id, t, expired_before],
+                    vals![provider, token, fingerprint, id, t, expired_before, account],
                 )?;
                 if took == 0 {
                     let row = tx
                         .query_opt(
                             "SELECT fingerprint, job_id FROM tokens \
-                             WHERE provider = ?1 AND token = ?2",
-                            vals![provider, token],
+                             WHERE provider = ?1 AND token = ?2 AND account = ?3",
+                            vals![provider, token, account],
                         )?
                         .ok_or_else(|| Error::new(ErrorKind::Io, "job database: token lost"))?;
                     let (fp, job_id): (String, String) = (row.get(0)?, row.get(1)?);
@@ -471,9 +533,9 @@ impl JobStore {
                 }
             }
             tx.execute(
-                "INSERT INTO jobs (id, provider, state, spec, request, created, updated) \
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?5)",
-                vals![id, provider, &spec_text, request.to_string(), t],
+                "INSERT INTO jobs (id, provider, state, spec, request, created, updated, \
+                 account) VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?5, ?6)",
+                vals![id, provider, &spec_text, request.to_string(), t, account],
             )?;
             Ok(None)
         })?;
@@ -508,22 +570,49 @@ impl JobStore {
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no export job '{id}'")))
     }
 
-    /// The jobs of a provider, newest first.
-    pub fn list(&self, provider: &str) -> Result<Vec<Job>> {
+    /// One job of `account`: another account's job is not found, exactly as an id that
+    /// never existed.
+    pub fn get_of(&self, id: &str, account: &str) -> Result<Job> {
+        self.db
+            .query_opt(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND account = ?2"),
+                vals![id, account],
+            )?
+            .map(|r| row_to_job(&r))
+            .transpose()?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no export job '{id}'")))
+    }
+
+    /// The job of `account` that `token` names for `provider` (a token that expired still
+    /// names its job here), else its job `token` if it has one by that id: how a ZStack
+    /// client polls its job by the name it gave it.
+    pub fn job_by_token(&self, provider: &str, account: &str, token: &str) -> Result<Job> {
+        let named = self.db.query_opt(
+            "SELECT job_id FROM tokens WHERE provider = ?1 AND account = ?2 AND token = ?3",
+            vals![provider, account, token],
+        )?;
+        match named {
+            Some(r) => self.get_of(&r.get::<String>(0)?, account),
+            None => self.get_of(token, account),
+        }
+    }
+
+    /// The jobs of a provider that `account` submitted, newest first.
+    pub fn list(&self, provider: &str, account: &str) -> Result<Vec<Job>> {
         self.db
             .query(
                 &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ?1 \
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ?1 AND account = ?2 \
                      ORDER BY created DESC, id"
                 ),
-                vals![provider],
+                vals![provider, account],
             )?
             .iter()
             .map(row_to_job)
             .collect()
     }
 
-    /// Record the image that job `job_id` makes, stored at `path`.
+    /// Record the image that job `job_id` makes for `account`, stored at `path`.
     pub fn register_image(
         &self,
         id: &str,
@@ -531,17 +620,19 @@ impl JobStore {
         path: &Path,
         disk_format: &str,
         job_id: &str,
+        account: &str,
     ) -> Result<()> {
         self.db.execute(
-            "INSERT INTO images (id, name, path, disk_format, job_id, created) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO images (id, name, path, disk_format, job_id, created, account) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             vals![
                 id,
                 name,
                 path.to_string_lossy().into_owned(),
                 disk_format,
                 job_id,
-                now()
+                now(),
+                account
             ],
         )?;
         Ok(())
@@ -551,7 +642,8 @@ impl JobStore {
     /// no such image was registered.
     pub fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
         let Some(row) = self.db.query_opt(
-            "SELECT id, name, path, disk_format, job_id, created FROM images WHERE id = ?1",
+            "SELECT id, name, path, disk_format, job_id, created, account FROM images \
+             WHERE id = ?1",
             vals![id],
         )?
         else {
@@ -568,6 +660,7 @@ impl JobStore {
             state: job.state,
             size: job.result.map(|r| r.size),
             created: row.get(5)?,
+            account: row.get(6)?,
         }))
     }
 
@@ -634,10 +727,10 @@ impl JobStore {
             vals![id, now()],
         )?;
         if let (1, Some((upload, spec))) = (queued, kept) {
-            if let (Ok(spec), Ok(creds)) =
-                (serde_json::from_str::<JobSpec>(&spec), self.credentials())
-            {
-                let _ = abort_upload(&spec.target, &upload, creds);
+            if let Ok(spec) = serde_json::from_str::<JobSpec>(&spec) {
+                if let Ok(creds) = self.credentials_for(&spec.target, None) {
+                    let _ = abort_upload(&spec.target, &upload, creds);
+                }
             }
             self.db.execute(
                 "UPDATE jobs SET upload = NULL WHERE id = ?1 AND state = 'cancelled'",
@@ -688,6 +781,7 @@ fn row_to_job(r: &Row) -> Result<Job> {
         updated: r.get(10)?,
         attempts: r.get(11)?,
         runner_pid: r.get(12)?,
+        account: r.get(13)?,
     })
 }
 
@@ -760,20 +854,63 @@ mod tests {
         active_jobs_of_a_dead_process_fail_on_the_next_open,
         workers_run_queued_jobs_oldest_first_and_never_twice,
         sessions_and_images_are_shared_by_every_connection,
+        each_account_sees_only_its_own_jobs_and_tokens,
     );
+
+    /// Two accounts: the same client token makes two jobs; each lists, gets and cancels its
+    /// own only, and the other's id is not found exactly as an unknown one (nothing changes).
+    fn each_account_sees_only_its_own_jobs_and_tokens(loc: &StoreLocation) -> Result<()> {
+        let mut s = JobStore::open(loc)?;
+        let r = serde_json::json!({});
+        let a = s.submit("aws", "111122223333", "ja", Some("t"), "f", &spec(), &r)?;
+        let b = s.submit("aws", "444455556666", "jb", Some("t"), "f", &spec(), &r)?;
+        assert!(matches!((&a, &b), (Submitted::New(_), Submitted::New(_))));
+        assert_eq!(s.get("ja")?.account, "111122223333");
+        let ids = |acc: &str| -> Result<Vec<String>> {
+            Ok(s.list("aws", acc)?.into_iter().map(|j| j.id).collect())
+        };
+        assert_eq!(ids("111122223333")?, ["ja"]);
+        assert_eq!(ids("444455556666")?, ["jb"]);
+        assert!(ids(DEFAULT_ACCOUNT)?.is_empty());
+        let unknown = s
+            .get_of("nothing", "444455556666")
+            .err()
+            .map(|e| e.to_string());
+        let others = s.get_of("ja", "444455556666").err().map(|e| e.to_string());
+        assert_eq!(
+            others.map(|m| m.replace("'ja'", "'nothing'")),
+            unknown,
+            "another account's job reads as an unknown id"
+        );
+        let api = crate::api::Api::Aws;
+        let refused = api.cancel(&s, "444455556666", "ja");
+        let never = api.cancel(&s, "444455556666", "nothing");
+        assert_eq!(refused.status, never.status);
+        assert_eq!(
+            refused.body["Errors"][0]["Code"],
+            never.body["Errors"][0]["Code"]
+        );
+        assert_eq!(s.get("ja")?.state, JobState::Queued);
+        assert!(!s.get("ja")?.cancel_requested);
+        assert_eq!(api.cancel(&s, "111122223333", "ja").status, 200);
+        assert_eq!(s.get("ja")?.state, JobState::Cancelled);
+        Ok(())
+    }
 
     fn tokens_expire_after_a_day(loc: &StoreLocation) -> Result<()> {
         let mut s = JobStore::open(loc)?;
         let r = serde_json::json!({});
         assert!(matches!(
-            s.submit("aws", "a", Some("t"), "f1", &spec(), &r)?,
+            s.submit("aws", DEFAULT_ACCOUNT, "a", Some("t"), "f1", &spec(), &r)?,
             Submitted::New(_)
         ));
-        match s.submit("aws", "b", Some("t"), "f1", &spec(), &r)? {
+        match s.submit("aws", DEFAULT_ACCOUNT, "b", Some("t"), "f1", &spec(), &r)? {
             Submitted::Existing(j) => assert_eq!(j.id, "a"),
             other => panic!("{other:?}"),
         }
-        let e = s.submit("aws", "c", Some("t"), "f2", &spec(), &r).err();
+        let e = s
+            .submit("aws", DEFAULT_ACCOUNT, "c", Some("t"), "f2", &spec(), &r)
+            .err();
         assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::AlreadyExists));
         // The refused submission left no job behind.
         assert_eq!(
@@ -782,16 +919,16 @@ mod tests {
         );
         // Other providers have their own tokens.
         assert!(matches!(
-            s.submit("oci", "d", Some("t"), "f2", &spec(), &r)?,
+            s.submit("oci", DEFAULT_ACCOUNT, "d", Some("t"), "f2", &spec(), &r)?,
             Submitted::New(_)
         ));
         // A day later the token names nothing.
         s.db.execute("UPDATE tokens SET created = created - 86401", &[])?;
-        match s.submit("aws", "e", Some("t"), "f2", &spec(), &r)? {
+        match s.submit("aws", DEFAULT_ACCOUNT, "e", Some("t"), "f2", &spec(), &r)? {
             Submitted::New(j) => assert_eq!(j.id, "e"),
             other => panic!("{other:?}"),
         }
-        match s.submit("aws", "f", Some("t"), "f2", &spec(), &r)? {
+        match s.submit("aws", DEFAULT_ACCOUNT, "f", Some("t"), "f2", &spec(), &r)? {
             Submitted::Existing(j) => assert_eq!(j.id, "e"),
             other => panic!("{other:?}"),
         }
@@ -811,7 +948,7 @@ mod tests {
                     barrier.wait();
                     let r = serde_json::json!({});
                     let id = format!("job{n}");
-                    match s.submit("aws", &id, Some("same"), "f", &spec(), &r)? {
+                    match s.submit("aws", DEFAULT_ACCOUNT, &id, Some("same"), "f", &spec(), &r)? {
                         Submitted::New(j) | Submitted::Existing(j) => Ok(j.id),
                     }
                 })
@@ -823,7 +960,7 @@ mod tests {
             .collect::<Result<_>>()?;
         assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
         let s = JobStore::open(loc)?;
-        assert_eq!(s.list("aws")?.len(), 1);
+        assert_eq!(s.list("aws", DEFAULT_ACCOUNT)?.len(), 1);
         Ok(())
     }
 
@@ -850,7 +987,15 @@ mod tests {
             )
         };
         let mut s = service()?;
-        s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
+        s.submit(
+            "aws",
+            DEFAULT_ACCOUNT,
+            "j1",
+            None,
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )?;
         for attempt in 1..MAX_ATTEMPTS {
             die(&s, "j1")?;
             s = service()?;
@@ -875,7 +1020,15 @@ mod tests {
             ..StoreOptions::default()
         };
         let mut s = JobStore::open_with(loc, leased.clone())?;
-        s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
+        s.submit(
+            "aws",
+            DEFAULT_ACCOUNT,
+            "j1",
+            None,
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )?;
         let first = s.claim("j1")?;
         assert_eq!(first, Some(1));
         assert_eq!(s.claim("j1")?, None, "claimed once");
@@ -896,7 +1049,15 @@ mod tests {
         other.set_fenced("j1", 2, JobState::Cancelled, "cancelled")?;
         assert_eq!(other.get("j1")?.state, JobState::Cancelled);
         // A job that lapses on its third attempt fails.
-        s.submit("aws", "j2", None, "f", &spec(), &serde_json::json!({}))?;
+        s.submit(
+            "aws",
+            DEFAULT_ACCOUNT,
+            "j2",
+            None,
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )?;
         for _ in 0..MAX_ATTEMPTS {
             assert!(s.claim("j2")?.is_some());
             s.db.execute("UPDATE jobs SET lease_until = 0 WHERE id = 'j2'", &[])?;
@@ -926,7 +1087,15 @@ mod tests {
         }
         let mut s = JobStore::open(loc)?;
         assert_eq!(schema_version(&s.db)?, SCHEMA_VERSION);
-        s.submit("aws", "kept", None, "f", &spec(), &serde_json::json!({}))?;
+        s.submit(
+            "aws",
+            DEFAULT_ACCOUNT,
+            "kept",
+            None,
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )?;
         drop(s);
         let s = JobStore::open(loc)?;
         assert_eq!(s.get("kept")?.state, JobState::Queued);
@@ -950,13 +1119,37 @@ mod tests {
             !listener.wait(Duration::from_millis(200))?,
             "nothing announced yet"
         );
-        s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
+        s.submit(
+            "aws",
+            DEFAULT_ACCOUNT,
+            "j1",
+            None,
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )?;
         // Delivered when the submission commits; the bound only keeps a broken test finite.
         assert!(listener.wait(Duration::from_secs(30))?);
         // A token that names an existing job queues nothing and announces nothing.
-        s.submit("aws", "j2", Some("t"), "f", &spec(), &serde_json::json!({}))?;
+        s.submit(
+            "aws",
+            DEFAULT_ACCOUNT,
+            "j2",
+            Some("t"),
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )?;
         assert!(listener.wait(Duration::from_secs(30))?);
-        s.submit("aws", "j3", Some("t"), "f", &spec(), &serde_json::json!({}))?;
+        s.submit(
+            "aws",
+            DEFAULT_ACCOUNT,
+            "j3",
+            Some("t"),
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )?;
         assert!(!listener.wait(Duration::from_millis(300))?);
         // SQLite has no listener.
         assert!(super::super::db::SubmissionListener::open(&sqlite("listener"))?.is_none());
@@ -991,7 +1184,15 @@ mod tests {
     fn active_jobs_of_a_dead_process_fail_on_the_next_open(loc: &StoreLocation) -> Result<()> {
         {
             let mut s = JobStore::open(loc)?;
-            s.submit("aws", "j1", None, "f", &spec(), &serde_json::json!({}))?;
+            s.submit(
+                "aws",
+                DEFAULT_ACCOUNT,
+                "j1",
+                None,
+                "f",
+                &spec(),
+                &serde_json::json!({}),
+            )?;
             s.db.execute(
                 "UPDATE jobs SET state = 'active', runner_pid = 999999999, runner_start = 1",
                 &[],
@@ -1027,13 +1228,21 @@ mod tests {
         assert_eq!(b.session("old")?, None);
         a.submit(
             "huawei-evs",
+            DEFAULT_ACCOUNT,
             "j",
             None,
             "f",
             &spec(),
             &serde_json::json!({}),
         )?;
-        a.register_image("img", "name", Path::new("/images/img.qcow2"), "qcow2", "j")?;
+        a.register_image(
+            "img",
+            "name",
+            Path::new("/images/img.qcow2"),
+            "qcow2",
+            "j",
+            DEFAULT_ACCOUNT,
+        )?;
         let image = b.image("img")?.expect("registered");
         assert_eq!(
             (image.name.as_str(), image.state, image.size),
@@ -1073,14 +1282,22 @@ mod tests {
             "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10", "gone",
         ];
         for (i, id) in ids.iter().enumerate() {
-            s.submit("aws", id, None, "f", &job(id), &r)?;
+            s.submit("aws", DEFAULT_ACCOUNT, id, None, "f", &job(id), &r)?;
             // Submitted one second apart, a1 the oldest.
             s.db.execute(
                 "UPDATE jobs SET created = created - ?2 WHERE id = ?1",
                 vals![*id, 100 - i as i64],
             )?;
         }
-        s.submit("oci", "other", None, "f", &job("other"), &r)?;
+        s.submit(
+            "oci",
+            DEFAULT_ACCOUNT,
+            "other",
+            None,
+            "f",
+            &job("other"),
+            &r,
+        )?;
         s.cancel("gone")?;
         let never = CancelToken::new();
         // One worker: the oldest queued job first.
