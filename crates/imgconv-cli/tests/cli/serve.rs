@@ -542,6 +542,164 @@ storage = {{ access_key_id = "{own_key}", secret_access_key = "{own_secret}", en
     );
 }
 
+/// Accounts with the OCI SDK (two tenancies, two signing keys) and Huawei's SDKs (two AK/SK
+/// pairs): the other account's work requests, jobs, private images and volumes answer as ids
+/// that do not exist; images shared with B export for B; B's export into A's bucket is refused
+/// with the provider's access error and writes nothing; one retry token from each account
+/// makes two work requests.
+#[test]
+fn oci_and_huawei_accounts_see_and_export_only_what_they_own_or_were_granted() {
+    let s = setup("serve-accounts-oci-hw");
+    s.s3.create_bucket("team-a");
+    let key = |n: &str| -> String {
+        let k = sdk(
+            "oci_keys",
+            &json!({ "private": s.dir.join(format!("{n}.pem")), "public": s.dir.join(format!("{n}_public.pem")) }),
+        );
+        k["fingerprint"].as_str().expect("fingerprint").to_string()
+    };
+    let (fp_a, fp_b) = (key("oci-a"), key("oci-b"));
+    let d = s.dir.display();
+    let (hw_a, hw_shared) = (
+        "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    );
+    let volume_a = "7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e";
+    let served = s.serve_edited("serve", &s.s3.endpoint(), |text| {
+        let images = format!(
+            "[images]\n\
+             \"ocid1.image.oc1..privatea\" = {{ path = \"{d}/web.qcow2\", owner = \"tenancy-a\" }}\n\
+             \"ocid1.image.oc1..shared\" = {{ path = \"{d}/web.qcow2\", owner = \"tenancy-a\", shared_with = [\"tenancy-b\"] }}\n\
+             \"{hw_a}\" = {{ path = \"{d}/web.qcow2\", owner = \"project-a\" }}\n\
+             \"{hw_shared}\" = {{ path = \"{d}/web.qcow2\", owner = \"project-a\", shared_with = [\"project-b\"] }}\n"
+        );
+        let volumes =
+            format!("[volumes]\n\"{volume_a}\" = {{ path = \"{d}/src.raw\", owner = \"project-a\" }}\n");
+        let mut t = text
+            .replacen("[images]\n", &images, 1)
+            .replacen("[volumes]\n", &volumes, 1);
+        t.push_str(&format!(
+            r#"
+[[callers]]
+api = "oci"
+account = "tenancy-a"
+key_id = "ocid1.tenancy.oc1..a/{USER}/{fp_a}"
+public_key_file = "oci-a_public.pem"
+
+[[callers]]
+api = "oci"
+account = "tenancy-b"
+key_id = "ocid1.tenancy.oc1..b/{USER}/{fp_b}"
+public_key_file = "oci-b_public.pem"
+
+[[callers]]
+api = "huawei"
+account = "project-a"
+access_key = "HWAKACCOUNTA000000000"
+secret_key = "hw-secret-of-account-a"
+
+[[callers]]
+api = "huawei"
+account = "project-b"
+access_key = "HWAKACCOUNTB000000000"
+secret_key = "hw-secret-of-account-b"
+
+[[accounts]]
+id = "tenancy-a"
+buckets = ["team-a"]
+
+[[accounts]]
+id = "tenancy-b"
+buckets = ["exports/b/"]
+
+[[accounts]]
+id = "project-a"
+buckets = ["team-a"]
+
+[[accounts]]
+id = "project-b"
+buckets = ["exports/b/"]
+"#
+        ));
+        t
+    });
+    let r = sdk(
+        "oci_accounts",
+        &s.args(
+            &served,
+            json!({
+                "tenancy": "ocid1.tenancy.oc1..a", "fingerprint": fp_a,
+                "key_file": s.dir.join("oci-a.pem"),
+                "tenancy_b": "ocid1.tenancy.oc1..b", "fingerprint_b": fp_b,
+                "key_file_b": s.dir.join("oci-b.pem"),
+                "bucket_a": "team-a", "image_a": "ocid1.image.oc1..privatea",
+                "image_shared": "ocid1.image.oc1..shared",
+            }),
+        ),
+    );
+    assert_eq!(
+        r["b_gets_a_work_request"], r["b_gets_unknown_work_request"],
+        "{r}"
+    );
+    assert_eq!(
+        r["b_gets_a_work_request"],
+        json!([404, "NotAuthorizedOrNotFound"]),
+        "{r}"
+    );
+    assert_eq!(r["b_gets_a_image"], r["b_gets_unknown_image"], "{r}");
+    assert_eq!(r["b_exports_a_image"], r["b_exports_unknown_image"], "{r}");
+    assert_eq!(
+        r["b_exports_a_image"],
+        json!([404, "NotAuthorizedOrNotFound"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["b_into_a_bucket"],
+        json!([404, "NotAuthorizedOrNotFound"]),
+        "{r}"
+    );
+    assert_eq!(r["two_work_requests"], true, "{r}");
+    assert_eq!(r["a_status"], "SUCCEEDED", "{r}");
+    assert_eq!(r["b_status"], "SUCCEEDED", "{r}");
+    assert!(s.s3.download_from("team-a", "a/a.qcow2").is_some());
+    assert!(s.s3.download("b/b.qcow2").is_some());
+    let h = sdk(
+        "huawei_accounts",
+        &s.args(
+            &served,
+            json!({
+                "ak": "HWAKACCOUNTA000000000", "sk": "hw-secret-of-account-a",
+                "ak_b": "HWAKACCOUNTB000000000", "sk_b": "hw-secret-of-account-b",
+                "bucket_a": "team-a", "image_a": hw_a, "image_shared": hw_shared,
+                "volume_a": volume_a,
+            }),
+        ),
+    );
+    assert_eq!(h["b_shows_a_job"], h["b_shows_unknown_job"], "{h}");
+    assert_eq!(h["b_shows_a_job"][0], 404, "{h}");
+    assert_eq!(h["b_exports_a_image"], h["b_exports_unknown_image"], "{h}");
+    assert_eq!(h["b_exports_a_image"][0], 404, "{h}");
+    assert_eq!(h["b_into_a_bucket"], json!([403, "IMG.0003"]), "{h}");
+    assert_eq!(
+        h["b_uploads_a_volume"], h["b_uploads_unknown_volume"],
+        "{h}"
+    );
+    assert_eq!(h["b_uploads_a_volume"][0], 404, "{h}");
+    let lists = |k: &str| h[k].as_array().cloned().unwrap_or_default();
+    assert!(lists("a_lists").contains(&json!(hw_a)), "{h}");
+    assert!(!lists("b_lists").contains(&json!(hw_a)), "{h}");
+    assert!(lists("b_lists").contains(&json!(hw_shared)), "{h}");
+    assert_eq!(h["a_status"], "SUCCESS", "{h}");
+    assert_eq!(h["b_status"], "SUCCESS", "{h}");
+    assert!(s.s3.download_from("team-a", "a/hw-a.qcow2").is_some());
+    assert!(s.s3.download("b/hw-b.qcow2").is_some());
+    assert!(
+        !s.s3.files().iter().any(|f| f.starts_with("team-a/b/")),
+        "nothing of B's in A's bucket: {:?}",
+        s.s3.files()
+    );
+}
+
 /// Two ZStack accounts: B's poll of A's job is answered as an unknown job's; B naming its
 /// job as A did (X-Job-UUID) gets a job of its own; the published files' names cannot be
 /// guessed from the image and format.

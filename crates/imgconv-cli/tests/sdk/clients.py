@@ -651,6 +651,101 @@ def zstack_accounts(a):
     return out
 
 
+def oci_accounts(a):
+    """Two OCI tenancies, A (tenancy/fingerprint/key_file) and B (tenancy_b, fingerprint_b,
+    key_file_b): B's get_work_request, get_image and export_image of A's private image answer
+    as for unknown ids; an image shared with B exports for B; B into a bucket it was not
+    granted is refused; one opc-retry-token from A and from B makes two work requests."""
+    import oci
+
+    A = oci_compute(a)
+    b = {**a, "tenancy": a["tenancy_b"], "fingerprint": a["fingerprint_b"], "key_file": a["key_file_b"]}
+    B = oci_compute(b)
+    wr_a = oci.work_requests.WorkRequestClient(oci_config(a), service_endpoint=a["endpoint"])
+    wr_b = oci.work_requests.WorkRequestClient(oci_config(b), service_endpoint=a["endpoint"])
+
+    def code(f):
+        try:
+            f()
+        except oci.exceptions.ServiceError as e:
+            return [e.status, e.code]
+        return None
+
+    def details(bucket, name):
+        return oci.core.models.ExportImageViaObjectStorageTupleDetails(
+            bucket_name=bucket, namespace_name=a["namespace"], object_name=name, export_format="QCOW2")
+
+    out = {}
+    wa = A.export_image(a["image_a"], details(a["bucket_a"], "a/a.qcow2"),
+                        opc_retry_token="same-retry-token").headers["opc-work-request-id"]
+    unknown_wr = "ocid1.coreservicesworkrequest.oc1..unknown"
+    out["b_gets_a_work_request"] = code(lambda: wr_b.get_work_request(wa))
+    out["b_gets_unknown_work_request"] = code(lambda: wr_b.get_work_request(unknown_wr))
+    out["b_gets_a_image"] = code(lambda: B.get_image(a["image_a"]))
+    out["b_gets_unknown_image"] = code(lambda: B.get_image("ocid1.image.oc1..unknown"))
+    out["b_exports_a_image"] = code(lambda: B.export_image(a["image_a"], details(a["bucket"], "b/x.qcow2")))
+    out["b_exports_unknown_image"] = code(lambda: B.export_image("ocid1.image.oc1..unknown", details(a["bucket"], "b/x.qcow2")))
+    out["b_into_a_bucket"] = code(lambda: B.export_image(a["image_shared"], details(a["bucket_a"], "b/x.qcow2")))
+    wb = B.export_image(a["image_shared"], details(a["bucket"], "b/b.qcow2"),
+                        opc_retry_token="same-retry-token").headers["opc-work-request-id"]
+    out["two_work_requests"] = wa != wb
+    out["a_status"] = oci.wait_until(wr_a, wr_a.get_work_request(wa), "status", "SUCCEEDED",
+                                     max_wait_seconds=WAIT, max_interval_seconds=1).data.status
+    out["b_status"] = oci.wait_until(wr_b, wr_b.get_work_request(wb), "status", "SUCCEEDED",
+                                     max_wait_seconds=WAIT, max_interval_seconds=1).data.status
+    return out
+
+
+def huawei_accounts(a):
+    """Two Huawei accounts, A (ak/sk) and B (ak_b/sk_b): B's show_job of A's job, B's export of
+    A's image and B's upload of A's volume answer as for unknown ids; B's image list omits A's
+    image; B into A's bucket is refused; a shared image exports for B."""
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+    from huaweicloudsdkevs.v2 import (
+        CinderExportToImageOption,
+        CinderExportToImageRequest,
+        CinderExportToImageRequestBody,
+    )
+    from huaweicloudsdkims.v2 import ExportImageRequest, ExportImageRequestBody, ListImagesRequest, ShowJobRequest
+
+    ims_a, _ = huawei_clients(a)
+    ims_b, evs_b = huawei_clients({**a, "ak": a["ak_b"]}, sk=a["sk_b"])
+
+    def code(f):
+        try:
+            f()
+        except ClientRequestException as e:
+            return [e.status_code, e.error_code]
+        return None
+
+    def export(ims, image, url):
+        return ims.export_image(ExportImageRequest(
+            image_id=image, body=ExportImageRequestBody(bucket_url=url, file_format="qcow2")))
+
+    out = {}
+    ja = export(ims_a, a["image_a"], f"{a['bucket_a']}:a/hw-a.qcow2").job_id
+    out["b_shows_a_job"] = code(lambda: ims_b.show_job(ShowJobRequest(job_id=ja)))
+    out["b_shows_unknown_job"] = code(lambda: ims_b.show_job(ShowJobRequest(job_id="ff" * 16)))
+    out["b_exports_a_image"] = code(lambda: export(ims_b, a["image_a"], f"{a['bucket']}:b/x.qcow2"))
+    out["b_exports_unknown_image"] = code(lambda: export(ims_b, "0" * 32, f"{a['bucket']}:b/x.qcow2"))
+    out["b_into_a_bucket"] = code(lambda: export(ims_b, a["image_shared"], f"{a['bucket_a']}:b/x.qcow2"))
+    out["b_lists"] = [i.id for i in ims_b.list_images(ListImagesRequest()).images]
+    out["a_lists"] = [i.id for i in ims_a.list_images(ListImagesRequest()).images]
+
+    def upload(volume):
+        return evs_b.cinder_export_to_image(CinderExportToImageRequest(
+            volume_id=volume,
+            body=CinderExportToImageRequestBody(os_volume_upload_image=CinderExportToImageOption(
+                image_name="x", disk_format="qcow2", container_format="bare", force=False))))
+
+    out["b_uploads_a_volume"] = code(lambda: upload(a["volume_a"]))
+    out["b_uploads_unknown_volume"] = code(lambda: upload("0" * 32))
+    jb = export(ims_b, a["image_shared"], f"{a['bucket']}:b/hw-b.qcow2").job_id
+    out["a_status"] = huawei_wait(ims_a, ja).status
+    out["b_status"] = huawei_wait(ims_b, jb).status
+    return out
+
+
 def poll_load(a):
     """`clients` threads poll `url` (GET, signed as AWS) for `seconds`; latencies."""
     import threading
