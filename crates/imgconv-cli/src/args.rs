@@ -62,6 +62,51 @@ pub(crate) enum Command {
                       cannot be used."
     )]
     Serve(ServeArgs),
+    /// The export service's image catalogue, in its job store: every instance of a fleet sees
+    /// a change at once, with no restart.
+    #[command(
+        after_help = "Exit codes: 0 done, 2 a bad configuration or argument, 3 no                       configuration file, no such image file or (remove) no such id, 6 the job                       store cannot be used."
+    )]
+    Images(ImagesArgs),
+}
+
+/// `imgconv images`.
+#[derive(Debug, Args)]
+pub(crate) struct ImagesArgs {
+    /// The service's configuration file (its job store is the catalogue's).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    #[command(subcommand)]
+    pub(crate) action: ImagesAction,
+}
+
+/// What `imgconv images` does.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImagesAction {
+    /// Add an image (or replace the one of that id): the id the APIs name, and its disk file.
+    Add {
+        /// The image id (an AMI id, an OCI image OCID, an IMS image id, a ZStack image UUID).
+        id: String,
+        /// The disk file (any format imgconv reads).
+        path: PathBuf,
+        /// The account that owns it; without one, every account may export it.
+        #[arg(long, value_name = "ACCOUNT")]
+        owner: Option<String>,
+        /// Another account that may export it (repeat for more).
+        #[arg(long = "share", value_name = "ACCOUNT")]
+        share: Vec<String>,
+    },
+    /// List the images.
+    List {
+        /// `human` (a line each) or `json`.
+        #[arg(long, value_enum, default_value_t = OutputMode::Human)]
+        output: OutputMode,
+    },
+    /// Remove an image: exports of it are refused as for an id that never existed.
+    Remove {
+        /// The image id.
+        id: String,
+    },
 }
 
 /// `imgconv serve`.
@@ -148,7 +193,7 @@ pub(crate) struct ApiArgs {
 
 /// Names of the subcommands, for telling the short form `imgconv IN OUT` apart.
 pub(crate) const SUBCOMMANDS: &[&str] = &[
-    "convert", "info", "compare", "measure", "map", "check", "export", "serve", "help",
+    "convert", "info", "compare", "measure", "map", "check", "export", "serve", "images", "help",
 ];
 
 /// How results are printed.

@@ -777,6 +777,76 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
     })
 }
 
+/// `imgconv images --config FILE add|list|remove`: the service's image catalogue.
+pub(crate) fn images(a: crate::args::ImagesArgs) -> CmdResult {
+    use crate::args::{ImagesAction, OutputMode};
+    let config = imgconv_server::Config::load(&a.config)?;
+    let store = imgconv_server::open_store(&config)?;
+    match a.action {
+        ImagesAction::Add {
+            id,
+            path,
+            owner,
+            share,
+        } => {
+            if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+                return Err(Error::invalid_argument(
+                    "an image id is 1 to 256 printable characters",
+                )
+                .into());
+            }
+            // The file the id stands for, as an absolute path: the service runs elsewhere.
+            let path = std::fs::canonicalize(&path)
+                .map_err(|e| Error::io("cannot find the image file", e).with_path(&path))?;
+            if !path.is_file() {
+                return Err(
+                    Error::new(imgconv::ErrorKind::NotAFile, "the image is not a file")
+                        .with_path(&path)
+                        .into(),
+                );
+            }
+            store.put_image(&imgconv_export::jobs::CatalogueImage {
+                id,
+                path,
+                owner: owner.filter(|o| !o.is_empty()),
+                shared_with: share,
+            })?;
+            Ok(0)
+        }
+        ImagesAction::List { output } => {
+            let images = store.catalogue()?;
+            if output == OutputMode::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&images).unwrap_or_default()
+                );
+            } else {
+                for i in &images {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        i.id,
+                        i.owner.as_deref().unwrap_or("(public)"),
+                        i.shared_with.join(","),
+                        i.path.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        ImagesAction::Remove { id } => {
+            if store.remove_image(&id)? {
+                Ok(0)
+            } else {
+                Err(Error::new(
+                    imgconv::ErrorKind::NotFound,
+                    format!("no image '{id}' in the catalogue"),
+                )
+                .into())
+            }
+        }
+    }
+}
+
 /// `imgconv export --api API --work`: run the API's queued jobs until none is left. Exit 0
 /// when the queue is empty (jobs that failed are recorded as failed), 130 on Ctrl-C, which
 /// cancels the running job and leaves the rest queued.

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Map(a) => commands::map(a),
         Command::Check(a) => commands::check(a),
         Command::Export(a) => commands::export_api(a),
+        Command::Images(a) => commands::images(a),
         Command::Serve(a) => imgconv_server::Config::load(&a.config)
             .and_then(imgconv_server::run)
             .map(|()| 0)

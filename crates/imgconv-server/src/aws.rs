@@ -207,7 +207,7 @@ fn export_image(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
             "The request must contain the parameter ImageId",
         );
     };
-    let Some(source) = Service::visible(&svc.config.images, image, &c.account) else {
+    let Some(source) = svc.image(image, &c.account) else {
         return err(
             req,
             400,
@@ -215,7 +215,7 @@ fn export_image(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
             &format!("The image id '[{image}]' does not exist"),
         );
     };
-    let reply = match submit(c, source, &request) {
+    let reply = match submit(c, &source, &request) {
         Ok(r) => r,
         Err(w) => return w,
     };

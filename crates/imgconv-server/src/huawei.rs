@@ -100,10 +100,11 @@ fn json_body(req: &Incoming<'_>) -> Result<Value, Wire> {
 /// An image `account` may see: configured, or made by its own EVS upload (then only once
 /// made). Any other is not found.
 fn image_source(svc: &Service, account: &str, id: &str) -> Result<PathBuf, (u16, String)> {
-    if svc.config.images.contains_key(id) {
-        return Service::visible(&svc.config.images, id, account)
-            .map(PathBuf::from)
-            .ok_or_else(|| (404, format!("the image {id} does not exist")));
+    match svc.with_store(|s| s.catalogue_image(id)) {
+        Ok(Some(image)) if image.visible_to(account) => return Ok(image.path),
+        Ok(Some(_)) => return Err((404, format!("the image {id} does not exist"))),
+        Ok(None) => {}
+        Err(e) => return Err((500, e.message().to_string())),
     }
     match svc.with_store(|s| s.image(id)) {
         Ok(Some(img)) if img.account != account => {
@@ -212,11 +213,16 @@ fn image_view(
 fn list_images(svc: &Service, req: &Incoming<'_>, account: &str) -> Wire {
     let wanted = req.query_value("id");
     let mut images = vec![];
-    for (id, image) in &svc.config.images {
-        if wanted.as_deref().is_some_and(|w| w != id) || !image.visible_to(account) {
-            continue;
-        }
-        let path = &image.path;
+    let catalogue = match &wanted {
+        Some(w) => svc.with_store(|s| s.catalogue_image(w).map(|i| i.into_iter().collect())),
+        None => svc.with_store(|s| s.catalogue()),
+    };
+    let catalogue: Vec<imgconv_export::jobs::CatalogueImage> = match catalogue {
+        Ok(c) => c,
+        Err(e) => return err(req, 500, "IMG.0001", e.message()),
+    };
+    for image in catalogue.iter().filter(|i| i.visible_to(account)) {
+        let (id, path) = (&image.id, &image.path);
         let format = imgconv::open_image(path, None)
             .map(|r| r.format().name().to_string())
             .unwrap_or_default();

@@ -133,6 +133,10 @@ impl Service {
             config.db.as_str(),
             store_options(&config, &credentials, &account_keys),
         )?;
+        // The file's images join the catalogue, which `imgconv images` changes at run time.
+        for (id, image) in &config.images {
+            store.put_image(&catalogue_entry(id, image))?;
+        }
         let mut oci_keys = BTreeMap::new();
         for c in &config.callers {
             if let Caller::Oci {
@@ -245,6 +249,17 @@ impl Service {
             .to_string()
     }
 
+    /// The disk behind image `id` of the catalogue (in the job store, which every instance
+    /// of a fleet shares) if `account` may see it: an image it may not see is not found,
+    /// exactly as one that does not exist.
+    fn image(&self, id: &str, account: &str) -> Option<std::path::PathBuf> {
+        self.with_store(|s| s.catalogue_image(id))
+            .ok()
+            .flatten()
+            .filter(|i| i.visible_to(account))
+            .map(|i| i.path)
+    }
+
     /// The disk behind `id` in `images` if `account` may see it: an image it may not see is
     /// not found, exactly as one that does not exist.
     fn visible<'a>(
@@ -291,6 +306,31 @@ fn store_options(config: &Config, credentials: &Credentials, keys: &KeyRing) -> 
         interrupt_requeues: true,
         lease: Some(Duration::from_secs(config.lease_secs)),
         account_keys: keys.clone(),
+    }
+}
+
+/// The job store of `config`, opened as the service opens it (for `imgconv images`).
+pub fn open_store(config: &Config) -> Result<JobStore> {
+    let credentials = Credentials::new(
+        &config.storage.access_key_id,
+        &config.storage.secret_access_key,
+        None,
+    );
+    let keys = KeyRing::default();
+    keys.replace(own_keys(config));
+    JobStore::open_with(
+        config.db.as_str(),
+        store_options(config, &credentials, &keys),
+    )
+}
+
+/// An image of the configuration as a catalogue entry.
+pub fn catalogue_entry(id: &str, image: &Image) -> imgconv_export::jobs::CatalogueImage {
+    imgconv_export::jobs::CatalogueImage {
+        id: id.to_string(),
+        path: image.path.clone(),
+        owner: image.owner.clone(),
+        shared_with: image.shared_with.clone(),
     }
 }
 

@@ -57,7 +57,7 @@ fn image_body(svc: &Service, id: &str, state: &str) -> Value {
 }
 
 fn export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
-    let Some(source) = Service::visible(&svc.config.images, id, account) else {
+    let Some(source) = svc.image(id, account) else {
         return not_found(req);
     };
     let body: Value = match serde_json::from_slice(req.body) {
@@ -98,7 +98,7 @@ fn export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
             );
         }
     }
-    let ctx = svc.context(source, Some(id), req.headers, account);
+    let ctx = svc.context(&source, Some(id), req.headers, account);
     let reply = svc.with_store(|s| Api::Oci.submit(s, &ctx, &body));
     if reply.run.is_some() {
         svc.notify();
@@ -134,10 +134,10 @@ fn work_request(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> W
 }
 
 fn image(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
-    let Some(source) = Service::visible(&svc.config.images, id, account) else {
+    let Some(source) = svc.image(id, account) else {
         return not_found(req);
     };
-    let etag = imgconv_export::api::oci_image_etag(source);
+    let etag = imgconv_export::api::oci_image_etag(&source);
     let exporting = svc.with_store(|s| {
         s.list("oci", account).map(|jobs| {
             jobs.iter().any(|j| {

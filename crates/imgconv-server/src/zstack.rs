@@ -160,7 +160,7 @@ fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack, account: &str) -
             "exportImageFromBackupStorage.imageUuid is required",
         );
     };
-    let Some(source) = Service::visible(&svc.config.images, image, account) else {
+    let Some(source) = svc.image(image, account) else {
         return err(
             req,
             404,
@@ -173,7 +173,7 @@ fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack, account: &str) -
             z.publish_dir.clone(),
             format!("{}/export/", svc.config.public_url),
         )),
-        ..svc.context(source, None, req.headers, account)
+        ..svc.context(&source, None, req.headers, account)
     };
     let reply = svc.with_store(|s| Api::Zstack.submit(s, &ctx, &b));
     if reply.run.is_some() {

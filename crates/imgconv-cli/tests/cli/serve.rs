@@ -1597,6 +1597,86 @@ fn zstack_sessions_shared(backend: Backend) {
     s.same(&out, "raw");
 }
 
+/// `imgconv images add` through one instance's configuration, then an export of that id
+/// through another instance of a PostgreSQL fleet, with no restart; `list` shows it; `remove`
+/// makes it not found everywhere; bad arguments get their exit codes.
+#[test]
+fn on_postgres_images_added_at_run_time_export_through_every_instance() {
+    let s = setup_on("serve-pg-images", Backend::Postgres);
+    let a = s.serve_named("a", &s.s3.endpoint(), "");
+    let b = s.serve_named("b", &s.s3.endpoint(), "");
+    let export = |via: &Served| {
+        sdk(
+            "aws_export_or_error",
+            &s.args(
+                via,
+                json!({ "image": "ami-0added0at0run0time", "prefix": "added/" }),
+            ),
+        )
+    };
+    assert_eq!(
+        export(&b)["error"],
+        json!([400, "InvalidAMIID.NotFound"]),
+        "not added yet"
+    );
+    let images = |args: &[&str]| {
+        imgconv()
+            .args(["images", "--config"])
+            .arg(&a.config)
+            .args(args)
+            .output()
+            .expect("imgconv images")
+    };
+    let web = s.dir.join("web.qcow2");
+    let added = images(&["add", "ami-0added0at0run0time", web.to_str().expect("path")]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let listed = images(&["list", "--output", "json"]);
+    let list: Value = serde_json::from_slice(&listed.stdout).expect("list JSON");
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|i| i["id"] == "ami-0added0at0run0time"
+                && i["path"] == json!(web.canonicalize().expect("canonical")))),
+        "{list}"
+    );
+    let r = export(&b);
+    assert_eq!(r["status"], "completed", "{r}");
+    let out = s.dir.join("added.raw");
+    std::fs::write(
+        &out,
+        s.s3.download(r["key"].as_str().expect("key"))
+            .expect("object"),
+    )
+    .expect("write");
+    s.same(&out, "raw");
+    let removed = images(&["remove", "ami-0added0at0run0time"]);
+    assert!(removed.status.success());
+    assert_eq!(export(&a)["error"], json!([400, "InvalidAMIID.NotFound"]));
+    assert_eq!(export(&b)["error"], json!([400, "InvalidAMIID.NotFound"]));
+    // Removing again, or adding a file that is not there: not found (3).
+    assert_eq!(
+        images(&["remove", "ami-0added0at0run0time"]).status.code(),
+        Some(3)
+    );
+    assert_eq!(
+        images(&[
+            "add",
+            "ami-x",
+            s.dir.join("nothing.qcow2").to_str().expect("p")
+        ])
+        .status
+        .code(),
+        Some(3)
+    );
+    assert_eq!(
+        images(&["add", "", web.to_str().expect("p")]).status.code(),
+        Some(2)
+    );
+}
+
 #[test]
 fn on_postgres_three_instances_run_24_exports_from_every_api_once_each() {
     let s = setup_on("serve-pg-three", Backend::Postgres);

@@ -746,6 +746,20 @@ def huawei_accounts(a):
     return out
 
 
+def aws_export_or_error(a):
+    """export_image of `image` into `bucket`/`prefix`: the task's end status, or the error."""
+    from botocore.exceptions import ClientError
+
+    ec2 = ec2_client(a)
+    try:
+        tid = ec2.export_image(DiskImageFormat="RAW", ImageId=a["image"],
+                               S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": a["prefix"]})["ExportImageTaskId"]
+    except ClientError as e:
+        return {"error": [e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]]}
+    t = aws_wait(ec2, tid, ["completed", "deleted"])
+    return {"status": t["Status"], "key": f"{a['prefix']}{tid}.raw"}
+
+
 def poll_load(a):
     """`clients` threads poll `url` (GET, signed as AWS) for `seconds`; latencies."""
     import threading

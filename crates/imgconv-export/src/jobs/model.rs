@@ -161,6 +161,30 @@ pub struct Job {
     pub account: String,
 }
 
+/// An image of the catalogue: an id the APIs may name, the disk file it stands for, and who
+/// may see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CatalogueImage {
+    /// The id the APIs name.
+    pub id: String,
+    /// The disk file.
+    pub path: PathBuf,
+    /// The account that owns it; `None`: public (every account sees it).
+    pub owner: Option<String>,
+    /// Other accounts that may export it.
+    pub shared_with: Vec<String>,
+}
+
+impl CatalogueImage {
+    /// Whether `account` may see (and export) it.
+    pub fn visible_to(&self, account: &str) -> bool {
+        match &self.owner {
+            None => true,
+            Some(o) => o == account || self.shared_with.iter().any(|a| a == account),
+        }
+    }
+}
+
 /// The account of callers, jobs and images that name none (a configuration without
 /// accounts is one account).
 pub const DEFAULT_ACCOUNT: &str = "default";

@@ -664,6 +664,57 @@ impl JobStore {
         }))
     }
 
+    /// Add `image` to the catalogue, or replace the entry of its id.
+    pub fn put_image(&self, image: &CatalogueImage) -> Result<()> {
+        let shared = serde_json::to_string(&image.shared_with).map_err(|e| {
+            Error::new(ErrorKind::Internal, "cannot record an image").with_source(e)
+        })?;
+        self.db.execute(
+            "INSERT INTO catalogue (id, path, owner, shared_with, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO UPDATE SET \
+             path = excluded.path, owner = excluded.owner, shared_with = excluded.shared_with",
+            vals![
+                &image.id,
+                image.path.to_string_lossy().into_owned(),
+                image.owner.clone(),
+                shared,
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Remove an image from the catalogue; whether it was there.
+    pub fn remove_image(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .db
+            .execute("DELETE FROM catalogue WHERE id = ?1", vals![id])?
+            > 0)
+    }
+
+    /// An image of the catalogue, by id (one indexed read).
+    pub fn catalogue_image(&self, id: &str) -> Result<Option<CatalogueImage>> {
+        self.db
+            .query_opt(
+                "SELECT id, path, owner, shared_with FROM catalogue WHERE id = ?1",
+                vals![id],
+            )?
+            .map(|r| row_to_catalogue(&r))
+            .transpose()
+    }
+
+    /// The catalogue, by id.
+    pub fn catalogue(&self) -> Result<Vec<CatalogueImage>> {
+        self.db
+            .query(
+                "SELECT id, path, owner, shared_with FROM catalogue ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(row_to_catalogue)
+            .collect()
+    }
+
     /// Record a login session `id` of `account`, valid until `expires` (seconds since the
     /// epoch); sessions that have expired are dropped.
     pub fn create_session(&self, id: &str, account: &str, expires: u64) -> Result<()> {
@@ -753,6 +804,26 @@ impl JobStore {
         }
         self.get(id)
     }
+}
+
+fn row_to_catalogue(r: &Row) -> Result<CatalogueImage> {
+    let shared: String = r.get(3)?;
+    Ok(CatalogueImage {
+        id: r.get(0)?,
+        path: PathBuf::from(r.get::<String>(1)?),
+        owner: r.get(2)?,
+        shared_with: if shared.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&shared).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    "job database: a catalogue entry does not parse",
+                )
+                .with_source(e)
+            })?
+        },
+    })
 }
 
 fn row_to_job(r: &Row) -> Result<Job> {
