@@ -57,7 +57,9 @@ pub(crate) enum Command {
         after_help = "The configuration file (TOML) names the address, the job store, the \
                       object storage, the images and the callers' keys: see the README's \
                       \"Run the export service\". SIGTERM or SIGINT stops accepting, puts the \
-                      running exports back in the queue and exits 0. Exit codes: 2 a bad \
+                      running exports back in the queue and exits 0. SIGHUP reads the file \
+                      again (callers, accounts, storage, images) without dropping a request or \
+                      an export. Exit codes: 2 a bad \
                       configuration, 3 no configuration file, 6 the address or job store \
                       cannot be used."
     )]

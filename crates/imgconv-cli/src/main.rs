@@ -23,8 +23,7 @@ fn main() -> ExitCode {
         Command::Check(a) => commands::check(a),
         Command::Export(a) => commands::export_api(a),
         Command::Images(a) => commands::images(a),
-        Command::Serve(a) => imgconv_server::Config::load(&a.config)
-            .and_then(imgconv_server::run)
+        Command::Serve(a) => imgconv_server::run_file(&a.config)
             .map(|()| 0)
             .map_err(commands::Failure::from),
     };

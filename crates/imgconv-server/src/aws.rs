@@ -21,8 +21,10 @@ fn err(req: &Incoming<'_>, status: u16, code: &str, message: &str) -> Wire {
 }
 
 pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
+    let live = svc.live();
     let signed = verify_sigv4(&req.signed(), "ec2", |k| {
-        svc.secret(
+        crate::secret(
+            &live.config,
             |c| match c {
                 Caller::Aws {
                     access_key_id,
@@ -236,7 +238,8 @@ fn export_instance(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
             "The request must contain the parameter InstanceId",
         );
     };
-    let Some(source) = Service::visible(&svc.config.instances, instance, &c.account) else {
+    let live = svc.live();
+    let Some(source) = Service::visible(&live.config.instances, instance, &c.account) else {
         return err(
             req,
             400,

@@ -130,8 +130,9 @@ pub fn server_request(data: &[u8]) {
         auth::verify_huawei(&signed, |_| Some("huawei-secret-the-fuzzer-does-not-know")).is_err(),
         "{refused}"
     );
+    let live = svc.live();
     assert!(
-        auth::verify_oci(&signed, |k| svc.oci_keys.get(k)).is_err(),
+        auth::verify_oci(&signed, |k| live.oci_keys.get(k)).is_err(),
         "{refused}"
     );
     let provider = Provider::of(&method, &path);

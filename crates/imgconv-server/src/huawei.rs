@@ -22,8 +22,10 @@ fn err(req: &Incoming<'_>, status: u16, code: &str, message: &str) -> Wire {
 }
 
 pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
+    let live = svc.live();
     let auth = verify_huawei(&req.signed(), |k| {
-        svc.secret(
+        crate::secret(
+            &live.config,
             |c| match c {
                 Caller::Huawei {
                     access_key,
@@ -67,7 +69,8 @@ fn route(svc: &Service, req: &Incoming<'_>, account: &str) -> Wire {
         );
     };
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
-    let project = svc.config.huawei.as_ref().map(|h| h.project_id.as_str());
+    let live = svc.live();
+    let project = live.config.huawei.as_ref().map(|h| h.project_id.as_str());
     match (req.method.as_str(), seg.as_slice()) {
         ("POST", ["v1", "cloudimages", id, "file"]) => ims_export(svc, req, account, id),
         ("GET", ["v1", p, "jobs", job]) if Some(*p) == project => job_of(svc, req, account, job),
@@ -253,7 +256,8 @@ fn list_images(svc: &Service, req: &Incoming<'_>, account: &str) -> Wire {
 }
 
 fn evs_upload(svc: &Service, req: &Incoming<'_>, account: &str, volume: &str) -> Wire {
-    let Some(source) = Service::visible(&svc.config.volumes, volume, account) else {
+    let live = svc.live();
+    let Some(source) = Service::visible(&live.config.volumes, volume, account) else {
         return err(
             req,
             404,

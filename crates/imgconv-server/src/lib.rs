@@ -98,45 +98,33 @@ impl Provider {
 
 /// The service: configuration, callers' keys, the job store and counters.
 pub struct Service {
-    config: Config,
+    /// What a `SIGHUP` may change: callers, accounts, storage, provider settings.
+    live: std::sync::RwLock<Arc<Live>>,
     store: Mutex<JobStore>,
-    credentials: Credentials,
     /// The accounts' own object-storage keys (the runners read them by account).
     account_keys: KeyRing,
-    oci_keys: BTreeMap<String, PKey<Public>>,
     metrics: Metrics,
     wake: (Mutex<u64>, Condvar),
     stopping: AtomicBool,
     cancel: CancelToken,
 }
 
-impl std::fmt::Debug for Service {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service")
-            .field("listen", &self.config.listen)
-            .finish_non_exhaustive()
-    }
+/// The configuration in force, with what is derived from it. Requests take the one in force
+/// when they start and keep it to their end; a reload puts a new one in place.
+struct Live {
+    config: Config,
+    /// The service's object-storage keys.
+    credentials: Credentials,
+    oci_keys: BTreeMap<String, PKey<Public>>,
 }
 
-impl Service {
-    /// Open the job store (queuing again the exports of a process that died) and load the
-    /// callers' keys.
-    pub fn new(config: Config) -> Result<Arc<Service>> {
+impl Live {
+    fn new(config: Config) -> Result<Live> {
         let credentials = Credentials::new(
             &config.storage.access_key_id,
             &config.storage.secret_access_key,
             None,
         );
-        let account_keys = KeyRing::default();
-        account_keys.replace(own_keys(&config));
-        let store = JobStore::open_with(
-            config.db.as_str(),
-            store_options(&config, &credentials, &account_keys),
-        )?;
-        // The file's images join the catalogue, which `imgconv images` changes at run time.
-        for (id, image) in &config.images {
-            store.put_image(&catalogue_entry(id, image))?;
-        }
         let mut oci_keys = BTreeMap::new();
         for c in &config.callers {
             if let Caller::Oci {
@@ -165,12 +153,41 @@ impl Service {
         {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
         }
-        Ok(Arc::new(Service {
+        Ok(Live {
             config,
-            store: Mutex::new(store),
             credentials,
-            account_keys,
             oci_keys,
+        })
+    }
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("listen", &self.live().config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Open the job store (queuing again the exports of a process that died) and load the
+    /// callers' keys.
+    pub fn new(config: Config) -> Result<Arc<Service>> {
+        let live = Live::new(config)?;
+        let account_keys = KeyRing::default();
+        account_keys.replace(own_keys(&live.config));
+        let store = JobStore::open_with(
+            live.config.db.as_str(),
+            store_options(&live.config, &live.credentials, &account_keys),
+        )?;
+        // The file's images join the catalogue, which `imgconv images` changes at run time.
+        for (id, image) in &live.config.images {
+            store.put_image(&catalogue_entry(id, image))?;
+        }
+        Ok(Arc::new(Service {
+            live: std::sync::RwLock::new(Arc::new(live)),
+            store: Mutex::new(store),
+            account_keys,
             metrics: Metrics::default(),
             wake: (Mutex::new(0), Condvar::new()),
             stopping: AtomicBool::new(false),
@@ -178,9 +195,72 @@ impl Service {
         }))
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force.
+    fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The configuration in force (a reload replaces it; this one stays as it is).
+    pub fn config(&self) -> Config {
+        self.live().config.clone()
+    }
+
+    /// Put `config` in force (what `SIGHUP` does): callers, accounts, storage keys, provider
+    /// settings and the file's images take effect for the requests and jobs that start from
+    /// now; requests and exports under way finish as they began. The address, the job store,
+    /// the worker count and TLS stay as the service started (they need a restart). On any
+    /// error the configuration in force stays.
+    pub fn reload(&self, mut config: Config) -> Result<()> {
+        let old = self.live();
+        let kept = &old.config;
+        let mut unchanged = Vec::new();
+        if config.listen != kept.listen {
+            unchanged.push("listen");
+        }
+        if config.db != kept.db {
+            unchanged.push("db");
+        }
+        if config.workers != kept.workers {
+            unchanged.push("workers");
+        }
+        if config.tls_cert != kept.tls_cert || config.tls_key != kept.tls_key {
+            unchanged.push("tls");
+        }
+        if let (Some(new), Some(old)) = (&mut config.zstack, &kept.zstack) {
+            if new.publish_dir != old.publish_dir {
+                unchanged.push("zstack.publish_dir");
+                new.publish_dir = old.publish_dir.clone();
+            }
+        }
+        config.listen = kept.listen;
+        config.db = kept.db.clone();
+        config.workers = kept.workers;
+        config.tls_cert = kept.tls_cert.clone();
+        config.tls_key = kept.tls_key.clone();
+        let live = Live::new(config)?;
+        self.with_store(|s| {
+            live.config
+                .images
+                .iter()
+                .try_for_each(|(id, image)| s.put_image(&catalogue_entry(id, image)))
+        })?;
+        self.account_keys.replace(own_keys(&live.config));
+        match self.live.write() {
+            Ok(mut l) => *l = Arc::new(live),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(live),
+        }
+        if !unchanged.is_empty() {
+            tracing::warn!(
+                settings = %unchanged.join(", "),
+                "configuration reloaded; these settings need a restart and were kept"
+            );
+        } else {
+            tracing::info!("configuration reloaded");
+        }
+        Ok(())
     }
 
     /// Run a closure on the job store.
@@ -202,9 +282,10 @@ impl Service {
         headers: &HeaderMap,
         account: &str,
     ) -> imgconv_export::api::Context {
-        let grants = self.config.account(account);
+        let live = self.live();
+        let grants = live.config.account(account);
         let own = grants.and_then(|a| a.storage.as_ref());
-        let storage = &self.config.storage;
+        let storage = &live.config.storage;
         let (endpoint, region, credentials) = match own {
             Some(o) => (
                 o.endpoint
@@ -216,7 +297,7 @@ impl Service {
             None => (
                 storage.endpoint.clone(),
                 storage.region.clone(),
-                self.credentials.clone(),
+                live.credentials.clone(),
             ),
         };
         imgconv_export::api::Context {
@@ -225,7 +306,7 @@ impl Service {
             headers: header_map(headers),
             endpoint: Some((endpoint, region)),
             credentials: Some(credentials),
-            image_store: self.config.huawei.as_ref().map(|h| h.image_store.clone()),
+            image_store: live.config.huawei.as_ref().map(|h| h.image_store.clone()),
             account: account.to_string(),
             buckets: grants.and_then(|a| a.buckets.clone()),
             own_keys: own.is_some(),
@@ -235,7 +316,8 @@ impl Service {
 
     /// The account a verified key of `provider` acts for.
     fn account_of(&self, provider: Provider, key: &str) -> String {
-        self.config
+        self.live()
+            .config
             .callers
             .iter()
             .find(|c| match (provider, c) {
@@ -288,15 +370,20 @@ impl Service {
         self.cancel.cancel();
         self.wake.1.notify_all();
     }
+}
 
-    fn secret(&self, pick: impl Fn(&Caller) -> Option<(&str, &str)>, key: &str) -> Option<&str> {
-        self.config
-            .callers
-            .iter()
-            .filter_map(pick)
-            .find(|(k, _)| *k == key)
-            .map(|(_, s)| s)
-    }
+/// The secret of caller key `key` among the callers `pick` takes (key, secret) from.
+fn secret<'c>(
+    config: &'c Config,
+    pick: impl Fn(&'c Caller) -> Option<(&'c str, &'c str)>,
+    key: &str,
+) -> Option<&'c str> {
+    config
+        .callers
+        .iter()
+        .filter_map(pick)
+        .find(|(k, _)| *k == key)
+        .map(|(_, s)| s)
 }
 
 fn store_options(config: &Config, credentials: &Credentials, keys: &KeyRing) -> StoreOptions {
@@ -353,7 +440,8 @@ fn own_keys(config: &Config) -> BTreeMap<String, Credentials> {
 /// folder under `/export/`.
 pub fn router(service: Arc<Service>) -> Router {
     let mut r = Router::new();
-    if let Some(z) = &service.config.zstack {
+    // The folder served is the one the service started with.
+    if let Some(z) = &service.config().zstack {
         r = r.nest_service(
             "/export",
             tower_http::services::ServeDir::new(&z.publish_dir),
@@ -370,8 +458,13 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
     let query = parts.uri.query().unwrap_or("").to_string();
     let provider = Provider::of(&parts.method, &path);
     let request_id = wire::request_id(provider, &parts.headers);
-    let limit = svc.config.max_body;
-    let timeout = Duration::from_secs(svc.config.request_timeout_secs);
+    let (limit, timeout) = {
+        let live = svc.live();
+        (
+            live.config.max_body,
+            Duration::from_secs(live.config.request_timeout_secs),
+        )
+    };
     let body = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
     let answer = match body {
         Err(_) => wire::error(
@@ -478,6 +571,16 @@ fn header_map(h: &HeaderMap) -> BTreeMap<String, String> {
 /// On a signal it stops accepting, puts the running exports back in the queue (their uploads
 /// aborted) and returns.
 pub fn run(config: Config) -> Result<()> {
+    run_reloading(config, None)
+}
+
+/// [`run`] the configuration file at `path`; `SIGHUP` reads it again and puts it in force
+/// ([`Service::reload`]) without dropping a request or an export.
+pub fn run_file(path: &std::path::Path) -> Result<()> {
+    run_reloading(Config::load(path)?, Some(path.to_path_buf()))
+}
+
+fn run_reloading(config: Config, path: Option<std::path::PathBuf>) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
@@ -503,6 +606,10 @@ pub fn run(config: Config) -> Result<()> {
     let outcome = runtime.block_on(async {
         let h = handle.clone();
         let svc = service.clone();
+        if let Some(path) = path {
+            let svc = service.clone();
+            tokio::spawn(async move { reload_on_hangup(svc, path).await });
+        }
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stopping: no new requests; running exports go back to the queue");
@@ -539,6 +646,30 @@ fn configure(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::Tok
     b.http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
+}
+
+/// Each `SIGHUP`: read the configuration file again and put it in force; a file that does
+/// not load is reported and the configuration in force stays.
+async fn reload_on_hangup(svc: Arc<Service>, path: std::path::PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the configuration will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let (svc, path) = (svc.clone(), path.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || Config::load(&path).and_then(|c| svc.reload(c)))
+                .await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(
+                error = %e.to_string_with_causes(),
+                "configuration not reloaded; the one in force stays"
+            ),
+            Err(e) => tracing::error!(error = %e, "configuration not reloaded"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -24,7 +24,8 @@ fn not_found(req: &Incoming<'_>) -> Wire {
 }
 
 pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
-    let account = match verify_oci(&req.signed(), |k| svc.oci_keys.get(k)) {
+    let live = svc.live();
+    let account = match verify_oci(&req.signed(), |k| live.oci_keys.get(k)) {
         Ok(key) => svc.account_of(Provider::Oci, &key),
         Err(e) => return err(req, 401, "NotAuthenticated", e.message()),
     };
@@ -45,7 +46,7 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
 fn image_body(svc: &Service, id: &str, state: &str) -> Value {
     json!({
         "id": id,
-        "compartmentId": svc.config.oci.as_ref().map(|o| o.compartment_id.clone()),
+        "compartmentId": svc.live().config.oci.as_ref().map(|o| o.compartment_id.clone()),
         "displayName": id,
         "lifecycleState": state,
         "operatingSystem": "Custom",
@@ -72,7 +73,8 @@ fn export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
         }
     };
     // The namespace the request names must be the one the storage serves.
-    let ns = svc.config.oci.as_ref().map(|o| o.namespace.as_str());
+    let live = svc.live();
+    let ns = live.config.oci.as_ref().map(|o| o.namespace.as_str());
     let named = body
         .get("namespaceName")
         .and_then(Value::as_str)
@@ -126,7 +128,12 @@ fn work_request(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> W
         return not_found(req);
     }
     let mut w = reply.body;
-    w["compartmentId"] = json!(svc.config.oci.as_ref().map(|o| o.compartment_id.clone()));
+    w["compartmentId"] = json!(svc
+        .live()
+        .config
+        .oci
+        .as_ref()
+        .map(|o| o.compartment_id.clone()));
     if w["status"] != "ACCEPTED" {
         w["timeStarted"] = w["timeAccepted"].clone();
     }

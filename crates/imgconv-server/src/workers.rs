@@ -32,7 +32,8 @@ impl Workers {
 impl Service {
     /// Start the configured number of workers.
     pub fn start_workers(self: &Arc<Self>) -> Workers {
-        let mut threads: Vec<JoinHandle<()>> = (0..self.config.workers)
+        let config = self.config();
+        let mut threads: Vec<JoinHandle<()>> = (0..config.workers)
             .map(|n| {
                 let svc = self.clone();
                 std::thread::Builder::new()
@@ -43,7 +44,7 @@ impl Service {
             .collect();
         // On a shared PostgreSQL store, a job queued through another instance wakes this
         // one's idle workers at once (instead of at their next look, within a second).
-        if StoreLocation::parse(&self.config.db).is_postgres() {
+        if StoreLocation::parse(&config.db).is_postgres() {
             let svc = self.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -58,7 +59,7 @@ impl Service {
 
 /// Wake the workers whenever any instance announces a submission.
 fn listen(svc: &Service) {
-    let location = StoreLocation::parse(&svc.config.db);
+    let location = StoreLocation::parse(&svc.config().db);
     let mut listener = None;
     while !svc.stopping.load(Ordering::SeqCst) {
         if listener.is_none() {
@@ -92,9 +93,10 @@ fn listen(svc: &Service) {
 fn work(svc: &Service) {
     // The store may be out of reach for a while (a database restarting): try again.
     let store = loop {
+        let live = svc.live();
         match JobStore::open_with(
-            svc.config.db.as_str(),
-            store_options(&svc.config, &svc.credentials, &svc.account_keys),
+            live.config.db.as_str(),
+            store_options(&live.config, &live.credentials, &svc.account_keys),
         ) {
             Ok(s) => break s,
             Err(e) => {
@@ -115,7 +117,9 @@ fn work(svc: &Service) {
             Err(e) => tracing::error!(error = %e, "could not take back lapsed jobs"),
         }
         let started = Instant::now();
-        match store.run_next_any(None, &svc.cancel) {
+        // The service's storage keys in force now (a reload may have changed them).
+        let keys = svc.live().credentials.clone();
+        match store.run_next_any(Some(keys), &svc.cancel) {
             Ok(Some(job)) => {
                 let bytes = job.result.as_ref().map(|r| r.size).unwrap_or(0);
                 svc.metrics

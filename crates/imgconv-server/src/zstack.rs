@@ -33,7 +33,8 @@ fn now() -> u64 {
 }
 
 pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
-    let Some(z) = &svc.config.zstack else {
+    let live = svc.live();
+    let Some(z) = &live.config.zstack else {
         return err(
             req,
             404,
@@ -93,7 +94,8 @@ fn login(svc: &Service, req: &Incoming<'_>, timeout: u64) -> Wire {
             "logInByAccount needs accountName and password",
         );
     };
-    let ok = svc.config.callers.iter().any(|c| match c {
+    let live = svc.live();
+    let ok = live.config.callers.iter().any(|c| match c {
         Caller::Zstack {
             account,
             password_sha512,
@@ -171,7 +173,7 @@ fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack, account: &str) -
     let ctx = Context {
         publish: Some((
             z.publish_dir.clone(),
-            format!("{}/export/", svc.config.public_url),
+            format!("{}/export/", svc.live().config.public_url),
         )),
         ..svc.context(&source, None, req.headers, account)
     };
@@ -194,7 +196,7 @@ fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack, account: &str) -
 /// A relative `location` made absolute: ZSClient follows it as it is.
 fn absolute(svc: &Service, mut body: Value) -> Value {
     if let Some(l) = body["location"].as_str().filter(|l| l.starts_with('/')) {
-        body["location"] = json!(format!("{}{l}", svc.config.public_url));
+        body["location"] = json!(format!("{}{l}", svc.live().config.public_url));
     }
     body
 }

@@ -1115,6 +1115,54 @@ fn same_as_big(s: &Setup, id: &str) {
     );
 }
 
+/// `SIGHUP` with a new caller key in the file: the key works at once (it was refused
+/// before); an export under way (its upload held up by the storage) is not interrupted and
+/// completes in its first attempt; pollers that run through the reload all get answers.
+#[test]
+fn sighup_puts_a_new_key_in_force_without_dropping_a_request_or_an_export() {
+    let s = setup("serve-sighup");
+    let (_proxy, served, id) = stalled_export(&s, 23, Duration::from_secs(3));
+    let new_key = json!({ "key": "AKIDADDEDBYRELOAD", "secret": "secret-added-by-reload" });
+    let export_with_new_key = || {
+        let mut args = s.args(&served, json!({ "image": AMI, "prefix": "reload/" }));
+        if let (Some(a), Some(k)) = (args.as_object_mut(), new_key.as_object()) {
+            a.extend(k.clone());
+        }
+        sdk("aws_export_or_error", &args)
+    };
+    assert_eq!(export_with_new_key()["error"], json!([401, "AuthFailure"]));
+    let poll_args = s.args(&served, json!({ "clients": 4, "seconds": 3, "task": id }));
+    let pollers = std::thread::spawn(move || sdk("poll_load", &poll_args));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut text = std::fs::read_to_string(&served.config).expect("config");
+    text.push_str(
+        "\n[[callers]]\napi = \"aws\"\naccess_key_id = \"AKIDADDEDBYRELOAD\"\n\
+         secret_access_key = \"secret-added-by-reload\"\n",
+    );
+    std::fs::write(&served.config, text).expect("config");
+    served.nudge("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = export_with_new_key();
+        if r.get("error").is_none() || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r["status"], "completed", "{r} {}", served.log());
+    let load = pollers.join().expect("pollers");
+    assert_eq!(load["failures"], 0, "{load}");
+    assert!(load["requests"].as_u64().is_some_and(|n| n > 0), "{load}");
+    assert_eq!(wait_completed(&s, &served, &id), "completed");
+    let job = s.store().get(&id).expect("job");
+    assert_eq!(job.attempts, 1, "the export was interrupted: {job:?}");
+    assert!(
+        served.log().contains("configuration reloaded"),
+        "{}",
+        served.log()
+    );
+}
+
 #[test]
 fn a_killed_server_runs_its_export_again_after_a_restart() {
     let s = setup("serve-kill");
