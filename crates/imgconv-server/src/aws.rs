@@ -49,10 +49,12 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
             return err(req, status, code, e.message());
         }
     };
+    let who = svc.who(Provider::Aws, &key);
     let caller = Verified {
         svc,
         req,
-        account: svc.account_of(Provider::Aws, &key),
+        account: who.account.clone(),
+        who,
     };
     let text = if req.method == axum::http::Method::POST {
         req.body
@@ -102,6 +104,7 @@ struct Verified<'a> {
     svc: &'a Service,
     req: &'a Incoming<'a>,
     account: String,
+    who: crate::Who,
 }
 
 /// A form's fields (one more than [`MAX_FIELDS`] at most, so that too many can be told).
@@ -349,7 +352,7 @@ fn submit(
     request: &Value,
 ) -> Result<imgconv_export::api::Reply, Wire> {
     let (svc, req) = (c.svc, c.req);
-    let ctx = svc.context(source, None, req.headers, &c.account);
+    let ctx = svc.context(source, None, req, &c.who);
     let reply = svc.with_store(|s| Api::Aws.submit(s, &ctx, request));
     if reply.run.is_some() {
         svc.notify();

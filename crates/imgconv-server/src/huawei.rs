@@ -41,8 +41,8 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
         Ok(key) => key,
         Err(e) => return gateway_refusal(req, e.message()),
     };
-    let account = svc.account_of(Provider::Huawei, &key);
-    let w = route(svc, req, &account);
+    let who = svc.who(Provider::Huawei, &key);
+    let w = route(svc, req, &who);
     w.with_header("X-Request-Id", req.request_id)
 }
 
@@ -59,7 +59,8 @@ fn gateway_refusal(req: &Incoming<'_>, message: &str) -> Wire {
     .with_header("X-Request-Id", req.request_id)
 }
 
-fn route(svc: &Service, req: &Incoming<'_>, account: &str) -> Wire {
+fn route(svc: &Service, req: &Incoming<'_>, who: &crate::Who) -> Wire {
+    let account = who.account.as_str();
     let Some(seg) = req.segments("/") else {
         return err(
             req,
@@ -72,12 +73,12 @@ fn route(svc: &Service, req: &Incoming<'_>, account: &str) -> Wire {
     let live = svc.live();
     let project = live.config.huawei.as_ref().map(|h| h.project_id.as_str());
     match (req.method.as_str(), seg.as_slice()) {
-        ("POST", ["v1", "cloudimages", id, "file"]) => ims_export(svc, req, account, id),
+        ("POST", ["v1", "cloudimages", id, "file"]) => ims_export(svc, req, who, id),
         ("GET", ["v1", p, "jobs", job]) if Some(*p) == project => job_of(svc, req, account, job),
         ("GET", ["v1", "cloudimages", "job", job]) => job_of(svc, req, account, job),
         ("GET", ["v2", "cloudimages"]) => list_images(svc, req, account),
         ("POST", ["v2", p, "volumes", volume, "action"]) if Some(*p) == project => {
-            evs_upload(svc, req, account, volume)
+            evs_upload(svc, req, who, volume)
         }
         _ => err(
             req,
@@ -146,7 +147,8 @@ fn submitted(
     Wire::json(ok, &reply.body)
 }
 
-fn ims_export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
+fn ims_export(svc: &Service, req: &Incoming<'_>, who: &crate::Who, id: &str) -> Wire {
+    let account = who.account.as_str();
     let source = match image_source(svc, account, id) {
         Ok(p) => p,
         Err((status, m)) => return err(req, status, "IMG.0004", &m),
@@ -155,7 +157,7 @@ fn ims_export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wir
         Ok(b) => b,
         Err(w) => return w,
     };
-    let ctx = svc.context(&source, Some(id), req.headers, account);
+    let ctx = svc.context(&source, Some(id), req, who);
     let reply = svc.with_store(|s| Api::HuaweiIms.submit(s, &ctx, &body));
     submitted(svc, req, reply, 200)
 }
@@ -255,7 +257,8 @@ fn list_images(svc: &Service, req: &Incoming<'_>, account: &str) -> Wire {
     Wire::json(200, &json!({ "images": images }))
 }
 
-fn evs_upload(svc: &Service, req: &Incoming<'_>, account: &str, volume: &str) -> Wire {
+fn evs_upload(svc: &Service, req: &Incoming<'_>, who: &crate::Who, volume: &str) -> Wire {
+    let account = who.account.as_str();
     let live = svc.live();
     let Some(source) = Service::visible(&live.config.volumes, volume, account) else {
         return err(
@@ -276,7 +279,7 @@ fn evs_upload(svc: &Service, req: &Incoming<'_>, account: &str, volume: &str) ->
             )
         }
     };
-    let ctx = svc.context(source, Some(volume), req.headers, account);
+    let ctx = svc.context(source, Some(volume), req, who);
     let reply = svc.with_store(|s| Api::HuaweiEvs.submit(s, &ctx, &body));
     submitted(svc, req, reply, 202)
 }

@@ -279,9 +279,10 @@ impl Service {
         &self,
         source: &std::path::Path,
         path_id: Option<&str>,
-        headers: &HeaderMap,
-        account: &str,
+        req: &wire::Incoming<'_>,
+        who: &Who,
     ) -> imgconv_export::api::Context {
+        let (headers, account) = (req.headers, who.account.as_str());
         let live = self.live();
         let grants = live.config.account(account);
         let own = grants.and_then(|a| a.storage.as_ref());
@@ -310,7 +311,17 @@ impl Service {
             account: account.to_string(),
             buckets: grants.and_then(|a| a.buckets.clone()),
             own_keys: own.is_some(),
+            caller_key: who.key.clone(),
+            request_id: req.request_id.to_string(),
             ..imgconv_export::api::Context::default()
+        }
+    }
+
+    /// Who a verified key of `provider` is: the key and the account it acts for.
+    fn who(&self, provider: Provider, key: &str) -> Who {
+        Who {
+            account: self.account_of(provider, key),
+            key: key.to_string(),
         }
     }
 
@@ -386,6 +397,13 @@ fn secret<'c>(
         .map(|(_, s)| s)
 }
 
+/// A verified caller: its key id (a ZStack account's name) and the account it acts for.
+#[derive(Debug, Clone)]
+pub(crate) struct Who {
+    pub(crate) account: String,
+    pub(crate) key: String,
+}
+
 fn store_options(config: &Config, credentials: &Credentials, keys: &KeyRing) -> StoreOptions {
     StoreOptions {
         recovery: Recovery::Requeue,
@@ -393,7 +411,24 @@ fn store_options(config: &Config, credentials: &Credentials, keys: &KeyRing) -> 
         interrupt_requeues: true,
         lease: Some(Duration::from_secs(config.lease_secs)),
         account_keys: keys.clone(),
+        audit: Some(imgconv_export::jobs::AuditHook(Arc::new(audit_line))),
     }
+}
+
+/// The audit line of a job's state change: the account, the caller's key id, the provider's
+/// request id of its submission, and the job.
+fn audit_line(job: &imgconv_export::jobs::Job, event: &str) {
+    tracing::info!(
+        target: "audit",
+        event,
+        job = %job.id,
+        provider = %job.provider,
+        account = %job.account,
+        caller_key = job.caller_key.as_deref().unwrap_or(""),
+        request_id = job.request_id.as_deref().unwrap_or(""),
+        attempts = job.attempts,
+        "job {event}"
+    );
 }
 
 /// The job store of `config`, opened as the service opens it (for `imgconv images`).

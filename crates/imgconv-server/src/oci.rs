@@ -25,17 +25,17 @@ fn not_found(req: &Incoming<'_>) -> Wire {
 
 pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
     let live = svc.live();
-    let account = match verify_oci(&req.signed(), |k| live.oci_keys.get(k)) {
-        Ok(key) => svc.account_of(Provider::Oci, &key),
+    let who = match verify_oci(&req.signed(), |k| live.oci_keys.get(k)) {
+        Ok(key) => svc.who(Provider::Oci, &key),
         Err(e) => return err(req, 401, "NotAuthenticated", e.message()),
     };
-    let account = account.as_str();
+    let account = who.account.as_str();
     let Some(seg) = req.segments("/20160918/") else {
         return not_found(req);
     };
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
     let w = match (req.method.as_str(), seg.as_slice()) {
-        ("POST", ["images", id, "actions", "export"]) => export(svc, req, account, id),
+        ("POST", ["images", id, "actions", "export"]) => export(svc, req, &who, id),
         ("GET", ["workRequests", id]) => work_request(svc, req, account, id),
         ("GET", ["images", id]) => image(svc, req, account, id),
         _ => not_found(req),
@@ -57,7 +57,8 @@ fn image_body(svc: &Service, id: &str, state: &str) -> Value {
     })
 }
 
-fn export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
+fn export(svc: &Service, req: &Incoming<'_>, who: &crate::Who, id: &str) -> Wire {
+    let account = who.account.as_str();
     let Some(source) = svc.image(id, account) else {
         return not_found(req);
     };
@@ -100,7 +101,7 @@ fn export(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
             );
         }
     }
-    let ctx = svc.context(&source, Some(id), req.headers, account);
+    let ctx = svc.context(&source, Some(id), req, who);
     let reply = svc.with_store(|s| Api::Oci.submit(s, &ctx, &body));
     if reply.run.is_some() {
         svc.notify();

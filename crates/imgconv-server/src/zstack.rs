@@ -175,7 +175,15 @@ fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack, account: &str) -
             z.publish_dir.clone(),
             format!("{}/export/", svc.live().config.public_url),
         )),
-        ..svc.context(&source, None, req.headers, account)
+        ..svc.context(
+            &source,
+            None,
+            req,
+            &crate::Who {
+                account: account.to_string(),
+                key: account.to_string(),
+            },
+        )
     };
     let reply = svc.with_store(|s| Api::Zstack.submit(s, &ctx, &b));
     if reply.run.is_some() {

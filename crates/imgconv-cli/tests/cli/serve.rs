@@ -540,6 +540,24 @@ storage = {{ access_key_id = "{own_key}", secret_access_key = "{own_secret}", en
         store.get(task_a).map(|j| j.account).ok().as_deref(),
         Some(A)
     );
+    // An audit line per state change of A's task: account, caller's key id, request id, job.
+    let audit: Vec<Value> = served
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "audit" && l["fields"]["job"] == task_a)
+        .map(|l| l["fields"].clone())
+        .collect();
+    let events: Vec<&str> = audit.iter().filter_map(|f| f["event"].as_str()).collect();
+    assert_eq!(events, ["submitted", "started", "completed"], "{audit:?}");
+    for f in &audit {
+        assert_eq!(f["account"], A, "{f}");
+        assert_eq!(f["caller_key"], "AKIDACCOUNTA", "{f}");
+        assert!(
+            f["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+            "{f}"
+        );
+    }
 }
 
 /// Accounts with the OCI SDK (two tenancies, two signing keys) and Huawei's SDKs (two AK/SK

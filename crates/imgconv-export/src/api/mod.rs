@@ -114,6 +114,10 @@ pub struct Context {
     /// Sign the upload with the account's own object-storage keys (the job names the
     /// account; the runner finds its keys), instead of [`Context::credentials`].
     pub own_keys: bool,
+    /// The key id of the caller (recorded with a new job, for the audit lines).
+    pub caller_key: String,
+    /// The provider's request id of this request (recorded with a new job).
+    pub request_id: String,
 }
 
 impl Context {
@@ -350,7 +354,15 @@ fn submit_job(
     // The request and the image it names; not the job's own (random) id or object key.
     let fp = fingerprint(&json!({ "request": request, "source": spec.source }));
     match store.submit(api.name(), ctx.account(), id, token, &fp, spec, echo) {
-        Ok(Submitted::New(job)) => Ok((job, true)),
+        Ok(Submitted::New(job)) => {
+            if !ctx.caller_key.is_empty() || !ctx.request_id.is_empty() {
+                store
+                    .record_origin(&job.id, &ctx.caller_key, &ctx.request_id)
+                    .map_err(|e| api.error_of(&e))?;
+            }
+            store.audit(&job.id, "submitted");
+            Ok((job, true))
+        }
         Ok(Submitted::Existing(job)) => Ok((job, false)),
         Err(e) => Err(api.error_of(&e)),
     }

@@ -159,6 +159,22 @@ pub struct Job {
     pub runner_pid: Option<u32>,
     /// The account that submitted it: only that account sees, polls and cancels it.
     pub account: String,
+    /// The key id of the caller that submitted it (for the audit lines), if recorded.
+    pub caller_key: Option<String>,
+    /// The provider's request id of its submission (for the audit lines), if recorded.
+    pub request_id: Option<String>,
+}
+
+/// Told of each change of a job's state a store or runner makes (`started`, `completed`,
+/// `failed`, `cancelled`, `requeued`), with the job as it is then: a service writes its audit
+/// lines from it.
+#[derive(Clone)]
+pub struct AuditHook(pub std::sync::Arc<dyn Fn(&Job, &str) + Send + Sync>);
+
+impl std::fmt::Debug for AuditHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditHook")
+    }
 }
 
 /// An image of the catalogue: an id the APIs may name, the disk file it stands for, and who
@@ -274,6 +290,8 @@ pub struct StoreOptions {
     pub lease: Option<Duration>,
     /// The accounts' own keys, for jobs whose target names an account.
     pub account_keys: KeyRing,
+    /// Told of each state change of a job.
+    pub audit: Option<AuditHook>,
 }
 
 /// An image that an export made (registered when the job is submitted, usable once the job

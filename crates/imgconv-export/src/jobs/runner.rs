@@ -142,6 +142,7 @@ impl JobStore {
         cancel: &CancelToken,
     ) -> Result<Job> {
         let job = self.get(id)?;
+        self.audit(id, "started");
         // The job's own token: tripped by a recorded cancellation or by the runner's token.
         let outer = cancel.clone();
         let cancel = CancelToken::new();
@@ -366,7 +367,13 @@ impl JobStore {
                 self.set_fenced(id, token, JobState::Failed, &e.to_string_with_causes())?;
             }
         }
-        self.get(id)
+        let ended = self.get(id)?;
+        let event = match ended.state {
+            JobState::Queued => "requeued",
+            s => s.name(),
+        };
+        self.audit(id, event);
+        Ok(ended)
     }
 
     /// The parts recorded as stored in job `id`'s upload `upload`.

@@ -42,7 +42,7 @@ pub(super) fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Version 1: jobs and client tokens.
 const SCHEMA_V1: &str = "
@@ -146,14 +146,22 @@ CREATE TABLE catalogue (
 );
 ";
 
+/// Version 7: who submitted each job (the caller's key id and the provider's request id), for
+/// the audit lines of its later state changes.
+const SCHEMA_V7: &str = "
+ALTER TABLE jobs ADD COLUMN caller_key TEXT;
+ALTER TABLE jobs ADD COLUMN request_id TEXT;
+";
+
 /// SQLite's migrations: the statements that bring version N-1 to N.
-const SQLITE_STEPS: [(i64, &str); 6] = [
+const SQLITE_STEPS: [(i64, &str); 7] = [
     (1, SCHEMA_V1),
     (2, SCHEMA_V2),
     (3, SCHEMA_V3),
     (4, SCHEMA_V4),
     (5, SCHEMA_V5),
     (6, SCHEMA_V6),
+    (7, SCHEMA_V7),
 ];
 
 /// PostgreSQL's schema at version 4 (PostgreSQL stores start there). Integers are `BIGINT`;
@@ -217,7 +225,7 @@ CREATE TABLE upload_parts (
 ";
 
 /// PostgreSQL's migrations, as SQLite's.
-const PG_STEPS: [(i64, &str); 3] = [(4, PG_V4), (5, PG_V5), (6, SCHEMA_V6)];
+const PG_STEPS: [(i64, &str); 4] = [(4, PG_V4), (5, PG_V5), (6, SCHEMA_V6), (7, SCHEMA_V7)];
 
 /// The key of the advisory lock that serialises migrations of a PostgreSQL store (instances
 /// of a fleet that start at once migrate it once).
@@ -302,7 +310,8 @@ fn migrate(db: &Db) -> Result<()> {
 
 /// The columns [`row_to_job`] reads.
 const JOB_COLUMNS: &str = "id, provider, state, cancel_requested, progress, message, spec, \
-                           request, result, created, updated, attempts, runner_pid, account";
+                           request, result, created, updated, attempts, runner_pid, account, \
+                           caller_key, request_id";
 
 impl JobStore {
     /// Open (or create) the store at `location` (a SQLite file, or a `postgres://` URL),
@@ -570,6 +579,24 @@ impl JobStore {
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no export job '{id}'")))
     }
 
+    /// Record who submitted job `id`: the caller's key id and the provider's request id.
+    pub fn record_origin(&self, id: &str, caller_key: &str, request_id: &str) -> Result<()> {
+        self.db.execute(
+            "UPDATE jobs SET caller_key = ?2, request_id = ?3 WHERE id = ?1",
+            vals![id, caller_key, request_id],
+        )?;
+        Ok(())
+    }
+
+    /// Tell the audit hook that job `id` changed to `event`.
+    pub fn audit(&self, id: &str, event: &str) {
+        if let Some(hook) = &self.options.audit {
+            if let Ok(job) = self.get(id) {
+                (hook.0)(&job, event);
+            }
+        }
+    }
+
     /// One job of `account`: another account's job is not found, exactly as an id that
     /// never existed.
     pub fn get_of(&self, id: &str, account: &str) -> Result<Job> {
@@ -777,6 +804,9 @@ impl JobStore {
              WHERE id = ?1 AND state = 'queued'",
             vals![id, now()],
         )?;
+        if queued == 1 {
+            self.audit(id, "cancelled");
+        }
         if let (1, Some((upload, spec))) = (queued, kept) {
             if let Ok(spec) = serde_json::from_str::<JobSpec>(&spec) {
                 if let Ok(creds) = self.credentials_for(&spec.target, None) {
@@ -853,6 +883,8 @@ fn row_to_job(r: &Row) -> Result<Job> {
         attempts: r.get(11)?,
         runner_pid: r.get(12)?,
         account: r.get(13)?,
+        caller_key: r.get(14)?,
+        request_id: r.get(15)?,
     })
 }
 
