@@ -169,7 +169,10 @@ pub struct Job {
 /// `failed`, `cancelled`, `requeued`), with the job as it is then: a service writes its audit
 /// lines from it.
 #[derive(Clone)]
-pub struct AuditHook(pub std::sync::Arc<dyn Fn(&Job, &str) + Send + Sync>);
+pub struct AuditHook(pub std::sync::Arc<AuditFn>);
+
+/// What an [`AuditHook`] calls: the job as it is, and the event's name.
+pub type AuditFn = dyn Fn(&Job, &str) + Send + Sync;
 
 impl std::fmt::Debug for AuditHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
