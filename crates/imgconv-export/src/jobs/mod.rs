@@ -41,8 +41,8 @@ mod store;
 
 pub use db::{StoreLocation, SubmissionListener};
 pub use model::{
-    fingerprint, AuditHook, CatalogueImage, ImageRecord, Job, JobResult, JobSpec, JobState,
-    KeyRing, Recovery, StoreOptions, Submitted, TargetSpec, DEFAULT_ACCOUNT, MAX_ATTEMPTS,
-    TOKEN_LIFETIME,
+    fingerprint, AuditFn, AuditHook, CatalogueImage, ImageRecord, Job, JobResult, JobSpec,
+    JobState, KeyRing, Recovery, StoreOptions, Submitted, TargetSpec, DEFAULT_ACCOUNT,
+    MAX_ATTEMPTS, TOKEN_LIFETIME,
 };
 pub use store::{JobStore, SCHEMA_VERSION};
