@@ -745,7 +745,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             oci_metadata,
             ..Context::default()
         };
-        api.submit(&mut store, &ctx, &request)
+        api.submit(&std::cell::RefCell::new(&mut store), &ctx, &request)
     };
     eprintln!("status: {}", reply.status);
     for (k, v) in &reply.headers {

@@ -353,7 +353,7 @@ fn submit(
 ) -> Result<imgconv_export::api::Reply, Wire> {
     let (svc, req) = (c.svc, c.req);
     let ctx = svc.context(source, None, req, &c.who);
-    let reply = svc.with_store(|s| Api::Aws.submit(s, &ctx, request));
+    let reply = Api::Aws.submit(&svc.store, &ctx, request);
     if reply.run.is_some() {
         svc.notify();
     }

@@ -166,10 +166,7 @@ pub fn server_api_bodies(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    let mut store = match store().lock() {
-        Ok(s) => s,
-        Err(p) => p.into_inner(),
-    };
+    let store = store();
     let ctx = Context {
         source: "/nonexistent/image.qcow2".into(),
         path_id: Some("image-1".into()),
@@ -179,14 +176,14 @@ pub fn server_api_bodies(data: &[u8]) {
         0 => {
             let form = aws::form(body);
             let request = aws::request_of(&form);
-            let _ = Api::Aws.submit(&mut store, &ctx, &request);
+            let _ = Api::Aws.submit(store, &ctx, &request);
         }
         n => {
             let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
                 return;
             };
             let api = [Api::Oci, Api::HuaweiIms, Api::HuaweiEvs, Api::Zstack][usize::from(n - 1)];
-            let reply = api.submit(&mut store, &ctx, &value);
+            let reply = api.submit(store, &ctx, &value);
             assert!(reply.status >= 400 || reply.run.is_some(), "{reply:?}");
         }
     }

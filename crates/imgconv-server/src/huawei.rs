@@ -158,7 +158,7 @@ fn ims_export(svc: &Service, req: &Incoming<'_>, who: &crate::Who, id: &str) -> 
         Err(w) => return w,
     };
     let ctx = svc.context(&source, Some(id), req, who);
-    let reply = svc.with_store(|s| Api::HuaweiIms.submit(s, &ctx, &body));
+    let reply = Api::HuaweiIms.submit(&svc.store, &ctx, &body);
     submitted(svc, req, reply, 200)
 }
 
@@ -280,6 +280,6 @@ fn evs_upload(svc: &Service, req: &Incoming<'_>, who: &crate::Who, volume: &str)
         }
     };
     let ctx = svc.context(source, Some(volume), req, who);
-    let reply = svc.with_store(|s| Api::HuaweiEvs.submit(s, &ctx, &body));
+    let reply = Api::HuaweiEvs.submit(&svc.store, &ctx, &body);
     submitted(svc, req, reply, 202)
 }

@@ -42,7 +42,12 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use imgconv::{CancelToken, Error, ErrorKind, Result};
-use imgconv_export::jobs::{JobStore, KeyRing, Recovery, StoreOptions};
+use imgconv_export::jobs::{JobStore, KeyRing, Recovery, StoreOptions, StorePool, Stores};
+
+/// Connections to the job store each instance keeps for its requests (its workers have their
+/// own): requests use them at once, and none is held while an image is opened or measured or
+/// storage is contacted.
+const STORE_CONNECTIONS: usize = 8;
 use imgconv_export::Credentials;
 use openssl::pkey::{PKey, Public};
 
@@ -100,7 +105,8 @@ impl Provider {
 pub struct Service {
     /// What a `SIGHUP` may change: callers, accounts, storage, provider settings.
     live: std::sync::RwLock<Arc<Live>>,
-    store: Mutex<JobStore>,
+    /// Connections to the job store: a request takes one per store operation.
+    store: StorePool,
     /// The accounts' own object-storage keys (the runners read them by account).
     account_keys: KeyRing,
     metrics: Metrics,
@@ -184,9 +190,10 @@ impl Service {
         for (id, image) in &live.config.images {
             store.put_image(&catalogue_entry(id, image))?;
         }
+        let store = StorePool::new(store, STORE_CONNECTIONS)?;
         Ok(Arc::new(Service {
             live: std::sync::RwLock::new(Arc::new(live)),
-            store: Mutex::new(store),
+            store,
             account_keys,
             metrics: Metrics::default(),
             wake: (Mutex::new(0), Condvar::new()),
@@ -263,13 +270,9 @@ impl Service {
         Ok(())
     }
 
-    /// Run a closure on the job store.
+    /// Run a closure on a connection to the job store (held for the closure only).
     fn with_store<T>(&self, f: impl FnOnce(&mut JobStore) -> T) -> T {
-        let mut guard = match self.store.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&mut guard)
+        self.store.with(f)
     }
 
     /// What the export module needs to know beyond the request: the source, the path's id,

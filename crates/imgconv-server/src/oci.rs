@@ -3,7 +3,6 @@
 
 use imgconv_export::api::rfc3339;
 use imgconv_export::api::Api;
-use imgconv_export::jobs::JobState;
 use serde_json::{json, Value};
 
 use crate::auth::verify_oci;
@@ -102,7 +101,7 @@ fn export(svc: &Service, req: &Incoming<'_>, who: &crate::Who, id: &str) -> Wire
         }
     }
     let ctx = svc.context(&source, Some(id), req, who);
-    let reply = svc.with_store(|s| Api::Oci.submit(s, &ctx, &body));
+    let reply = Api::Oci.submit(&svc.store, &ctx, &body);
     if reply.run.is_some() {
         svc.notify();
     }
@@ -146,13 +145,7 @@ fn image(svc: &Service, req: &Incoming<'_>, account: &str, id: &str) -> Wire {
         return not_found(req);
     };
     let etag = imgconv_export::api::oci_image_etag(&source);
-    let exporting = svc.with_store(|s| {
-        s.list("oci", account).map(|jobs| {
-            jobs.iter().any(|j| {
-                j.request["imageId"] == id && !j.state.is_final() && j.state != JobState::Failed
-            })
-        })
-    });
+    let exporting = svc.with_store(|s| s.exporting(Api::Oci.name(), account, id));
     let state = if exporting.unwrap_or(false) {
         "EXPORTING"
     } else {

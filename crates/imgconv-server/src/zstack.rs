@@ -185,7 +185,7 @@ fn export(svc: &Service, req: &Incoming<'_>, z: &crate::Zstack, account: &str) -
             },
         )
     };
-    let reply = svc.with_store(|s| Api::Zstack.submit(s, &ctx, &b));
+    let reply = Api::Zstack.submit(&svc.store, &ctx, &b);
     if reply.run.is_some() {
         svc.notify();
     }

@@ -7,15 +7,15 @@ use imgconv::Format;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::jobs::{Job, JobSpec, JobState, JobStore, TargetSpec};
+use crate::jobs::{Job, JobSpec, JobState, Stores, TargetSpec};
 
 pub(super) fn aws_submit(
-    store: &mut JobStore,
+    stores: &impl Stores,
     ctx: &Context,
     req: &Value,
 ) -> Result<Reply, ApiError> {
     if req.get("InstanceId").is_some() {
-        return instance_submit(store, ctx, req);
+        return instance_submit(stores, ctx, req);
     }
     let format = str_field(req, "DiskImageFormat").ok_or_else(|| {
         bad(
@@ -132,7 +132,7 @@ pub(super) fn aws_submit(
     }
     let (job, new) = submit_job(
         Api::Aws,
-        store,
+        stores,
         ctx,
         &id,
         str_field(req, "ClientToken"),
@@ -201,7 +201,7 @@ pub(super) const INSTANCE_TASK: &str = "export-i-";
 /// `CreateInstanceExportTask`: the instance's disk (the context's source) into the bucket, as
 /// `PREFIX + TASK + .ova` (OVF, manifest and a streamOptimized VMDK, members named after the
 /// task) or as the disk format alone.
-fn instance_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<Reply, ApiError> {
+fn instance_submit(stores: &impl Stores, ctx: &Context, req: &Value) -> Result<Reply, ApiError> {
     let instance = str_field(req, "InstanceId").unwrap_or("");
     let target_env = str_field(req, "TargetEnvironment").ok_or_else(|| {
         bad(
@@ -283,7 +283,7 @@ fn instance_submit(store: &mut JobStore, ctx: &Context, req: &Value) -> Result<R
         "ExportToS3Task": to_s3,
         "Tags": tags,
     });
-    let (job, new) = submit_job(Api::Aws, store, ctx, &id, None, req, &spec, &echo)?;
+    let (job, new) = submit_job(Api::Aws, stores, ctx, &id, None, req, &spec, &echo)?;
     let t = instance_task(&job);
     Ok(reply_for(&job, new, json!({ "ExportTask": t })))
 }

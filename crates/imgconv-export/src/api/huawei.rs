@@ -6,7 +6,7 @@ use imgconv::Format;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::jobs::{Job, JobSpec, JobState, JobStore, TargetSpec};
+use crate::jobs::{Job, JobSpec, JobState, Stores, TargetSpec};
 
 const TB: u64 = 1 << 40;
 
@@ -22,7 +22,7 @@ fn zvhd_refusal(code: &str, format: &str) -> ApiError {
 }
 
 pub(super) fn ims_submit(
-    store: &mut JobStore,
+    stores: &impl Stores,
     ctx: &Context,
     req: &Value,
 ) -> Result<Reply, ApiError> {
@@ -84,7 +84,7 @@ pub(super) fn ims_submit(
     };
     let mut echo = req.clone();
     echo["image_id"] = json!(image_id);
-    let (job, new) = submit_job(Api::HuaweiIms, store, ctx, &id, None, req, &spec, &echo)?;
+    let (job, new) = submit_job(Api::HuaweiIms, stores, ctx, &id, None, req, &spec, &echo)?;
     Ok(reply_for(&job, new, json!({ "job_id": job.id })))
 }
 
@@ -129,7 +129,7 @@ fn evs_name_ok(name: &str) -> bool {
 }
 
 pub(super) fn evs_submit(
-    store: &mut JobStore,
+    stores: &impl Stores,
     ctx: &Context,
     req: &Value,
 ) -> Result<Reply, ApiError> {
@@ -233,7 +233,7 @@ pub(super) fn evs_submit(
     }
     let (job, new) = submit_job(
         Api::HuaweiEvs,
-        store,
+        stores,
         ctx,
         &image_id,
         None,
@@ -242,15 +242,17 @@ pub(super) fn evs_submit(
         &echo,
     )?;
     if let (Some(dir), true) = (&ctx.image_store, new) {
-        store
-            .register_image(
-                &image_id,
-                name,
-                &dir.join(&file),
-                fmt.name(),
-                &job.id,
-                ctx.account(),
-            )
+        stores
+            .with(|s| {
+                s.register_image(
+                    &image_id,
+                    name,
+                    &dir.join(&file),
+                    fmt.name(),
+                    &job.id,
+                    ctx.account(),
+                )
+            })
             .map_err(|e| Api::HuaweiEvs.error_of(&e))?;
     }
     let mut out = job.request.clone();

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use imgconv::{Error, ErrorKind};
 use serde_json::{json, Value};
 
-use crate::jobs::{fingerprint, Job, JobSpec, JobStore, Submitted, TargetSpec};
+use crate::jobs::{fingerprint, Job, JobSpec, JobStore, Stores, Submitted, TargetSpec};
 
 mod aws;
 mod huawei;
@@ -222,13 +222,16 @@ impl Api {
     }
 
     /// Handle an export request.
-    pub fn submit(self, store: &mut JobStore, ctx: &Context, request: &Value) -> Reply {
+    ///
+    /// A store connection is taken for each store operation only: none is held while the
+    /// image is opened or measured or the storage is contacted.
+    pub fn submit(self, stores: &impl Stores, ctx: &Context, request: &Value) -> Reply {
         let outcome = match self {
-            Api::Aws => aws_submit(store, ctx, request),
-            Api::Oci => oci_submit(store, ctx, request),
-            Api::HuaweiIms => ims_submit(store, ctx, request),
-            Api::HuaweiEvs => evs_submit(store, ctx, request),
-            Api::Zstack => zstack_submit(store, ctx, request),
+            Api::Aws => aws_submit(stores, ctx, request),
+            Api::Oci => oci_submit(stores, ctx, request),
+            Api::HuaweiIms => ims_submit(stores, ctx, request),
+            Api::HuaweiEvs => evs_submit(stores, ctx, request),
+            Api::Zstack => zstack_submit(stores, ctx, request),
         };
         outcome.unwrap_or_else(|e| self.error(&e))
     }
@@ -343,7 +346,7 @@ pub fn rfc3339(unix: u64) -> String {
 #[allow(clippy::too_many_arguments)]
 fn submit_job(
     api: Api,
-    store: &mut JobStore,
+    stores: &impl Stores,
     ctx: &Context,
     id: &str,
     token: Option<&str>,
@@ -353,19 +356,24 @@ fn submit_job(
 ) -> Result<(Job, bool), ApiError> {
     // The request and the image it names; not the job's own (random) id or object key.
     let fp = fingerprint(&json!({ "request": request, "source": spec.source }));
-    match store.submit(api.name(), ctx.account(), id, token, &fp, spec, echo) {
-        Ok(Submitted::New(job)) => {
-            if !ctx.caller_key.is_empty() || !ctx.request_id.is_empty() {
+    stores.with(
+        |store| match store.submit(api.name(), ctx.account(), id, token, &fp, spec, echo) {
+            Ok(Submitted::New(job)) => {
                 store
-                    .record_origin(&job.id, &ctx.caller_key, &ctx.request_id)
+                    .record_origin(
+                        &job.id,
+                        &ctx.caller_key,
+                        &ctx.request_id,
+                        ctx.path_id.as_deref(),
+                    )
                     .map_err(|e| api.error_of(&e))?;
+                store.audit(&job.id, "submitted");
+                Ok((job, true))
             }
-            store.audit(&job.id, "submitted");
-            Ok((job, true))
-        }
-        Ok(Submitted::Existing(job)) => Ok((job, false)),
-        Err(e) => Err(api.error_of(&e)),
-    }
+            Ok(Submitted::Existing(job)) => Ok((job, false)),
+            Err(e) => Err(api.error_of(&e)),
+        },
+    )
 }
 
 fn reply_for(job: &Job, new: bool, body: Value) -> Reply {

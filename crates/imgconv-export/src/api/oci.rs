@@ -6,7 +6,7 @@ use imgconv::Format;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::jobs::{Job, JobSpec, JobState, JobStore, TargetSpec};
+use crate::jobs::{Job, JobSpec, JobState, Stores, TargetSpec};
 
 /// The image's etag: changes when the source file does.
 fn oci_etag(ctx: &Context) -> String {
@@ -28,7 +28,7 @@ pub fn oci_image_etag(source: &std::path::Path) -> String {
 }
 
 pub(super) fn oci_submit(
-    store: &mut JobStore,
+    stores: &impl Stores,
     ctx: &Context,
     req: &Value,
 ) -> Result<Reply, ApiError> {
@@ -129,7 +129,7 @@ pub(super) fn oci_submit(
     }
     let (job, new) = submit_job(
         Api::Oci,
-        store,
+        stores,
         ctx,
         &id,
         ctx.headers.get("opc-retry-token").map(String::as_str),

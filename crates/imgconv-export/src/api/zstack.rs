@@ -5,10 +5,10 @@ use imgconv::Format;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::jobs::{Job, JobSpec, JobState, JobStore, TargetSpec};
+use crate::jobs::{Job, JobSpec, JobState, Stores, TargetSpec};
 
 pub(super) fn zstack_submit(
-    store: &mut JobStore,
+    stores: &impl Stores,
     ctx: &Context,
     req: &Value,
 ) -> Result<Reply, ApiError> {
@@ -53,7 +53,7 @@ pub(super) fn zstack_submit(
     // taken (by another account's job: then the job gets a fresh id, and polls find it by
     // its name within the account, [`JobStore::job_by_token`]).
     let id = match &token {
-        Some(t) if store.get(t).is_err() => t.clone(),
+        Some(t) if stores.with(|s| s.get(t)).is_err() => t.clone(),
         _ => hex_id(32),
     };
     let name = token.clone().unwrap_or_else(|| id.clone());
@@ -75,7 +75,7 @@ pub(super) fn zstack_submit(
     let echo = json!({ "imageUuid": image, "exportFormat": format, "jobUuid": name });
     let (job, new) = submit_job(
         Api::Zstack,
-        store,
+        stores,
         ctx,
         &id,
         token.as_deref(),

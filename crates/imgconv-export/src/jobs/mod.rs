@@ -36,6 +36,7 @@
 
 mod db;
 mod model;
+mod pool;
 mod runner;
 mod store;
 
@@ -45,4 +46,5 @@ pub use model::{
     JobState, KeyRing, Recovery, StoreOptions, Submitted, TargetSpec, DEFAULT_ACCOUNT,
     MAX_ATTEMPTS, TOKEN_LIFETIME,
 };
+pub use pool::{StorePool, Stores};
 pub use store::{JobStore, SCHEMA_VERSION};

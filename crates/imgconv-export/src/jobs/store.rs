@@ -147,10 +147,13 @@ CREATE TABLE catalogue (
 ";
 
 /// Version 7: who submitted each job (the caller's key id and the provider's request id), for
-/// the audit lines of its later state changes.
+/// the audit lines of its later state changes; the id of what it exports (an image's), indexed
+/// with the account, for a provider's per-image reads.
 const SCHEMA_V7: &str = "
 ALTER TABLE jobs ADD COLUMN caller_key TEXT;
 ALTER TABLE jobs ADD COLUMN request_id TEXT;
+ALTER TABLE jobs ADD COLUMN subject TEXT;
+CREATE INDEX jobs_subject ON jobs (provider, account, subject, state);
 ";
 
 /// SQLite's migrations: the statements that bring version N-1 to N.
@@ -336,6 +339,16 @@ impl JobStore {
         };
         store.recover()?;
         Ok(store)
+    }
+
+    /// Another store on the same database with the same options: a new connection, without
+    /// migrating or recovering again (a pool's further connections).
+    pub fn another(&self) -> Result<JobStore> {
+        Ok(JobStore {
+            db: Db::open(&self.location)?,
+            location: self.location.clone(),
+            options: self.options.clone(),
+        })
     }
 
     /// A new connection to the same database (a runner's helper threads each have one).
@@ -579,13 +592,33 @@ impl JobStore {
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no export job '{id}'")))
     }
 
-    /// Record who submitted job `id`: the caller's key id and the provider's request id.
-    pub fn record_origin(&self, id: &str, caller_key: &str, request_id: &str) -> Result<()> {
+    /// Record who submitted job `id` (the caller's key id and the provider's request id) and
+    /// the id of what it exports (`subject`: an image's, a volume's).
+    pub fn record_origin(
+        &self,
+        id: &str,
+        caller_key: &str,
+        request_id: &str,
+        subject: Option<&str>,
+    ) -> Result<()> {
         self.db.execute(
-            "UPDATE jobs SET caller_key = ?2, request_id = ?3 WHERE id = ?1",
-            vals![id, caller_key, request_id],
+            "UPDATE jobs SET caller_key = ?2, request_id = ?3, subject = ?4 WHERE id = ?1",
+            vals![id, caller_key, request_id, subject.map(str::to_string)],
         )?;
         Ok(())
+    }
+
+    /// Whether `account` has a job of `provider` exporting `subject` that has not ended (one
+    /// indexed read).
+    pub fn exporting(&self, provider: &str, account: &str, subject: &str) -> Result<bool> {
+        Ok(self
+            .db
+            .query_opt(
+                "SELECT id FROM jobs WHERE provider = ?1 AND account = ?2 AND subject = ?3 \
+                 AND state IN ('queued', 'active') LIMIT 1",
+                vals![provider, account, subject],
+            )?
+            .is_some())
     }
 
     /// Tell the audit hook that job `id` changed to `event`.
