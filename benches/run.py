@@ -591,6 +591,30 @@ def case_serve(t, img, size, work, runs):
     print(f"#   pollers: {load}", file=sys.stderr)
 
 
+def case_tenants(t, img, size, work, runs):
+    """Three accounts of 32 boto3 pollers each (DescribeExportImageTasks on their own task)
+    while 4 exports run, with and without 4 more clients looping DryRun exports of a 1 TiB
+    sparse image: calls per second, p50 and p99 as the clients see them and inside the service
+    (its log's time per request). 10 s per phase."""
+    py = ROOT / "target" / "sdk-venv" / "bin" / "python"
+    if not py.exists():
+        sys.exit("the SDKs' venv is needed: run scripts/test.sh once")
+    out = subprocess.run([str(py), str(ROOT / "benches" / "tenants_bench.py"), json.dumps(
+        {"bin": str(BIN), "img": img, "work": str(work), "s3s_fs": s3s_fs(), "seconds": 10,
+         "pollers": 32})], capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)
+    for key, what in [("pollers", "3 accounts x 32 boto3 pollers, 4 exports running"),
+                      ("pollers_and_dry_runs", "the same, and 4 clients looping DryRun exports "
+                                               "of a 1 TiB sparse image")]:
+        v = r[key]
+        s_ = v["in_service"]
+        t.rows.append(("accounts polling the export service", what, f"{v['calls_per_s']:.0f} calls/s",
+                       "", "", f"clients: p50 {v['p50'] * 1000:.0f} ms, p99 {v['p99'] * 1000:.0f} ms; "
+                       f"in the service: p50 {s_['p50'] * 1000:.0f} ms, p99 {s_['p99'] * 1000:.0f} ms; "
+                       f"{v['failures']} failed; {v['dry_runs']} dry runs"))
+    print(f"#   tenants: {r}", file=sys.stderr)
+
+
 def case_fleet(t, img, size, work, runs):
     """The export service on a PostgreSQL job store shared by three instances, against one
     instance on SQLite and the command line: the latency from a request to a completed small
@@ -835,7 +859,7 @@ def main():
                     default="raw,digest,qcow2,vmdk,vdi,vhd,inspect,packages,export,serve,fleet,memory",
                     help="raw, digest, qcow2, vmdk, vdi, vhd, inspect (check, map, measure, "
                          "--deterministic), packages (VHDX, OVA, GCE), export, serve, fleet, "
-                         "floor, scale, memory "
+                         "tenants, floor, scale, memory "
                          "(floor and scale are not in the default set: they drop the page "
                          "cache, and scale writes 4 TiB sparse files)")
     ap.add_argument("--scale-images", default="all",
@@ -861,7 +885,7 @@ def main():
     t = Table()
     img = work / f"realistic-{args.size}.raw"
     if cases & {"raw", "digest", "qcow2", "vmdk", "vdi", "vhd", "inspect", "packages", "export",
-                 "serve", "fleet", "floor"}:
+                 "serve", "fleet", "tenants", "floor"}:
         if not img.exists() or img.stat().st_size != size:
             make_realistic(img, size, work)
         warm(img)
@@ -889,6 +913,8 @@ def main():
             case_serve(t, str(img), size, work, args.runs)
         if "fleet" in cases:
             case_fleet(t, str(img), size, work, args.runs)
+        if "tenants" in cases:
+            case_tenants(t, str(img), size, work, args.runs)
         if "floor" in cases:
             case_floor(t, str(img), size, out_dir, max(args.runs, 10))
     if "scale" in cases:

@@ -782,7 +782,10 @@ def poll_load(a):
     [t.join() for t in threads]
     lat.sort()
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
-    return {"requests": len(lat), "failures": len(failures), "p50": p(0.5), "p99": p(0.99), "first_failure": failures[:1]}
+    out = {"requests": len(lat), "failures": len(failures), "p50": p(0.5), "p99": p(0.99), "first_failure": failures[:1]}
+    if a.get("latencies"):
+        out["latencies"] = lat
+    return out
 
 
 def fleet_round_robin(a):
