@@ -943,6 +943,19 @@ mod tests {
         }
     }
 
+    /// Queue an AWS job `id` of the default account, no token, the test's spec.
+    fn queue(s: &mut JobStore, id: &str) -> Result<Submitted> {
+        s.submit(
+            "aws",
+            DEFAULT_ACCOUNT,
+            id,
+            None,
+            "f",
+            &spec(),
+            &serde_json::json!({}),
+        )
+    }
+
     fn sqlite(name: &str) -> StoreLocation {
         let p =
             std::env::temp_dir().join(format!("imgconv-jobs-{name}-{}.sqlite", std::process::id()));
@@ -1123,15 +1136,7 @@ mod tests {
             )
         };
         let mut s = service()?;
-        s.submit(
-            "aws",
-            DEFAULT_ACCOUNT,
-            "j1",
-            None,
-            "f",
-            &spec(),
-            &serde_json::json!({}),
-        )?;
+        queue(&mut s, "j1")?;
         for attempt in 1..MAX_ATTEMPTS {
             die(&s, "j1")?;
             s = service()?;
@@ -1156,15 +1161,7 @@ mod tests {
             ..StoreOptions::default()
         };
         let mut s = JobStore::open_with(loc, leased.clone())?;
-        s.submit(
-            "aws",
-            DEFAULT_ACCOUNT,
-            "j1",
-            None,
-            "f",
-            &spec(),
-            &serde_json::json!({}),
-        )?;
+        queue(&mut s, "j1")?;
         let first = s.claim("j1")?;
         assert_eq!(first, Some(1));
         assert_eq!(s.claim("j1")?, None, "claimed once");
@@ -1185,15 +1182,7 @@ mod tests {
         other.set_fenced("j1", 2, JobState::Cancelled, "cancelled")?;
         assert_eq!(other.get("j1")?.state, JobState::Cancelled);
         // A job that lapses on its third attempt fails.
-        s.submit(
-            "aws",
-            DEFAULT_ACCOUNT,
-            "j2",
-            None,
-            "f",
-            &spec(),
-            &serde_json::json!({}),
-        )?;
+        queue(&mut s, "j2")?;
         for _ in 0..MAX_ATTEMPTS {
             assert!(s.claim("j2")?.is_some());
             s.db.execute("UPDATE jobs SET lease_until = 0 WHERE id = 'j2'", &[])?;
@@ -1223,15 +1212,7 @@ mod tests {
         }
         let mut s = JobStore::open(loc)?;
         assert_eq!(schema_version(&s.db)?, SCHEMA_VERSION);
-        s.submit(
-            "aws",
-            DEFAULT_ACCOUNT,
-            "kept",
-            None,
-            "f",
-            &spec(),
-            &serde_json::json!({}),
-        )?;
+        queue(&mut s, "kept")?;
         drop(s);
         let s = JobStore::open(loc)?;
         assert_eq!(s.get("kept")?.state, JobState::Queued);
@@ -1255,15 +1236,7 @@ mod tests {
             !listener.wait(Duration::from_millis(200))?,
             "nothing announced yet"
         );
-        s.submit(
-            "aws",
-            DEFAULT_ACCOUNT,
-            "j1",
-            None,
-            "f",
-            &spec(),
-            &serde_json::json!({}),
-        )?;
+        queue(&mut s, "j1")?;
         // Delivered when the submission commits; the bound only keeps a broken test finite.
         assert!(listener.wait(Duration::from_secs(30))?);
         // A token that names an existing job queues nothing and announces nothing.
@@ -1320,15 +1293,7 @@ mod tests {
     fn active_jobs_of_a_dead_process_fail_on_the_next_open(loc: &StoreLocation) -> Result<()> {
         {
             let mut s = JobStore::open(loc)?;
-            s.submit(
-                "aws",
-                DEFAULT_ACCOUNT,
-                "j1",
-                None,
-                "f",
-                &spec(),
-                &serde_json::json!({}),
-            )?;
+            queue(&mut s, "j1")?;
             s.db.execute(
                 "UPDATE jobs SET state = 'active', runner_pid = 999999999, runner_start = 1",
                 &[],
