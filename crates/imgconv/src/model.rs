@@ -171,6 +171,31 @@ impl Location {
     /// `mapping`'s bytes stored as they are from `host` in `src`, for a format whose stored
     /// ranges qemu looks through to the file: its length is cut to where the file's holes
     /// begin or end, and `hole` says which of the two it is.
+    /// The mapping of a stored run as a conversion reads it: the first part of the run that
+    /// the image file holds as data, or, where the file has a hole there (inside the file),
+    /// [`Extent::Zero`] for as long as the hole lasts (it reads as zeros: nothing to read).
+    /// A run past the file's end stays data (reading it reports the truncation).
+    pub(crate) fn read_through(
+        mapping: Mapping,
+        host: u64,
+        src: &dyn crate::source::Source,
+    ) -> crate::error::Result<Mapping> {
+        let inside = src.len().saturating_sub(host).min(mapping.len);
+        if mapping.extent != Extent::Data || inside == 0 {
+            return Ok(mapping);
+        }
+        let fs = src.extent(host, inside)?;
+        let len = fs.len.clamp(1, inside);
+        Ok(Mapping {
+            extent: if fs.extent == Extent::Data {
+                Extent::Data
+            } else {
+                Extent::Zero
+            },
+            len,
+        })
+    }
+
     pub(crate) fn stored_in(
         mut mapping: Mapping,
         host: u64,

@@ -11,6 +11,31 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Extent, Mapping};
 
+/// Fill `buf` from `offset` of `src` as [`Source::read_exact_at`] does, without reading the
+/// parts that are holes of the file (they read as zeros): a table the format sizes by the
+/// disk (a VMDK's grain tables, a QCOW2 L2 table) that its writer left as a hole costs no read.
+pub(crate) fn read_holed(src: &dyn Source, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let end = offset.saturating_add(buf.len() as u64);
+    if end > src.len() {
+        // Past the end: the plain read reports the truncation.
+        return src.read_exact_at(offset, buf);
+    }
+    let mut pos = offset;
+    while pos < end {
+        let m = src.extent(pos, end - pos)?;
+        let len = m.len.clamp(1, end - pos);
+        let at = (pos - offset) as usize;
+        let part = &mut buf[at..at + len as usize];
+        if m.extent == Extent::Data {
+            src.read_exact_at(pos, part)?;
+        } else {
+            part.fill(0);
+        }
+        pos += len;
+    }
+    Ok(())
+}
+
 /// A positional, thread-safe byte source.
 pub trait Source: Send + Sync {
     /// Length in bytes.

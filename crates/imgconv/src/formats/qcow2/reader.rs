@@ -137,7 +137,7 @@ impl Qcow2Reader {
         self.cache
             .get_or_load(off, || {
                 let mut raw = vec![0u8; cs as usize];
-                self.src.read_exact_at(off, &mut raw)?;
+                crate::source::read_holed(&*self.src, off, &mut raw)?;
                 Ok(crate::bytes::be64s(&raw).collect())
             })
             .map(Some)

@@ -187,21 +187,13 @@ impl Reader for VdiReader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
-        let end = map_end(Format::Vdi, self.size, offset, max_len)?;
-        let kind = |e: u32| match e {
-            FREE => Extent::Unallocated,
-            ZERO => Extent::Zero,
-            _ => Extent::Data,
-        };
-        let extent = kind(self.entry(offset));
-        let mut pos = offset;
-        while pos < end && kind(self.entry(pos)) == extent {
-            pos = (pos / BLOCK_SIZE + 1) * BLOCK_SIZE;
+        // Stored blocks are read through to the file's holes: a static image made by
+        // truncating its file, or blocks never written, read as zeros without a read.
+        let loc = self.locate(offset, max_len)?;
+        if let (Extent::Data, Some(host)) = (loc.mapping.extent, loc.host) {
+            return Location::read_through(loc.mapping, host, &*self.src);
         }
-        Ok(Mapping {
-            extent,
-            len: pos.min(end).saturating_sub(offset).max(1),
-        })
+        self.block_map(offset, max_len)
     }
 
     /// `imgconv check`, past what opening verified (every block map entry in range, no data
@@ -223,7 +215,7 @@ impl Reader for VdiReader {
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
         match self.entry(offset) {
-            FREE | ZERO => Ok(Location::unstored(self.map(offset, max_len)?, false)),
+            FREE | ZERO => Ok(Location::unstored(self.block_map(offset, max_len)?, false)),
             e => {
                 let end = map_end(Format::Vdi, self.size, offset, max_len)?;
                 let within = offset % BLOCK_SIZE;
@@ -275,5 +267,26 @@ impl Reader for VdiReader {
                 ("modification uuid".into(), self.uuids.1.clone()),
             ],
         }
+    }
+}
+
+impl VdiReader {
+    /// The block map's view of `[offset, ...)`: runs of blocks of one kind.
+    fn block_map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
+        let end = map_end(Format::Vdi, self.size, offset, max_len)?;
+        let kind = |e: u32| match e {
+            FREE => Extent::Unallocated,
+            ZERO => Extent::Zero,
+            _ => Extent::Data,
+        };
+        let extent = kind(self.entry(offset));
+        let mut pos = offset;
+        while pos < end && kind(self.entry(pos)) == extent {
+            pos = (pos / BLOCK_SIZE + 1) * BLOCK_SIZE;
+        }
+        Ok(Mapping {
+            extent,
+            len: pos.min(end).saturating_sub(offset).max(1),
+        })
     }
 }

@@ -159,6 +159,67 @@ pub(crate) struct VhdReader {
 }
 
 impl VhdReader {
+    /// The block table's and sector bitmaps' view of `[offset, ...)`; with `through`, the
+    /// sectors marked as written are read through to the file's holes (what a conversion
+    /// reads; `imgconv map` shows them as qemu-img does, as stored data).
+    fn mapping(&self, offset: u64, max_len: u64, through: bool) -> Result<Mapping> {
+        let end = map_end(Format::Vhd, self.size, offset, max_len)?;
+        let len = end.saturating_sub(offset);
+        let Layout::Dynamic {
+            block_size: bs,
+            bitmap_size,
+            bat,
+        } = &self.layout
+        else {
+            let mut m = self.src.extent(offset, len)?;
+            m.len = m.len.clamp(1, len.max(1));
+            return Ok(m);
+        };
+        let bs = *bs;
+        let entry = |pos: u64| bat.get((pos / bs) as usize).copied().unwrap_or(UNALLOCATED);
+        let e = entry(offset);
+        if e == UNALLOCATED {
+            let mut pos = offset;
+            while pos < end && entry(pos) == UNALLOCATED {
+                pos = (pos / bs + 1) * bs;
+            }
+            return Ok(Mapping {
+                extent: Extent::Unallocated,
+                len: (pos.min(end) - offset).max(1),
+            });
+        }
+        // Inside an allocated block: the run of equal bitmap bits from `offset`.
+        let within = offset % bs;
+        let n = (bs - within).min(len.max(1));
+        let first = within / 512;
+        let last = (within + n - 1) / 512;
+        let bits = self.bitmap(u64::from(e) * 512, first, last)?;
+        let base = first / 8 * 8;
+        let set = bit(&bits, base, first);
+        let mut t = first;
+        while t <= last && bit(&bits, base, t) == set {
+            t += 1;
+        }
+        let len = ((t * 512).min(within + n) - within).max(1);
+        if !set {
+            return Ok(Mapping {
+                extent: Extent::Unallocated,
+                len,
+            });
+        }
+        // Sectors marked as written are read through to the file's holes (a writer that
+        // leaves a block's zero runs as holes).
+        let host = u64::from(e) * 512 + bitmap_size + within;
+        let data = Mapping {
+            extent: Extent::Data,
+            len,
+        };
+        if !through {
+            return Ok(data);
+        }
+        Location::read_through(data, host, &*self.src)
+    }
+
     /// Open and validate `src`: footer and its checksum; for a dynamic disk, the header, its
     /// checksum, and every BAT entry (each allocated block inside the file).
     pub(crate) fn open(src: Box<dyn Source>) -> Result<VhdReader> {
@@ -415,7 +476,7 @@ impl Reader for VhdReader {
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
-        let mapping = self.map(offset, max_len)?;
+        let mapping = self.mapping(offset, max_len, false)?;
         match &self.layout {
             Layout::Dynamic {
                 block_size,
@@ -440,51 +501,7 @@ impl Reader for VhdReader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
-        let end = map_end(Format::Vhd, self.size, offset, max_len)?;
-        let len = end.saturating_sub(offset);
-        let Layout::Dynamic {
-            block_size: bs,
-            bitmap_size: _,
-            bat,
-        } = &self.layout
-        else {
-            let mut m = self.src.extent(offset, len)?;
-            m.len = m.len.clamp(1, len.max(1));
-            return Ok(m);
-        };
-        let bs = *bs;
-        let entry = |pos: u64| bat.get((pos / bs) as usize).copied().unwrap_or(UNALLOCATED);
-        let e = entry(offset);
-        if e == UNALLOCATED {
-            let mut pos = offset;
-            while pos < end && entry(pos) == UNALLOCATED {
-                pos = (pos / bs + 1) * bs;
-            }
-            return Ok(Mapping {
-                extent: Extent::Unallocated,
-                len: (pos.min(end) - offset).max(1),
-            });
-        }
-        // Inside an allocated block: the run of equal bitmap bits from `offset`.
-        let within = offset % bs;
-        let n = (bs - within).min(len.max(1));
-        let first = within / 512;
-        let last = (within + n - 1) / 512;
-        let bits = self.bitmap(u64::from(e) * 512, first, last)?;
-        let base = first / 8 * 8;
-        let set = bit(&bits, base, first);
-        let mut t = first;
-        while t <= last && bit(&bits, base, t) == set {
-            t += 1;
-        }
-        Ok(Mapping {
-            extent: if set {
-                Extent::Data
-            } else {
-                Extent::Unallocated
-            },
-            len: ((t * 512).min(within + n) - within).max(1),
-        })
+        self.mapping(offset, max_len, true)
     }
 
     fn info(&self) -> ImageInfo {

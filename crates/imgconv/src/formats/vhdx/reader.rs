@@ -477,29 +477,18 @@ impl Reader for VhdxReader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
-        let end = map_end(Format::Vhdx, self.meta.disk_size, offset, max_len)?;
-        let bs = self.meta.block_size;
-        let kind = |p: u64| {
-            if self.block(p).is_some() {
-                Extent::Data
-            } else {
-                Extent::Unallocated
-            }
-        };
-        let extent = kind(offset);
-        let mut pos = offset;
-        while pos < end && kind(pos) == extent {
-            pos = (pos / bs + 1) * bs;
+        // Stored blocks are read through to the file's holes (a fixed image whose file was
+        // made by truncating it reads as zeros there, without a read).
+        let loc = self.locate(offset, max_len)?;
+        if let (Extent::Data, Some(host)) = (loc.mapping.extent, loc.host) {
+            return Location::read_through(loc.mapping, host, &*self.src);
         }
-        Ok(Mapping {
-            extent,
-            len: pos.min(end).saturating_sub(offset).max(1),
-        })
+        self.block_map(offset, max_len)
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
         let Some(at) = self.block(offset) else {
-            return Ok(Location::unstored(self.map(offset, max_len)?, false));
+            return Ok(Location::unstored(self.block_map(offset, max_len)?, false));
         };
         let end = map_end(Format::Vhdx, self.meta.disk_size, offset, max_len)?;
         let bs = self.meta.block_size;
@@ -547,5 +536,29 @@ impl Reader for VhdxReader {
                 ),
             ],
         }
+    }
+}
+
+impl VhdxReader {
+    /// The BAT's view of `[offset, ...)`: runs of present or absent blocks.
+    fn block_map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
+        let end = map_end(Format::Vhdx, self.meta.disk_size, offset, max_len)?;
+        let bs = self.meta.block_size;
+        let kind = |p: u64| {
+            if self.block(p).is_some() {
+                Extent::Data
+            } else {
+                Extent::Unallocated
+            }
+        };
+        let extent = kind(offset);
+        let mut pos = offset;
+        while pos < end && kind(pos) == extent {
+            pos = (pos / bs + 1) * bs;
+        }
+        Ok(Mapping {
+            extent,
+            len: pos.min(end).saturating_sub(offset).max(1),
+        })
     }
 }

@@ -109,7 +109,7 @@ impl SparseExtent {
                     ));
                 }
                 let mut raw = vec![0u8; bytes as usize];
-                self.src.read_exact_at(at, &mut raw)?;
+                crate::source::read_holed(&*self.src, at, &mut raw)?;
                 Ok(crate::bytes::le32s(&raw).collect())
             })
             .map(Some)
