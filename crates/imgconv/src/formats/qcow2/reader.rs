@@ -383,7 +383,15 @@ impl Reader for Qcow2Reader {
                 len: max_len.max(1),
             });
         }
-        let (extent, reach, _) = self.piece(offset)?;
+        let (extent, reach, c) = self.piece(offset)?;
+        if extent == Extent::Data && !matches!(c, Cluster::Compressed(..)) {
+            // Stored data is read through to the file's holes: clusters that
+            // `preallocation=metadata` (or `falloc`) left as holes read as zeros, unread.
+            let loc = self.locate(offset, max_len)?;
+            if let Some(host) = loc.host {
+                return Location::read_through(loc.mapping, host, &*self.src);
+            }
+        }
         let mut len = reach.min(end - offset);
         // Merge following pieces of the same kind, up to one L2 table's worth.
         let limit = self.h.cluster_size() * self.h.l2_entries();
