@@ -355,6 +355,44 @@ fn images_qemu_img_made_with_holes_convert_reading_what_their_files_store() {
         );
         let _ = std::fs::remove_file(&img);
     }
+    // A monolithicFlat VMDK: the descriptor names a RAW extent file, which the reader opens
+    // itself; what it read of that file is what the page cache holds of it afterwards.
+    let img = dir.join("made.vmdk");
+    let made = std::process::Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+        ])
+        .arg(&src)
+        .arg(&img)
+        .status()
+        .expect("qemu-img is required (the README's test command installs it)");
+    assert!(
+        made.success(),
+        "qemu-img convert -O vmdk -o subformat=monolithicFlat"
+    );
+    let flat = dir.join("made-flat.vmdk");
+    evict(&flat);
+    let reader = open_image(&img, Some(Format::Vmdk)).expect("open");
+    convert(
+        &*reader,
+        Destination::Sink(Box::new(Counted(0))),
+        &ConvertOptions::new(Format::Raw),
+        &NoProgress,
+        &CancelToken::new(),
+    )
+    .expect("monolithicFlat to RAW");
+    let in_cache = cached(&flat);
+    eprintln!("vmdk monolithicFlat: {in_cache} bytes of the extent cached");
+    assert!(
+        in_cache <= DATA + DATA / 100,
+        "monolithicFlat: {in_cache} bytes of the extent file read"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

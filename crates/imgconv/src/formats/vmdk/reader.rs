@@ -253,11 +253,16 @@ impl Reader for VmdkReader {
         let rel = offset - p.start;
         let room = (p.len - rel).min(end - offset).max(1);
         let Part::Sparse(s) = &p.part else {
-            let mapping = self.map(offset, max_len)?;
             return match &p.part {
                 // qemu looks through a flat extent to its file's holes.
-                Part::Flat { src, offset: at } => Location::stored_in(mapping, at + rel, &**src),
-                _ => Ok(Location::unstored(mapping, false)),
+                Part::Flat { src, offset: at } => {
+                    let mapping = Mapping {
+                        extent: Extent::Data,
+                        len: room,
+                    };
+                    Location::stored_in(mapping, at + rel, &**src)
+                }
+                _ => Ok(Location::unstored(self.map(offset, max_len)?, false)),
             };
         };
         let gb = s.h.grain_bytes();
@@ -303,7 +308,14 @@ impl Reader for VmdkReader {
         let room = (p.len - rel).min(end - offset);
         let (extent, len) = match &p.part {
             Part::Zero => (Extent::Unallocated, room),
-            Part::Flat { .. } => (Extent::Data, room),
+            // A flat extent is read through to its file's holes.
+            Part::Flat { src, offset: at } => {
+                let data = Mapping {
+                    extent: Extent::Data,
+                    len: room,
+                };
+                return Location::read_through(data, at + rel, &**src);
+            }
             Part::Sparse(s) => {
                 let (kind, reach, _) = s.piece(rel)?;
                 let mut len = reach.min(room);
