@@ -433,6 +433,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_grant_is_a_bucket_or_the_keys_under_a_bucket_prefix() {
+        let ctx = |grants: Option<&[&str]>| Context {
+            buckets: grants.map(|g| g.iter().map(|s| s.to_string()).collect()),
+            ..Context::default()
+        };
+        assert!(ctx(None).may_write("any", "key"));
+        let c = ctx(Some(&["team-a", "shared/team-a/"]));
+        assert!(c.may_write("team-a", "x/y.raw"));
+        assert!(c.may_write("shared", "team-a/y.raw"));
+        assert!(!c.may_write("shared", "team-b/y.raw"));
+        assert!(!c.may_write("shared", "team-a"));
+        assert!(!c.may_write("team-a-other", "x"));
+        assert!(!c.may_write("team", "a/x"));
+        assert!(!ctx(Some(&[])).may_write("team-a", "x"));
+        assert_eq!(ctx(None).account(), crate::jobs::DEFAULT_ACCOUNT);
+    }
+
+    #[test]
     fn times_are_rfc3339_utc_and_ids_are_fresh_hex() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
