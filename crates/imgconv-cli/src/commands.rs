@@ -687,7 +687,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
     let reply = if let Some(id) = &a.describe {
         api.describe(&store, DEFAULT_ACCOUNT, id)
     } else if let Some(id) = &a.cancel {
-        api.cancel(&store, DEFAULT_ACCOUNT, id)
+        api.cancel(&std::cell::RefCell::new(&mut store), DEFAULT_ACCOUNT, id)
     } else if a.list {
         api.list(&store, DEFAULT_ACCOUNT)
     } else if let Some(id) = &a.run {

@@ -510,7 +510,7 @@ fn cancel(c: &Verified<'_>, form: &BTreeMap<String, String>) -> Wire {
             "The request must contain the parameter ExportTaskId",
         );
     };
-    let reply = svc.with_store(|s| Api::Aws.cancel(s, account, id));
+    let reply = Api::Aws.cancel(&svc.store, account, id);
     if reply.status != 200 {
         return api_error(req, &reply.status, &reply.body);
     }

@@ -279,18 +279,29 @@ impl Api {
     }
 
     /// Cancel a job of `account` (AWS CancelExportTask, OCI CancelWorkRequest, ...): another
-    /// account's job is not found, and nothing changes.
-    pub fn cancel(self, store: &JobStore, account: &str, id: &str) -> Reply {
-        match store.get_of(id, account).and_then(|j| {
-            if j.provider == self.name() {
-                store.cancel(id)
-            } else {
-                Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("no export job '{id}'"),
-                ))
+    /// account's job is not found, and nothing changes. A queued job's kept upload is aborted
+    /// with no store connection held.
+    pub fn cancel(self, stores: &impl Stores, account: &str, id: &str) -> Reply {
+        let outcome = stores.with(|store| {
+            store.get_of(id, account).and_then(|j| {
+                if j.provider == self.name() {
+                    store.cancel_deferring(id)
+                } else {
+                    Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("no export job '{id}'"),
+                    ))
+                }
+            })
+        });
+        let outcome = outcome.and_then(|(job, pending)| match pending {
+            Some(p) => {
+                p.run();
+                stores.with(|s| s.forget_upload(id).and_then(|()| s.get(id)))
             }
-        }) {
+            None => Ok(job),
+        });
+        match outcome {
             Ok(job) => match self {
                 Api::Aws => ok(json!({})),
                 _ => ok(self.describe_body(&job)),

@@ -47,4 +47,4 @@ pub use model::{
     MAX_ATTEMPTS, TOKEN_LIFETIME,
 };
 pub use pool::{StorePool, Stores};
-pub use store::{JobStore, SCHEMA_VERSION};
+pub use store::{JobStore, PendingAbort, SCHEMA_VERSION};

@@ -822,6 +822,21 @@ impl JobStore {
     /// Ask a job to stop. A queued job is cancelled at once; an active one when its process
     /// next looks (the upload is aborted first). A finished job cannot be cancelled.
     pub fn cancel(&self, id: &str) -> Result<Job> {
+        let (job, pending) = self.cancel_deferring(id)?;
+        match pending {
+            Some(p) => {
+                p.run();
+                self.forget_upload(id)?;
+                self.get(id)
+            }
+            None => Ok(job),
+        }
+    }
+
+    /// [`JobStore::cancel`] without contacting the storage: a queued job's kept upload is
+    /// answered for the caller to abort ([`PendingAbort::run`]) with no store connection held,
+    /// and then to [forget](JobStore::forget_upload).
+    pub fn cancel_deferring(&self, id: &str) -> Result<(Job, Option<PendingAbort>)> {
         // A queued job may hold the upload of an interrupted attempt, kept for the next one.
         let kept = self
             .db
@@ -840,16 +855,20 @@ impl JobStore {
         if queued == 1 {
             self.audit(id, "cancelled");
         }
+        let mut pending = None;
         if let (1, Some((upload, spec))) = (queued, kept) {
             if let Ok(spec) = serde_json::from_str::<JobSpec>(&spec) {
-                if let Ok(creds) = self.credentials_for(&spec.target, None) {
-                    let _ = abort_upload(&spec.target, &upload, creds);
+                if let Ok(credentials) = self.credentials_for(&spec.target, None) {
+                    pending = Some(PendingAbort {
+                        target: spec.target,
+                        upload,
+                        credentials,
+                    });
                 }
             }
-            self.db.execute(
-                "UPDATE jobs SET upload = NULL WHERE id = ?1 AND state = 'cancelled'",
-                vals![id],
-            )?;
+            if pending.is_none() {
+                self.forget_upload(id)?;
+            }
         }
         if queued == 0 {
             let active = self.db.execute(
@@ -865,7 +884,31 @@ impl JobStore {
                 ));
             }
         }
-        self.get(id)
+        Ok((self.get(id)?, pending))
+    }
+
+    /// Forget a cancelled job's upload (aborted, or given up on).
+    pub fn forget_upload(&self, id: &str) -> Result<()> {
+        self.db.execute(
+            "UPDATE jobs SET upload = NULL WHERE id = ?1 AND state = 'cancelled'",
+            vals![id],
+        )?;
+        Ok(())
+    }
+}
+
+/// The abort of a cancelled job's multipart upload, to run with no store connection held.
+#[derive(Debug)]
+pub struct PendingAbort {
+    target: TargetSpec,
+    upload: String,
+    credentials: Credentials,
+}
+
+impl PendingAbort {
+    /// Abort the upload (best effort: an upload left behind expires by the bucket's rules).
+    pub fn run(self) {
+        let _ = abort_upload(&self.target, &self.upload, self.credentials);
     }
 }
 
@@ -1032,16 +1075,18 @@ mod tests {
             "another account's job reads as an unknown id"
         );
         let api = crate::api::Api::Aws;
-        let refused = api.cancel(&s, "444455556666", "ja");
-        let never = api.cancel(&s, "444455556666", "nothing");
+        let cell = std::cell::RefCell::new(&mut s);
+        let refused = api.cancel(&cell, "444455556666", "ja");
+        let never = api.cancel(&cell, "444455556666", "nothing");
         assert_eq!(refused.status, never.status);
         assert_eq!(
             refused.body["Errors"][0]["Code"],
             never.body["Errors"][0]["Code"]
         );
-        assert_eq!(s.get("ja")?.state, JobState::Queued);
-        assert!(!s.get("ja")?.cancel_requested);
-        assert_eq!(api.cancel(&s, "111122223333", "ja").status, 200);
+        assert_eq!(cell.borrow().get("ja")?.state, JobState::Queued);
+        assert!(!cell.borrow().get("ja")?.cancel_requested);
+        assert_eq!(api.cancel(&cell, "111122223333", "ja").status, 200);
+        let s = cell.into_inner();
         assert_eq!(s.get("ja")?.state, JobState::Cancelled);
         Ok(())
     }
