@@ -366,6 +366,56 @@ fn a_plan_made_once_serves_measure_and_convert_so_the_source_is_read_twice() -> 
     Ok(())
 }
 
+/// Convert `reader` with `opts` (64 KiB chunks, a window of 16: many chunks written out of
+/// order) into a stream and into a file at `path`, deterministically: the file must hold the
+/// stream's bytes and have its digests of `kinds`.
+fn filed_as_streamed(
+    reader: &dyn Reader,
+    format: Format,
+    options: &str,
+    kinds: &[DigestKind],
+    path: &std::path::Path,
+) -> imgconv::Result<()> {
+    let mut opts = ConvertOptions::new(format).with_digests(kinds);
+    // The same ids and dates both ways (a VHD footer holds both).
+    opts.deterministic = Some(0);
+    if !options.is_empty() {
+        opts.writer_options.extend(options)?;
+    }
+    opts.pipeline = PipelineConfig {
+        chunk_size: 64 << 10,
+        window: 16,
+    };
+    let sink = VecSink::new();
+    let streamed = convert(
+        reader,
+        Destination::Sink(Box::new(sink.clone())),
+        &opts,
+        &NoProgress,
+        &CancelToken::new(),
+    )?;
+    let filed = convert(
+        reader,
+        Destination::file(path),
+        &opts,
+        &NoProgress,
+        &CancelToken::new(),
+    )?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io("output", e))?;
+    assert!(
+        bytes == sink.contents(),
+        "{format} {options} {kinds:?}: the bytes differ"
+    );
+    for kind in kinds {
+        assert_eq!(
+            filed.digest(*kind),
+            streamed.digest(*kind),
+            "{format} {options}"
+        );
+    }
+    Ok(())
+}
+
 /// Into a file, the writers that store their units packed in guest order (QCOW2, VDI,
 /// monolithicSparse VMDK, dynamic VHD, VHDX) have each chunk's units written by the worker that read it, at the
 /// place its turn gives it: the file and its digests must be those of the same conversion
@@ -399,46 +449,10 @@ fn packed_chunks_written_by_the_workers_give_the_streamed_bytes() -> imgconv::Re
         (Format::Vhdx, "subformat=fixed,block_size=1M"),
     ] {
         for kinds in [&[][..], &[DigestKind::Md5, DigestKind::Sha256][..]] {
-            let mut opts = ConvertOptions::new(format).with_digests(kinds);
-            opts.deterministic = Some(0);
-            if !options.is_empty() {
-                opts.writer_options.extend(options)?;
-            }
-            opts.pipeline = PipelineConfig {
-                chunk_size: 64 << 10,
-                window: 16,
-            };
-            let sink = VecSink::new();
-            let streamed = convert(
-                &*reader,
-                Destination::Sink(Box::new(sink.clone())),
-                &opts,
-                &NoProgress,
-                &CancelToken::new(),
-            )?;
             // A VMDK names its extent after its file: the stream's is "disk.vmdk".
             let sub = dir.join(format!("{format}-{options}-{}", kinds.len()));
             std::fs::create_dir_all(&sub).map_err(|e| Error::io("mkdir", e))?;
-            let path = sub.join("disk.vmdk");
-            let filed = convert(
-                &*reader,
-                Destination::file(&path),
-                &opts,
-                &NoProgress,
-                &CancelToken::new(),
-            )?;
-            let bytes = std::fs::read(&path).map_err(|e| Error::io("output", e))?;
-            assert!(
-                bytes == sink.contents(),
-                "{format} {options} {kinds:?}: the bytes differ"
-            );
-            for kind in kinds {
-                assert_eq!(
-                    filed.digest(*kind),
-                    streamed.digest(*kind),
-                    "{format} {options}"
-                );
-            }
+            filed_as_streamed(&*reader, format, options, kinds, &sub.join("disk.vmdk"))?;
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -460,44 +474,8 @@ fn chunks_written_by_the_workers_give_the_streamed_bytes_and_digests() -> imgcon
         (Format::Raw, "preallocation=full"),
         (Format::Vhd, "subformat=fixed"),
     ] {
-        let mut opts = ConvertOptions::new(format).with_digests(&kinds);
-        // The same ids and dates both ways (a VHD footer holds both).
-        opts.deterministic = Some(0);
-        if !options.is_empty() {
-            opts.writer_options.extend(options)?;
-        }
-        opts.pipeline = PipelineConfig {
-            chunk_size: 64 << 10,
-            window: 16,
-        };
-        let sink = VecSink::new();
-        let streamed = convert(
-            &*reader,
-            Destination::Sink(Box::new(sink.clone())),
-            &opts,
-            &NoProgress,
-            &CancelToken::new(),
-        )?;
         let path = dir.join(format!("out-{format}-{options}"));
-        let filed = convert(
-            &*reader,
-            Destination::file(&path),
-            &opts,
-            &NoProgress,
-            &CancelToken::new(),
-        )?;
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("output", e))?;
-        assert!(
-            bytes == sink.contents(),
-            "{format} {options}: the bytes differ"
-        );
-        for kind in kinds {
-            assert_eq!(
-                filed.digest(kind),
-                streamed.digest(kind),
-                "{format} {options}"
-            );
-        }
+        filed_as_streamed(&*reader, format, options, &kinds, &path)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

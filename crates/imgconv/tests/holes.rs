@@ -242,27 +242,9 @@ fn a_1_tib_sparse_image_converts_reading_only_its_data_and_caching_no_hole() {
             let written = open_image(&out, Some(format)).expect("open the output");
             let again = open_image(&src, Some(Format::Raw)).expect("open the input");
             if format != Format::Ova {
-                let back = Arc::new(AtomicU64::new(0));
-                let counted = Counting {
-                    inner: FileSource::open(&out).expect("open the output"),
-                    read: Arc::clone(&back),
-                };
-                let output = open_source(Box::new(counted), Some(format)).expect("open");
-                convert(
-                    &*output,
-                    Destination::Sink(Box::new(Counted(0))),
-                    &ConvertOptions::new(Format::Raw),
-                    &NoProgress,
-                    &CancelToken::new(),
-                )
-                .unwrap_or_else(|e| panic!("{what} back to RAW: {e}"));
-                let back = back.load(Ordering::Relaxed);
                 // What the output file holds (its data, the zeros its layout stores, its
                 // tables), never its holes.
-                let stored = FileSource::open(&out)
-                    .ok()
-                    .and_then(|f| f.allocated_size())
-                    .unwrap_or(0);
+                let (back, stored) = read_back_to_raw(&out, format, &what);
                 eprintln!("{what} back to RAW: read {back} bytes of {stored} stored");
                 if back > stored + stored / 100 {
                     failures.push(format!(
@@ -294,6 +276,30 @@ fn a_1_tib_sparse_image_converts_reading_only_its_data_and_caching_no_hole() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Convert the `format` image at `path` to RAW (into a sink that keeps nothing): the bytes
+/// read through its file, and the bytes its file stores (allocated, holes left out).
+fn read_back_to_raw(path: &Path, format: Format, what: &str) -> (u64, u64) {
+    let read = Arc::new(AtomicU64::new(0));
+    let source = Counting {
+        inner: FileSource::open(path).expect("open"),
+        read: Arc::clone(&read),
+    };
+    let reader = open_source(Box::new(source), Some(format)).expect("open");
+    convert(
+        &*reader,
+        Destination::Sink(Box::new(Counted(0))),
+        &ConvertOptions::new(Format::Raw),
+        &NoProgress,
+        &CancelToken::new(),
+    )
+    .unwrap_or_else(|e| panic!("{what} to RAW: {e}"));
+    let stored = FileSource::open(path)
+        .ok()
+        .and_then(|f| f.allocated_size())
+        .unwrap_or(0);
+    (read.load(Ordering::Relaxed), stored)
+}
+
 /// Images qemu-img makes whose files are mostly holes where the format says "stored": a
 /// static VDI, a fixed VHDX, a QCOW2 with `preallocation=metadata` and a fixed VHD, of a 1 TiB
 /// disk holding 64 MiB. Each converts reading what its file stores (its data and tables),
@@ -321,25 +327,7 @@ fn images_qemu_img_made_with_holes_convert_reading_what_their_files_store() {
             made.success(),
             "qemu-img convert -O {qemu_format} -o {opts}"
         );
-        let stored = FileSource::open(&img)
-            .ok()
-            .and_then(|f| f.allocated_size())
-            .unwrap_or(0);
-        let read = Arc::new(AtomicU64::new(0));
-        let source = Counting {
-            inner: FileSource::open(&img).expect("open"),
-            read: Arc::clone(&read),
-        };
-        let reader = open_source(Box::new(source), Some(format)).expect("open");
-        convert(
-            &*reader,
-            Destination::Sink(Box::new(Counted(0))),
-            &ConvertOptions::new(Format::Raw),
-            &NoProgress,
-            &CancelToken::new(),
-        )
-        .unwrap_or_else(|e| panic!("{qemu_format} {opts}: {e}"));
-        let read = read.load(Ordering::Relaxed);
+        let (read, stored) = read_back_to_raw(&img, format, &format!("{qemu_format} {opts}"));
         eprintln!("{qemu_format} {opts}: read {read} bytes, {stored} stored");
         assert!(
             read <= stored + stored / 100,

@@ -209,6 +209,44 @@ impl Qcow2Reader {
 
     /// The extent at guest `pos`, how far it reaches within its cluster (or subcluster), and
     /// the cluster it came from.
+    /// The run from `offset` that the file stores: this piece and the following ones of the
+    /// same kind stored right after it (a compressed cluster stands alone), up to an L2
+    /// table's worth, with its host offset (`None` for a compressed cluster) and whether it
+    /// is compressed; `None` when nothing is stored at `offset`.
+    fn stored_run(
+        &self,
+        offset: u64,
+        max_len: u64,
+    ) -> Result<Option<(Mapping, Option<u64>, bool)>> {
+        let end = map_end(Format::Qcow2, self.h.size, offset, max_len)?;
+        let cs = self.h.cluster_size();
+        // As qemu does, a subcluster that reads as zeros in a cluster that has a host
+        // cluster is reported at its place in it.
+        let host_of = |c: Cluster, pos: u64| match c {
+            Cluster::Data(h) => Some(h + pos % cs),
+            Cluster::Sub { host: h, .. } if h != 0 => Some(h + pos % cs),
+            _ => None,
+        };
+        let (extent, reach, c) = self.piece(offset)?;
+        let host = host_of(c, offset);
+        let compressed = matches!(c, Cluster::Compressed(..));
+        if host.is_none() && !compressed {
+            return Ok(None);
+        }
+        let mut len = reach.min(end.saturating_sub(offset)).max(1);
+        if let Some(h) = host {
+            let limit = cs * self.h.l2_entries();
+            while offset + len < end && len < limit {
+                let (next, r, c2) = self.piece(offset + len)?;
+                if next != extent || host_of(c2, offset + len) != Some(h + len) {
+                    break;
+                }
+                len += r.min(end - offset - len);
+            }
+        }
+        Ok(Some((Mapping { extent, len }, host, compressed)))
+    }
+
     fn piece(&self, pos: u64) -> Result<(Extent, u64, Cluster)> {
         let cs = self.h.cluster_size();
         let c = self.cluster(pos / cs)?;
@@ -338,36 +376,10 @@ impl Reader for Qcow2Reader {
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
-        let end = map_end(Format::Qcow2, self.h.size, offset, max_len)?;
-        let cs = self.h.cluster_size();
-        // As qemu does, a subcluster that reads as zeros in a cluster that has a host
-        // cluster is reported at its place in it.
-        let host_of = |c: Cluster, pos: u64| match c {
-            Cluster::Data(h) => Some(h + pos % cs),
-            Cluster::Sub { host: h, .. } if h != 0 => Some(h + pos % cs),
-            _ => None,
-        };
-        let (extent, reach, c) = self.piece(offset)?;
-        let host = host_of(c, offset);
-        let compressed = matches!(c, Cluster::Compressed(..));
-        if host.is_none() && !compressed {
+        let Some((mapping, host, compressed)) = self.stored_run(offset, max_len)? else {
             // Not stored: the map's run, merged over an L2 table's worth.
             return Ok(Location::unstored(self.map(offset, max_len)?, false));
-        }
-        // Stored: this piece and the following ones of the same kind stored right after it
-        // (a compressed cluster stands alone), up to an L2 table's worth.
-        let mut len = reach.min(end.saturating_sub(offset)).max(1);
-        if let Some(h) = host {
-            let limit = cs * self.h.l2_entries();
-            while offset + len < end && len < limit {
-                let (next, r, c2) = self.piece(offset + len)?;
-                if next != extent || host_of(c2, offset + len) != Some(h + len) {
-                    break;
-                }
-                len += r.min(end - offset - len);
-            }
-        }
-        let mapping = Mapping { extent, len };
+        };
         match host {
             Some(h) if self.metadata_preallocated() => Location::stored_in(mapping, h, &*self.src),
             Some(h) => Ok(Location::at(mapping, h)),
@@ -383,13 +395,12 @@ impl Reader for Qcow2Reader {
                 len: max_len.max(1),
             });
         }
-        let (extent, reach, c) = self.piece(offset)?;
-        if extent == Extent::Data && !matches!(c, Cluster::Compressed(..)) {
+        let (extent, reach, _) = self.piece(offset)?;
+        if extent == Extent::Data {
             // Stored data is read through to the file's holes: clusters that
             // `preallocation=metadata` (or `falloc`) left as holes read as zeros, unread.
-            let loc = self.locate(offset, max_len)?;
-            if let Some(host) = loc.host {
-                return Location::read_through(loc.mapping, host, &*self.src);
+            if let Some((mapping, Some(host), _)) = self.stored_run(offset, max_len)? {
+                return Location::read_through(mapping, host, &*self.src);
             }
         }
         let mut len = reach.min(end - offset);

@@ -189,11 +189,10 @@ impl Reader for VdiReader {
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
         // Stored blocks are read through to the file's holes: a static image made by
         // truncating its file, or blocks never written, read as zeros without a read.
-        let loc = self.locate(offset, max_len)?;
-        if let (Extent::Data, Some(host)) = (loc.mapping.extent, loc.host) {
-            return Location::read_through(loc.mapping, host, &*self.src);
+        match self.stored_run(offset, max_len)? {
+            Some((mapping, host)) => Location::read_through(mapping, host, &*self.src),
+            None => self.block_map(offset, max_len),
         }
-        self.block_map(offset, max_len)
     }
 
     /// `imgconv check`, past what opening verified (every block map entry in range, no data
@@ -214,34 +213,13 @@ impl Reader for VdiReader {
     }
 
     fn locate(&self, offset: u64, max_len: u64) -> Result<Location> {
-        match self.entry(offset) {
-            FREE | ZERO => Ok(Location::unstored(self.block_map(offset, max_len)?, false)),
-            e => {
-                let end = map_end(Format::Vdi, self.size, offset, max_len)?;
-                let within = offset % BLOCK_SIZE;
-                // This block and the following ones stored right after it.
-                let mut len = (BLOCK_SIZE - within).min(end - offset).max(1);
-                let mut next = e;
-                while offset + len < end {
-                    let n = self.entry(offset + len);
-                    if n == FREE || n == ZERO || Some(n) != next.checked_add(1) {
-                        break;
-                    }
-                    next = n;
-                    len = (len + BLOCK_SIZE).min(end - offset);
-                }
-                let mapping = Mapping {
-                    extent: Extent::Data,
-                    len,
-                };
-                let host = self.data_offset + u64::from(e) * BLOCK_SIZE + within;
-                if self.image_type == 2 {
-                    // qemu looks through a static image's blocks to the file's holes.
-                    Location::stored_in(mapping, host, &*self.src)
-                } else {
-                    Ok(Location::at(mapping, host))
-                }
+        match self.stored_run(offset, max_len)? {
+            None => Ok(Location::unstored(self.block_map(offset, max_len)?, false)),
+            // qemu looks through a static image's blocks to the file's holes.
+            Some((mapping, host)) if self.image_type == 2 => {
+                Location::stored_in(mapping, host, &*self.src)
             }
+            Some((mapping, host)) => Ok(Location::at(mapping, host)),
         }
     }
 
@@ -271,6 +249,35 @@ impl Reader for VdiReader {
 }
 
 impl VdiReader {
+    /// The stored run from `offset`: its block and the following ones stored right after it
+    /// in the file, and its file offset; `None` when the block is free or zero.
+    fn stored_run(&self, offset: u64, max_len: u64) -> Result<Option<(Mapping, u64)>> {
+        let e = self.entry(offset);
+        if e == FREE || e == ZERO {
+            return Ok(None);
+        }
+        let end = map_end(Format::Vdi, self.size, offset, max_len)?;
+        let within = offset % BLOCK_SIZE;
+        let mut len = (BLOCK_SIZE - within).min(end - offset).max(1);
+        let mut next = e;
+        while offset + len < end {
+            let n = self.entry(offset + len);
+            if n == FREE || n == ZERO || Some(n) != next.checked_add(1) {
+                break;
+            }
+            next = n;
+            len = (len + BLOCK_SIZE).min(end - offset);
+        }
+        let mapping = Mapping {
+            extent: Extent::Data,
+            len,
+        };
+        Ok(Some((
+            mapping,
+            self.data_offset + u64::from(e) * BLOCK_SIZE + within,
+        )))
+    }
+
     /// The block map's view of `[offset, ...)`: runs of blocks of one kind.
     fn block_map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
         let end = map_end(Format::Vdi, self.size, offset, max_len)?;
