@@ -42,15 +42,21 @@ def wait_port(port):
     raise SystemExit(f"nothing listens on {port}")
 
 
+def start_s3s(s3s_fs, port, root):
+    """s3s-fs on 127.0.0.1:`port` storing under `root` (which holds the bucket folders),
+    accepting KEY and SECRET."""
+    return subprocess.Popen([s3s_fs, "--host", "127.0.0.1", "--port", str(port),
+                             "--access-key", KEY, "--secret-key", SECRET, str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main():
     a = json.loads(sys.argv[1])
     work = Path(a["work"]) / "serve-bench"
     shutil.rmtree(work, ignore_errors=True)
     (work / "s3" / "exports").mkdir(parents=True)
     s3_port, port = free_port(), free_port()
-    s3 = subprocess.Popen([a["s3s_fs"], "--host", "127.0.0.1", "--port", str(s3_port),
-                           "--access-key", KEY, "--secret-key", SECRET, str(work / "s3")],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s3 = start_s3s(a["s3s_fs"], s3_port, work / "s3")
     (work / "serve.toml").write_text(f"""listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
 db = "jobs.sqlite"

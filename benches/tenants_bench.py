@@ -27,9 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "crates/imgconv-cli/tests/sdk"))
 import clients  # noqa: E402
-from serve_bench import free_port, wait_port  # noqa: E402
-
-KEY, SECRET = "bench-key", "bench-secret-0123"
+from serve_bench import KEY, SECRET, free_port, start_s3s, wait_port  # noqa: E402
 ACCOUNTS = ["111111111111", "222222222222", "333333333333"]
 
 
@@ -116,9 +114,7 @@ def main():
             f.seek(i * (1 << 36))
             f.write(os.urandom(4 << 20))
     s3_port, port = free_port(), free_port()
-    s3 = subprocess.Popen([a["s3s_fs"], "--host", "127.0.0.1", "--port", str(s3_port),
-                           "--access-key", KEY, "--secret-key", SECRET, str(work / "s3")],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s3 = start_s3s(a["s3s_fs"], s3_port, work / "s3")
     images = "\n".join(f'"ami-{acc}" = {{ path = "{a["img"]}", owner = "{acc}" }}' for acc in ACCOUNTS)
     callers = "\n".join(f'[[callers]]\napi = "aws"\naccount = "{acc}"\naccess_key_id = "{caller(acc)["key"]}"\n'
                         f'secret_access_key = "{caller(acc)["secret"]}"\n' for acc in ACCOUNTS)
