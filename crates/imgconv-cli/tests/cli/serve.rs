@@ -724,7 +724,12 @@ buckets = ["exports/b/"]
 #[test]
 fn zstack_accounts_poll_only_their_own_jobs() {
     let s = setup("serve-zstack-accounts");
-    let served = s.serve_edited("serve", &s.s3.endpoint(), |mut t| {
+    let d = s.dir.display();
+    let served = s.serve_edited("serve", &s.s3.endpoint(), |t| {
+        let private = format!(
+            "[images]\n\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\" = {{ path = \"{d}/web.qcow2\", owner = \"admin\" }}\n"
+        );
+        let mut t = t.replacen("[images]\n", &private, 1);
         t.push_str(&format!(
             "\n[[callers]]\napi = \"zstack\"\naccount = \"tenant-b\"\npassword_sha512 = \"{}\"\n",
             sha512_hex("password-b")
@@ -735,11 +740,16 @@ fn zstack_accounts_poll_only_their_own_jobs() {
         "zstack_accounts",
         &s.args(
             &served,
-            json!({ "image": AMI, "account_b": "tenant-b", "password_b": "password-b" }),
+            json!({
+                "image": AMI, "account_b": "tenant-b", "password_b": "password-b",
+                "image_private": "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
+            }),
         ),
     );
     assert_eq!(r["b_polls_a"], r["b_polls_unknown"], "{r}");
     assert_eq!(r["b_polls_a"], 404, "{r}");
+    assert_eq!(r["b_exports_a_image"], r["b_exports_unknown_image"], "{r}");
+    assert_eq!(r["b_exports_a_image"][0], 404, "{r}");
     assert_eq!(r["b_same_name"], 202, "{r}");
     assert_eq!(r["a"][0], 200, "{r}");
     assert_eq!(r["b"][0], 200, "{r}");

@@ -648,6 +648,10 @@ def zstack_accounts(a):
     ra, rb = poll(A, job), poll(B, job)
     out["a"] = [ra[0], ra[1].get("imageUrl")]
     out["b"] = [rb[0], rb[1].get("imageUrl")]
+    # A's private image, exported by B: what an image not on the backup storage gets.
+    for name, image in [("b_exports_a_image", a["image_private"]), ("b_exports_unknown_image", "0" * 32)]:
+        status, _, body = http("PUT", url, {"exportImageFromBackupStorage": {"imageUuid": image, "exportFormat": "raw"}}, B)
+        out[name] = [status, json.loads(body)["error"]["code"]]
     return out
 
 
