@@ -661,6 +661,12 @@ fn read_json_file(path: &Path, what: &str) -> Result<serde_json::Value, Error> {
     })
 }
 
+/// The request file of `export --api`: JSON (the provider's semantics read it into its typed
+/// request).
+fn read_request_file(path: &Path) -> Result<Vec<u8>, Error> {
+    read_json_file(path, "request").map(|v| v.to_string().into_bytes())
+}
+
 /// An OCI `image_metadata.json` given with `--image-metadata`: a JSON object.
 fn read_metadata(path: &Path) -> Result<serde_json::Value, Error> {
     let v = read_json_file(path, "image metadata")?;
@@ -677,24 +683,24 @@ fn read_metadata(path: &Path) -> Result<serde_json::Value, Error> {
 /// success and the job (if run) completed; 1 when the API answered an error; 6 when the job
 /// failed; 130 when it was cancelled. `--work` runs queued jobs instead (see [`work`]).
 pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
-    use imgconv_export::api::{Api, Context};
     use imgconv_export::jobs::{JobState, JobStore, DEFAULT_ACCOUNT};
-    let api: Api = a.api.parse()?;
+    use imgconv_server::providers::{Cli, Context, Provider};
+    let api: Cli = a.api.parse()?;
     let mut store = JobStore::open(&a.db)?;
     if a.work {
-        return work(api, &store);
+        return work(api, &mut store);
     }
     let reply = if let Some(id) = &a.describe {
-        api.describe(&store, DEFAULT_ACCOUNT, id)
+        api.describe(&mut store, DEFAULT_ACCOUNT, id)
     } else if let Some(id) = &a.cancel {
         api.cancel(&std::cell::RefCell::new(&mut store), DEFAULT_ACCOUNT, id)
     } else if a.list {
-        api.list(&store, DEFAULT_ACCOUNT)
+        api.list(&mut store, DEFAULT_ACCOUNT)
     } else if let Some(id) = &a.run {
         let cancel = CancelToken::new();
         install_signal_handler(&cancel);
         let job = store.run(id, None, &cancel)?;
-        api.describe(&store, &job.account, &job.id)
+        api.describe(&mut store, &job.account, &job.id)
     } else {
         let Some(path) = &a.request else {
             return Err(Error::invalid_argument(
@@ -705,7 +711,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
         let Some(image) = &a.image else {
             return Err(Error::invalid_argument("--request needs --image PATH").into());
         };
-        let request = read_json_file(path, "request")?;
+        let request = read_request_file(path)?;
         let mut headers = std::collections::BTreeMap::new();
         for h in &a.header {
             let (k, v) = h.split_once(':').ok_or_else(|| {
@@ -725,7 +731,7 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             None => None,
         };
         let oci_metadata = match &a.image_metadata {
-            Some(_) if api != Api::Oci => {
+            Some(_) if api.provider() != Provider::Oci => {
                 return Err(Error::invalid_argument(
                     "--image-metadata is for --api oci (its OCI export format)",
                 )
@@ -736,8 +742,6 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
         };
         let ctx = Context {
             source: image.clone(),
-            path_id: a.image_id.clone(),
-            headers,
             endpoint: resolve_endpoint(a.endpoint.as_deref()).map(|e| (e, region)),
             bucket,
             publish: a.publish_dir.clone().zip(a.publish_url.clone()),
@@ -745,7 +749,13 @@ pub(crate) fn export_api(a: ApiArgs) -> CmdResult {
             oci_metadata,
             ..Context::default()
         };
-        api.submit(&std::cell::RefCell::new(&mut store), &ctx, &request)
+        api.submit(
+            &std::cell::RefCell::new(&mut store),
+            &ctx,
+            &request,
+            &headers,
+            a.image_id.as_deref(),
+        )
     };
     eprintln!("status: {}", reply.status);
     for (k, v) in &reply.headers {
@@ -850,11 +860,14 @@ pub(crate) fn images(a: crate::args::ImagesArgs) -> CmdResult {
 /// `imgconv export --api API --work`: run the API's queued jobs until none is left. Exit 0
 /// when the queue is empty (jobs that failed are recorded as failed), 130 on Ctrl-C, which
 /// cancels the running job and leaves the rest queued.
-fn work(api: imgconv_export::api::Api, store: &imgconv_export::jobs::JobStore) -> CmdResult {
+fn work(
+    api: imgconv_server::providers::Cli,
+    store: &mut imgconv_export::jobs::JobStore,
+) -> CmdResult {
     use std::io::Write as _;
     let cancel = CancelToken::new();
     install_signal_handler(&cancel);
-    while let Some(job) = store.run_next(api.name(), None, &cancel)? {
+    while let Some(job) = store.run_next(api.kind(), None, &cancel)? {
         let reply = api.describe(store, &job.account, &job.id);
         println!("{}", serde_json::to_string(&reply.body).unwrap_or_default());
         let _ = std::io::stdout().flush();

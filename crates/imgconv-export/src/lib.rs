@@ -25,7 +25,6 @@
 //! # }
 //! ```
 
-pub mod api;
 mod credentials;
 pub mod destination;
 mod export;

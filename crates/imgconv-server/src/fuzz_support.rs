@@ -10,11 +10,11 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
-use imgconv_export::api::{Api, Context};
 use imgconv_export::jobs::JobStore;
 
+use crate::providers::{aws, Cli, Context};
 use crate::wire::Incoming;
-use crate::{auth, aws, dispatch, Config, Provider, Service};
+use crate::{auth, dispatch, Config, Provider, Service};
 
 /// A folder of this process's own for the fuzzing service.
 fn scratch() -> std::path::PathBuf {
@@ -169,21 +169,16 @@ pub fn server_api_bodies(data: &[u8]) {
     let store = store();
     let ctx = Context {
         source: "/nonexistent/image.qcow2".into(),
-        path_id: Some("image-1".into()),
         ..Context::default()
     };
     match which % 5 {
-        0 => {
-            let form = aws::form(body);
-            let request = aws::request_of(&form);
-            let _ = Api::Aws.submit(store, &ctx, &request);
-        }
+        0 => aws::fuzz_form(store, &ctx, body),
         n => {
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-                return;
-            };
-            let api = [Api::Oci, Api::HuaweiIms, Api::HuaweiEvs, Api::Zstack][usize::from(n - 1)];
-            let reply = api.submit(store, &ctx, &value);
+            let api: Cli = ["oci", "huawei-ims", "huawei-evs", "zstack"][usize::from(n - 1)]
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let headers = std::collections::BTreeMap::new();
+            let reply = api.submit(store, &ctx, body, &headers, Some("image-1"));
             assert!(reply.status >= 400 || reply.run.is_some(), "{reply:?}");
         }
     }

@@ -5,8 +5,10 @@
 //! `GetWorkRequest`, `GetImage`), Huawei IMS (image export, job queries, image list) and EVS
 //! (`os-volume_upload_image`), and ZStack (`ExportImageFromBackupStorage` and its API jobs),
 //! each in its provider's wire format and error shape, with its provider's request signature
-//! verified. Exports are queued in the job store (`imgconv-export`'s jobs) and run by worker
-//! threads; the HTTP side only translates.
+//! verified. Each provider lives in its own folder under [`providers`] (typed requests,
+//! semantics, wire format, error shapes); exports are queued in the job store
+//! (`imgconv-export`'s jobs) and run by worker threads; the HTTP layer here only reads,
+//! routes and times requests.
 //!
 //! ```no_run
 //! # fn main() -> imgconv::Result<()> {
@@ -20,16 +22,13 @@
 //! [`Service::start_workers`] itself.
 
 mod auth;
-mod aws;
 mod config;
 #[doc(hidden)]
 pub mod fuzz_support;
-mod huawei;
 mod metrics;
-mod oci;
+pub mod providers;
 mod wire;
 mod workers;
-mod zstack;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use imgconv::{CancelToken, Error, ErrorKind, Result};
+use imgconv::{CancelToken, Error, Result};
 use imgconv_export::jobs::{JobStore, KeyRing, Recovery, StoreOptions, StorePool, Stores};
 
 /// Connections to the job store each instance keeps for its requests (its workers have their
@@ -53,53 +52,11 @@ use openssl::pkey::{PKey, Public};
 
 pub use auth::{verify_huawei, verify_oci, verify_sigv4, AuthError, Signed, MAX_SKEW};
 pub use config::{Account, AccountStorage, Caller, Config, Huawei, Image, Oci, Storage, Zstack};
+pub use providers::Provider;
 pub use wire::Wire;
 pub use workers::Workers;
 
 use crate::metrics::Metrics;
-
-/// The providers the service speaks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Provider {
-    /// AWS EC2.
-    Aws,
-    /// OCI Compute.
-    Oci,
-    /// Huawei IMS and EVS.
-    Huawei,
-    /// ZStack.
-    Zstack,
-    /// Health, metrics and anything that names no provider.
-    Service,
-}
-
-impl Provider {
-    /// The label used in metrics and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Aws => "aws",
-            Provider::Oci => "oci",
-            Provider::Huawei => "huawei",
-            Provider::Zstack => "zstack",
-            Provider::Service => "service",
-        }
-    }
-
-    /// The provider a path belongs to.
-    fn of(method: &Method, path: &str) -> Provider {
-        if path == "/" && (method == Method::POST || method == Method::GET) {
-            Provider::Aws
-        } else if path.starts_with("/20160918/") {
-            Provider::Oci
-        } else if path.starts_with("/v1/") || path.starts_with("/v2/") {
-            Provider::Huawei
-        } else if path.starts_with("/zstack/") {
-            Provider::Zstack
-        } else {
-            Provider::Service
-        }
-    }
-}
 
 /// The service: configuration, callers' keys, the job store and counters.
 pub struct Service {
@@ -275,17 +232,16 @@ impl Service {
         self.store.with(f)
     }
 
-    /// What the export module needs to know beyond the request: the source, the path's id,
-    /// the headers, the caller's account with its grants, and where its storage is (the
-    /// account's own, else the service's).
+    /// What a provider's semantics need to know beyond the request: the source, the
+    /// caller's account with its grants, and where its storage is (the account's own, else
+    /// the service's).
     fn context(
         &self,
         source: &std::path::Path,
-        path_id: Option<&str>,
         req: &wire::Incoming<'_>,
         who: &Who,
-    ) -> imgconv_export::api::Context {
-        let (headers, account) = (req.headers, who.account.as_str());
+    ) -> providers::Context {
+        let account = who.account.as_str();
         let live = self.live();
         let grants = live.config.account(account);
         let own = grants.and_then(|a| a.storage.as_ref());
@@ -304,10 +260,8 @@ impl Service {
                 live.credentials.clone(),
             ),
         };
-        imgconv_export::api::Context {
+        providers::Context {
             source: source.to_path_buf(),
-            path_id: path_id.map(str::to_string),
-            headers: header_map(headers),
             endpoint: Some((endpoint, region)),
             credentials: Some(credentials),
             image_store: live.config.huawei.as_ref().map(|h| h.image_store.clone()),
@@ -316,7 +270,7 @@ impl Service {
             own_keys: own.is_some(),
             caller_key: who.key.clone(),
             request_id: req.request_id.to_string(),
-            ..imgconv_export::api::Context::default()
+            ..providers::Context::default()
         }
     }
 
@@ -495,7 +449,10 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
     let provider = Provider::of(&parts.method, &path);
-    let request_id = wire::request_id(provider, &parts.headers);
+    let request_id = match provider {
+        Some(p) => p.request_id(&parts.headers),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
     let (limit, timeout) = {
         let live = svc.live();
         (
@@ -505,14 +462,14 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
     };
     let body = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
     let answer = match body {
-        Err(_) => wire::error(
+        Err(_) => refusal(
             provider,
             &request_id,
             408,
             "RequestTimeout",
             "the request body did not arrive in time",
         ),
-        Ok(Err(_)) => wire::error(
+        Ok(Err(_)) => refusal(
             provider,
             &request_id,
             413,
@@ -540,7 +497,7 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
             })
             .await;
             joined.unwrap_or_else(|_| {
-                wire::error(
+                refusal(
                     provider,
                     &request_id,
                     500,
@@ -553,7 +510,7 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
     svc.metrics.request(provider, answer.status);
     tracing::info!(
         request_id = %request_id,
-        provider = provider.name(),
+        provider = provider.map_or("service", Provider::name),
         method = %parts.method,
         path = %path,
         status = answer.status,
@@ -563,13 +520,24 @@ async fn handle(State(svc): State<Arc<Service>>, req: Request) -> Response {
     answer.into_response()
 }
 
-fn dispatch(svc: &Service, provider: Provider, req: &wire::Incoming<'_>) -> Wire {
+/// An error in the shape of `provider`, or the service's own (`{"error": message}`).
+fn refusal(
+    provider: Option<Provider>,
+    request_id: &str,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> Wire {
     match provider {
-        Provider::Aws => aws::handle(svc, req),
-        Provider::Oci => oci::handle(svc, req),
-        Provider::Huawei => huawei::handle(svc, req),
-        Provider::Zstack => zstack::handle(svc, req),
-        Provider::Service => match (req.method.as_str(), req.path) {
+        Some(p) => p.error(request_id, &providers::Failure::new(status, code, message)),
+        None => Wire::json(status, &serde_json::json!({ "error": message })),
+    }
+}
+
+fn dispatch(svc: &Service, provider: Option<Provider>, req: &wire::Incoming<'_>) -> Wire {
+    match provider {
+        Some(p) => p.handle(svc, req),
+        None => match (req.method.as_str(), req.path) {
             ("GET" | "HEAD", "/healthz") => Wire::text(200, "ok\n"),
             ("GET", "/metrics") => Wire {
                 content_type: "text/plain; version=0.0.4".into(),
@@ -591,18 +559,6 @@ impl IntoResponse for Wire {
         b.body(Body::from(self.body))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
     }
-}
-
-/// Headers' values by lower-case name (the first of each).
-fn header_map(h: &HeaderMap) -> BTreeMap<String, String> {
-    h.iter()
-        .filter_map(|(k, v)| {
-            Some((
-                k.as_str().to_ascii_lowercase(),
-                v.to_str().ok()?.to_string(),
-            ))
-        })
-        .collect()
 }
 
 /// Serve `config` until SIGTERM or SIGINT: answer the APIs, run exports on the workers.
@@ -724,9 +680,4 @@ async fn wait_for_signal() {
         }
         _ => std::future::pending::<()>().await,
     }
-}
-
-/// An error of the library as an API error code (used by the providers' modules).
-fn is_not_found(e: &Error) -> bool {
-    e.kind() == ErrorKind::NotFound
 }

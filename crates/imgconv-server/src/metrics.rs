@@ -14,7 +14,7 @@ const BUCKETS: [f64; 10] = [
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(Provider, u16), u64>,
+    requests: BTreeMap<(Option<Provider>, u16), u64>,
     bytes: u64,
     /// Exports that ended, by outcome.
     exports: BTreeMap<&'static str, u64>,
@@ -35,8 +35,8 @@ impl Metrics {
         }
     }
 
-    /// A request answered.
-    pub(crate) fn request(&self, provider: Provider, status: u16) {
+    /// A request answered (`None`: one of the service's own routes).
+    pub(crate) fn request(&self, provider: Option<Provider>, status: u16) {
         self.with(|m| *m.requests.entry((provider, status)).or_default() += 1);
     }
 
@@ -83,7 +83,7 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "imgconv_http_requests_total{{provider=\"{}\",status=\"{status}\"}} {n}",
-                    p.name()
+                    p.map_or("service", Provider::name)
                 );
             }
             let _ = writeln!(

@@ -1,10 +1,9 @@
 //! Requests as the providers' modules see them, and answers as they leave.
 
 use axum::http::{HeaderMap, Method};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::auth::Signed;
-use crate::Provider;
 
 /// A request, read whole.
 pub(crate) struct Incoming<'a> {
@@ -74,12 +73,12 @@ pub struct Wire {
 
 impl Wire {
     /// A JSON answer.
-    pub fn json(status: u16, body: &Value) -> Wire {
+    pub fn json(status: u16, body: &impl Serialize) -> Wire {
         Wire {
             status,
             content_type: "application/json".into(),
             headers: vec![],
-            body: body.to_string().into_bytes(),
+            body: serde_json::to_vec(body).unwrap_or_default(),
         }
     }
 
@@ -110,64 +109,7 @@ impl Wire {
     }
 }
 
-/// The request id: the client's where its provider lets it choose one, else a new one.
-pub(crate) fn request_id(provider: Provider, headers: &HeaderMap) -> String {
-    let given = match provider {
-        Provider::Oci => headers.get("opc-request-id"),
-        _ => None,
-    }
-    .and_then(|v| v.to_str().ok())
-    .filter(|v| v.len() <= 98 && v.bytes().all(|b| b.is_ascii_graphic()));
-    match given {
-        Some(v) => v.to_string(),
-        None => {
-            let id = uuid::Uuid::new_v4().to_string();
-            match provider {
-                Provider::Oci => id.replace('-', "").to_uppercase(),
-                Provider::Huawei => id.replace('-', ""),
-                _ => id,
-            }
-        }
-    }
-}
-
 /// XML text escaped.
 pub(crate) fn esc(s: &str) -> String {
     quick_xml::escape::escape(s).into_owned()
-}
-
-/// An error in `provider`'s own shape.
-pub(crate) fn error(
-    provider: Provider,
-    request_id: &str,
-    status: u16,
-    code: &str,
-    message: &str,
-) -> Wire {
-    match provider {
-        Provider::Aws => Wire::xml(
-            status,
-            format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code>\
-                 <Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
-                esc(code),
-                esc(message),
-                esc(request_id)
-            ),
-        )
-        .with_header("x-amzn-requestid", request_id),
-        Provider::Oci => Wire::json(status, &json!({ "code": code, "message": message }))
-            .with_header("opc-request-id", request_id),
-        Provider::Huawei => Wire::json(
-            status,
-            &json!({ "error": { "code": code, "message": message }, "request_id": request_id }),
-        )
-        .with_header("X-Request-Id", request_id),
-        Provider::Zstack => Wire::json(
-            status,
-            &json!({ "error": { "code": code, "description": message, "details": message } }),
-        )
-        .with_header("X-Request-Id", request_id),
-        Provider::Service => Wire::json(status, &json!({ "error": message })),
-    }
 }

@@ -42,7 +42,7 @@ mod store;
 
 pub use db::{StoreLocation, SubmissionListener};
 pub use model::{
-    fingerprint, AuditFn, AuditHook, CatalogueImage, ImageRecord, Job, JobResult, JobSpec,
+    fingerprint, rfc3339, AuditFn, AuditHook, CatalogueImage, ImageRecord, Job, JobResult, JobSpec,
     JobState, KeyRing, Recovery, StoreOptions, Submitted, TargetSpec, DEFAULT_ACCOUNT,
     MAX_ATTEMPTS, TOKEN_LIFETIME,
 };
