@@ -264,6 +264,26 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The provider this caller's key is for.
+    pub fn provider(&self) -> crate::Provider {
+        match self {
+            Caller::Aws { .. } => crate::Provider::Aws,
+            Caller::Oci { .. } => crate::Provider::Oci,
+            Caller::Huawei { .. } => crate::Provider::Huawei,
+            Caller::Zstack { .. } => crate::Provider::Zstack,
+        }
+    }
+
+    /// The key id a verified request names (a ZStack account's login name).
+    pub fn key_id(&self) -> &str {
+        match self {
+            Caller::Aws { access_key_id, .. } => access_key_id,
+            Caller::Oci { key_id, .. } => key_id,
+            Caller::Huawei { access_key, .. } => access_key,
+            Caller::Zstack { account, .. } => account,
+        }
+    }
+
     /// The account this caller acts for (a ZStack account is its login name).
     pub fn account(&self) -> &str {
         let named = match self {

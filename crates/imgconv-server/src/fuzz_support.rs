@@ -178,7 +178,9 @@ pub fn server_api_bodies(data: &[u8]) {
                 .parse()
                 .unwrap_or_else(|e| panic!("{e}"));
             let headers = std::collections::BTreeMap::new();
-            let reply = api.submit(store, &ctx, body, &headers, Some("image-1"));
+            let mut guard = store.lock().unwrap_or_else(|e| e.into_inner());
+            let one = std::cell::RefCell::new(&mut *guard);
+            let reply = api.submit(&one, &ctx, body, &headers, Some("image-1"));
             assert!(reply.status >= 400 || reply.run.is_some(), "{reply:?}");
         }
     }

@@ -288,13 +288,7 @@ impl Service {
             .config
             .callers
             .iter()
-            .find(|c| match (provider, c) {
-                (Provider::Aws, Caller::Aws { access_key_id, .. }) => access_key_id == key,
-                (Provider::Oci, Caller::Oci { key_id, .. }) => key_id == key,
-                (Provider::Huawei, Caller::Huawei { access_key, .. }) => access_key == key,
-                (Provider::Zstack, Caller::Zstack { account, .. }) => account == key,
-                _ => false,
-            })
+            .find(|c| c.provider() == provider && c.key_id() == key)
             .map_or(imgconv_export::jobs::DEFAULT_ACCOUNT, Caller::account)
             .to_string()
     }

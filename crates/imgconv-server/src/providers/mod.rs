@@ -2,7 +2,9 @@
 //! provider: its wire parsing into typed requests, its semantics (validation, the job it
 //! queues, the views of its tasks) and its error shapes. The HTTP layer finds the provider by
 //! the request's path and hands it the request ([`Provider::handle`]); the job store persists.
-//! Adding a provider is its folder and one line in each `match` of [`Provider`].
+//! Each folder registers its entry points in one [`Registration`] (its `REGISTRATION`);
+//! adding a provider is its folder, a variant of [`Provider`] and the line in
+//! [`Provider::registration`] that names its registration.
 //!
 //! | provider | requests | task states |
 //! | --- | --- | --- |
@@ -22,8 +24,9 @@ pub mod zstack;
 
 use axum::http::{HeaderMap, Method};
 use imgconv::{Error, Result};
+use imgconv_export::jobs::JobStore;
 
-pub use shared::{Answer, Context, Failure};
+pub use shared::{Answer, CliRequest, CliStore, Context, Failure};
 
 use crate::wire::{Incoming, Wire};
 use crate::Service;
@@ -41,6 +44,34 @@ pub enum Provider {
     Zstack,
 }
 
+/// A provider's entry points, which its folder registers.
+pub(crate) struct Registration {
+    /// The label used in metrics and logs.
+    pub(crate) name: &'static str,
+    /// The names its jobs are stored under (its APIs, as `imgconv export --api` names them).
+    pub(crate) kinds: &'static [&'static str],
+    /// Whether a request's method and path are its.
+    pub(crate) routes: fn(&Method, &str) -> bool,
+    /// Verify, parse and answer a request.
+    pub(crate) handle: fn(&Service, &Incoming<'_>) -> Wire,
+    /// A failure in its error shape, with the request id.
+    pub(crate) error: fn(&str, &Failure) -> Wire,
+    /// The request id of a request with these headers.
+    pub(crate) request_id: fn(&HeaderMap) -> String,
+    /// What the command line does with it.
+    pub(crate) commands: Commands,
+}
+
+/// The command line's entry points of a provider.
+pub(crate) struct Commands {
+    pub(crate) submit: fn(&CliStore<'_>, &Context, &CliRequest<'_>) -> Result<Answer, Failure>,
+    pub(crate) describe: fn(&mut JobStore, &str, &str) -> Result<Answer, Failure>,
+    pub(crate) list: fn(&mut JobStore, &str, &str) -> Result<Answer, Failure>,
+    pub(crate) cancel: fn(&CliStore<'_>, &str, &str) -> Result<Answer, Failure>,
+    /// The JSON of a failure, with the request id.
+    pub(crate) error: fn(&str, &Failure) -> serde_json::Value,
+}
+
 impl Provider {
     /// Every provider.
     pub const ALL: [Provider; 4] = [
@@ -50,55 +81,42 @@ impl Provider {
         Provider::Zstack,
     ];
 
+    /// The provider's entry points.
+    pub(crate) fn registration(self) -> &'static Registration {
+        match self {
+            Provider::Aws => &aws::REGISTRATION,
+            Provider::Oci => &oci::REGISTRATION,
+            Provider::Huawei => &huawei::REGISTRATION,
+            Provider::Zstack => &zstack::REGISTRATION,
+        }
+    }
+
     /// The label used in metrics and logs.
     pub fn name(self) -> &'static str {
-        match self {
-            Provider::Aws => "aws",
-            Provider::Oci => "oci",
-            Provider::Huawei => "huawei",
-            Provider::Zstack => "zstack",
-        }
+        self.registration().name
     }
 
     /// The provider a request's path belongs to; `None`: the service's own routes.
     pub(crate) fn of(method: &Method, path: &str) -> Option<Provider> {
-        Provider::ALL.into_iter().find(|p| match p {
-            Provider::Aws => aws::routes(method, path),
-            Provider::Oci => oci::routes(path),
-            Provider::Huawei => huawei::routes(path),
-            Provider::Zstack => zstack::routes(path),
-        })
+        Provider::ALL
+            .into_iter()
+            .find(|p| (p.registration().routes)(method, path))
     }
 
     /// Verify, parse and answer a request of this provider.
     pub(crate) fn handle(self, svc: &Service, req: &Incoming<'_>) -> Wire {
-        match self {
-            Provider::Aws => aws::handle(svc, req),
-            Provider::Oci => oci::handle(svc, req),
-            Provider::Huawei => huawei::handle(svc, req),
-            Provider::Zstack => zstack::handle(svc, req),
-        }
+        (self.registration().handle)(svc, req)
     }
 
     /// A failure in this provider's own error shape.
     pub(crate) fn error(self, request_id: &str, f: &Failure) -> Wire {
-        match self {
-            Provider::Aws => aws::error(request_id, f),
-            Provider::Oci => oci::error(request_id, f),
-            Provider::Huawei => huawei::error(request_id, f),
-            Provider::Zstack => zstack::error(request_id, f),
-        }
+        (self.registration().error)(request_id, f)
     }
 
     /// The request id: the client's where the provider lets it choose one, else a new one
     /// in the provider's style.
     pub(crate) fn request_id(self, headers: &HeaderMap) -> String {
-        match self {
-            Provider::Aws => uuid::Uuid::new_v4().to_string(),
-            Provider::Oci => oci::request_id(headers),
-            Provider::Huawei => uuid::Uuid::new_v4().simple().to_string(),
-            Provider::Zstack => uuid::Uuid::new_v4().to_string(),
-        }
+        (self.registration().request_id)(headers)
     }
 }
 
@@ -108,26 +126,26 @@ impl Provider {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cli {
     provider: Provider,
-    /// Huawei's two APIs (IMS image export, EVS volume upload) are one provider.
-    evs: bool,
+    /// The name its jobs are stored under (Huawei's IMS and EVS are one provider).
+    kind: &'static str,
 }
 
 impl std::str::FromStr for Cli {
     type Err = Error;
     fn from_str(s: &str) -> Result<Cli> {
-        let (provider, evs) = match s {
-            "aws" => (Provider::Aws, false),
-            "oci" => (Provider::Oci, false),
-            "huawei-ims" => (Provider::Huawei, false),
-            "huawei-evs" => (Provider::Huawei, true),
-            "zstack" => (Provider::Zstack, false),
-            other => {
-                return Err(Error::invalid_argument(format!(
-                    "unknown API '{other}' (aws, oci, huawei-ims, huawei-evs, zstack)"
-                )))
-            }
-        };
-        Ok(Cli { provider, evs })
+        Provider::ALL
+            .into_iter()
+            .find_map(|provider| {
+                let kind = provider.registration().kinds.iter().find(|k| **k == s)?;
+                Some(Cli { provider, kind })
+            })
+            .ok_or_else(|| {
+                let known: Vec<&str> = Provider::ALL
+                    .iter()
+                    .flat_map(|p| p.registration().kinds.iter().copied())
+                    .collect();
+                Error::invalid_argument(format!("unknown API '{s}' ({})", known.join(", ")))
+            })
     }
 }
 
@@ -139,13 +157,11 @@ impl Cli {
 
     /// The name this API's jobs are stored under.
     pub fn kind(self) -> &'static str {
-        match (self.provider, self.evs) {
-            (Provider::Aws, _) => aws::KIND,
-            (Provider::Oci, _) => oci::KIND,
-            (Provider::Huawei, false) => huawei::IMS,
-            (Provider::Huawei, true) => huawei::EVS,
-            (Provider::Zstack, _) => zstack::KIND,
-        }
+        self.kind
+    }
+
+    fn commands(self) -> &'static Commands {
+        &self.provider.registration().commands
     }
 
     /// Submit the request (the provider's JSON body; `headers` by lower-case name, such as
@@ -153,86 +169,42 @@ impl Cli {
     /// path would hold).
     pub fn submit(
         self,
-        stores: &impl imgconv_export::jobs::Stores,
+        stores: &CliStore<'_>,
         ctx: &Context,
         body: &[u8],
         headers: &std::collections::BTreeMap<String, String>,
         path_id: Option<&str>,
     ) -> Answer {
-        let header = |n: &str| headers.get(n).cloned();
-        let outcome = match self.provider {
-            Provider::Aws => aws::cli_submit(stores, ctx, body),
-            Provider::Oci => oci::cli_submit(
-                stores,
-                ctx,
-                body,
-                path_id,
-                header("opc-retry-token"),
-                header("if-match"),
-            ),
-            Provider::Huawei => huawei::cli_submit(stores, ctx, body, path_id, self.evs),
-            Provider::Zstack => {
-                zstack::cli_submit(stores, ctx, body, header("x-job-uuid").as_deref())
-            }
+        let request = CliRequest {
+            body,
+            headers,
+            path_id,
+            kind: self.kind,
         };
-        outcome.unwrap_or_else(|f| self.failure(&f))
+        (self.commands().submit)(stores, ctx, &request).unwrap_or_else(|f| self.failure(&f))
     }
 
     /// Describe a job of `account`.
-    pub fn describe(
-        self,
-        store: &mut imgconv_export::jobs::JobStore,
-        account: &str,
-        id: &str,
-    ) -> Answer {
-        let outcome = match self.provider {
-            Provider::Aws => aws::cli_describe(store, account, id),
-            Provider::Oci => oci::cli_describe(store, account, id),
-            Provider::Huawei => huawei::cli_describe(store, account, id),
-            Provider::Zstack => zstack::cli_describe(store, account, id),
-        };
-        outcome.unwrap_or_else(|f| self.failure(&f))
+    pub fn describe(self, store: &mut JobStore, account: &str, id: &str) -> Answer {
+        (self.commands().describe)(store, account, id).unwrap_or_else(|f| self.failure(&f))
     }
 
     /// Every job of this API that `account` submitted.
-    pub fn list(self, store: &mut imgconv_export::jobs::JobStore, account: &str) -> Answer {
-        let outcome = match self.provider {
-            Provider::Aws => aws::cli_list(store, account),
-            Provider::Oci => oci::cli_list(store, account),
-            Provider::Huawei => huawei::cli_list(store, account, self.kind()),
-            Provider::Zstack => zstack::cli_list(store, account),
-        };
-        outcome.unwrap_or_else(|f| self.failure(&f))
+    pub fn list(self, store: &mut JobStore, account: &str) -> Answer {
+        (self.commands().list)(store, account, self.kind).unwrap_or_else(|f| self.failure(&f))
     }
 
     /// Cancel a job of `account`.
-    pub fn cancel(
-        self,
-        stores: &impl imgconv_export::jobs::Stores,
-        account: &str,
-        id: &str,
-    ) -> Answer {
-        let outcome = match self.provider {
-            Provider::Aws => aws::cli_cancel(stores, account, id),
-            Provider::Oci => oci::cli_cancel(stores, account, id),
-            Provider::Huawei => huawei::cli_cancel(stores, account, id),
-            Provider::Zstack => zstack::cli_cancel(stores, account, id),
-        };
-        outcome.unwrap_or_else(|f| self.failure(&f))
+    pub fn cancel(self, stores: &CliStore<'_>, account: &str, id: &str) -> Answer {
+        (self.commands().cancel)(stores, account, id).unwrap_or_else(|f| self.failure(&f))
     }
 
     fn failure(self, f: &Failure) -> Answer {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let body = match self.provider {
-            Provider::Aws => aws::error_json(&request_id, f),
-            Provider::Oci => oci::error_json(f),
-            Provider::Huawei => huawei::error_json(f),
-            Provider::Zstack => zstack::error_json(f),
-        };
         Answer {
             status: f.status,
             headers: Vec::new(),
-            body,
+            body: (self.commands().error)(&request_id, f),
             run: None,
         }
     }

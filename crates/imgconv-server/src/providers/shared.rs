@@ -175,6 +175,31 @@ impl Answer {
     }
 }
 
+/// The job store the command line drives a provider on (one connection, one thread).
+pub type CliStore<'a> = std::cell::RefCell<&'a mut imgconv_export::jobs::JobStore>;
+
+/// A request as the command line gives it: the provider's JSON body, headers by lower-case
+/// name (OCI's `opc-retry-token` and `if-match`, ZStack's `x-job-uuid`), the id its path
+/// would hold, and the API (the name its jobs are stored under: `huawei-ims`, ...).
+#[derive(Debug, Clone, Copy)]
+pub struct CliRequest<'a> {
+    /// The JSON body.
+    pub body: &'a [u8],
+    /// Headers by lower-case name.
+    pub headers: &'a std::collections::BTreeMap<String, String>,
+    /// The id in the path (an image's, a volume's).
+    pub path_id: Option<&'a str>,
+    /// The API's job kind.
+    pub kind: &'a str,
+}
+
+impl CliRequest<'_> {
+    /// A header's value.
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).cloned()
+    }
+}
+
 /// A submission accepted: the job, and whether it is new (then it should be run).
 #[derive(Debug)]
 pub(crate) struct Accepted {

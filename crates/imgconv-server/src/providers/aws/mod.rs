@@ -15,12 +15,29 @@ use serde::{Deserialize, Serialize};
 
 use super::shared::{
     cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Accepted, Answer,
-    Context, Failure, Submission,
+    CliRequest, CliStore, Context, Failure, Submission,
 };
+use super::{Commands, Registration};
 
 #[doc(hidden)]
 pub use wire::fuzz_form;
-pub(crate) use wire::{error, handle, routes};
+
+/// EC2's entry points.
+pub(crate) const REGISTRATION: Registration = Registration {
+    name: "aws",
+    kinds: &[KIND],
+    routes: wire::routes,
+    handle: wire::handle,
+    error: wire::error,
+    request_id: wire::request_id,
+    commands: Commands {
+        submit: cli_submit,
+        describe: cli_describe,
+        list: cli_list,
+        cancel: cli_cancel,
+        error: error_json,
+    },
+};
 
 /// The name EC2's jobs are stored under.
 pub(crate) const KIND: &str = "aws";
@@ -612,7 +629,7 @@ pub(crate) fn cancel(stores: &impl Stores, account: &str, id: &str) -> Result<()
 }
 
 /// The error body of the command line (the SDKs' JSON of an EC2 error).
-pub(crate) fn error_json(request_id: &str, f: &Failure) -> serde_json::Value {
+fn error_json(request_id: &str, f: &Failure) -> serde_json::Value {
     serde_json::json!({
         "Errors": [{ "Code": f.code, "Message": f.message }],
         "RequestID": request_id,
@@ -633,12 +650,8 @@ fn cli_request(body: &[u8]) -> Result<Request, Failure> {
     })
 }
 
-pub(crate) fn cli_submit(
-    stores: &impl Stores,
-    ctx: &Context,
-    body: &[u8],
-) -> Result<Answer, Failure> {
-    let (view, run) = match cli_request(body)? {
+fn cli_submit(stores: &CliStore<'_>, ctx: &Context, r: &CliRequest<'_>) -> Result<Answer, Failure> {
+    let (view, run) = match cli_request(r.body)? {
         Request::ExportImage(r) => {
             let (t, run) = export_image(stores, ctx, &r)?;
             (serde_json::to_value(t), run)
@@ -668,11 +681,7 @@ fn task_json(tasks: &[Task]) -> serde_json::Value {
     serde_json::json!({ "ExportImageTasks": images, "ExportTasks": instances })
 }
 
-pub(crate) fn cli_describe(
-    store: &mut JobStore,
-    account: &str,
-    id: &str,
-) -> Result<Answer, Failure> {
+fn cli_describe(store: &mut JobStore, account: &str, id: &str) -> Result<Answer, Failure> {
     match tasks(store, account, &[id])? {
         Ok(t) => {
             let mut v = task_json(&t);
@@ -689,11 +698,11 @@ pub(crate) fn cli_describe(
     }
 }
 
-pub(crate) fn cli_list(store: &mut JobStore, account: &str) -> Result<Answer, Failure> {
+fn cli_list(store: &mut JobStore, account: &str, _kind: &str) -> Result<Answer, Failure> {
     let t = tasks(store, account, &[])?.unwrap_or_default();
     Ok(Answer::ok(&task_json(&t)))
 }
 
-pub(crate) fn cli_cancel(stores: &impl Stores, account: &str, id: &str) -> Result<Answer, Failure> {
+fn cli_cancel(stores: &CliStore<'_>, account: &str, id: &str) -> Result<Answer, Failure> {
     cancel(stores, account, id).map(|()| Answer::ok(&serde_json::json!({})))
 }

@@ -25,6 +25,11 @@ pub(crate) fn routes(method: &Method, path: &str) -> bool {
     path == "/" && (method == Method::POST || method == Method::GET)
 }
 
+/// A request id as EC2 writes them.
+pub(crate) fn request_id(_: &axum::http::HeaderMap) -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// An EC2 error: `<Response><Errors><Error>` and the request id.
 pub(crate) fn error(request_id: &str, f: &Failure) -> Wire {
     Wire::xml(

@@ -12,11 +12,27 @@ use imgconv_export::jobs::{Job, JobState, JobStore, Stores, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 use super::shared::{
-    cancel_job, find_job, json_request, list_jobs, record, submit_job, Answer, Context, Failure,
-    Submission,
+    cancel_job, find_job, json_request, list_jobs, record, submit_job, Answer, CliRequest,
+    CliStore, Context, Failure, Submission,
 };
+use super::{Commands, Registration};
 
-pub(crate) use wire::{error, handle, routes};
+/// Huawei's entry points (IMS and EVS).
+pub(crate) const REGISTRATION: Registration = Registration {
+    name: "huawei",
+    kinds: &[IMS, EVS],
+    routes: wire::routes,
+    handle: wire::handle,
+    error: wire::error,
+    request_id: wire::request_id,
+    commands: Commands {
+        submit: cli_submit,
+        describe: cli_describe,
+        list: cli_list,
+        cancel: cli_cancel,
+        error: error_json,
+    },
+};
 
 /// The name IMS's export jobs are stored under.
 pub(crate) const IMS: &str = "huawei-ims";
@@ -509,18 +525,13 @@ pub(crate) fn show_job(
 }
 
 /// The error body of Huawei's services (`{"error": {"code", "message"}}`).
-pub(crate) fn error_json(f: &Failure) -> serde_json::Value {
+fn error_json(_request_id: &str, f: &Failure) -> serde_json::Value {
     serde_json::json!({ "error": { "code": f.code, "message": f.message } })
 }
 
-pub(crate) fn cli_submit(
-    stores: &impl Stores,
-    ctx: &Context,
-    body: &[u8],
-    path_id: Option<&str>,
-    evs_api: bool,
-) -> Result<Answer, Failure> {
-    if evs_api {
+fn cli_submit(stores: &CliStore<'_>, ctx: &Context, r: &CliRequest<'_>) -> Result<Answer, Failure> {
+    let (body, path_id) = (r.body, r.path_id);
+    if r.kind == EVS {
         let volume_id = path_id.ok_or_else(|| evs("the volume_id is missing from the path"))?;
         let req = UploadImage {
             volume_id: volume_id.into(),
@@ -544,21 +555,17 @@ pub(crate) fn cli_submit(
     })
 }
 
-pub(crate) fn cli_describe(
-    store: &mut JobStore,
-    account: &str,
-    id: &str,
-) -> Result<Answer, Failure> {
+fn cli_describe(store: &mut JobStore, account: &str, id: &str) -> Result<Answer, Failure> {
     show_job(store, account, id).map(|j| Answer::ok(&j))
 }
 
-pub(crate) fn cli_list(store: &mut JobStore, account: &str, kind: &str) -> Result<Answer, Failure> {
+fn cli_list(store: &mut JobStore, account: &str, kind: &str) -> Result<Answer, Failure> {
     let jobs = list_jobs(store, account, kind).map_err(|e| ims_store_failure(&e))?;
     let items: Vec<HuaweiJob> = jobs.iter().map(job_view).collect();
     Ok(Answer::ok(&items))
 }
 
-pub(crate) fn cli_cancel(stores: &impl Stores, account: &str, id: &str) -> Result<Answer, Failure> {
+fn cli_cancel(stores: &CliStore<'_>, account: &str, id: &str) -> Result<Answer, Failure> {
     match cancel_job(stores, account, &[IMS, EVS], id) {
         Ok(Some(job)) => Ok(Answer::ok(&job_view(&job))),
         Ok(None) => Err(Failure::new(

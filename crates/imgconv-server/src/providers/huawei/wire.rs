@@ -22,13 +22,18 @@ use crate::wire::{Incoming, Wire};
 use crate::{Caller, Service, Who};
 
 /// Whether a request is Huawei's.
-pub(crate) fn routes(path: &str) -> bool {
+pub(crate) fn routes(_: &axum::http::Method, path: &str) -> bool {
     path.starts_with("/v1/") || path.starts_with("/v2/")
+}
+
+/// A request id as Huawei writes them (32 hex digits).
+pub(crate) fn request_id(_: &axum::http::HeaderMap) -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// A Huawei error: `{"error": {"code", "message"}, "request_id"}`.
 pub(crate) fn error(request_id: &str, f: &Failure) -> Wire {
-    let mut body = super::error_json(f);
+    let mut body = super::error_json(request_id, f);
     body["request_id"] = request_id.into();
     Wire::json(f.status, &body).with_header("X-Request-Id", request_id)
 }

@@ -12,11 +12,27 @@ use imgconv_export::jobs::{fingerprint, Job, JobState, JobStore, Stores, TargetS
 use serde::{Deserialize, Serialize};
 
 use super::shared::{
-    cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Answer, Context,
-    Failure, Submission,
+    cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Answer, CliRequest,
+    CliStore, Context, Failure, Submission,
 };
+use super::{Commands, Registration};
 
-pub(crate) use wire::{error, handle, request_id, routes};
+/// OCI's entry points.
+pub(crate) const REGISTRATION: Registration = Registration {
+    name: "oci",
+    kinds: &[KIND],
+    routes: wire::routes,
+    handle: wire::handle,
+    error: wire::error,
+    request_id: wire::request_id,
+    commands: Commands {
+        submit: cli_submit,
+        describe: cli_describe,
+        list: cli_list,
+        cancel: cli_cancel,
+        error: error_json,
+    },
+};
 
 /// The name OCI's jobs are stored under.
 pub(crate) const KIND: &str = "oci";
@@ -363,19 +379,12 @@ pub(crate) fn get_work_request(
 }
 
 /// The error body of OCI (`code`, `message`).
-pub(crate) fn error_json(f: &Failure) -> serde_json::Value {
+fn error_json(_request_id: &str, f: &Failure) -> serde_json::Value {
     serde_json::json!({ "code": f.code, "message": f.message })
 }
 
-pub(crate) fn cli_submit(
-    stores: &impl Stores,
-    ctx: &Context,
-    body: &[u8],
-    path_id: Option<&str>,
-    retry_token: Option<String>,
-    if_match: Option<String>,
-) -> Result<Answer, Failure> {
-    let image_id = path_id.ok_or_else(|| {
+fn cli_submit(stores: &CliStore<'_>, ctx: &Context, r: &CliRequest<'_>) -> Result<Answer, Failure> {
+    let image_id = r.path_id.ok_or_else(|| {
         Failure::bad(
             "MissingParameter",
             "the image OCID is missing from the path",
@@ -383,9 +392,9 @@ pub(crate) fn cli_submit(
     })?;
     let req = ExportImage {
         image_id: image_id.into(),
-        details: json_request(body, invalid)?,
-        retry_token,
-        if_match,
+        details: json_request(r.body, invalid)?,
+        retry_token: r.header("opc-retry-token"),
+        if_match: r.header("if-match"),
     };
     let (job, run, etag) = export_image(stores, ctx, &req)?;
     let image = Image::new(image_id, None, "EXPORTING", job.created);
@@ -399,21 +408,17 @@ pub(crate) fn cli_submit(
     })
 }
 
-pub(crate) fn cli_describe(
-    store: &mut JobStore,
-    account: &str,
-    id: &str,
-) -> Result<Answer, Failure> {
+fn cli_describe(store: &mut JobStore, account: &str, id: &str) -> Result<Answer, Failure> {
     get_work_request(store, account, id, None).map(|w| Answer::ok(&w))
 }
 
-pub(crate) fn cli_list(store: &mut JobStore, account: &str) -> Result<Answer, Failure> {
+fn cli_list(store: &mut JobStore, account: &str, _kind: &str) -> Result<Answer, Failure> {
     let jobs = list_jobs(store, account, KIND).map_err(|e| store_failure(&e))?;
     let items: Vec<WorkRequest> = jobs.iter().map(|j| work_request(j, None)).collect();
     Ok(Answer::ok(&items))
 }
 
-pub(crate) fn cli_cancel(stores: &impl Stores, account: &str, id: &str) -> Result<Answer, Failure> {
+fn cli_cancel(stores: &CliStore<'_>, account: &str, id: &str) -> Result<Answer, Failure> {
     match cancel_job(stores, account, &[KIND], id) {
         Ok(Some(job)) => Ok(Answer::ok(&work_request(&job, None))),
         Ok(None) => Err(not_found()),

@@ -12,7 +12,7 @@ use crate::wire::{Incoming, Wire};
 use crate::{Service, Who};
 
 /// Whether a request is OCI's.
-pub(crate) fn routes(path: &str) -> bool {
+pub(crate) fn routes(_: &axum::http::Method, path: &str) -> bool {
     path.starts_with("/20160918/")
 }
 
@@ -33,7 +33,8 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
 
 /// An OCI error: `{"code", "message"}`.
 pub(crate) fn error(request_id: &str, f: &Failure) -> Wire {
-    Wire::json(f.status, &super::error_json(f)).with_header("opc-request-id", request_id)
+    Wire::json(f.status, &super::error_json(request_id, f))
+        .with_header("opc-request-id", request_id)
 }
 
 pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {

@@ -11,11 +11,27 @@ use imgconv_export::jobs::{Job, JobState, JobStore, Stores, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 use super::shared::{
-    cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Answer, Context,
-    Failure, Submission,
+    cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Answer, CliRequest,
+    CliStore, Context, Failure, Submission,
 };
+use super::{Commands, Registration};
 
-pub(crate) use wire::{error, handle, routes};
+/// ZStack's entry points.
+pub(crate) const REGISTRATION: Registration = Registration {
+    name: "zstack",
+    kinds: &[KIND],
+    routes: wire::routes,
+    handle: wire::handle,
+    error: wire::error,
+    request_id: wire::request_id,
+    commands: Commands {
+        submit: cli_submit,
+        describe: cli_describe,
+        list: cli_list,
+        cancel: cli_cancel,
+        error: error_json,
+    },
+};
 
 /// The name ZStack's jobs are stored under.
 pub(crate) const KIND: &str = "zstack";
@@ -247,21 +263,16 @@ pub(crate) fn poll(store: &mut JobStore, account: &str, name: &str) -> Result<Ap
 }
 
 /// The error body of ZStack (`{"error": {"code", "description", "details"}}`).
-pub(crate) fn error_json(f: &Failure) -> serde_json::Value {
+fn error_json(_request_id: &str, f: &Failure) -> serde_json::Value {
     serde_json::json!({
         "error": { "code": f.code, "description": f.message, "details": f.message }
     })
 }
 
-pub(crate) fn cli_submit(
-    stores: &impl Stores,
-    ctx: &Context,
-    body: &[u8],
-    job_uuid: Option<&str>,
-) -> Result<Answer, Failure> {
+fn cli_submit(stores: &CliStore<'_>, ctx: &Context, r: &CliRequest<'_>) -> Result<Answer, Failure> {
     let req = ExportImage {
-        body: json_request(body, bad)?,
-        job_uuid: job_uuid.map(str::to_string),
+        body: json_request(r.body, bad)?,
+        job_uuid: r.header("x-job-uuid"),
     };
     let (job, run) = export_image(stores, ctx, &req)?;
     Ok(Answer {
@@ -283,11 +294,7 @@ fn answer(job: &Job) -> Answer {
     }
 }
 
-pub(crate) fn cli_describe(
-    store: &mut JobStore,
-    account: &str,
-    id: &str,
-) -> Result<Answer, Failure> {
+fn cli_describe(store: &mut JobStore, account: &str, id: &str) -> Result<Answer, Failure> {
     match find_job(store, account, &[KIND], id) {
         Ok(Some(job)) => Ok(answer(&job)),
         Ok(None) => poll(store, account, id).map(|v| Answer::ok(&v)),
@@ -295,13 +302,13 @@ pub(crate) fn cli_describe(
     }
 }
 
-pub(crate) fn cli_list(store: &mut JobStore, account: &str) -> Result<Answer, Failure> {
+fn cli_list(store: &mut JobStore, account: &str, _kind: &str) -> Result<Answer, Failure> {
     let jobs = list_jobs(store, account, KIND).map_err(|e| store_failure(&e))?;
     let items: Vec<ApiJob> = jobs.iter().map(api_job).collect();
     Ok(Answer::ok(&items))
 }
 
-pub(crate) fn cli_cancel(stores: &impl Stores, account: &str, id: &str) -> Result<Answer, Failure> {
+fn cli_cancel(stores: &CliStore<'_>, account: &str, id: &str) -> Result<Answer, Failure> {
     match cancel_job(stores, account, &[KIND], id) {
         Ok(Some(job)) => Ok(Answer::ok(&api_job(&job))),
         Ok(None) => Err(Failure::new(404, "SYS.1001", format!("no API job {id}"))),

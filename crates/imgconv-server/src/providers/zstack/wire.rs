@@ -24,13 +24,18 @@ use crate::wire::{Incoming, Wire};
 use crate::{Caller, Service, Who};
 
 /// Whether a request is ZStack's.
-pub(crate) fn routes(path: &str) -> bool {
+pub(crate) fn routes(_: &axum::http::Method, path: &str) -> bool {
     path.starts_with("/zstack/")
+}
+
+/// A request id.
+pub(crate) fn request_id(_: &axum::http::HeaderMap) -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// A ZStack error.
 pub(crate) fn error(request_id: &str, f: &Failure) -> Wire {
-    Wire::json(f.status, &super::error_json(f)).with_header("X-Request-Id", request_id)
+    Wire::json(f.status, &super::error_json(request_id, f)).with_header("X-Request-Id", request_id)
 }
 
 fn now() -> u64 {
