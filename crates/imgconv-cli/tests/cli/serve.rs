@@ -652,9 +652,23 @@ buckets = ["exports/b/"]
                 "key_file_b": s.dir.join("oci-b.pem"),
                 "bucket_a": "team-a", "image_a": "ocid1.image.oc1..privatea",
                 "image_shared": "ocid1.image.oc1..shared",
+                "compartment": "ocid1.compartment.oc1..example",
             }),
         ),
     );
+    // ListWorkRequests: A's two exports, B's one; by resource, the shared image's export is
+    // B's alone.
+    let (wa, wb) = (&r["wa"], &r["wb"]);
+    assert_eq!(r["a_lists"].as_array().map(Vec::len), Some(2), "{r}");
+    assert!(
+        r["a_lists"]
+            .as_array()
+            .is_some_and(|l| l.contains(wa) && !l.contains(wb)),
+        "{r}"
+    );
+    assert_eq!(r["b_lists"], json!([wb]), "{r}");
+    assert_eq!(r["a_lists_shared"], json!([]), "{r}");
+    assert_eq!(r["b_lists_shared"], json!([wb]), "{r}");
     assert_eq!(
         r["b_gets_a_work_request"], r["b_gets_unknown_work_request"],
         "{r}"

@@ -658,7 +658,7 @@ def zstack_accounts(a):
 def oci_accounts(a):
     """Two OCI tenancies, A (tenancy/fingerprint/key_file) and B (tenancy_b, fingerprint_b,
     key_file_b): B's get_work_request, get_image and export_image of A's private image answer
-    as for unknown ids; an image shared with B exports for B; B into a bucket it was not
+    as for unknown ids; each lists only its own work requests; an image shared with B exports for B; B into a bucket it was not
     granted is refused; one opc-retry-token from A and from B makes two work requests."""
     import oci
 
@@ -697,6 +697,16 @@ def oci_accounts(a):
                                      max_wait_seconds=WAIT, max_interval_seconds=1).data.status
     out["b_status"] = oci.wait_until(wr_b, wr_b.get_work_request(wb), "status", "SUCCEEDED",
                                      max_wait_seconds=WAIT, max_interval_seconds=1).data.status
+    # Each tenancy lists its own work requests only (paged one at a time, as the SDK follows
+    # opc-next-page), and by resource.
+    A.export_image(a["image_a"], details(a["bucket_a"], "a/second.qcow2"))
+    listed = lambda c, **kw: [w.id for w in oci.pagination.list_call_get_all_results(
+        c.list_work_requests, a["compartment"], limit=1, **kw).data]
+    out["a_lists"] = listed(wr_a)
+    out["b_lists"] = listed(wr_b)
+    out["a_lists_shared"] = listed(wr_a, resource_id=a["image_shared"])
+    out["b_lists_shared"] = listed(wr_b, resource_id=a["image_shared"])
+    out["wa"], out["wb"] = wa, wb
     return out
 
 

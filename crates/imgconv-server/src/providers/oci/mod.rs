@@ -378,6 +378,27 @@ pub(crate) fn get_work_request(
     }
 }
 
+/// `ListWorkRequests` of `account` in `compartment` (the service's), those about
+/// `resource` (an image's OCID) if given, from `page` (an offset) on, at most `limit`: the
+/// page and the next page's token. Another account's work requests are never listed.
+pub(crate) fn list_work_requests(
+    store: &mut JobStore,
+    account: &str,
+    compartment: Option<&str>,
+    resource: Option<&str>,
+    page: usize,
+    limit: usize,
+) -> Result<(Vec<WorkRequest>, Option<String>), Failure> {
+    let jobs = list_jobs(store, account, KIND).map_err(|e| store_failure(&e))?;
+    let all: Vec<WorkRequest> = jobs
+        .iter()
+        .map(|j| work_request(j, compartment))
+        .filter(|w| resource.is_none_or(|r| w.resources.iter().any(|x| x.identifier == r)))
+        .collect();
+    let next = (page + limit < all.len()).then(|| (page + limit).to_string());
+    Ok((all.into_iter().skip(page).take(limit).collect(), next))
+}
+
 /// The error body of OCI (`code`, `message`).
 fn error_json(_request_id: &str, f: &Failure) -> serde_json::Value {
     serde_json::json!({ "code": f.code, "message": f.message })

@@ -1,5 +1,6 @@
 //! OCI Compute's REST: `POST /20160918/images/{imageId}/actions/export`
-//! (`ExportImageDetails`), `GET /20160918/workRequests/{id}` and `GET /20160918/images/{id}`,
+//! (`ExportImageDetails`), `GET /20160918/workRequests/{id}`, `GET /20160918/workRequests`
+//! (`ListWorkRequests`) and `GET /20160918/images/{id}`,
 //! signed with HTTP signatures; errors as `{"code", "message"}` with `opc-request-id`.
 
 use axum::http::HeaderMap;
@@ -56,6 +57,7 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
         ("GET", ["workRequests", id]) => svc
             .with_store(|s| super::get_work_request(s, &who.account, id, compartment))
             .map(|w| Wire::json(200, &w)),
+        ("GET", ["workRequests"]) => list_work_requests(svc, req, &who, compartment),
         ("GET", ["images", id]) => image(svc, &who, id, compartment),
         _ => Err(super::not_found()),
     };
@@ -118,4 +120,49 @@ fn image(svc: &Service, who: &Who, id: &str, compartment: Option<&str>) -> Resul
         "AVAILABLE"
     };
     Ok(Wire::json(200, &Image::new(id, compartment, state, 0)).with_header("etag", &etag))
+}
+
+/// `GET /20160918/workRequests?compartmentId=...[&resourceId=...][&limit=N][&page=TOKEN]`:
+/// the caller's own work requests, paged by `opc-next-page`.
+fn list_work_requests(
+    svc: &Service,
+    req: &Incoming<'_>,
+    who: &Who,
+    compartment: Option<&str>,
+) -> Result<Wire, Failure> {
+    let asked = req
+        .query_value("compartmentId")
+        .ok_or_else(|| Failure::bad("MissingParameter", "compartmentId is required"))?;
+    let number = |name: &str, default: usize, max: usize| -> Result<usize, Failure> {
+        match req.query_value(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| Failure::bad("InvalidParameter", format!("{name} is not valid"))),
+        }
+    };
+    let limit = number("limit", 100, 1000)?.max(1);
+    let page = number("page", 0, usize::MAX)?;
+    if compartment.is_some_and(|c| c != asked) {
+        // Another compartment holds none of this service's work requests.
+        return Ok(Wire::json(200, &Vec::<super::WorkRequest>::new()));
+    }
+    let resource = req.query_value("resourceId");
+    let (items, next) = svc.with_store(|s| {
+        super::list_work_requests(
+            s,
+            &who.account,
+            compartment,
+            resource.as_deref(),
+            page,
+            limit,
+        )
+    })?;
+    let w = Wire::json(200, &items);
+    Ok(match next {
+        Some(n) => w.with_header("opc-next-page", &n),
+        None => w,
+    })
 }
