@@ -65,6 +65,7 @@ pub use buffer::Bytes;
 pub use check::{check_image, CheckReport, Finding, Problem, MAX_FINDINGS};
 pub use compare::{compare, Comparison};
 pub use convert::{convert, measure, plan_for, ConvertOptions, Destination, Summary};
+pub use detect::detect_format;
 pub use digest::{Digest, DigestKind};
 pub use error::{Error, ErrorKind, Result};
 pub use formats::options::{parse_size, WriterOptions};
