@@ -595,7 +595,8 @@ def case_tenants(t, img, size, work, runs):
     """Three accounts of 32 boto3 pollers each (DescribeExportImageTasks on their own task)
     while 4 exports run, with and without 4 more clients looping DryRun exports of a 1 TiB
     sparse image: calls per second, p50 and p99 as the clients see them and inside the service
-    (its log's time per request). 10 s per phase."""
+    (its log's time per request); closed loop, then paced as pollers are (a fixed timetable
+    offering 1,050 calls/s, latency from each call's scheduled time). 10 s per phase."""
     py = ROOT / "target" / "sdk-venv" / "bin" / "python"
     if not py.exists():
         sys.exit("the SDKs' venv is needed: run scripts/test.sh once")
@@ -605,7 +606,11 @@ def case_tenants(t, img, size, work, runs):
     r = json.loads(out)
     for key, what in [("pollers", "3 accounts x 32 boto3 pollers, 4 exports running"),
                       ("pollers_and_dry_runs", "the same, and 4 clients looping DryRun exports "
-                                               "of a 1 TiB sparse image")]:
+                                               "of a 1 TiB sparse image"),
+                      ("paced", "3 accounts x 32 boto3 pollers paced to offer 1,050 calls/s "
+                                "together, 4 exports running"),
+                      ("paced_and_dry_runs", "the same paced, and 4 clients looping DryRun "
+                                             "exports of a 1 TiB sparse image")]:
         v = r[key]
         s_ = v["in_service"]
         t.rows.append(("accounts polling the export service", what, f"{v['calls_per_s']:.0f} calls/s",

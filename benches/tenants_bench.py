@@ -1,7 +1,7 @@
 """Many accounts polling one export service, run by benches/run.py with the SDKs' Python
 (target/sdk-venv, installed by scripts/test.sh):
 
-    python tenants_bench.py '{"bin", "img", "work", "s3s_fs", "seconds", "pollers"}'
+    python tenants_bench.py '{"bin", "img", "work", "s3s_fs", "seconds", "pollers"[, "rate"]}'
 
 Starts s3s-fs and `imgconv serve` (4 workers, SQLite) on loopback with three AWS accounts,
 each owning a copy of the image `img`, and a 1 TiB sparse image holding 64 MiB. Each account
@@ -11,7 +11,10 @@ each:
 1. `pollers` boto3 clients per account (one process per account, a thread per client) call
    DescribeExportImageTasks on their own account's task: calls per second, p50 and p99;
 2. the same, while 4 more clients loop ExportImage with DryRun=True on the 1 TiB image (each
-   dry run opens the image and measures the export).
+   dry run opens the image and measures the export);
+3. and 4. the same two, with the pollers paced as pollers are (each calls on a fixed
+   timetable; together they offer `rate` calls per second, default 1,050), latency counted
+   from each call's scheduled time.
 
 Prints one JSON object.
 """
@@ -57,7 +60,7 @@ def dry_runs(args, stop_at, out):
     out.put(n)
 
 
-def measure(endpoint, tasks, seconds, pollers, with_dry_runs):
+def measure(endpoint, tasks, seconds, pollers, with_dry_runs, interval=None):
     ctx = multiprocessing.get_context("fork")
     stop_at = time.time() + seconds
     dry_q = ctx.Queue()
@@ -70,7 +73,8 @@ def measure(endpoint, tasks, seconds, pollers, with_dry_runs):
             dry.append(p)
     with ctx.Pool(len(ACCOUNTS)) as pool:
         results = pool.map(poll, [{"endpoint": endpoint, **caller(acc), "clients": pollers,
-                                   "seconds": seconds, "task": tasks[acc], "latencies": True}
+                                   "seconds": seconds, "task": tasks[acc], "latencies": True,
+                                   "interval": interval}
                                   for acc in ACCOUNTS])
     dry_count = 0
     for p in dry:
@@ -149,13 +153,18 @@ secret_access_key = "{SECRET}"
                                                       "S3Prefix": f"{acc}/{n}/"})["ExportImageTaskId"]
 
         out = {}
-        for phase, with_dry in [("pollers", False), ("pollers_and_dry_runs", True)]:
+        # Closed loop (each poller calls again at once), then paced as pollers are: the
+        # 3 x `pollers` pollers together offer `rate` calls per second on a fixed timetable.
+        interval = 3 * a["pollers"] / a.get("rate", 1050)
+        phases = [("pollers", False, None), ("pollers_and_dry_runs", True, None),
+                  ("paced", False, interval), ("paced_and_dry_runs", True, interval)]
+        for phase, with_dry, paced in phases:
             # Four exports running (or queued behind one another) while the phase runs.
             for n in range(4):
                 tasks[ACCOUNTS[n % 3]] = submit(ACCOUNTS[n % 3], f"{phase}-{n}")
             time.sleep(0.5)
             start = log.tell()
-            out[phase] = measure(endpoint, tasks, a["seconds"], a["pollers"], with_dry)
+            out[phase] = measure(endpoint, tasks, a["seconds"], a["pollers"], with_dry, paced)
             log.flush()
             out[phase]["in_service"] = service_times(work / "serve.log", start)
         print(json.dumps(out))

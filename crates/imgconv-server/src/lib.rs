@@ -296,12 +296,12 @@ impl Service {
     /// The disk behind image `id` of the catalogue (in the job store, which every instance
     /// of a fleet shares) if `account` may see it: an image it may not see is not found,
     /// exactly as one that does not exist.
-    fn image(&self, id: &str, account: &str) -> Option<std::path::PathBuf> {
-        self.with_store(|s| s.catalogue_image(id))
-            .ok()
-            .flatten()
+    /// `Err` only when the store fails (the database is away): never "not found" then.
+    fn image(&self, id: &str, account: &str) -> Result<Option<std::path::PathBuf>> {
+        Ok(self
+            .with_store(|s| s.catalogue_image(id))?
             .filter(|i| i.visible_to(account))
-            .map(|i| i.path)
+            .map(|i| i.path))
     }
 
     /// The disk behind `id` in `images` if `account` may see it: an image it may not see is
@@ -532,7 +532,15 @@ fn dispatch(svc: &Service, provider: Option<Provider>, req: &wire::Incoming<'_>)
     match provider {
         Some(p) => p.handle(svc, req),
         None => match (req.method.as_str(), req.path) {
-            ("GET" | "HEAD", "/healthz") => Wire::text(200, "ok\n"),
+            // Healthy when the job database answers: an instance that cannot reach it can
+            // neither take requests nor run exports.
+            ("GET" | "HEAD", "/healthz") => match svc.with_store(|s| s.ping()) {
+                Ok(()) => Wire::text(200, "ok\n"),
+                Err(e) => Wire::text(
+                    503,
+                    &format!("unavailable: {}\n", e.to_string_with_causes()),
+                ),
+            },
             ("GET", "/metrics") => Wire {
                 content_type: "text/plain; version=0.0.4".into(),
                 ..Wire::text(200, &svc.metrics.render(svc))

@@ -1832,3 +1832,147 @@ fn on_postgres_three_instances_run_24_exports_from_every_api_once_each() {
     let runners: std::collections::BTreeSet<_> = jobs.iter().map(|j| j.runner_pid).collect();
     eprintln!("24 exports ran on {} instances", runners.len());
 }
+
+/// A PostgreSQL cluster of a test's own (the suite's shared one cannot stop under the other
+/// tests), from `scripts/pg-cluster.sh`: stopped and started again at will, removed at the end.
+struct OwnCluster {
+    dir: PathBuf,
+    url: String,
+}
+
+impl OwnCluster {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg-cluster.sh")
+    }
+
+    fn run(args: &[&str]) -> String {
+        let out = Command::new("bash")
+            .arg(Self::script())
+            .args(args)
+            .output()
+            .expect("pg-cluster.sh");
+        assert!(
+            out.status.success(),
+            "pg-cluster.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn start(name: &str) -> OwnCluster {
+        let dir = std::env::temp_dir().join(format!("imgconv-pg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let url = Self::run(&["start", dir.to_str().expect("path")]);
+        OwnCluster { dir, url }
+    }
+
+    /// Stop the server: `fast` (a clean shutdown) or `immediate` (as if killed).
+    fn pause(&self, mode: &str) {
+        Self::run(&["pause", self.dir.to_str().expect("path"), mode]);
+    }
+
+    fn resume(&self) {
+        Self::run(&["resume", self.dir.to_str().expect("path")]);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Self::script())
+            .args(["stop", self.dir.to_str().unwrap_or("")])
+            .output();
+    }
+}
+
+/// The job database stopped (cleanly, then as if killed) under three instances while an
+/// export is mid-upload: every provider's SDK call gets a 503 in its own shape (never "not
+/// found"), `/healthz` says 503 and then 200 again, and the export completes once with the
+/// right object, with no upload left.
+#[test]
+fn on_postgres_a_database_outage_gets_503s_in_each_providers_shape_and_exports_complete_once() {
+    let pg = OwnCluster::start("outage");
+    let mut s = setup_on("serve-pg-outage", Backend::Sqlite);
+    s.db = pg.url.clone();
+    std::fs::write(s.dir.join("big.raw"), noise(23, 24 * MIB as usize)).expect("big image");
+    // Each round's export holds its part 2 (twice: the first attempt and its retry) for 5 s
+    // each: it is mid-upload while the database is away.
+    let stall = || Fault::Stall(Duration::from_secs(5));
+    let proxy = FaultProxy::start(
+        s.s3.port(),
+        vec![Rule::first(
+            "PUT",
+            "partNumber=2&",
+            vec![stall(), stall(), stall(), stall()],
+        )],
+    );
+    let instances: Vec<Served> = ["a", "b", "c"]
+        .iter()
+        .map(|n| s.serve_named(n, &proxy.endpoint(), "lease_secs = 6\n"))
+        .collect();
+    let endpoints: Vec<String> = instances.iter().map(Served::url).collect();
+    let ids = sdk(
+        "outage_ids",
+        &s.args(
+            &instances[0],
+            json!({ "oci_image": OCI_IMAGE, "hw_image": HW_IMAGE, "zs_image": AMI,
+                    "backup_storage": BACKUP_STORAGE }),
+        ),
+    );
+    for (round, mode) in ["fast", "immediate"].iter().enumerate() {
+        let task = submit_big(&s, &instances[round + 1]);
+        // The export is under way (its part 2 is held) before the database goes.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !proxy
+            .records()
+            .iter()
+            .filter(|r| r.target.contains("partNumber=2&"))
+            .any(|r| r.target.contains(&task))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: the export did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pg.pause(mode);
+        let mut args = s.args(&instances[0], ids.clone());
+        args["task"] = json!(task);
+        args["endpoints"] = json!(endpoints);
+        let away = sdk("outage_calls", &args);
+        assert_eq!(away["aws"], json!([503, "Unavailable"]), "{mode}: {away}");
+        assert_eq!(
+            away["oci"],
+            json!([503, "ServiceUnavailable"]),
+            "{mode}: {away}"
+        );
+        assert_eq!(away["huawei"][0], 503, "{mode}: {away}");
+        assert_eq!(away["zstack"], json!([503, "SYS.1006"]), "{mode}: {away}");
+        assert_eq!(away["healthz"], json!([503, 503, 503]), "{mode}: {away}");
+        std::thread::sleep(Duration::from_secs(4));
+        pg.resume();
+        let back = sdk("outage_calls", &args);
+        assert_eq!(back["healthz"], json!([200, 200, 200]), "{mode}: {back}");
+        assert_eq!(back["aws"], json!([200, null]), "{mode}: {back}");
+        assert_eq!(back["oci"], json!([200, null]), "{mode}: {back}");
+        assert_eq!(back["huawei"], json!([200, null]), "{mode}: {back}");
+        assert_eq!(
+            wait_completed(&s, &instances[0], &task),
+            "completed",
+            "{mode}"
+        );
+        same_as_big(&s, &task);
+        // Published once: one completion of its upload at the storage.
+        let completions = proxy
+            .records()
+            .iter()
+            .filter(|r| {
+                r.method == "POST" && r.target.contains(&task) && r.target.contains("uploadId=")
+            })
+            .count();
+        assert_eq!(completions, 1, "{mode}: {:?}", proxy.records());
+    }
+    drained(&proxy);
+    assert!(uploads(&s.s3).is_empty(), "{:?}", s.s3.files());
+    drop(instances);
+}

@@ -775,23 +775,37 @@ def aws_export_or_error(a):
 
 
 def poll_load(a):
-    """`clients` threads poll `url` (GET, signed as AWS) for `seconds`; latencies."""
+    """`clients` threads call DescribeExportImageTasks on `task` for `seconds`; latencies.
+    Closed loop (each thread calls again as soon as answered), or, with `interval`, paced as
+    pollers are: each thread calls every `interval` seconds on a fixed timetable (phases
+    spread over the interval), and a call's latency counts from its scheduled time, so that a
+    late start counts against the service (no coordinated omission)."""
     import threading
 
     ec2 = [ec2_client(a) for _ in range(a["clients"])]
     lat, failures = [], []
     stop = time.time() + a["seconds"]
+    interval = a.get("interval")
 
-    def run(c):
+    def run(c, phase):
+        due = time.perf_counter() + (phase if interval else 0)
         while time.time() < stop:
-            t = time.perf_counter()
+            if interval:
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                t, due = due, due + interval
+            else:
+                t = time.perf_counter()
             try:
                 c.describe_export_image_tasks(ExportImageTaskIds=[a["task"]])
                 lat.append(time.perf_counter() - t)
             except Exception as e:  # noqa: BLE001 - every failure is counted
                 failures.append(str(e))
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in ec2]
+    n = len(ec2)
+    threads = [threading.Thread(target=run, args=(c, (interval or 0) * i / n))
+               for i, c in enumerate(ec2)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     lat.sort()
@@ -914,6 +928,67 @@ def aws_accounts(a):
                             S3ExportLocation={"S3Bucket": a["bucket"], "S3Prefix": "c/"})["ExportImageTaskId"]
         out["c_status"] = aws_wait(C, tc, ["completed", "deleted"])["Status"]
         out["c_key"] = f"c/{tc}.raw"
+    return out
+
+
+def outage_ids(a):
+    """The ids an outage is probed with: an OCI work request, a Huawei job and a ZStack
+    session and API job of small exports (their states do not matter)."""
+    import oci
+    from huaweicloudsdkims.v2 import ExportImageRequest, ExportImageRequestBody
+
+    compute = oci_compute(a)
+    details = oci.core.models.ExportImageViaObjectStorageTupleDetails(
+        bucket_name=a["bucket"], namespace_name="mynamespace", object_name="outage/oci.qcow2",
+        export_format="QCOW2")
+    wr = compute.export_image(a["oci_image"], details).headers["opc-work-request-id"]
+    ims, _ = huawei_clients(a)
+    job = ims.export_image(ExportImageRequest(image_id=a["hw_image"], body=ExportImageRequestBody(
+        bucket_url=f"{a['bucket']}:outage/hw.vhd", file_format="vhd"))).job_id
+    status, _, body = zstack_login(a)
+    assert status == 200, body
+    session = json.loads(body)["inventory"]["uuid"]
+    auth = {"Authorization": f"OAuth {session}"}
+    status, _, body = http("PUT", f"{a['endpoint']}/zstack/v1/backup-storage/{a['backup_storage']}/actions",
+                           {"exportImageFromBackupStorage": {"imageUuid": a["zs_image"]}}, auth)
+    assert status == 202, body
+    return {"wr": wr, "job": job, "session": session, "location": json.loads(body)["location"]}
+
+
+def outage_calls(a):
+    """One call of each provider's SDK (no retries) and /healthz of each instance: what each
+    answered, as [status, code]."""
+    import oci
+    from botocore.exceptions import ClientError
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException, ServerResponseException
+    from huaweicloudsdkims.v2 import ShowJobRequest
+
+    out = {}
+    try:
+        ec2_client(a).describe_export_image_tasks(ExportImageTaskIds=[a["task"]])
+        out["aws"] = [200, None]
+    except ClientError as e:
+        out["aws"] = [e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]]
+    wr = oci.work_requests.WorkRequestClient(oci_config(a), service_endpoint=a["endpoint"],
+                                             retry_strategy=oci.retry.NoneRetryStrategy())
+    try:
+        wr.get_work_request(a["wr"])
+        out["oci"] = [200, None]
+    except oci.exceptions.ServiceError as e:
+        out["oci"] = [e.status, e.code]
+    ims, _ = huawei_clients(a)
+    try:
+        ims.show_job(ShowJobRequest(job_id=a["job"]))
+        out["huawei"] = [200, None]
+    except (ClientRequestException, ServerResponseException) as e:
+        out["huawei"] = [e.status_code, e.error_code]
+    status, _, body = http("GET", a["location"], headers={"Authorization": f"OAuth {a['session']}"})
+    try:
+        code = json.loads(body).get("error", {}).get("code")
+    except ValueError:
+        code = None
+    out["zstack"] = [status, code]
+    out["healthz"] = [http("GET", e + "/healthz")[0] for e in a["endpoints"]]
     return out
 
 

@@ -234,10 +234,32 @@ impl Row {
 pub(super) struct Pg {
     url: String,
     client: Option<postgres::Client>,
+    /// The count of [`DROPS`] this connection was last checked at.
+    checked: u64,
 }
 
+/// How many times a connection of this process found that the server had dropped it (a
+/// restart, a failover). Every other connection is checked before its next use after one
+/// did: a pool's idle connections were very likely dropped too, and a write must not be the
+/// statement that finds out.
+static DROPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Pg {
+    /// Tell every connection that this one was found dropped.
+    fn dropped(&mut self) {
+        self.checked = DROPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    }
+
     fn client(&mut self) -> Result<&mut postgres::Client> {
+        let drops = DROPS.load(std::sync::atomic::Ordering::SeqCst);
+        if self.checked != drops {
+            self.checked = drops;
+            if let Some(c) = &mut self.client {
+                if c.is_valid(Duration::from_secs(5)).is_err() {
+                    self.client = None;
+                }
+            }
+        }
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;
         }
@@ -288,6 +310,12 @@ pub(super) fn sqlite_err(e: rusqlite::Error) -> Error {
 
 fn pg_err(e: postgres::Error) -> Error {
     Error::new(ErrorKind::Io, "job database").with_source(e)
+}
+
+/// Whether `sql` only reads (a `SELECT`), so that running it again changes nothing.
+fn is_read(sql: &str) -> bool {
+    let head = sql.trim_start();
+    head.len() >= 6 && head[..6].eq_ignore_ascii_case("select")
 }
 
 /// `?N` parameters as PostgreSQL's `$N`.
@@ -403,6 +431,7 @@ impl Db {
             StoreLocation::Postgres(url) => Ok(Db::Postgres(Box::new(RefCell::new(Pg {
                 url: url.clone(),
                 client: Some(connect(url)?),
+                checked: DROPS.load(std::sync::atomic::Ordering::SeqCst),
             })))),
         }
     }
@@ -425,10 +454,15 @@ impl Db {
                 let mut pg = pg.borrow_mut();
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     params.iter().map(|v| v as _).collect();
-                let n = pg
-                    .client()?
-                    .execute(pg_sql(sql).as_str(), &refs)
-                    .map_err(pg_err)?;
+                let n = match pg.client()?.execute(pg_sql(sql).as_str(), &refs) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if e.is_closed() || pg.client.as_ref().is_some_and(|c| c.is_closed()) {
+                            pg.dropped();
+                        }
+                        return Err(pg_err(e));
+                    }
+                };
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
@@ -453,12 +487,27 @@ impl Db {
                 let mut pg = pg.borrow_mut();
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     params.iter().map(|v| v as _).collect();
-                pg.client()?
-                    .query(pg_sql(sql).as_str(), &refs)
-                    .map_err(pg_err)?
-                    .iter()
-                    .map(pg_row)
-                    .collect()
+                let text = pg_sql(sql);
+                let first = pg.client()?.query(text.as_str(), &refs);
+                let dropped = |e: &postgres::Error, pg: &Pg| {
+                    e.is_closed() || pg.client.as_ref().is_some_and(|c| c.is_closed())
+                };
+                let rows = match first {
+                    // A connection the server dropped (it restarted, or failed over) is
+                    // found out by its first use: a read runs again on a new connection,
+                    // so that the first request after an outage is answered. Writes are
+                    // not repeated (whether the server applied one is unknown); their
+                    // caller gets the error.
+                    Err(e) if dropped(&e, &pg) => {
+                        pg.dropped();
+                        if !is_read(sql) {
+                            return Err(pg_err(e));
+                        }
+                        pg.client()?.query(text.as_str(), &refs).map_err(pg_err)?
+                    }
+                    other => other.map_err(pg_err)?,
+                };
+                rows.iter().map(pg_row).collect()
             }
         }
     }
@@ -524,6 +573,7 @@ impl SubmissionListener {
         let mut pg = Pg {
             url: url.clone(),
             client: None,
+            checked: DROPS.load(std::sync::atomic::Ordering::SeqCst),
         };
         pg.client()?
             .batch_execute(&format!("LISTEN {JOBS_CHANNEL}"))

@@ -807,6 +807,12 @@ impl JobStore {
         Ok(())
     }
 
+    /// Whether the database answers (one trivial query; a dropped PostgreSQL connection is
+    /// made again first): what a health check asks.
+    pub fn ping(&self) -> Result<()> {
+        self.db.query("SELECT 1", &[]).map(drop)
+    }
+
     /// How many jobs each provider has in each state.
     pub fn counts(&self) -> Result<Vec<(String, JobState, u64)>> {
         self.db

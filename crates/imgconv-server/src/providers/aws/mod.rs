@@ -288,6 +288,8 @@ fn store_failure(e: &Error) -> Failure {
         ErrorKind::AlreadyExists => (400, "IdempotentParameterMismatch"),
         ErrorKind::NotFound => (400, "InvalidExportImageTaskId.NotFound"),
         ErrorKind::InvalidArgument => (400, "IncorrectState"),
+        // The job database is away: EC2's answer the SDKs retry.
+        ErrorKind::Io => (503, "Unavailable"),
         _ => (500, "InternalError"),
     };
     Failure::new(status, code, e.message())

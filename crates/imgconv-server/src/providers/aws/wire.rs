@@ -255,12 +255,14 @@ fn export(svc: &Service, req: &Incoming<'_>, who: &Who, request: Request) -> Res
                     "The request must contain the parameter ImageId",
                 )
             })?;
-            svc.image(image, &who.account).ok_or_else(|| {
-                Failure::bad(
-                    "InvalidAMIID.NotFound",
-                    format!("The image id '[{image}]' does not exist"),
-                )
-            })?
+            svc.image(image, &who.account)
+                .map_err(|e| super::store_failure(&e))?
+                .ok_or_else(|| {
+                    Failure::bad(
+                        "InvalidAMIID.NotFound",
+                        format!("The image id '[{image}]' does not exist"),
+                    )
+                })?
         }
         Request::ExportInstance(r) => {
             let instance = r.instance_id.as_deref().ok_or_else(|| {

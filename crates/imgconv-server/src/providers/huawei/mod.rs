@@ -223,10 +223,12 @@ fn evs(message: impl Into<String>) -> Failure {
 }
 
 /// IMS's codes for the store's errors.
-fn ims_store_failure(e: &Error) -> Failure {
+pub(crate) fn ims_store_failure(e: &Error) -> Failure {
     match e.kind() {
         ErrorKind::NotFound => Failure::new(404, "IMG.0001", e.message()),
-        ErrorKind::Io | ErrorKind::Internal => Failure::new(500, "IMG.0001", e.message()),
+        // The job database is away.
+        ErrorKind::Io => Failure::new(503, "IMG.0001", e.message()),
+        ErrorKind::Internal => Failure::new(500, "IMG.0001", e.message()),
         _ => ims(e.message()),
     }
 }
@@ -235,7 +237,8 @@ fn ims_store_failure(e: &Error) -> Failure {
 fn evs_store_failure(e: &Error) -> Failure {
     match e.kind() {
         ErrorKind::NotFound => Failure::new(404, "EVS.5404", e.message()),
-        ErrorKind::Io | ErrorKind::Internal => Failure::new(500, "EVS.5400", e.message()),
+        ErrorKind::Io => Failure::new(503, "EVS.5400", e.message()),
+        ErrorKind::Internal => Failure::new(500, "EVS.5400", e.message()),
         _ => evs(e.message()),
     }
 }
@@ -520,7 +523,7 @@ pub(crate) fn show_job(
             "IMG.0040",
             format!("the job {id} does not exist"),
         )),
-        Err(e) => Err(Failure::new(500, "IMG.0001", e.message())),
+        Err(e) => Err(ims_store_failure(&e)),
     }
 }
 
@@ -573,7 +576,7 @@ fn cli_cancel(stores: &CliStore<'_>, account: &str, id: &str) -> Result<Answer, 
             "IMG.0040",
             format!("the job {id} does not exist"),
         )),
-        Err(e) => Err(Failure::new(500, "IMG.0001", e.message())),
+        Err(e) => Err(ims_store_failure(&e)),
     }
 }
 

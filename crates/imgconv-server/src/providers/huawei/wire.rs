@@ -116,19 +116,22 @@ fn image_source(svc: &Service, account: &str, id: &str) -> Result<PathBuf, Failu
         Ok(Some(image)) if image.visible_to(account) => return Ok(image.path),
         Ok(Some(_)) => return Err(gone()),
         Ok(None) => {}
-        Err(e) => return Err(Failure::new(500, "IMG.0004", e.message())),
+        Err(e) => return Err(super::ims_store_failure(&e)),
     }
-    match svc.with_store(|s| s.image(id)) {
-        Ok(Some(img)) if img.account != account => Err(gone()),
-        Ok(Some(img)) if img.state == JobState::Completed => Ok(img.path),
-        Ok(Some(img)) => Err(Failure::bad(
+    match svc
+        .with_store(|s| s.image(id))
+        .map_err(|e| super::ims_store_failure(&e))?
+    {
+        Some(img) if img.account != account => Err(gone()),
+        Some(img) if img.state == JobState::Completed => Ok(img.path),
+        Some(img) => Err(Failure::bad(
             "IMG.0004",
             format!(
                 "the image {id} is not active (its upload is {})",
                 img.state.name()
             ),
         )),
-        _ => Err(gone()),
+        None => Err(gone()),
     }
 }
 
@@ -228,7 +231,7 @@ fn list_images(svc: &Service, req: &Incoming<'_>, who: &Who) -> Result<Wire, Fai
         None => svc.with_store(|s| s.catalogue()),
     };
     let catalogue: Vec<imgconv_export::jobs::CatalogueImage> =
-        catalogue.map_err(|e| Failure::new(500, "IMG.0001", e.message()))?;
+        catalogue.map_err(|e| super::ims_store_failure(&e))?;
     let mut images = vec![];
     for image in catalogue.iter().filter(|i| i.visible_to(account)) {
         let (id, path) = (&image.id, &image.path);
@@ -240,9 +243,10 @@ fn list_images(svc: &Service, req: &Incoming<'_>, who: &Who) -> Result<Wire, Fai
         images.push(ImageView::new(id, id, "active", &format, size, 0));
     }
     if let Some(w) = &wanted {
-        if let Ok(Some(img)) = svc
+        if let Some(img) = svc
             .with_store(|s| s.image(w))
-            .map(|i| i.filter(|i| i.account == account))
+            .map_err(|e| super::ims_store_failure(&e))?
+            .filter(|i| i.account == account)
         {
             let status = match img.state {
                 JobState::Queued | JobState::Active => "saving",

@@ -185,12 +185,14 @@ fn invalid(message: impl Into<String>) -> Failure {
 }
 
 /// OCI's codes for the store's errors.
-fn store_failure(e: &Error) -> Failure {
+pub(crate) fn store_failure(e: &Error) -> Failure {
     let (status, code) = match e.kind() {
         ErrorKind::AlreadyExists => (409, "InvalidatedRetryToken"),
         ErrorKind::NotFound => (404, "NotAuthorizedOrNotFound"),
         // Not IncorrectState: the SDK retries that one for minutes.
         ErrorKind::InvalidArgument => (409, "IncorrectState"),
+        // The job database is away: never "not found", which a waiter takes as gone.
+        ErrorKind::Io => (503, "ServiceUnavailable"),
         _ => (500, "InternalServerError"),
     };
     Failure::new(status, code, e.message())

@@ -68,7 +68,10 @@ pub(crate) fn handle(svc: &Service, req: &Incoming<'_>) -> Wire {
 }
 
 fn export(svc: &Service, req: &Incoming<'_>, who: &Who, id: &str) -> Result<Wire, Failure> {
-    let source = svc.image(id, &who.account).ok_or_else(super::not_found)?;
+    let source = svc
+        .image(id, &who.account)
+        .map_err(|e| super::store_failure(&e))?
+        .ok_or_else(super::not_found)?;
     let details: super::ExportImageDetails = json_request(req.body, |_| {
         Failure::bad(
             "InvalidParameter",
@@ -111,14 +114,15 @@ fn export(svc: &Service, req: &Incoming<'_>, who: &Who, id: &str) -> Result<Wire
 }
 
 fn image(svc: &Service, who: &Who, id: &str, compartment: Option<&str>) -> Result<Wire, Failure> {
-    let source = svc.image(id, &who.account).ok_or_else(super::not_found)?;
+    let source = svc
+        .image(id, &who.account)
+        .map_err(|e| super::store_failure(&e))?
+        .ok_or_else(super::not_found)?;
     let etag = super::image_etag(&source);
-    let exporting = svc.with_store(|s| s.exporting(super::KIND, &who.account, id));
-    let state = if exporting.unwrap_or(false) {
-        "EXPORTING"
-    } else {
-        "AVAILABLE"
-    };
+    let exporting = svc
+        .with_store(|s| s.exporting(super::KIND, &who.account, id))
+        .map_err(|e| super::store_failure(&e))?;
+    let state = if exporting { "EXPORTING" } else { "AVAILABLE" };
     Ok(Wire::json(200, &Image::new(id, compartment, state, 0)).with_header("etag", &etag))
 }
 

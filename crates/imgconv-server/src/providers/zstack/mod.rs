@@ -258,6 +258,7 @@ pub(crate) fn poll(store: &mut JobStore, account: &str, name: &str) -> Result<Ap
     let gone = || Failure::new(404, "SYS.1001", format!("no API job {name}"));
     match store.job_by_token(KIND, account, name) {
         Ok(j) if j.provider == KIND => Ok(api_job(&j)),
+        Err(e) if e.kind() != imgconv::ErrorKind::NotFound => Err(store_failure(&e)),
         _ => Err(gone()),
     }
 }

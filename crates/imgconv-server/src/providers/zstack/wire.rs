@@ -211,13 +211,16 @@ fn export(
                 "exportImageFromBackupStorage.imageUuid is required",
             )
         })?;
-    let source = svc.image(image, account).ok_or_else(|| {
-        Failure::new(
-            404,
-            "SYS.1007",
-            format!("the image {image} is not on this backup storage"),
-        )
-    })?;
+    let source = svc
+        .image(image, account)
+        .map_err(|e| super::store_failure(&e))?
+        .ok_or_else(|| {
+            Failure::new(
+                404,
+                "SYS.1007",
+                format!("the image {image} is not on this backup storage"),
+            )
+        })?;
     let who = Who {
         account: account.to_string(),
         key: account.to_string(),
