@@ -84,7 +84,8 @@ fi
 # and removed when this script ends, however it ends.
 pg_dir="$(mktemp -d -t imgconv-pg.XXXXXX)"
 trap 'scripts/pg-cluster.sh stop "$pg_dir"' EXIT
-IMGCONV_TEST_PG="$(scripts/pg-cluster.sh start "$pg_dir")"
+# TLS only, with a throwaway CA: every PostgreSQL test connects with sslmode=verify-full.
+IMGCONV_TEST_PG="$(scripts/pg-cluster.sh start-tls "$pg_dir")"
 export IMGCONV_TEST_PG
 
 cargo fmt --all -- --check

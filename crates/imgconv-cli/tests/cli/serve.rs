@@ -1862,7 +1862,7 @@ impl OwnCluster {
     fn start(name: &str) -> OwnCluster {
         let dir = std::env::temp_dir().join(format!("imgconv-pg-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let url = Self::run(&["start", dir.to_str().expect("path")]);
+        let url = Self::run(&["start-tls", dir.to_str().expect("path")]);
         OwnCluster { dir, url }
     }
 

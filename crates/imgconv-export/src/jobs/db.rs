@@ -272,15 +272,134 @@ impl Pg {
     }
 }
 
+/// How a connection to PostgreSQL is secured: libpq's `sslmode` (and `sslrootcert`), which
+/// the URL may carry as query parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tls {
+    /// Plain TCP (no `sslmode`, or `disable`).
+    Off,
+    /// TLS if the server offers it, unverified (`prefer`).
+    Prefer,
+    /// TLS, the server's certificate unverified (`require` without `sslrootcert`).
+    Unverified,
+    /// TLS, the server's certificate signed by the CA in the file (`verify-ca`, or `require`
+    /// with `sslrootcert`); with `host`, its name (or address) checked too (`verify-full`).
+    Verified {
+        /// The CA certificates (PEM).
+        root: std::path::PathBuf,
+        /// Check the server's name against its certificate.
+        host: bool,
+    },
+}
+
+/// The URL without `sslmode` and `sslrootcert`, and the TLS they ask for.
+fn tls_of(url: &str) -> Result<(String, Tls)> {
+    let bad = |m: String| Error::invalid_argument(format!("job database URL {}: {m}", redact(url)));
+    let Ok(mut u) = url::Url::parse(url) else {
+        // Not a URL (libpq's `key=value` form): the driver reads it, plain TCP.
+        return Ok((url.to_string(), Tls::Off));
+    };
+    let (mut mode, mut root) = (None, None);
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter_map(|(k, v)| match k.as_ref() {
+            "sslmode" => {
+                mode = Some(v.into_owned());
+                None
+            }
+            "sslrootcert" => {
+                root = Some(std::path::PathBuf::from(v.as_ref()));
+                None
+            }
+            _ => Some((k.into_owned(), v.into_owned())),
+        })
+        .collect();
+    if kept.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let needs_root = |m: &str| {
+        root.clone().ok_or_else(|| {
+            bad(format!(
+                "sslmode={m} needs sslrootcert=FILE (the CA's certificate)"
+            ))
+        })
+    };
+    let tls = match mode.as_deref() {
+        None | Some("disable") => Tls::Off,
+        Some("prefer" | "allow") => Tls::Prefer,
+        Some("require") => match &root {
+            Some(r) => Tls::Verified {
+                root: r.clone(),
+                host: false,
+            },
+            None => Tls::Unverified,
+        },
+        Some("verify-ca") => Tls::Verified {
+            root: needs_root("verify-ca")?,
+            host: false,
+        },
+        Some("verify-full") => Tls::Verified {
+            root: needs_root("verify-full")?,
+            host: true,
+        },
+        Some(other) => return Err(bad(format!(
+            "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+        ))),
+    };
+    Ok((u.to_string(), tls))
+}
+
+/// The TLS connector for `tls`.
+fn tls_connector(tls: &Tls, url: &str) -> Result<postgres_openssl::MakeTlsConnector> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let failed = |m: String, e: openssl::error::ErrorStack| {
+        Error::invalid_argument(format!("job database {}: {m}", redact(url))).with_source(e)
+    };
+    let mut b = SslConnector::builder(SslMethod::tls_client())
+        .map_err(|e| failed("cannot set up TLS".into(), e))?;
+    let check_host = match tls {
+        Tls::Verified { root, host } => {
+            b.set_ca_file(root)
+                .map_err(|e| failed(format!("cannot read sslrootcert {}", root.display()), e))?;
+            *host
+        }
+        _ => {
+            b.set_verify(SslVerifyMode::NONE);
+            false
+        }
+    };
+    let mut connector = postgres_openssl::MakeTlsConnector::new(b.build());
+    if !check_host {
+        connector.set_callback(|config, _| {
+            config.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(connector)
+}
+
 fn connect(url: &str) -> Result<postgres::Client> {
-    let mut config: postgres::Config = url.parse().map_err(|e| {
+    let (plain_url, tls) = tls_of(url)?;
+    let mut config: postgres::Config = plain_url.parse().map_err(|e| {
         Error::invalid_argument(format!("job database URL {}", redact(url))).with_source(e)
     })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
     config.application_name("imgconv");
-    config.connect(postgres::NoTls).map_err(|e| {
+    let reached = match &tls {
+        Tls::Off => config.connect(postgres::NoTls),
+        other => {
+            config.ssl_mode(match other {
+                Tls::Prefer => postgres::config::SslMode::Prefer,
+                _ => postgres::config::SslMode::Require,
+            });
+            config.connect(tls_connector(other, url)?)
+        }
+    };
+    reached.map_err(|e| {
         Error::new(
             ErrorKind::Io,
             format!("cannot reach the job database {}", redact(url)),
@@ -607,6 +726,47 @@ impl SubmissionListener {
             got |= n.channel() == JOBS_CHANNEL;
         }
         Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_read_as_libpq_spells_them() -> Result<()> {
+        let base = "postgres://u:p@db.example:5432/jobs";
+        assert_eq!(tls_of(base)?, (base.to_string(), Tls::Off));
+        let (u, t) = tls_of(&format!(
+            "{base}?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x"
+        ))?;
+        assert_eq!(u, format!("{base}?application_name=x"));
+        assert_eq!(
+            t,
+            Tls::Verified {
+                root: "/ca.pem".into(),
+                host: true
+            }
+        );
+        let (u, t) = tls_of(&format!("{base}?sslmode=verify-ca&sslrootcert=/ca.pem"))?;
+        assert_eq!(u, base);
+        assert!(matches!(t, Tls::Verified { host: false, .. }));
+        assert_eq!(
+            tls_of(&format!("{base}?sslmode=require"))?.1,
+            Tls::Unverified
+        );
+        assert_eq!(tls_of(&format!("{base}?sslmode=prefer"))?.1, Tls::Prefer);
+        assert_eq!(tls_of(&format!("{base}?sslmode=disable"))?.1, Tls::Off);
+        let e = tls_of(&format!("{base}?sslmode=verify-full"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|m| m.contains("needs sslrootcert") && !m.contains(":p@")),
+            "{e:?}"
+        );
+        assert!(tls_of(&format!("{base}?sslmode=sometimes")).is_err());
+        Ok(())
     }
 }
 

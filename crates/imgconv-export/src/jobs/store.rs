@@ -1016,6 +1016,70 @@ mod tests {
         StoreLocation::Postgres(imgconv_testkit::pg_database(name))
     }
 
+    /// The test cluster accepts TLS only (`scripts/pg-cluster.sh start-tls`): every
+    /// PostgreSQL test connects with `sslmode=verify-full`; a wrong CA fails with the cause
+    /// named, and a plain connection is refused.
+    #[test]
+    fn postgres_is_reached_over_tls_verified_and_a_wrong_ca_is_named() -> Result<()> {
+        let url = imgconv_testkit::pg_database("tls");
+        assert!(
+            url.contains("sslmode=verify-full") && url.contains("sslrootcert="),
+            "the test cluster must accept TLS only (pg-cluster.sh start-tls): {url}"
+        );
+        let s = JobStore::open(StoreLocation::Postgres(url.clone()))?;
+        s.ping()?;
+        // Another CA: the server's certificate does not verify.
+        let dir = std::env::temp_dir().join(format!("imgconv-wrong-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("scratch", e))?;
+        let ca = dir.join("ca.crt");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=another CA", "-keyout"])
+            .arg(dir.join("ca.key"))
+            .arg("-out")
+            .arg(&ca)
+            .output()
+            .map_err(|e| Error::io("openssl", e))?;
+        assert!(made.status.success(), "{made:?}");
+        let mut u = url::Url::parse(&url).map_err(|e| Error::invalid_argument(e.to_string()))?;
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "sslrootcert" {
+                    ca.display().to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+        let wrong = JobStore::open(StoreLocation::Postgres(u.to_string()))
+            .err()
+            .map(|e| e.to_string_with_causes());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            wrong
+                .as_deref()
+                .is_some_and(|m| m.contains("certificate verify failed")
+                    && m.contains("cannot reach the job database")
+                    && !m.contains("imgconv-test")),
+            "{wrong:?}"
+        );
+        // Plain TCP: refused by the server.
+        u.set_query(Some("sslmode=disable"));
+        let plain = JobStore::open(StoreLocation::Postgres(u.to_string()))
+            .err()
+            .map(|e| e.to_string_with_causes());
+        assert!(
+            plain.as_deref().is_some_and(|m| m.contains("pg_hba.conf")),
+            "{plain:?}"
+        );
+        Ok(())
+    }
+
     fn cleanup(loc: &StoreLocation) {
         if let StoreLocation::Sqlite(p) = loc {
             let _ = std::fs::remove_file(p);
