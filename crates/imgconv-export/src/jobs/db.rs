@@ -344,9 +344,11 @@ fn tls_of(url: &str) -> Result<(String, Tls)> {
             root: needs_root("verify-full")?,
             host: true,
         },
-        Some(other) => return Err(bad(format!(
+        Some(other) => {
+            return Err(bad(format!(
             "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
-        ))),
+        )))
+        }
     };
     Ok((u.to_string(), tls))
 }
