@@ -38,6 +38,11 @@ pub struct Config {
     /// any instance on the same job store.
     #[serde(default = "lease")]
     pub lease_secs: u64,
+    /// An export whose storage stays unreachable past a request's retries is requeued and
+    /// not started again before this many seconds, doubled at each further attempt (3
+    /// attempts in all): with the default 30, the storage may be away for about 100 s.
+    #[serde(default = "retry_delay")]
+    pub retry_delay_secs: u64,
     /// The object storage exports go to.
     pub storage: Storage,
     /// Image ids the APIs name, and the disk files they stand for: a path (a public image,
@@ -76,6 +81,9 @@ fn request_timeout() -> u64 {
     30
 }
 fn lease() -> u64 {
+    30
+}
+fn retry_delay() -> u64 {
     30
 }
 fn session_timeout() -> u64 {

@@ -363,6 +363,7 @@ fn store_options(config: &Config, credentials: &Credentials, keys: &KeyRing) -> 
         lease: Some(Duration::from_secs(config.lease_secs)),
         account_keys: keys.clone(),
         audit: Some(imgconv_export::jobs::AuditHook(Arc::new(audit_line))),
+        retry_delay: Duration::from_secs(config.retry_delay_secs),
     }
 }
 

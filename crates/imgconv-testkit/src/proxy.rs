@@ -78,6 +78,8 @@ pub struct Record {
     pub md5_ok: Option<bool>,
     /// Whether the body matched its `x-amz-checksum-crc32c` (`None`: no such header).
     pub crc32c_ok: Option<bool>,
+    /// When its head arrived.
+    pub at: std::time::Instant,
 }
 
 struct Shared {
@@ -183,6 +185,7 @@ fn serve(conn: TcpStream, s: &Shared) {
             body_len: len,
             md5_ok: None,
             crc32c_ok: None,
+            at: std::time::Instant::now(),
         };
         if fault == Some(Fault::DropMidBody) {
             let mut half = vec![0; len / 2];

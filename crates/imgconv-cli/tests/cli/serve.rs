@@ -1339,7 +1339,7 @@ fn a_killed_servers_export_resumes_its_upload_and_sends_only_the_missing_parts()
 }
 
 #[test]
-fn an_export_that_fails_past_its_retries_runs_again_and_resumes_its_upload() {
+fn an_export_that_fails_past_its_retries_runs_again_after_the_delay_and_resumes_its_upload() {
     let s = setup("serve-retry-resume");
     let big = s.dir.join("big.raw");
     std::fs::write(&big, noise(12, 64 * MIB as usize)).expect("big image");
@@ -1353,7 +1353,7 @@ fn an_export_that_fails_past_its_retries_runs_again_and_resumes_its_upload() {
             vec![Fault::Status(503); 6],
         )],
     );
-    let mut served = s.serve(&proxy.endpoint());
+    let mut served = s.serve_named("serve", &proxy.endpoint(), "retry_delay_secs = 3\n");
     let id = submit_big(&s, &served);
     assert_eq!(wait_completed(&s, &served, &id), "completed");
     let job = s.store().get(&id).expect("job");
@@ -1385,6 +1385,9 @@ fn an_export_that_fails_past_its_retries_runs_again_and_resumes_its_upload() {
     sent.sort_unstable();
     let missing: Vec<u64> = (1..=parts).filter(|n| !stored_first.contains(n)).collect();
     assert!(!stored_first.is_empty(), "the first attempt stored parts");
+    // The second attempt waited the retry delay after the first one's last failure.
+    let waited = records[listed].at.duration_since(records[first_end].at);
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
     assert_eq!(
         sent, missing,
         "only the parts the first attempt did not store"

@@ -295,6 +295,10 @@ pub struct StoreOptions {
     pub account_keys: KeyRing,
     /// Told of each state change of a job.
     pub audit: Option<AuditHook>,
+    /// A job requeued after an I/O error (storage unreachable past a request's retries) is
+    /// not claimed again before this delay, doubled at each further attempt: the storage gets
+    /// time to come back. Zero: claimed again at once.
+    pub retry_delay: Duration,
 }
 
 /// An image that an export made (registered when the job is submitted, usable once the job

@@ -73,7 +73,8 @@ impl JobStore {
                  runner_start = ?3, updated = ?4, attempts = attempts + 1, \
                  lease_until = ?5, lease_owner = ?6 WHERE state = 'queued' AND id = (\
                  SELECT id FROM jobs WHERE (CAST(?1 AS TEXT) IS NULL OR provider = ?1) \
-                 AND state = 'queued' ORDER BY created, {} LIMIT 1{}) \
+                 AND state = 'queued' AND (lease_until IS NULL OR lease_until <= ?7) \
+                 ORDER BY created, {} LIMIT 1{}) \
                  RETURNING id, attempts",
                 dialect.fifo(),
                 dialect.skip_locked()
@@ -84,7 +85,8 @@ impl JobStore {
                 start_time(pid),
                 now(),
                 self.lease_until(),
-                host()
+                host(),
+                now_ms()
             ],
         )?;
         // None: nothing queued (or, on PostgreSQL, all of it being claimed by others).
@@ -345,20 +347,31 @@ impl JobStore {
                     && token < MAX_ATTEMPTS =>
             {
                 // A network error past the retries (or another I/O error): the next attempt
-                // resumes the upload.
+                // resumes the upload, after the retry delay (doubled at each attempt; a
+                // queued job's `lease_until` is the time before which no worker claims it).
+                let delay = self
+                    .options
+                    .retry_delay
+                    .saturating_mul(1 << token.saturating_sub(1).min(16));
+                let not_before = (!delay.is_zero()).then(|| now_ms() + delay.as_millis() as i64);
+                let when = match not_before {
+                    Some(_) => format!(", again in {} s", delay.as_secs()),
+                    None => String::new(),
+                };
                 self.db.execute(
                     "UPDATE jobs SET state = 'queued', progress = 0, runner_pid = NULL, \
-                     runner_start = NULL, lease_until = NULL, lease_owner = NULL, \
+                     runner_start = NULL, lease_until = ?5, lease_owner = NULL, \
                      message = ?2, updated = ?3 WHERE id = ?1 AND attempts = ?4 \
                      AND state = 'active'",
                     vals![
                         id,
                         format!(
-                            "requeued (attempt {token} of {MAX_ATTEMPTS}): {}",
+                            "requeued (attempt {token} of {MAX_ATTEMPTS}{when}): {}",
                             e.to_string_with_causes()
                         ),
                         now(),
-                        token
+                        token,
+                        not_before
                     ],
                 )?;
             }
