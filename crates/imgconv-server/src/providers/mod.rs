@@ -1,20 +1,44 @@
 //! The providers whose export-image APIs the service speaks. Each folder holds all of one
 //! provider: its wire parsing into typed requests, its semantics (validation, the job it
 //! queues, the views of its tasks) and its error shapes. The HTTP layer finds the provider by
-//! the request's path and hands it the request ([`Provider::handle`]); the job store persists.
-//! Each folder registers its entry points in one [`Registration`] (its `REGISTRATION`);
+//! the request's path and hands it the request (`Provider::handle`); the job store persists.
+//! Each folder registers its entry points in one `Registration` (its `REGISTRATION`);
 //! adding a provider is its folder, a variant of [`Provider`] and the line in
-//! [`Provider::registration`] that names its registration.
+//! `Provider::registration` that names its registration.
 //!
 //! | provider | requests | task states |
 //! | --- | --- | --- |
 //! | `aws` | EC2 `ExportImage`, `CreateInstanceExportTask` (`ova`, or the disk alone), their describes, `CancelExportTask` | active, completed, deleting, deleted; active, cancelling, cancelled, completed |
-//! | `oci` | `ExportImage` (`ExportImageDetails`, `opc-retry-token`, `if-match`), `GetWorkRequest`, `GetImage` | ACCEPTED, IN_PROGRESS, SUCCEEDED, FAILED, CANCELING, CANCELED |
+//! | `oci` | `ExportImage` (`ExportImageDetails`, `opc-retry-token`, `if-match`), `GetWorkRequest`, `ListWorkRequests`, `GetImage` | ACCEPTED, IN_PROGRESS, SUCCEEDED, FAILED, CANCELING, CANCELED |
 //! | `huawei` | IMS `POST /v1/cloudimages/{image_id}/file`, EVS `os-volume_upload_image`, their jobs | INIT, RUNNING, SUCCESS, FAIL |
 //! | `zstack` | `ExportImageFromBackupStorage` and its API job | (job) Processing, Succeeded, Failed |
 //!
 //! ZVHD and ZVHD2 (Huawei) have no public specification: such requests get the provider's
 //! error, never a file under that name.
+
+/// A provider folder's `REGISTRATION`: its name, the names its jobs are stored under, and the
+/// entry points every folder names alike (`wire::{routes, handle, error, request_id}`, and
+/// `cli_submit`, `cli_describe`, `cli_list`, `cli_cancel`, `error_json` for the command line).
+macro_rules! registration {
+    ($doc:literal, $name:literal, [$($kind:expr),+]) => {
+        #[doc = $doc]
+        pub(crate) const REGISTRATION: super::Registration = super::Registration {
+            name: $name,
+            kinds: &[$($kind),+],
+            routes: wire::routes,
+            handle: wire::handle,
+            error: wire::error,
+            request_id: wire::request_id,
+            commands: super::Commands {
+                submit: cli_submit,
+                describe: cli_describe,
+                list: cli_list,
+                cancel: cli_cancel,
+                error: error_json,
+            },
+        };
+    };
+}
 
 pub mod aws;
 pub mod huawei;

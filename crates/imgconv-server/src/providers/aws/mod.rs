@@ -2,10 +2,10 @@
 //! `CreateInstanceExportTask` (an instance's disk as an OVA, or a VMDK, VHD or RAW; its tasks:
 //! active, cancelling, cancelled, completed), their describes and `CancelExportTask`.
 //!
-//! The typed requests here are what the Query protocol's form ([`wire`]) and the command
+//! The typed requests here are what the Query protocol's form (`wire`) and the command
 //! line's JSON (the field names of the SDKs' JSON, `aws ec2 export-image
 //! --cli-input-json`) both parse into; the task views serialize to that JSON and are written
-//! as EC2's XML by [`wire`].
+//! as EC2's XML by `wire`.
 
 mod wire;
 
@@ -17,27 +17,11 @@ use super::shared::{
     cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Accepted, Answer,
     CliRequest, CliStore, Context, Failure, Submission,
 };
-use super::{Commands, Registration};
 
 #[doc(hidden)]
 pub use wire::fuzz_form;
 
-/// EC2's entry points.
-pub(crate) const REGISTRATION: Registration = Registration {
-    name: "aws",
-    kinds: &[KIND],
-    routes: wire::routes,
-    handle: wire::handle,
-    error: wire::error,
-    request_id: wire::request_id,
-    commands: Commands {
-        submit: cli_submit,
-        describe: cli_describe,
-        list: cli_list,
-        cancel: cli_cancel,
-        error: error_json,
-    },
-};
+registration!("EC2's entry points.", "aws", [KIND]);
 
 /// The name EC2's jobs are stored under.
 pub(crate) const KIND: &str = "aws";

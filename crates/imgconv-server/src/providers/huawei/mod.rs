@@ -2,7 +2,7 @@
 //! EVS `os-volume_upload_image` (a new image from a volume), and their jobs (INIT, RUNNING,
 //! SUCCESS, FAIL).
 //!
-//! The typed requests are what the HTTP bodies ([`wire`]) and the command line's JSON (the
+//! The typed requests are what the HTTP bodies (`wire`) and the command line's JSON (the
 //! SDKs' field names) both parse into.
 
 mod wire;
@@ -15,24 +15,8 @@ use super::shared::{
     cancel_job, find_job, json_request, list_jobs, record, submit_job, Answer, CliRequest,
     CliStore, Context, Failure, Submission,
 };
-use super::{Commands, Registration};
 
-/// Huawei's entry points (IMS and EVS).
-pub(crate) const REGISTRATION: Registration = Registration {
-    name: "huawei",
-    kinds: &[IMS, EVS],
-    routes: wire::routes,
-    handle: wire::handle,
-    error: wire::error,
-    request_id: wire::request_id,
-    commands: Commands {
-        submit: cli_submit,
-        describe: cli_describe,
-        list: cli_list,
-        cancel: cli_cancel,
-        error: error_json,
-    },
-};
+registration!("Huawei's entry points (IMS and EVS).", "huawei", [IMS, EVS]);
 
 /// The name IMS's export jobs are stored under.
 pub(crate) const IMS: &str = "huawei-ims";

@@ -2,7 +2,7 @@
 //! request (ACCEPTED, IN_PROGRESS, SUCCEEDED, FAILED, CANCELING, CANCELED) and the image's
 //! `GetImage` view with its `etag`.
 //!
-//! The typed request is what the HTTP body and headers ([`wire`]) and the command line's
+//! The typed request is what the HTTP body and headers (`wire`) and the command line's
 //! JSON (the SDK's `ExportImageDetails` field names) both parse into.
 
 mod wire;
@@ -15,24 +15,8 @@ use super::shared::{
     cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Answer, CliRequest,
     CliStore, Context, Failure, Submission,
 };
-use super::{Commands, Registration};
 
-/// OCI's entry points.
-pub(crate) const REGISTRATION: Registration = Registration {
-    name: "oci",
-    kinds: &[KIND],
-    routes: wire::routes,
-    handle: wire::handle,
-    error: wire::error,
-    request_id: wire::request_id,
-    commands: Commands {
-        submit: cli_submit,
-        describe: cli_describe,
-        list: cli_list,
-        cancel: cli_cancel,
-        error: error_json,
-    },
-};
+registration!("OCI's entry points.", "oci", [KIND]);
 
 /// The name OCI's jobs are stored under.
 pub(crate) const KIND: &str = "oci";

@@ -1,7 +1,7 @@
 //! ZStack `ExportImageFromBackupStorage`: an API job whose result is the published file's
 //! `imageUrl` and `exportMd5Sum`; and the login sessions its callers hold.
 //!
-//! The typed request is what the HTTP body and `X-Job-UUID` ([`wire`]) and the command
+//! The typed request is what the HTTP body and `X-Job-UUID` (`wire`) and the command
 //! line's JSON both parse into.
 
 mod wire;
@@ -14,24 +14,8 @@ use super::shared::{
     cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Answer, CliRequest,
     CliStore, Context, Failure, Submission,
 };
-use super::{Commands, Registration};
 
-/// ZStack's entry points.
-pub(crate) const REGISTRATION: Registration = Registration {
-    name: "zstack",
-    kinds: &[KIND],
-    routes: wire::routes,
-    handle: wire::handle,
-    error: wire::error,
-    request_id: wire::request_id,
-    commands: Commands {
-        submit: cli_submit,
-        describe: cli_describe,
-        list: cli_list,
-        cancel: cli_cancel,
-        error: error_json,
-    },
-};
+registration!("ZStack's entry points.", "zstack", [KIND]);
 
 /// The name ZStack's jobs are stored under.
 pub(crate) const KIND: &str = "zstack";
