@@ -298,19 +298,11 @@ pub(crate) fn cancel_job(
     }
 }
 
-/// Every job of `kind` that `account` submitted.
-pub(crate) fn list_jobs(
-    store: &mut imgconv_export::jobs::JobStore,
-    account: &str,
-    kind: &str,
-) -> Result<Vec<Job>, Error> {
-    store.list(kind, account)
-}
-
 /// A job's echoed fields as the provider's record type (a record that does not read gives
 /// the type's default: views never fail on a stored row).
 pub(crate) fn record<T: serde::de::DeserializeOwned + Default>(job: &Job) -> T {
-    serde_json::from_value(job.request.clone()).unwrap_or_default()
+    // Read from the stored value in place: a describe or list reads one per job.
+    T::deserialize(&job.request).unwrap_or_default()
 }
 
 /// `n` (at most 32) random lower-case hex digits.

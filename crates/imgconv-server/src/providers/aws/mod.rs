@@ -14,8 +14,8 @@ use imgconv_export::jobs::{JobState, JobStore, Stores, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 use super::shared::{
-    cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Accepted, Answer,
-    CliRequest, CliStore, Context, Failure, Submission,
+    cancel_job, find_job, hex_id, json_request, record, submit_job, Accepted, Answer, CliRequest,
+    CliStore, Context, Failure, Submission,
 };
 
 #[doc(hidden)]
@@ -588,7 +588,7 @@ pub(crate) fn tasks(
     ids: &[&str],
 ) -> Result<Result<Vec<Task>, String>, Failure> {
     if ids.is_empty() {
-        let jobs = list_jobs(store, account, KIND).map_err(|e| store_failure(&e))?;
+        let jobs = store.list(KIND, account).map_err(|e| store_failure(&e))?;
         return Ok(Ok(jobs.iter().map(task).collect()));
     }
     let mut out = Vec::new();

@@ -12,8 +12,8 @@ use imgconv_export::jobs::{Job, JobState, JobStore, Stores, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 use super::shared::{
-    cancel_job, find_job, json_request, list_jobs, record, submit_job, Answer, CliRequest,
-    CliStore, Context, Failure, Submission,
+    cancel_job, find_job, json_request, record, submit_job, Answer, CliRequest, CliStore, Context,
+    Failure, Submission,
 };
 
 registration!("Huawei's entry points (IMS and EVS).", "huawei", [IMS, EVS]);
@@ -547,7 +547,9 @@ fn cli_describe(store: &mut JobStore, account: &str, id: &str) -> Result<Answer,
 }
 
 fn cli_list(store: &mut JobStore, account: &str, kind: &str) -> Result<Answer, Failure> {
-    let jobs = list_jobs(store, account, kind).map_err(|e| ims_store_failure(&e))?;
+    let jobs = store
+        .list(kind, account)
+        .map_err(|e| ims_store_failure(&e))?;
     let items: Vec<HuaweiJob> = jobs.iter().map(job_view).collect();
     Ok(Answer::ok(&items))
 }

@@ -12,8 +12,8 @@ use imgconv_export::jobs::{fingerprint, Job, JobState, JobStore, Stores, TargetS
 use serde::{Deserialize, Serialize};
 
 use super::shared::{
-    cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Answer, CliRequest,
-    CliStore, Context, Failure, Submission,
+    cancel_job, find_job, hex_id, json_request, record, submit_job, Answer, CliRequest, CliStore,
+    Context, Failure, Submission,
 };
 
 registration!("OCI's entry points.", "oci", [KIND]);
@@ -375,7 +375,7 @@ pub(crate) fn list_work_requests(
     page: usize,
     limit: usize,
 ) -> Result<(Vec<WorkRequest>, Option<String>), Failure> {
-    let jobs = list_jobs(store, account, KIND).map_err(|e| store_failure(&e))?;
+    let jobs = store.list(KIND, account).map_err(|e| store_failure(&e))?;
     let all: Vec<WorkRequest> = jobs
         .iter()
         .map(|j| work_request(j, compartment))
@@ -420,7 +420,7 @@ fn cli_describe(store: &mut JobStore, account: &str, id: &str) -> Result<Answer,
 }
 
 fn cli_list(store: &mut JobStore, account: &str, _kind: &str) -> Result<Answer, Failure> {
-    let jobs = list_jobs(store, account, KIND).map_err(|e| store_failure(&e))?;
+    let jobs = store.list(KIND, account).map_err(|e| store_failure(&e))?;
     let items: Vec<WorkRequest> = jobs.iter().map(|j| work_request(j, None)).collect();
     Ok(Answer::ok(&items))
 }

@@ -11,8 +11,8 @@ use imgconv_export::jobs::{Job, JobState, JobStore, Stores, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 use super::shared::{
-    cancel_job, find_job, hex_id, json_request, list_jobs, record, submit_job, Answer, CliRequest,
-    CliStore, Context, Failure, Submission,
+    cancel_job, find_job, hex_id, json_request, record, submit_job, Answer, CliRequest, CliStore,
+    Context, Failure, Submission,
 };
 
 registration!("ZStack's entry points.", "zstack", [KIND]);
@@ -288,7 +288,7 @@ fn cli_describe(store: &mut JobStore, account: &str, id: &str) -> Result<Answer,
 }
 
 fn cli_list(store: &mut JobStore, account: &str, _kind: &str) -> Result<Answer, Failure> {
-    let jobs = list_jobs(store, account, KIND).map_err(|e| store_failure(&e))?;
+    let jobs = store.list(KIND, account).map_err(|e| store_failure(&e))?;
     let items: Vec<ApiJob> = jobs.iter().map(api_job).collect();
     Ok(Answer::ok(&items))
 }
